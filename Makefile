@@ -1,0 +1,20 @@
+# The two commands the README promises: `make demo` (the main job) and `make test` (the whole suite).
+# Each runs scripts/setup.sh first, so they work on a fresh machine.
+.PHONY: setup demo test inspect bench typecheck
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/flowctl inspect --interval 1
+
+inspect: setup
+	.venv/bin/flowctl inspect --interval 1
+
+# pytest exit code 5 means "no tests collected": treat it as a failure, never a pass.
+test: setup
+	.venv/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+typecheck: setup
+	.venv/bin/python -m mypy

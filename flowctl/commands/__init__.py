@@ -1,0 +1,1 @@
+"""One module per ``flowctl`` subcommand; each defines ``register(subparsers)``."""

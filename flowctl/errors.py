@@ -1,0 +1,54 @@
+"""Every exception flowctl raises on purpose.
+
+Rejection of a request is *not* an exception: ``Limiter.acquire`` returns a
+value. These are for real errors: bad configuration, a system we cannot read
+or change, a workload we cannot start::
+
+    FlowctlError
+     ├── ConfigError          an option or config value is invalid (names the key)
+     ├── ParseError           a kernel or lxcfs file's text does not parse
+     ├── CgroupError          the cgroup filesystem cannot be read or written
+     │    └── ControllerMissingError   a needed controller is not mounted/enabled
+     ├── LxcfsError           lxcfs is not installed, will not start, or is dead
+     └── WorkloadError        a limited workload cannot be launched or cleaned up
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CgroupError",
+    "ConfigError",
+    "ControllerMissingError",
+    "FlowctlError",
+    "LxcfsError",
+    "ParseError",
+    "WorkloadError",
+]
+
+
+class FlowctlError(Exception):
+    """Base of every error flowctl raises deliberately."""
+
+
+class ConfigError(FlowctlError, ValueError):
+    """An option or configuration value is invalid; the message names the key."""
+
+
+class ParseError(FlowctlError, ValueError):
+    """The text of a kernel, cgroup or lxcfs file does not have the expected form."""
+
+
+class CgroupError(FlowctlError, OSError):
+    """The cgroup filesystem cannot be read or written as needed."""
+
+
+class ControllerMissingError(CgroupError):
+    """A cgroup controller we need (cpu, cpuacct, cpuset, memory) is not available."""
+
+
+class LxcfsError(FlowctlError):
+    """lxcfs is not installed, could not be started, or its mount is dead."""
+
+
+class WorkloadError(FlowctlError):
+    """A cgroup-limited workload could not be launched, signalled or cleaned up."""

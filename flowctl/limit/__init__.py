@@ -1,0 +1,1 @@
+"""Pure limit algorithms: they take measurements and ``now`` and return numbers."""

@@ -1,0 +1,72 @@
+"""The seam between CPU readers and the limiter: a CPU signal and its reading.
+
+A ``CpuSignal`` is anything with a ``name`` and a current ``reading``. The
+Sampler (``flowctl.cpu.sampler``) is the live implementation; ``StaticSignal``
+is the fixed or fake one for tests and benchmarks. Reading ``.reading`` must
+be cheap (an attribute load): the limiter does it on every ``acquire``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+__all__ = ["UNKNOWN_READING", "CpuReading", "CpuSignal", "StaticSignal"]
+
+
+@dataclass(frozen=True, slots=True)
+class CpuReading:
+    """One CPU observation. Ratios are fractions (normally 0..1); None means unknown.
+
+    - ``at``: clock time (seconds) the reading was taken.
+    - ``utilization``: fast signal, usage over the last interval / ``limit_cores``.
+    - ``utilization_smoothed``: slow signal, EMA of ``utilization`` (see ``flowctl.limit.ema``).
+    - ``usage_cores``: CPU cores in use over the last interval.
+    - ``limit_cores``: the effective CPU budget in cores (0.5 stays 0.5).
+    - ``throttled_ratio``: fraction of CFS periods throttled over the last interval.
+    - ``pressure_ratio``: fraction of wall time some task waited for CPU (PSI ``some``).
+    """
+
+    at: float = 0.0
+    utilization: float | None = None
+    utilization_smoothed: float | None = None
+    usage_cores: float | None = None
+    limit_cores: float | None = None
+    throttled_ratio: float | None = None
+    pressure_ratio: float | None = None
+
+
+UNKNOWN_READING = CpuReading()
+
+
+@runtime_checkable
+class CpuSignal(Protocol):
+    """A named source of CPU readings (container, host, lxcfs, static, ...)."""
+
+    @property
+    def name(self) -> str:
+        """Short view name used in reasons and metric labels, e.g. ``"container"``."""
+        ...
+
+    @property
+    def reading(self) -> CpuReading:
+        """The latest reading; ``UNKNOWN_READING`` until the first rate is known."""
+        ...
+
+
+class StaticSignal:
+    """A CPU signal whose reading is set by hand: for tests, fakes and fixed-load runs."""
+
+    __slots__ = ("_name", "reading")
+
+    def __init__(self, name: str = "static", reading: CpuReading = UNKNOWN_READING, **fields: float | None) -> None:
+        self._name = name
+        self.reading: CpuReading = replace(reading, **fields) if fields else reading
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def set(self, **fields: float | None) -> None:
+        """Replace the given fields of the current reading (e.g. ``set(utilization=0.9)``)."""
+        self.reading = replace(self.reading, **fields)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up for a fresh Debian 12 machine:
+#   - as root, installs the Debian packages the real-component tests and demos use;
+#   - creates .venv and installs flowctl with its test and bench extras.
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(lxcfs prometheus nginx wrk)
+BINS=(lxcfs prometheus nginx wrk)
+missing=()
+for i in "${!BINS[@]}"; do
+    command -v "${BINS[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${BINS[$i]}" ] || [ -x "/usr/bin/${BINS[$i]}" ] || missing+=("${DEBS[$i]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        # Keep package scripts from starting services (nginx, prometheus, lxcfs): tests start their own.
+        policy=/usr/sbin/policy-rc.d
+        created_policy=0
+        if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        [ "$created_policy" = 1 ] && rm -f "$policy"
+    else
+        echo "setup: not root, so not installing ${missing[*]}; tests that need them will skip" >&2
+    fi
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $PY"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.flowctl-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing flowctl[test,bench] into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test,bench]'
+    touch "$stamp"
+fi

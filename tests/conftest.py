@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Real-component gates live in tests/realenv.py."""

@@ -1,0 +1,44 @@
+"""Gates for tests that need real components (root, cgroups, lxcfs, Prometheus, nginx, wrk).
+
+Outside CI a missing component skips the test with a reason. With
+``FLOWCTL_REQUIRE_REAL=1`` (set by ``.ci/run``) it fails instead, so CI can
+never pass by skipping what it was supposed to exercise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+REQUIRE_REAL = os.environ.get("FLOWCTL_REQUIRE_REAL") == "1"
+
+
+def need(ok: bool, reason: str) -> None:
+    """Skip (or, under FLOWCTL_REQUIRE_REAL=1, fail) the calling test unless ``ok``."""
+    if ok:
+        return
+    if REQUIRE_REAL:
+        pytest.fail(f"FLOWCTL_REQUIRE_REAL=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root")
+
+
+def need_cgroup_v1(*controllers: str) -> None:
+    """Root plus writable v1 hierarchies for ``controllers`` under /sys/fs/cgroup."""
+    need_root()
+    for c in controllers or ("cpu", "cpuacct"):
+        path = f"/sys/fs/cgroup/{c}"
+        need(os.path.isdir(path) and os.access(path, os.W_OK), f"needs a writable cgroup v1 {c} hierarchy at {path}")
+
+
+def need_binary(name: str, package: str | None = None) -> str:
+    """Return the path of ``name`` (also searching /usr/sbin), or skip/fail naming the Debian package."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    need(path is not None, f"needs `{name}` (apt-get install -y {package or name})")
+    assert path is not None
+    return path
