@@ -1,0 +1,315 @@
+"""CPU sources: one per view ("container", "host", "lxcfs"), each read by a Sampler.
+
+A source has two reads: ``read_limits()`` (slow path, re-run about once a
+second so in-place resizes are seen) and ``read_counters()`` (hot path,
+every sample; kept-open files and ``os.pread``). Neither raises: unknown
+values are None and the reasons are in ``Limits.errors`` / ``errors()``.
+
+The container's effective CPU budget is
+``min(host CPUs, affinity (live system only), cpuset, quota)`` and
+``Limits.source`` names the one that won. When a value is unknown it simply
+drops out of the minimum, so the fallback order is quota, then cpuset, then
+affinity, then the host CPU count; with none of them the limit is None.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flowctl.cpu.cgroup import CgroupCounterReader, CgroupLimits, KeptFile, read_cgroup_limits
+from flowctl.cpu.host import clock_ticks_per_s, read_host_cpus, read_host_info
+from flowctl.cpu.lxcfs import LxcfsLocation, LxcfsView, find_lxcfs, read_lxcfs_stat, read_lxcfs_view
+from flowctl.cpu.mounts import Discovery, discover, discover_path
+from flowctl.cpu.parse import parse_proc_stat_cpu, parse_psi
+from flowctl.errors import ParseError
+
+__all__ = [
+    "ContainerSource",
+    "Counters",
+    "CpuSource",
+    "HostSource",
+    "Limits",
+    "LxcfsSource",
+    "effective_cpus",
+]
+
+JsonValue = object
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Cumulative counters at one instant (None: unavailable).
+
+    ``usage_s``: CPU seconds used. ``total_s``: CPU seconds elapsed on all CPUs
+    (host-style views only: utilization is then Δusage/Δtotal, as /proc/stat tools do).
+    ``periods``/``throttled_periods``: CFS periods. ``throttled_s``: throttled time.
+    ``pressure_s``: PSI ``some`` total.
+    """
+
+    usage_s: float | None = None
+    total_s: float | None = None
+    periods: int | None = None
+    throttled_periods: int | None = None
+    throttled_s: float | None = None
+    pressure_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The budget of a view: ``limit_cores`` (None: unknown), which input won, and details."""
+
+    limit_cores: float | None
+    source: str
+    source_file: str | None = None
+    errors: tuple[str, ...] = ()
+    details: Mapping[str, JsonValue] = field(default_factory=dict)
+
+
+class CpuSource(Protocol):
+    """What a Sampler reads. ``name`` is the view name."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_limits(self) -> Limits: ...
+
+    def read_counters(self) -> Counters: ...
+
+    def errors(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+_PREFERENCE = ("quota", "cpuset", "affinity", "host")
+
+
+def effective_cpus(*, host: float | None = None, affinity: float | None = None, cpuset: float | None = None,
+                   quota: float | None = None) -> tuple[float | None, str]:
+    """``(min of the known inputs, its name)``; ties go to the most specific (quota, cpuset, affinity, host)."""
+    values = {"quota": quota, "cpuset": cpuset, "affinity": affinity, "host": host}
+    best: float | None = None
+    source = "none"
+    for name in _PREFERENCE:
+        v = values[name]
+        if v is not None and v > 0 and (best is None or v < best):
+            best, source = float(v), name
+    return best, source
+
+
+def _affinity(pid: int | str) -> int | None:
+    try:
+        return len(os.sched_getaffinity(0 if pid == "self" else int(pid)))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class ContainerSource:
+    """The cgroup truth for a process (``pid``, default this one) or a cgroup directory.
+
+    ``root`` is the filesystem root everything is read under (a fixture tree in
+    tests). Affinity counts only when reading the live system (``root == "/"``).
+    """
+
+    def __init__(self, root: str = "/", pid: int | str = "self", *, cgroup_path: str | None = None) -> None:
+        self.root = root or "/"
+        self.pid = pid
+        self.cgroup_path = cgroup_path
+        self.discovery: Discovery | None = None
+        self.cgroup: CgroupLimits | None = None
+        self._reader: CgroupCounterReader | None = None
+        self._dirs_key: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return "container"
+
+    def _discover(self) -> Discovery:
+        if self.cgroup_path is not None:
+            return discover_path(self.cgroup_path, self.root)
+        return discover(self.root, self.pid)
+
+    def read_limits(self) -> Limits:
+        """Re-discover the cgroup (the process may have moved) and re-read its limits."""
+        disc = self._discover()
+        key = tuple(sorted((k, d.path) for k, d in disc.dirs.items()))
+        if self._reader is None or key != self._dirs_key:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = CgroupCounterReader(disc, self.root)
+            self._dirs_key = key
+        self.discovery = disc
+        cg = read_cgroup_limits(disc)
+        self.cgroup = cg
+        errors = list(disc.errors) + list(cg.errors)
+        host_cpus, host_src = read_host_cpus(self.root, errors)
+        affinity = _affinity(self.pid) if self.root == "/" else None
+        cpuset_n = len(cg.cpuset) if cg.cpuset else None
+        limit, source = effective_cpus(host=host_cpus, affinity=affinity, cpuset=cpuset_n, quota=cg.quota_cores)
+        files = {"quota": cg.quota_source, "cpuset": cg.cpuset_source, "host": host_src,
+                 "affinity": "sched_getaffinity", "none": None}
+        details: dict[str, JsonValue] = {
+            "version": cg.version,
+            "path": cg.path,
+            "dirs": {k: d.path for k, d in disc.dirs.items()},
+            "quota_cores": cg.quota_cores,
+            "quota_source": cg.quota_source,
+            "cpuset": cg.cpuset_text,
+            "cpuset_cpus": cpuset_n,
+            "cpuset_source": cg.cpuset_source,
+            "host_cpus": host_cpus,
+            "host_cpus_source": host_src,
+            "affinity_cpus": affinity,
+            "memory_limit_bytes": cg.memory_limit_bytes,
+            "memory_limit_source": cg.memory_limit_source,
+            "memory_usage_bytes": cg.memory_usage_bytes,
+            "pressure_source": self._reader.pressure_source,
+            "pressure_scope": self._reader.pressure_scope,
+        }
+        return Limits(limit_cores=limit, source=source, source_file=files.get(source), errors=tuple(errors),
+                      details=details)
+
+    def read_counters(self) -> Counters:
+        if self._reader is None:
+            self.read_limits()
+        assert self._reader is not None
+        usage_s, periods, throttled, throttled_s, pressure_s = self._reader.read()
+        return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s)
+
+    def errors(self) -> list[str]:
+        return self._reader.errors() if self._reader is not None else []
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+            self._dirs_key = None
+
+
+class HostSource:
+    """The host /proc view under ``root``: what psutil, /proc/stat readers and ``os.cpu_count()`` see."""
+
+    def __init__(self, root: str = "/") -> None:
+        self.root = root or "/"
+        self.hz = clock_ticks_per_s()
+        self._stat = KeptFile(os.path.join(self.root, "proc", "stat"), 512)
+        self._pressure = KeptFile(os.path.join(self.root, "proc", "pressure", "cpu"), 256)
+        self._errors: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return "host"
+
+    def read_limits(self) -> Limits:
+        info = read_host_info(self.root)
+        details: dict[str, JsonValue] = {
+            "cpus": info.cpus,
+            "cpus_source": info.cpus_source,
+            "mem_total_bytes": info.mem_total_bytes,
+            "virtualized": info.virtualized,
+            "clock_ticks_per_s": self.hz,
+        }
+        limit = float(info.cpus) if info.cpus else None
+        return Limits(limit_cores=limit, source="host" if limit else "none", source_file=info.cpus_source,
+                      errors=info.errors, details=details)
+
+    def read_counters(self) -> Counters:
+        self._errors = []
+        usage_s = total_s = pressure_s = None
+        data = self._stat.read()
+        if data is not None:
+            try:
+                t = parse_proc_stat_cpu(data)
+                usage_s, total_s = t.busy_ticks / self.hz, t.total_ticks / self.hz
+            except ParseError as exc:
+                self._errors.append(f"{self._stat.path}: {exc}")
+        data = self._pressure.read()
+        if data is not None:
+            try:
+                pressure_s = parse_psi(data)["some"].total_us / 1e6
+            except ParseError as exc:
+                self._errors.append(f"{self._pressure.path}: {exc}")
+        return Counters(usage_s=usage_s, total_s=total_s, pressure_s=pressure_s)
+
+    def errors(self) -> list[str]:
+        out = list(self._errors)
+        for f in (self._stat, self._pressure):
+            if f.error:
+                out.append(f.error if f is self._stat else f"{f.error} (pressure unavailable)")
+        return out
+
+    def close(self) -> None:
+        self._stat.close()
+        self._pressure.close()
+
+
+class LxcfsSource:
+    """The lxcfs view (``dir``, ``$FLOWCTL_LXCFS_DIR``, or detected under ``root``).
+
+    ``present`` is False when no lxcfs is found; readings are then unknown.
+    A dead mount (ENOTCONN) gives None values and a reason, never an exception.
+    """
+
+    def __init__(self, dir: str | None = None, *, root: str = "/") -> None:
+        self.dir = dir
+        self.root = root or "/"
+        self.hz = clock_ticks_per_s()
+        self.location: LxcfsLocation | None = None
+        self.view: LxcfsView | None = None
+        self._error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "lxcfs"
+
+    @property
+    def present(self) -> bool:
+        if self.location is None:
+            self.location = find_lxcfs(self.root, self.dir)
+        return self.location is not None
+
+    def read_limits(self) -> Limits:
+        errors: list[str] = []
+        self.location = find_lxcfs(self.root, self.dir, errors=errors)
+        if self.location is None:
+            self.view = None
+            return Limits(limit_cores=None, source="none", errors=("no lxcfs mount found",),
+                          details={"present": False})
+        view = self.view = read_lxcfs_view(self.location)
+        details: dict[str, JsonValue] = {
+            "present": True,
+            "mode": self.location.mode,
+            "location": self.location.base,
+            "overlaid": list(self.location.overlaid),
+            "cpus": view.cpus,
+            "cpus_source": view.cpus_source,
+            "cpuinfo_cpus": view.cpuinfo_cpus,
+            "online_cpus": view.online_cpus,
+            "mem_total_bytes": view.mem_total_bytes,
+            "mem_available_bytes": view.mem_available_bytes,
+            "loadavg": list(view.loadavg) if view.loadavg else None,
+        }
+        limit = float(view.cpus) if view.cpus else None
+        return Limits(limit_cores=limit, source="lxcfs" if limit else "none",
+                      source_file=self.location.path("/sys/devices/system/cpu/online") if view.online_cpus else
+                      (self.location.path("/proc/cpuinfo") if view.cpuinfo_cpus else None),
+                      errors=tuple(errors) + view.errors, details=details)
+
+    def read_counters(self) -> Counters:
+        if self.location is None:
+            self._error = "no lxcfs mount found"
+            return Counters()
+        stat, self._error = read_lxcfs_stat(self.location, self.hz)
+        if stat is None:
+            return Counters()
+        return Counters(usage_s=stat[0], total_s=stat[1])
+
+    def errors(self) -> list[str]:
+        return [self._error] if self._error else []
+
+    def close(self) -> None:
+        pass
+
+
