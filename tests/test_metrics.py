@@ -1,0 +1,126 @@
+"""FlowctlCollector, RequestDurations and metrics_handler, asserted via registry.get_sample_value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from flowctl.looplag import LoopLagMonitor
+from flowctl.metrics import FlowctlCollector, RequestDurations, metrics_handler
+from flowctl.signal import CpuReading, StaticSignal
+
+
+@dataclass
+class FakeSnapshot:
+    """The LimiterSnapshot fields the collector reads (contract in /tmp/contract.md)."""
+
+    inflight: int = 3
+    inflight_by_resource: dict[str, int] = field(default_factory=lambda: {"hello": 2, "/users/{id}": 1})
+    max_inflight: float = 12.5
+    min_rt_s: float | None = 0.004
+    max_pass_per_s: float | None = 3125.0
+    cpu: CpuReading = CpuReading(
+        at=1.0, utilization=0.91, utilization_smoothed=0.85, usage_cores=0.455, limit_cores=0.5,
+        throttled_ratio=0.2, pressure_ratio=None,
+    )  # fmt: skip
+    signal_name: str = "container"
+    hot: bool = True
+    dry_run: bool = False
+    requests: dict[tuple[str, str, str], int] = field(
+        default_factory=lambda: {("hello", "default", "admitted"): 7, ("hello", "sheddable", "shed"): 2}
+    )
+    shed_by_reason: dict[tuple[str, str], int] = field(default_factory=lambda: {("hello", "cpu"): 2})
+
+
+class FakeLimiter:
+    def __init__(self) -> None:
+        self.snap = FakeSnapshot()
+        self.snapshots = 0
+
+    def snapshot(self) -> Any:
+        self.snapshots += 1
+        return self.snap
+
+
+def test_collector_exports_snapshot_at_scrape_time() -> None:
+    reg = CollectorRegistry()
+    lim = FakeLimiter()
+    reg.register(FlowctlCollector(lim, views={"host": StaticSignal("host", utilization=0.23)}))
+    assert lim.snapshots == 0  # describe() does not snapshot
+    get = reg.get_sample_value
+    assert get("flowctl_requests_total", {"resource": "hello", "priority": "default", "outcome": "admitted"}) == 7
+    assert get("flowctl_requests_total", {"resource": "hello", "priority": "sheddable", "outcome": "shed"}) == 2
+    assert get("flowctl_shed_total", {"resource": "hello", "reason": "cpu"}) == 2
+    assert get("flowctl_inflight", {"resource": "hello"}) == 2
+    assert get("flowctl_inflight", {"resource": "/users/{id}"}) == 1
+    assert get("flowctl_max_inflight") == 12.5
+    assert get("flowctl_min_rt_seconds") == 0.004
+    assert get("flowctl_max_pass_per_second") == 3125.0
+    assert get("flowctl_hot") == 1 and get("flowctl_dry_run") == 0
+    assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) == 0.91
+    assert get("flowctl_cpu_utilization_ratio", {"view": "host"}) == 0.23
+    assert get("flowctl_cpu_utilization_smoothed_ratio", {"view": "container"}) == 0.85
+    assert get("flowctl_cpu_usage_cores") == 0.455
+    assert get("flowctl_cpu_limit_cores") == 0.5
+    assert get("flowctl_cpu_throttled_ratio") == 0.2
+    # unknown is absent, not 0
+    assert get("flowctl_cpu_pressure_ratio") is None
+    assert get("flowctl_cpu_utilization_smoothed_ratio", {"view": "host"}) is None
+    # no monitor attached: no lag metric
+    assert get("flowctl_event_loop_lag_seconds") is None
+    # live: a later scrape sees new state
+    lim.snap.requests[("hello", "default", "admitted")] = 8
+    lim.snap.inflight_by_resource = {"hello": 0}
+    assert get("flowctl_requests_total", {"resource": "hello", "priority": "default", "outcome": "admitted"}) == 8
+    assert get("flowctl_inflight", {"resource": "hello"}) == 0
+
+
+def test_collector_unknown_cpu_and_loop_lag() -> None:
+    reg = CollectorRegistry()
+    lim = FakeLimiter()
+    lim.snap.cpu = CpuReading()
+    lim.snap.min_rt_s = None
+    mon = LoopLagMonitor(clock=lambda: 10.3)
+    mon.arm(10.0)
+    mon.tick(10.05)  # 40 ms late, re-armed: due 10.06
+    reg.register(FlowctlCollector(lim, loop_lag=mon, clock=lambda: 10.3))
+    get = reg.get_sample_value
+    assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) is None
+    assert get("flowctl_cpu_limit_cores") is None
+    assert get("flowctl_min_rt_seconds") is None
+    assert abs((get("flowctl_event_loop_lag_seconds") or 0) - 0.24) < 1e-9  # live lag beats the last tick
+
+
+def test_request_durations_bind_once() -> None:
+    reg = CollectorRegistry()
+    d = RequestDurations(reg, buckets=(0.01, 0.1))
+    d.bind(["a", "b"])
+    assert reg.get_sample_value("flowctl_request_duration_seconds_count", {"resource": "b"}) == 0
+    c = d.child("a")
+    assert d.child("a") is c
+    c.observe(0.05)
+    get = reg.get_sample_value
+    assert get("flowctl_request_duration_seconds_count", {"resource": "a"}) == 1
+    assert get("flowctl_request_duration_seconds_bucket", {"resource": "a", "le": "0.01"}) == 0
+    assert get("flowctl_request_duration_seconds_bucket", {"resource": "a", "le": "0.1"}) == 1
+
+
+async def test_metrics_handler_text_and_openmetrics() -> None:
+    reg = CollectorRegistry()
+    reg.register(FlowctlCollector(FakeLimiter()))
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(reg))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.get("/metrics")
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+        assert 'flowctl_requests_total{outcome="admitted",priority="default",resource="hello"} 7.0' in text
+        assert "# TYPE flowctl_max_inflight gauge" in text
+        r = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await r.text()).rstrip().endswith("# EOF")
