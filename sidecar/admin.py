@@ -1,0 +1,133 @@
+"""The admin listener (127.0.0.1 by default): /metrics, /healthz, /readyz, /debug/limiter.
+
+- ``/healthz``: 200 while the process serves (liveness).
+- ``/readyz``: 200 when the upstream answers the probe and we are not draining, else 503.
+- ``/metrics``: the flowctl metrics plus ``flowctl_upstream_ready``, ``flowctl_draining``
+  and ``flowctl_sidecar_errors_total{status}``.
+- ``/debug/limiter``: JSON with the limiter snapshot, every CPU view, the watch
+  target and the last N rejections with their reasons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from sidecar.app import Sidecar
+
+__all__ = ["SIDECAR_KEY", "SidecarCollector", "build_admin_app", "jsonable"]
+
+SIDECAR_KEY: web.AppKey[Sidecar] = web.AppKey("flowctl_sidecar")
+
+
+class SidecarCollector:
+    """Sidecar-only state at scrape time: upstream readiness, draining, error counts."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sc = sidecar
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(live=True)
+
+    def _families(self, live: bool = False) -> list[Metric]:
+        ready = GaugeMetricFamily("flowctl_upstream_ready", "1 when the upstream answers the readiness probe.")
+        draining = GaugeMetricFamily("flowctl_draining", "1 after SIGTERM while in-flight requests drain.")
+        errors = CounterMetricFamily(
+            "flowctl_sidecar_errors",
+            "Responses the sidecar made itself, by status (413 body too large, 502, 503 shed, 504).",
+            labels=["status"],
+        )
+        if live:
+            sc = self._sc
+            ready.add_metric([], 1.0 if sc.probe is not None and sc.probe.ready else 0.0)
+            draining.add_metric([], 1.0 if sc.draining else 0.0)
+            counts = sc.proxy.errors_total if sc.proxy is not None else {}
+            for status in ("413", "502", "503", "504"):
+                errors.add_metric([status], counts.get(status, 0))
+        return [ready, draining, errors]
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, enums, tuple keys and non-finite floats made JSON-safe."""
+    if hasattr(value, "as_dict") and callable(value.as_dict):
+        return jsonable(value.as_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {("/".join(map(str, k)) if isinstance(k, tuple) else str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    sc = request.app[SIDECAR_KEY]
+    if sc.draining:
+        return web.Response(status=503, text="draining\n")
+    if sc.probe is None or not sc.probe.ready:
+        err = sc.probe.last_error if sc.probe is not None else "not started"
+        return web.Response(status=503, text=f"upstream not ready: {err}\n")
+    return web.Response(text="ready\n")
+
+
+async def _debug_limiter(request: web.Request) -> web.Response:
+    sc = request.app[SIDECAR_KEY]
+    limiter = sc.limiter
+    body: dict[str, Any] = {
+        "at_unix_s": time.time(),
+        "draining": sc.draining,
+        "upstream": sc.config.upstream,
+        "probe": sc.probe.describe() if sc.probe is not None else None,
+        "watch": sc.signal.describe() if sc.signal is not None and hasattr(sc.signal, "describe") else None,
+        "limiter": jsonable(limiter.snapshot()) if limiter is not None and hasattr(limiter, "snapshot") else None,
+        "cpu": {name: jsonable(sig.reading) for name, sig in sc.views.items()},
+        "cpu_details": {
+            name: jsonable(getattr(sig, "views", None) or getattr(getattr(sig, "sampler", None), "views", None))
+            for name, sig in sc.views.items()
+        },
+        "proxy": {
+            "inflight": sc.proxy.inflight if sc.proxy is not None else 0,
+            "requests_total": sc.proxy.requests_total if sc.proxy is not None else 0,
+            "errors_total": dict(sc.proxy.errors_total) if sc.proxy is not None else {},
+        },
+        "rejections": list(sc.proxy.rejections)[::-1] if sc.proxy is not None else [],
+    }
+    return web.json_response(jsonable(body), dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str)
+
+
+def build_admin_app(sidecar: Sidecar) -> web.Application:
+    """The admin application; ``sidecar.registry`` backs /metrics."""
+    from flowctl.metrics import metrics_handler
+
+    app = web.Application()
+    app[SIDECAR_KEY] = sidecar
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", metrics_handler(sidecar.registry))
+    app.router.add_get("/debug/limiter", _debug_limiter)
+    return app

@@ -1,0 +1,281 @@
+"""Wiring and lifetime: signal -> limiter -> proxy listener, plus the admin listener.
+
+``Sidecar(config)`` builds nothing at construction; ``await start()`` creates
+the CPU watch, the limiter, the metrics registry, the proxy (one upstream
+ClientSession) and both listeners. ``await drain()`` is the SIGTERM path:
+``/readyz`` turns 503, the proxy's listening socket closes (new connections
+are refused), keep-alive connections close after their current request, and
+in-flight requests get up to ``drain_seconds`` to finish. ``await stop()``
+releases everything. ``run(config)`` does all of it around the signals and
+returns the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal as signal_mod
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sidecar.admin import SidecarCollector, build_admin_app
+from sidecar.config import SidecarConfig
+from sidecar.probe import UpstreamProbe
+from sidecar.proxy import Admission, Proxy
+from sidecar.watch import WatchedSignal, parse_watch
+
+__all__ = ["Sidecar", "build_limiter", "run"]
+
+log = logging.getLogger("sidecar")
+
+# After the drain wait, how long aiohttp may still flush responses already returned by handlers.
+FLUSH_S = 1.0
+
+
+def build_limiter(config: SidecarConfig, signal: Any) -> Any:
+    """A ``flowctl.limiter.Limiter`` on ``signal`` with the configured algorithm and thresholds."""
+    from flowctl.limiter import Limiter
+
+    algorithm: Any
+    if config.algorithm == "fixed":
+        from flowctl.limit.fixed import FixedLimit
+
+        algorithm = FixedLimit(config.fixed_limit)
+    elif config.algorithm == "gradient":
+        from flowctl.limit.gradient import Gradient
+
+        algorithm = Gradient()
+    else:
+        from flowctl.limit.bbr import Bbr
+
+        algorithm = Bbr()
+    return Limiter(
+        signal,
+        algorithm,
+        cpu_threshold=config.cpu_threshold,
+        cool_off_s=config.cool_off_s,
+        dry_run=config.dry_run,
+        cpu_gate=config.algorithm == "bbr",
+    )
+
+
+class Sidecar:
+    """The whole sidecar. Inject ``limiter`` / ``signal`` (e.g. a StaticSignal) in tests.
+
+    With ``limiter=None`` a Limiter is built on the watched signal; pass
+    ``limit=False`` to run as a plain proxy without admission.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        limiter: Admission | None = None,
+        signal: Any = None,
+        limit: bool = True,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.limiter: Any = limiter
+        self.signal: Any = signal
+        self._limit = limit
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self.views: dict[str, Any] = {}
+        self.proxy: Proxy | None = None
+        self.probe: UpstreamProbe | None = None
+        self.draining = False
+        self._owned: list[Any] = []  # things with async stop(), stopped in reverse order
+        self._proxy_server: web.Server | None = None
+        self._proxy_runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._proxy_site: web.TCPSite | None = None
+        self.listen_port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.signal is None and (self.limiter is None and self._limit):
+            sig = WatchedSignal(parse_watch(cfg.watch), view=cfg.view, interval_s=cfg.sample_interval_s, clock=self._clock)
+            await sig.start()
+            self._owned.append(sig)
+            self.signal = sig
+        if self.signal is not None:
+            self.views[getattr(self.signal, "name", "container")] = self.signal
+        await self._start_comparison_views()
+        if self.limiter is None and self._limit:
+            self.limiter = build_limiter(cfg, self.signal)
+        durations = None
+        if self.limiter is not None and hasattr(self.limiter, "snapshot"):
+            from flowctl.metrics import FlowctlCollector, RequestDurations
+
+            self.registry.register(FlowctlCollector(self.limiter, views=self.views))
+            durations = RequestDurations(self.registry).child(cfg.resource)
+        self.registry.register(SidecarCollector(self))
+
+        self.proxy = Proxy(cfg, limiter=self.limiter, durations=durations, clock=self._clock)
+        await self.proxy.start()
+        self._owned.append(self.proxy)
+        self.probe = UpstreamProbe(
+            cfg.upstream,
+            interval_s=cfg.probe_interval_s,
+            timeout_s=cfg.connect_timeout_s,
+            health_path=cfg.health_path,
+            session=self._session,
+        )
+        await self.probe.start()
+        self._owned.append(self.probe)
+
+        self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None, shutdown_timeout=1.0)
+        await self._admin_runner.setup()
+        admin_site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
+        await admin_site.start()
+        self.admin_port = _bound_port(admin_site)
+
+        self._proxy_server = web.Server(
+            self.proxy.handle,
+            access_log=None,
+            max_line_size=cfg.max_header_bytes,
+            max_field_size=cfg.max_header_bytes,
+            auto_decompress=False,
+            keepalive_timeout=75.0,
+        )
+        self._proxy_runner = web.ServerRunner(self._proxy_server, shutdown_timeout=FLUSH_S)
+        await self._proxy_runner.setup()
+        self._proxy_site = web.TCPSite(self._proxy_runner, cfg.listen.host, cfg.listen.port, backlog=1024)
+        await self._proxy_site.start()
+        self.listen_port = _bound_port(self._proxy_site)
+        log.info(
+            "sidecar listening on %s:%d -> %s; admin on %s:%d; watching %s",
+            cfg.listen.host, self.listen_port, cfg.upstream, cfg.admin.host, self.admin_port, cfg.watch,
+        )  # fmt: skip
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self.proxy is not None
+        return self.proxy.session
+
+    async def _start_comparison_views(self) -> None:
+        """Add the host view next to the gating one (for /metrics and /debug/limiter) when available."""
+        if "host" in self.views or self.signal is None:
+            return
+        try:
+            from flowctl import cpu
+
+            host = cpu.make_signal("host", interval_s=max(self.config.sample_interval_s, 0.5))
+            await host.start()
+        except Exception as e:  # noqa: BLE001 - a comparison view is optional
+            log.debug("no host CPU view: %s", e)
+            return
+        self._owned.append(host)
+        self.views["host"] = host
+
+    async def drain(self) -> bool:
+        """Refuse new connections and wait up to ``drain_seconds`` for in-flight requests.
+
+        Returns True when everything finished within the grace period.
+        """
+        self.draining = True
+        if self._proxy_site is not None:
+            await self._proxy_site.stop()  # closes the listening socket: new connections are refused
+            self._proxy_site = None
+        if self._proxy_server is not None:
+            self._proxy_server.pre_shutdown()  # keep-alive connections close after their current request
+        if self.proxy is None:
+            return True
+        n = self.proxy.inflight
+        log.info("draining: %d request(s) in flight, waiting up to %.1f s", n, self.config.drain_seconds)
+        try:
+            await asyncio.wait_for(self.proxy.wait_idle(), self.config.drain_seconds)
+        except asyncio.TimeoutError:
+            log.warning("drain: %d request(s) still in flight after %.1f s", self.proxy.inflight, self.config.drain_seconds)
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Close listeners, the upstream session, the probe and the CPU watch."""
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+            self._proxy_runner = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        while self._owned:
+            thing = self._owned.pop()
+            with contextlib.suppress(Exception):
+                await (thing.close() if isinstance(thing, Proxy) else thing.stop())
+
+    async def __aenter__(self) -> Sidecar:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # noqa: SLF001 - aiohttp exposes the bound socket only here
+    if server is None:
+        return 0
+    for sock in getattr(server, "sockets", ()) or ():
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    return 0
+
+
+async def serve(config: SidecarConfig, *, ready: Callable[[Sidecar], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code (0 on a clean drain)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal_mod.SIGTERM, signal_mod.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Sidecar(config) as sc:
+            if ready is not None:
+                ready(sc)
+            await stop.wait()
+            log.info("signal received: draining")
+            await sc.drain()
+        log.info("stopped")
+        return 0
+    finally:
+        for sig in (signal_mod.SIGTERM, signal_mod.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _use_uvloop(mode: str) -> bool:
+    if mode == "off":
+        return False
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if mode == "on":
+            from flowctl.errors import ConfigError
+
+            raise ConfigError("uvloop: 'on' but uvloop is not installed (pip install 'flowctl[speed]')") from None
+        return False
+    return True
+
+
+def run(config: SidecarConfig) -> int:
+    """Blocking entry point: configure logging, pick the event loop, serve."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if _use_uvloop(config.uvloop):
+        import uvloop
+
+        code: int = uvloop.run(serve(config))
+        return code
+    return asyncio.run(serve(config))

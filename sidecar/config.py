@@ -1,0 +1,324 @@
+"""Sidecar configuration: flags > ``FLOWCTL_*`` environment > TOML file > defaults.
+
+Every option has one key (``max_body``), one flag (``--max-body``) and one
+environment variable (``FLOWCTL_MAX_BODY``); the TOML file uses the keys at its
+top level or under a ``[sidecar]`` table. ``load_config`` returns a validated,
+frozen ``SidecarConfig`` or raises ``ConfigError`` whose one-line message names
+the bad key and where its value came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from flowctl.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "OPTIONS",
+    "HostPort",
+    "Option",
+    "SidecarConfig",
+    "add_arguments",
+    "load_config",
+    "parse_bytes",
+    "parse_host_port",
+]
+
+ENV_PREFIX = "FLOWCTL_"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address; ``port`` 0 means "pick a free port"."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    """The validated sidecar configuration (units in the field names)."""
+
+    listen: HostPort = HostPort("0.0.0.0", 8000)
+    upstream: str = "http://127.0.0.1:8080"
+    admin: HostPort = HostPort("127.0.0.1", 9901)
+    watch: str = "self"
+    view: str = "container"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    total_timeout_s: float = 0.0
+    max_body_bytes: int = 100 * 1024 * 1024
+    max_header_bytes: int = 8190
+    max_connections: int = 1024
+    upstream_keepalive_s: float = 30.0
+    drain_seconds: float = 25.0
+    cpu_threshold: float = 0.8
+    cool_off_s: float = 1.0
+    algorithm: str = "bbr"
+    fixed_limit: int = 100
+    dry_run: bool = False
+    priority_header: str = ""
+    resource: str = "default"
+    sample_interval_s: float = 0.1
+    rejections_kept: int = 100
+    probe_interval_s: float = 1.0
+    health_path: str = ""
+    trust_forwarded: bool = False
+    uvloop: str = "auto"
+    log_level: str = "info"
+
+
+# -- value parsers: each raises ValueError with a short explanation ----------------------------
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6]:PORT``."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port_n = int(port)
+    if not 0 <= port_n <= 65535:
+        raise ValueError(f"port {port_n} out of range 0..65535")
+    return HostPort(host or "0.0.0.0", port_n)
+
+
+_BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count: ``1048576``, ``512k``, ``10M``, ``1G`` (binary units); 0 disables."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in ("k", "m", "g") else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a size like 10M, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {text!r}")
+    return int(value * _BYTE_UNITS[unit])
+
+
+def _parse_upstream(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST[:PORT][/PREFIX], got {text!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not have a query or fragment: {text!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return text.strip().rstrip("/")
+
+
+def _parse_watch(text: str) -> str:
+    from sidecar.watch import parse_watch
+
+    parse_watch(text)
+    return text.strip()
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        v = text.strip().lower()
+        if v not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _number(kind: type[int] | type[float], lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text.strip()) if kind is float else int(text.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected {'a number' if kind is float else 'an integer'}, got {text!r}") from None
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise ValueError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text!r}")
+        if hi is not None and v > hi:
+            raise ValueError(f"must be <= {hi:g}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _header_name(text: str) -> str:
+    v = text.strip()
+    if v and not all(c.isalnum() or c in "-_" for c in v):
+        raise ValueError(f"not a header name: {text!r}")
+    return v
+
+
+def _path(text: str) -> str:
+    v = text.strip()
+    if v and not v.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One configuration key: its flag, environment variable, parser and help."""
+
+    key: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen", "listen", parse_host_port, "proxy listen address (HOST:PORT)", "HOST:PORT"),
+    Option("upstream", "upstream", _parse_upstream, "the app's URL, e.g. http://127.0.0.1:8080", "URL"),
+    Option("admin", "admin", parse_host_port, "admin listener: /metrics /healthz /readyz /debug/limiter", "HOST:PORT"),
+    Option("watch", "watch", _parse_watch, "whose CPU: self | pid:N | process:NAME | cgroup:PATH", "TARGET"),
+    Option("view", "view", _choice("container", "host", "lxcfs"), "CPU view that gates shedding", "VIEW"),
+    Option("connect_timeout", "connect_timeout_s", _number(float, 0, lo_open=True), "upstream connect timeout, seconds", "S"),
+    Option("read_timeout", "read_timeout_s", _number(float, 0, lo_open=True), "upstream socket read timeout, seconds", "S"),
+    Option("total_timeout", "total_timeout_s", _number(float, 0), "whole upstream exchange timeout, seconds (0: none)", "S"),
+    Option("max_body", "max_body_bytes", parse_bytes, "largest request body, e.g. 10M (0: unlimited); larger -> 413", "SIZE"),
+    Option("max_header", "max_header_bytes", _number(int, 256, 1 << 20), "largest request line / header field, bytes", "N"),
+    Option("max_connections", "max_connections", _number(int, 1), "upstream connection pool size (TCPConnector limit)", "N"),
+    Option("upstream_keepalive", "upstream_keepalive_s", _number(float, 0), "idle upstream keep-alive, seconds", "S"),
+    Option("drain_seconds", "drain_seconds", _number(float, 0), "on SIGTERM, wait this long for in-flight requests", "S"),
+    Option("cpu_threshold", "cpu_threshold", _number(float, 0, 1, lo_open=True), "shed above this CPU utilization (0..1]", "RATIO"),
+    Option("cool_off", "cool_off_s", _number(float, 0), "keep shedding this long after the last CPU-gated rejection", "S"),
+    Option("algorithm", "algorithm", _choice("bbr", "gradient", "fixed"), "concurrency limit algorithm", "NAME"),
+    Option("fixed_limit", "fixed_limit", _number(int, 1), "limit for --algorithm fixed", "N"),
+    Option("dry_run", "dry_run", _bool, "decide and count, but never shed", "BOOL"),
+    Option("priority_header", "priority_header", _header_name, "trusted request header naming the priority (critical|default|sheddable)", "NAME"),
+    Option("resource", "resource", _header_name, "resource label for the limiter and metrics", "NAME"),
+    Option("sample_interval", "sample_interval_s", _number(float, 0.01, 60), "CPU sampling interval, seconds", "S"),
+    Option("rejections_kept", "rejections_kept", _number(int, 0, 100000), "how many recent rejections /debug/limiter shows", "N"),
+    Option("probe_interval", "probe_interval_s", _number(float, 0.05, 3600), "upstream readiness probe interval, seconds", "S"),
+    Option("health_path", "health_path", _path, "probe GET upstream+PATH for readiness (default: a TCP connect)", "PATH"),
+    Option("trust_forwarded", "trust_forwarded", _bool, "keep incoming X-Forwarded-Proto/Host instead of overwriting", "BOOL"),
+    Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
+    Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
+)
+
+_BY_KEY = {o.key: o for o in OPTIONS}
+assert {o.field for o in OPTIONS} == {f.name for f in fields(SidecarConfig)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per option to ``parser`` (defaults are None: unset)."""
+    parser.add_argument("--config", metavar="FILE", default=None, help=f"TOML file (also {ENV_PREFIX}CONFIG)")
+    defaults = SidecarConfig()
+    for o in OPTIONS:
+        default = getattr(defaults, o.field)
+        parser.add_argument(
+            o.flag,
+            dest="cfg_" + o.key,
+            metavar=o.metavar or None,
+            default=None,
+            help=f"{o.help} [{o.env}; default {default!s}]",
+        )
+
+
+def _toml_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError(f"expected a string or number, got {type(value).__name__}")
+
+
+def _read_toml(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: {path} is not valid TOML: {e}") from None
+    table = data.pop("sidecar", None)
+    if table is not None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"config: [sidecar] in {path} must be a table")
+        data.update(table)
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k not in _BY_KEY:
+            raise ConfigError(f"{key}: unknown key in {path}")
+        try:
+            out[k] = _toml_text(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e} (from {path})") from None
+    return out
+
+
+def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Merge flags (``args`` from a parser given ``add_arguments``), ``env`` and the TOML file.
+
+    Raises ``ConfigError`` naming the first bad key and its origin.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[str, str]] = {}  # key -> (text, origin)
+    config_path: str | None = getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        for k, v in _read_toml(config_path).items():
+            raw[k] = (v, config_path)
+    for o in OPTIONS:
+        if o.env in env:
+            raw[o.key] = (env[o.env], o.env)
+    for o in OPTIONS:
+        flag_value: str | None = getattr(args, "cfg_" + o.key, None) if args is not None else None
+        if flag_value is not None:
+            raw[o.key] = (flag_value, o.flag)
+    values: dict[str, Any] = {}
+    for key, (text, origin) in raw.items():
+        o = _BY_KEY[key]
+        try:
+            values[o.field] = o.parse(text)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e} (from {origin})") from None
+    cfg = SidecarConfig(**values)
+    if cfg.listen == cfg.admin and cfg.listen.port != 0:
+        raise ConfigError(f"admin: must differ from listen ({cfg.listen})")
+    return cfg
+
+
+def build_parser(prog: str = "sidecar") -> argparse.ArgumentParser:
+    """A standalone parser (``python -m sidecar``)."""
+    p = argparse.ArgumentParser(prog=prog, description="flowctl sidecar: an adaptive-limiting HTTP reverse proxy")
+    add_arguments(p)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)

@@ -1,0 +1,354 @@
+"""The forwarding path: one request in, one upstream exchange, streamed both ways.
+
+``Proxy.handle`` is an aiohttp low-level handler. It admits the request
+through the limiter (when one is given), forwards it over one shared
+``ClientSession`` (explicit connector limit, keep-alive, no cookie jar, no
+decompression) and streams the body back. Errors map to 502 (refused or
+broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
+a rejection becomes 503 with Retry-After and the JSON reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from sidecar.config import SidecarConfig
+from sidecar.headers import request_headers, response_headers
+
+__all__ = ["Admission", "Proxy", "rejection_response"]
+
+log = logging.getLogger("sidecar.proxy")
+
+PRIORITIES = frozenset({"critical", "default", "sheddable"})
+# Responses with a known length up to this size are read whole and written once
+# (cheaper than a StreamResponse); anything else streams in chunks.
+SMALL_BODY_BYTES = 64 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Admission(Protocol):
+    """What the proxy needs from ``flowctl.limiter.Limiter``."""
+
+    def acquire(self, priority: str = "default", resource: str = "default") -> Any: ...
+
+
+class Observer(Protocol):
+    """A bound histogram child (``flowctl.metrics.RequestDurations.child``)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def rejection_response(decision: Any, status: int = 503) -> web.Response:
+    """The shed response, the same shape as ``flowctl.aiohttp``'s: ``status`` with
+    ``Retry-After`` (whole seconds, at least 1) and
+    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``."""
+    retry_after_s = float(decision.retry_after_s)
+    if not math.isfinite(retry_after_s) or retry_after_s < 0:
+        retry_after_s = 1.0
+    body = {"error": "overloaded", "reason": decision.reason.trigger, "retry_after_s": round(retry_after_s, 3)}
+    return web.json_response(body, status=status, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+def _error(status: int, detail: str) -> web.Response:
+    return web.json_response({"error": web.Response(status=status).reason, "detail": detail}, status=status)
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return False
+    return "upgrade" in request.headers.get("Connection", "").lower()
+
+
+class Proxy:
+    """Forwards every request to ``config.upstream``; owns the upstream ClientSession.
+
+    Use ``async with Proxy(config, limiter=...) as proxy`` (or ``await start()`` /
+    ``await close()``) around serving; pass ``proxy.handle`` to ``web.Server``.
+    ``inflight`` counts requests being forwarded; ``wait_idle()`` waits for it to reach 0.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        limiter: Admission | None = None,
+        durations: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.limiter = limiter
+        self._durations = durations
+        self._clock = clock
+        self._base = config.upstream
+        self._max_body = config.max_body_bytes
+        self._priority_header = config.priority_header
+        self._resource = config.resource
+        self._trust_forwarded = config.trust_forwarded
+        self._session: aiohttp.ClientSession | None = None
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+        # Plain counters (exported at scrape time by the admin collector).
+        self.requests_total = 0
+        self.errors_total: collections.Counter[str] = collections.Counter()
+        self.rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.rejections_kept)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        connector = aiohttp.TCPConnector(
+            limit=cfg.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=cfg.upstream_keepalive_s or None,
+            force_close=cfg.upstream_keepalive_s == 0,
+            ttl_dns_cache=60,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=cfg.total_timeout_s or None,
+            connect=cfg.connect_timeout_s,
+            sock_connect=cfg.connect_timeout_s,
+            sock_read=cfg.read_timeout_s,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            raise_for_status=False,
+            read_bufsize=2**16,
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Proxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Proxy not started")
+        return self._session
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being forwarded."""
+        if self._idle is not None:
+            await self._idle.wait()
+
+    # -- the handler ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.requests_total += 1
+        length = request.content_length
+        if self._max_body and length is not None and length > self._max_body:
+            self.errors_total["413"] += 1
+            return _error(413, f"request body of {length} bytes exceeds max_body {self._max_body}")
+        decision = None
+        if self.limiter is not None:
+            priority = "default"
+            if self._priority_header:
+                priority = request.headers.get(self._priority_header, "default").lower()
+                if priority not in PRIORITIES:
+                    priority = "default"
+            decision = self.limiter.acquire(priority, self._resource)
+            if not decision.admitted:
+                self._record_rejection(request, decision)
+                return rejection_response(decision)
+            if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
+                self._record_rejection(request, decision, counted=False)
+        self.inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+        outcome = "ignore"
+        started_s = self._clock() if self._durations is not None else 0.0
+        try:
+            if _is_websocket(request):
+                resp, outcome = await self._websocket(request, decision)
+                decision = None  # released at handshake
+            else:
+                resp, outcome = await self._forward(request, length)
+            return resp
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._idle is not None:
+                self._idle.set()
+            if decision is not None:
+                getattr(decision, outcome)()
+            if self._durations is not None and decision is not None:
+                self._durations.observe(self._clock() - started_s)
+
+    def _record_rejection(self, request: web.BaseRequest, decision: Any, *, counted: bool = True) -> None:
+        if counted:
+            self.errors_total["503"] += 1
+        if self.rejections.maxlen:
+            reason = decision.reason
+            self.rejections.append(
+                {
+                    "at_unix_s": time.time(),
+                    "method": request.method,
+                    "path": request.path,
+                    "reason": reason.as_dict() if hasattr(reason, "as_dict") else str(reason),
+                }
+            )
+
+    async def _limited_body(self, content: aiohttp.StreamReader, limit_bytes: int, state: list[bool]) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in content.iter_any():
+            seen += len(chunk)
+            if seen > limit_bytes:
+                state[0] = True
+                raise _BodyTooLarge()
+            yield chunk
+
+    async def _forward(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
+        """Returns (response, token outcome: "success" | "ignore" | "dropped")."""
+        url = URL(self._base + request.raw_path, encoded=True)
+        headers = request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            trust_forwarded=self._trust_forwarded,
+        )
+        data: Any = None
+        too_large = [False]
+        if request.body_exists:
+            if self._max_body and length is None:
+                data = self._limited_body(request.content, self._max_body, too_large)
+            else:
+                data = request.content
+        try:
+            up = await self.session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False, compress=None
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every upstream failure maps to a status
+            if too_large[0] or isinstance(e, _BodyTooLarge) or isinstance(e.__cause__, _BodyTooLarge):
+                self.errors_total["413"] += 1
+                return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
+            return self._upstream_error(e)
+        try:
+            return await self._respond(request, up), "success"
+        finally:
+            up.release()
+
+    def _upstream_error(self, e: BaseException) -> tuple[web.StreamResponse, str]:
+        if isinstance(e, asyncio.TimeoutError):  # includes aiohttp.ServerTimeoutError
+            self.errors_total["504"] += 1
+            return _error(504, f"upstream timed out ({type(e).__name__})"), "dropped"
+        self.errors_total["502"] += 1
+        if isinstance(e, aiohttp.ClientConnectorError):
+            detail = f"upstream unreachable: {e.os_error.strerror or e.os_error}"
+        else:
+            detail = f"upstream failed: {type(e).__name__}: {e}"
+        return _error(502, detail), "ignore"
+
+    async def _respond(self, request: web.BaseRequest, up: aiohttp.ClientResponse) -> web.StreamResponse:
+        hdrs = response_headers(up.headers.items(), up.headers.getall("Connection", ()))
+        status = up.status
+        length = up.content_length
+        if request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
+            resp = web.StreamResponse(status=status, reason=up.reason, headers=hdrs)
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        if length is not None and length <= SMALL_BODY_BYTES:
+            body = await up.read()
+            return web.Response(status=status, reason=up.reason, headers=hdrs, body=body)
+        resp = web.StreamResponse(status=status, reason=up.reason, headers=hdrs)
+        await resp.prepare(request)
+        try:
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+            # Headers are gone: the only honest signal left is to cut the connection
+            # (never write the final chunk, which would mark a truncated body complete).
+            log.warning("stream from upstream broke after headers: %s: %s", type(e).__name__, e)
+            up.close()
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def _websocket(self, request: web.BaseRequest, decision: Any) -> tuple[web.StreamResponse, str]:
+        url = URL(self._base + request.raw_path, encoded=True)
+        headers = request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            trust_forwarded=self._trust_forwarded,
+            websocket=True,
+        )
+        protocols = tuple(
+            p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()
+        )
+        try:
+            up_ws = await self.session.ws_connect(
+                url, headers=headers, protocols=protocols, autoclose=False, autoping=True, max_msg_size=0
+            )
+        except aiohttp.WSServerHandshakeError as e:
+            self.errors_total["502"] += 1
+            return _error(502, f"upstream refused the WebSocket upgrade: {e.status}"), "ignore"
+        except Exception as e:  # noqa: BLE001
+            return self._upstream_error(e)
+        if decision is not None:
+            decision.success()  # a WebSocket holds no limiter slot beyond its handshake
+        ws = web.WebSocketResponse(
+            protocols=(up_ws.protocol,) if up_ws.protocol else (), autoclose=False, autoping=True, max_msg_size=0
+        )
+        try:
+            await ws.prepare(request)
+            a = asyncio.ensure_future(_pump(ws, up_ws))
+            b = asyncio.ensure_future(_pump(up_ws, ws))
+            try:
+                await asyncio.wait((a, b), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (a, b):
+                    t.cancel()
+                await asyncio.gather(a, b, return_exceptions=True)
+        finally:
+            await up_ws.close()
+            await ws.close()
+        return ws, "ignore"
+
+
+async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    """Copy messages from ``src`` to ``dst`` until ``src`` closes; forward its close code."""
+    while True:
+        msg = await src.receive()
+        if msg.type is WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type is WSMsgType.CLOSE:
+            await dst.close(code=msg.data or 1000, message=(msg.extra or "").encode())
+            return
+        elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
