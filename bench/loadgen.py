@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["LoadSpec", "TrafficClass", "run_load", "run_load_process", "main"]
+__all__ = ["LoadSpec", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
 
 _HIST_MAX_US = 120_000_000  # 120 s, far above any timeout
 
@@ -64,6 +64,7 @@ class LoadSpec:
     max_connections: int = 8192
     progress: bool = False
     events: tuple[tuple[float, str], ...] = ()  # (offset_s, label) lines printed in progress only
+    start_at: float | None = None  # wall-clock (time.time()) instant of the first intended send; None = now
 
 
 def _new_hist() -> HdrHistogram:
@@ -317,8 +318,9 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     errors_by_kind: dict[str, int] = {}
     pending: set[asyncio.Task[None]] = set()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = loop.time() + 0.05
-    wall0 = time.time() + 0.05
+    lead_s = 0.05 if spec.start_at is None else max(0.0, spec.start_at - time.time())
+    t0 = loop.time() + lead_s
+    wall0 = time.time() + lead_s
 
     async def one(offset: float, cls: int) -> None:
         nonlocal inflight, peak_inflight
@@ -463,6 +465,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cpu", type=int, action="append", help="pin this process to CPU N (repeatable)")
     p.add_argument("--event", action="append", default=[], help="OFFSET:LABEL shown in the progress lines")
+    p.add_argument("--start-at", type=float, default=None, help="wall-clock time (epoch s) of the first send")
     p.add_argument("--progress", action="store_true", help="print a line per second to stderr")
     p.add_argument("--json", dest="json_out", help="write the result here ('-' = stdout)")
     p.add_argument("--selftest", action="store_true", help="measure the generator's own max rate against a trivial server")
@@ -487,7 +490,30 @@ def spec_from_args(a: argparse.Namespace) -> LoadSpec:
         seed=a.seed,
         progress=a.progress,
         events=tuple(events),
+        start_at=a.start_at,
     )
+
+
+def _process_cmd(spec: LoadSpec, out: str, cpus: Sequence[int] | None, python: str, priority_header: str) -> list[str]:
+    cmd = [
+        python, "-m", "bench.loadgen", "--url", spec.url, "--rate", repr(spec.rate_rps), "--seconds", repr(spec.duration_s),
+        "--arrival", spec.arrival, "--timeout", repr(spec.timeout_s), "--good-latency", repr(spec.good_latency_s),
+        "--seed", str(spec.seed), "--json", out, "--priority-header", priority_header,
+    ]  # fmt: skip
+    if spec.classes != (TrafficClass(),):
+        cmd += ["--mix", ",".join(f"{c.name}:{c.weight}" for c in spec.classes)]
+    for at, label in spec.events:
+        cmd += ["--event", f"{at}:{label}"]
+    if spec.progress:
+        cmd.append("--progress")
+    for c in cpus or ():
+        cmd += ["--cpu", str(c)]
+    if spec.start_at is not None:
+        cmd += ["--start-at", repr(spec.start_at)]
+    return cmd
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_load_process(
@@ -502,23 +528,38 @@ def run_load_process(
     A separate process keeps the generator's CPU off the caller's event loop and
     lets it be pinned away from the upstream.
     """
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [
-        python, "-m", "bench.loadgen", "--url", spec.url, "--rate", repr(spec.rate_rps), "--seconds", repr(spec.duration_s),
-        "--arrival", spec.arrival, "--timeout", repr(spec.timeout_s), "--good-latency", repr(spec.good_latency_s),
-        "--seed", str(spec.seed), "--json", out, "--priority-header", priority_header,
-    ]  # fmt: skip
-    if spec.classes != (TrafficClass(),):
-        cmd += ["--mix", ",".join(f"{c.name}:{c.weight}" for c in spec.classes)]
-    for at, label in spec.events:
-        cmd += ["--event", f"{at}:{label}"]
-    if spec.progress:
-        cmd.append("--progress")
-    for c in cpus or ():
-        cmd += ["--cpu", str(c)]
+    fd, out = tempfile.mkstemp(suffix=".json", prefix="flowctl-loadgen-")
+    os.close(fd)
     try:
-        subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        subprocess.run(_process_cmd(spec, out, cpus, python, priority_header), check=True, cwd=_REPO)
+        with open(out) as fh:
+            data: dict[str, Any] = json.load(fh)
+        return data
+    finally:
+        os.unlink(out)
+
+
+async def run_load_process_async(
+    spec: LoadSpec,
+    *,
+    cpus: Sequence[int] | None = None,
+    python: str = sys.executable,
+    priority_header: str = "X-Priority",
+) -> dict[str, Any]:
+    """:func:`run_load_process` without blocking the caller's event loop."""
+    fd, out = tempfile.mkstemp(suffix=".json", prefix="flowctl-loadgen-")
+    os.close(fd)
+    try:
+        proc = await asyncio.create_subprocess_exec(*_process_cmd(spec, out, cpus, python, priority_header), cwd=_REPO)
+        try:
+            rc = await proc.wait()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if rc != 0:
+            raise RuntimeError(f"load generator exited with {rc}")
         with open(out) as fh:
             data: dict[str, Any] = json.load(fh)
         return data

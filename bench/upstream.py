@@ -1,0 +1,259 @@
+"""The benchmark upstream: an aiohttp service with three handlers, protected by flowctl in one variant.
+
+Handlers (resources):
+
+- ``/cpu-blocking``: pure-Python work of ``--work-iters`` iterations (about
+  5 ms of CPU by default) with no await: blocks the event loop.
+- ``/cpu-yielding``: the same work in ``--slices`` awaited slices, then a short
+  awaited I/O wait (``--io-ms``), as real services do.
+- ``/io``: an awaited wait of ``--io-bound-ms`` with almost no CPU.
+
+Variants (``--variant``): ``none`` (no limiter), ``fixed`` (a fixed concurrency
+limit), ``bbr-host``, ``bbr-container``, ``bbr-lxcfs`` (BBR fed the host /proc,
+the cgroup, or the lxcfs view), ``gradient`` (latency-only Gradient2-style).
+``/_bench/state`` (never limited) returns the limiter snapshot and every CPU
+view's latest reading as JSON, for the harness's time series.
+
+Run: ``python -m bench.upstream --port 8080 --variant bbr-container``; usually
+started by ``bench.scenarios`` inside a cgroup via ``flowctl.workload.launch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["VARIANTS", "HANDLERS", "burn", "calibrate_iters_per_ms", "make_app", "main"]
+
+VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient")
+HANDLERS = {"blocking": "/cpu-blocking", "yielding": "/cpu-yielding", "io": "/io"}
+PRIORITY_HEADER = "X-Priority"
+
+
+def burn(iters: int) -> int:
+    """Pure-Python CPU work: ``iters`` loop iterations, no allocation, no await."""
+    acc = 0
+    for i in range(iters):
+        acc = (acc + i * i) % 1_000_003
+    return acc
+
+
+def calibrate_iters_per_ms(target_ms: float = 50.0) -> float:
+    """Iterations of :func:`burn` per millisecond of *thread CPU time* (immune to throttling)."""
+    burn(20_000)
+    best = 0.0
+    for _ in range(5):
+        n = 50_000
+        t0 = time.thread_time()
+        burn(n)
+        dt = time.thread_time() - t0
+        n = int(n * target_ms / 1000.0 / max(dt, 1e-6))
+        t0 = time.thread_time()
+        burn(n)
+        dt = time.thread_time() - t0
+        best = max(best, n / (dt * 1000.0))
+    return best
+
+
+def _reading_dict(sig: Any) -> dict[str, Any]:
+    try:
+        r = sig.reading
+        return {"name": sig.name, **dataclasses.asdict(r)}
+    except Exception as exc:  # a broken view must not break the state endpoint
+        return {"name": getattr(sig, "name", "?"), "error": repr(exc)}
+
+
+_LIMITER = web.AppKey("bench_limiter", object)
+_VIEWS = web.AppKey("bench_views", dict)
+_LAG = web.AppKey("bench_lag", object)
+
+
+def _hot_signal() -> Any:
+    """A signal that always reads "saturated": leaves only the algorithm's own limit in force."""
+    from flowctl.signal import StaticSignal
+
+    return StaticSignal(name="static", utilization=1.0, utilization_smoothed=1.0, usage_cores=1.0, limit_cores=1.0)
+
+
+def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any]]:
+    """The Limiter for ``variant`` and the CPU views (name -> Sampler) to sample beside it.
+
+    BBR variants differ only in the CPU view fed to the limiter. ``fixed`` and
+    ``gradient`` are the concurrency-limit peers: no CPU gate, their limit alone.
+    """
+    from flowctl.cpu import make_signal
+    from flowctl.limiter import Limiter
+
+    views: dict[str, Any] = {"container": make_signal("container"), "host": make_signal("host")}
+    if variant == "bbr-lxcfs":
+        views["lxcfs"] = make_signal("lxcfs")
+    if variant in ("bbr-host", "bbr-container", "bbr-lxcfs"):
+        from flowctl.limit.bbr import Bbr
+
+        return Limiter(views[variant.removeprefix("bbr-")], Bbr()), views
+    if variant == "fixed":
+        from flowctl.limit.fixed import FixedLimit
+
+        return Limiter(views["container"], FixedLimit(fixed_limit), cpu_gate=False), views
+    if variant == "gradient":
+        from flowctl.limit.gradient import Gradient
+
+        return Limiter(views["container"], Gradient(), cpu_gate=False), views
+    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+
+
+def make_app(
+    variant: str = "none",
+    *,
+    work_iters: int = 50_000,
+    slices: int = 5,
+    io_ms: float = 2.0,
+    io_bound_ms: float = 20.0,
+    fixed_limit: int = 4,
+    loop_lag: bool = True,
+) -> web.Application:
+    """The upstream app for ``variant`` (see the module docstring)."""
+    app = web.Application()
+    slice_iters = max(1, work_iters // max(1, slices))
+
+    async def cpu_blocking(request: web.Request) -> web.Response:
+        burn(work_iters)
+        return web.Response(text="ok")
+
+    async def cpu_yielding(request: web.Request) -> web.Response:
+        for _ in range(slices):
+            burn(slice_iters)
+            await asyncio.sleep(0)
+        await asyncio.sleep(io_ms / 1000.0)
+        return web.Response(text="ok")
+
+    async def io_bound(request: web.Request) -> web.Response:
+        await asyncio.sleep(io_bound_ms / 1000.0)
+        return web.Response(text="ok")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def state(request: web.Request) -> web.Response:
+        out: dict[str, Any] = {"variant": variant, "pid": os.getpid(), "at": time.monotonic()}
+        limiter = request.app.get(_LIMITER)
+        if limiter is not None:
+            try:
+                out["snapshot"] = limiter.snapshot().as_dict()  # type: ignore[attr-defined]
+            except Exception as exc:
+                out["snapshot_error"] = repr(exc)
+        out["views"] = {k: _reading_dict(v) for k, v in request.app.get(_VIEWS, {}).items()}
+        lag = request.app.get(_LAG)
+        if lag is not None:
+            out["loop_lag"] = {"last_s": getattr(lag, "last_lag_s", None), "max_s": getattr(lag, "max_lag_s", None)}
+        ru = os.times()
+        out["process_cpu_s"] = ru.user + ru.system
+        return web.json_response(out, dumps=lambda o: json.dumps(o, default=str))
+
+    app.router.add_get("/cpu-blocking", cpu_blocking, name="cpu-blocking")
+    app.router.add_get("/cpu-yielding", cpu_yielding, name="cpu-yielding")
+    app.router.add_get("/io", io_bound, name="io")
+    app.router.add_get("/_bench/state", state, name="bench-state")
+    app.router.add_get("/healthz", healthz, name="healthz")
+
+    if variant == "none":
+        _setup_views_only(app)
+        return app
+
+    limiter, views = build_limiter(variant, fixed_limit=fixed_limit)
+    app[_LIMITER] = limiter
+    app[_VIEWS] = views
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        started = []
+        try:
+            for v in views.values():
+                await v.start()
+                started.append(v)
+            yield
+        finally:
+            for v in started:
+                await v.stop()
+
+    app.cleanup_ctx.append(lifetime)
+    import flowctl.aiohttp as fa
+
+    # The loop-lag trigger (the asyncio blind spot, issue 4) belongs to flowctl's BBR
+    # set-up; the fixed and gradient peers run as those algorithms do elsewhere, without it.
+    state = fa.setup(
+        app,
+        limiter=limiter,
+        exempt_paths=("/healthz", "/metrics", "/_bench/state"),
+        trusted_priority_header=PRIORITY_HEADER,
+        loop_lag=loop_lag and variant.startswith("bbr-"),
+    )
+    if state.loop_lag is not None:
+        app[_LAG] = state.loop_lag
+    return app
+
+
+def _setup_views_only(app: web.Application) -> None:
+    """CPU views for the ``none`` variant's state endpoint (sampled, never used to limit)."""
+    try:
+        from flowctl.cpu import make_signal
+    except ImportError:
+        return
+    views = {"container": make_signal("container"), "host": make_signal("host")}
+    app[_VIEWS] = views
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        for v in views.values():
+            await v.start()
+        try:
+            yield
+        finally:
+            for v in views.values():
+                await v.stop()
+
+    app.cleanup_ctx.append(lifetime)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.upstream", description="flowctl benchmark upstream")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--variant", choices=VARIANTS, default="none")
+    p.add_argument("--work-ms", type=float, default=5.0, help="CPU work per request (calibrated here unless --work-iters)")
+    p.add_argument("--work-iters", type=int, default=0, help="burn() iterations per request (0 = calibrate --work-ms)")
+    p.add_argument("--slices", type=int, default=5)
+    p.add_argument("--io-ms", type=float, default=2.0, help="awaited wait of the yielding handler")
+    p.add_argument("--io-bound-ms", type=float, default=20.0)
+    p.add_argument("--fixed-limit", type=int, default=4)
+    p.add_argument("--no-loop-lag", action="store_true", help="BBR variants without the event-loop lag trigger")
+    p.add_argument("--backlog", type=int, default=128, help="listen backlog (aiohttp's default)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _build_parser().parse_args(argv)
+    iters = a.work_iters or int(calibrate_iters_per_ms() * a.work_ms)
+    app = make_app(
+        a.variant,
+        work_iters=iters,
+        slices=a.slices,
+        io_ms=a.io_ms,
+        io_bound_ms=a.io_bound_ms,
+        fixed_limit=a.fixed_limit,
+        loop_lag=not a.no_loop_lag,
+    )
+    print(f"upstream: variant={a.variant} work_iters={iters} listening on {a.host}:{a.port}", file=sys.stderr, flush=True)
+    web.run_app(app, host=a.host, port=a.port, backlog=a.backlog, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
