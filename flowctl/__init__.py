@@ -14,20 +14,36 @@ from flowctl.errors import (
     ParseError,
     WorkloadError,
 )
+from flowctl.limit.base import LimitAlgorithm
+from flowctl.limit.bbr import Bbr
+from flowctl.limit.fixed import FixedLimit
+from flowctl.limit.gradient import Gradient
+from flowctl.limiter import Limiter, LimiterSnapshot, PriorityClass, Reason, Rejection, Token, Trigger
 from flowctl.signal import UNKNOWN_READING, CpuReading, CpuSignal, StaticSignal
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bbr",
     "CgroupError",
     "ConfigError",
     "ControllerMissingError",
     "CpuReading",
     "CpuSignal",
+    "FixedLimit",
     "FlowctlError",
+    "Gradient",
+    "LimitAlgorithm",
+    "Limiter",
+    "LimiterSnapshot",
     "LxcfsError",
     "ParseError",
+    "PriorityClass",
+    "Reason",
+    "Rejection",
     "StaticSignal",
+    "Token",
+    "Trigger",
     "UNKNOWN_READING",
     "WorkloadError",
 ]

@@ -1,0 +1,755 @@
+"""Admission: tokens, priorities, triggers, reasons, dry-run and snapshots.
+
+``Limiter.acquire(priority, resource)`` returns a ``Token`` (admitted) or a
+``Rejection`` (shed, with a structured ``Reason``); it never raises. The
+shedding rule, BBR-style::
+
+    shed  iff  (hot  or  now < last_drop + cool_off_s)
+               and  in-flight including this request > the priority's limit
+
+``hot`` is any of: the CPU signal's fast or smoothed utilization >= the
+threshold (default 0.8 of the effective CPU limit), the optional
+``throttled_ratio`` / ``pressure_ratio`` thresholds, or a non-bypass
+``Trigger`` firing. A ``Trigger`` with ``bypass_inflight=True`` sheds on its
+own, whatever the in-flight count. Every shed (or dry-run "would shed")
+restarts the cool-off. The priority's limit is a share of the algorithm's
+``max_inflight`` under one shared in-flight count (see ``PriorityClass``).
+
+The limiter is not thread-safe: use it from one thread (one event loop).
+Per-request work is a few integer updates; counters are exported by reading
+``snapshot()`` at scrape time, never by metrics calls per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from flowctl.errors import ConfigError
+from flowctl.limit.base import LimitAlgorithm
+from flowctl.signal import CpuReading, CpuSignal
+
+__all__ = [
+    "DEFAULT_PRIORITIES",
+    "OTHER_RESOURCE",
+    "PRIORITIES",
+    "Decision",
+    "Limiter",
+    "LimiterSnapshot",
+    "Priority",
+    "PriorityClass",
+    "Reason",
+    "Rejection",
+    "Token",
+    "Trigger",
+]
+
+_log = logging.getLogger("flowctl.limiter")
+
+Priority = str
+"""A priority class name: ``"critical"``, ``"default"`` or ``"sheddable"`` (or a configured one)."""
+
+PRIORITIES: tuple[str, ...] = ("critical", "default", "sheddable")
+
+OTHER_RESOURCE = "other"
+"""Resource name that absorbs new resources once ``max_resources`` distinct ones were seen."""
+
+_ROUNDING_SLACK = 1e-9
+_MIN_RETRY_AFTER_S = 0.1
+_UNKNOWN_CPU_WARN_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityClass:
+    """How much of the shared limit a priority class may use while the limiter is hot.
+
+    - ``share``: the class is admitted while in-flight (all classes, including
+      this request) stays within ``max(1, ceil(share * max_inflight))``.
+    - ``trigger_scale``: a bypass trigger sheds the class only when its value
+      is at least ``threshold * trigger_scale``.
+    """
+
+    share: float
+    trigger_scale: float
+
+
+DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
+    "critical": PriorityClass(share=1.5, trigger_scale=3.0),
+    "default": PriorityClass(share=1.0, trigger_scale=2.0),
+    "sheddable": PriorityClass(share=0.5, trigger_scale=1.0),
+}
+"""Sheddable goes first (half the limit; bypass triggers at their threshold), default
+gets exactly the BBR limit (2x threshold), critical goes last (1.5x the limit; 3x threshold)."""
+
+
+@runtime_checkable
+class Trigger(Protocol):
+    """An extra shedding signal (e.g. event-loop lag), polled at admission time.
+
+    ``check(now)`` returns the current value when firing (value >= threshold),
+    else None; it must be cheap when the trigger has ``bypass_inflight=True``
+    (it is then called on every ``acquire``). A non-bypass trigger counts as
+    "hot" like the CPU signal; a bypass trigger sheds even when in-flight is
+    within the limit (blocking handlers keep in-flight at 1).
+    ``bypass_inflight`` is read once, when the trigger is added.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def bypass_inflight(self) -> bool: ...
+
+    def check(self, now: float) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a request was (or, in dry-run, would have been) shed. ``as_dict()`` is JSON-able.
+
+    - ``trigger``: ``"cpu"``, ``"cool_off"``, ``"throttled"``, ``"pressure"``,
+      ``"limit"`` (ungated limiter) or a ``Trigger``'s name (e.g. ``"loop_lag"``).
+    - ``signal_name`` / ``signal_value`` / ``threshold``: what fired and its
+      threshold (for bypass triggers, the threshold already scaled for the priority).
+    - ``inflight``: in-flight before this request; ``max_inflight``: the
+      algorithm's limit; ``priority_limit``: this priority's share of it.
+    - ``cool_off``: the cool-off (from the last drop) was in force.
+    - ``retry_after_s``: suggested client back-off.
+    """
+
+    trigger: str
+    signal_name: str
+    signal_value: float | None
+    threshold: float | None
+    inflight: int
+    max_inflight: float
+    priority: str
+    resource: str
+    cool_off: bool
+    retry_after_s: float
+    dry_run: bool
+    priority_limit: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Class:
+    """Mutable per-priority state: the policy and its current limit."""
+
+    __slots__ = ("name", "share", "trigger_scale", "cap")
+
+    def __init__(self, name: str, policy: PriorityClass) -> None:
+        self.name = name
+        self.share = policy.share
+        self.trigger_scale = policy.trigger_scale
+        self.cap = 1.0
+
+
+class _Cell:
+    """Counters of one (resource, priority) pair."""
+
+    __slots__ = ("resource", "cls", "admitted", "dry_run_shed", "released", "shed")
+
+    def __init__(self, resource: str, cls: _Class) -> None:
+        self.resource = resource
+        self.cls = cls
+        self.admitted = 0  # tokens handed out as admitted
+        self.dry_run_shed = 0  # tokens handed out though a dry-run limiter would have shed
+        self.released = 0  # tokens released (either kind)
+        self.shed = 0  # rejections
+
+    @property
+    def inflight(self) -> int:
+        return self.admitted + self.dry_run_shed - self.released
+
+
+class Token:
+    """An admitted request. Release it exactly once with ``success()``, ``ignore()`` or ``dropped()``.
+
+    Further releases are no-ops. ``with token:`` / ``async with token:``
+    release on exit: ``success()`` normally, ``dropped()`` on ``TimeoutError``,
+    ``ignore()`` on any other exception. A token garbage-collected unreleased
+    is released with ``ignore()`` and counted in ``tokens_leaked``.
+    ``reason`` is set when a dry-run limiter would have shed this request.
+    """
+
+    __slots__ = ("_limiter", "_cell", "start", "reason")
+
+    admitted = True
+
+    def __init__(self, limiter: Limiter, cell: _Cell, start: float, reason: Reason | None = None) -> None:
+        self._limiter = limiter
+        self._cell: _Cell | None = cell
+        self.start = start
+        self.reason = reason
+
+    @property
+    def retry_after_s(self) -> float:
+        return 0.0
+
+    @property
+    def released(self) -> bool:
+        return self._cell is None
+
+    @property
+    def priority(self) -> str:
+        return self._limiter_cell().cls.name
+
+    @property
+    def resource(self) -> str:
+        return self._limiter_cell().resource
+
+    def _limiter_cell(self) -> _Cell:
+        cell = self._cell
+        if cell is None:
+            raise ValueError("token already released")
+        return cell
+
+    def success(self) -> None:
+        """The request completed: its round-trip time feeds the limit algorithm."""
+        cell = self._cell
+        if cell is None:
+            return
+        self._cell = None
+        lim = self._limiter
+        now = lim._clock()
+        inflight = lim._inflight
+        lim._inflight = inflight - 1
+        cell.released += 1
+        lim._on_sample(now, now - self.start, inflight, False)
+
+    def ignore(self) -> None:
+        """The request failed for its own reasons: release without feeding its RT."""
+        cell = self._cell
+        if cell is None:
+            return
+        self._cell = None
+        self._limiter._inflight -= 1
+        cell.released += 1
+
+    def dropped(self) -> None:
+        """The request timed out or was dropped downstream: tell the algorithm it was dropped."""
+        cell = self._cell
+        if cell is None:
+            return
+        self._cell = None
+        lim = self._limiter
+        now = lim._clock()
+        inflight = lim._inflight
+        lim._inflight = inflight - 1
+        cell.released += 1
+        lim._on_sample(now, now - self.start, inflight, True)
+
+    def __del__(self) -> None:
+        if self._cell is not None:
+            try:
+                self._limiter._tokens_leaked += 1
+                self.ignore()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
+    def _exit(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self.success()
+        elif isinstance(exc, TimeoutError):
+            self.dropped()
+        else:
+            self.ignore()
+
+    def __enter__(self) -> Token:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> Token:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit(exc)
+
+    def __repr__(self) -> str:
+        state = "released" if self._cell is None else f"{self._cell.resource}/{self._cell.cls.name}"
+        return f"<Token {state} start={self.start:.6f}{' dry_run' if self.reason else ''}>"
+
+
+class Rejection:
+    """A shed request: ``admitted`` is False and ``reason`` says why. Release methods are no-ops."""
+
+    __slots__ = ("reason",)
+
+    admitted = False
+
+    def __init__(self, reason: Reason) -> None:
+        self.reason = reason
+
+    @property
+    def retry_after_s(self) -> float:
+        return self.reason.retry_after_s
+
+    def success(self) -> None:
+        return None
+
+    def ignore(self) -> None:
+        return None
+
+    def dropped(self) -> None:
+        return None
+
+    def __enter__(self) -> Rejection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+    async def __aenter__(self) -> Rejection:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        r = self.reason
+        return f"<Rejection {r.trigger} {r.resource}/{r.priority} inflight={r.inflight} retry_after_s={r.retry_after_s:g}>"
+
+
+Decision = Token | Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSnapshot:
+    """The limiter's state at ``at`` (clock seconds), for metrics and debug endpoints.
+
+    ``requests`` counts each request once by ``(resource, priority, outcome)``,
+    outcome in ``"admitted" | "shed" | "dry_run_shed"``; ``shed_by_reason``
+    counts real sheds by ``(resource, trigger)`` and ``dry_run_shed_by_reason``
+    the dry-run ones. ``min_rt_s`` / ``max_pass_per_s`` are None when unknown
+    (cold window, or an algorithm that does not measure them).
+    """
+
+    at: float
+    inflight: int
+    inflight_by_priority: dict[str, int]
+    inflight_by_resource: dict[str, int]
+    max_inflight: float
+    priority_limits: dict[str, float]
+    min_rt_s: float | None
+    max_pass_per_s: float | None
+    warm: bool
+    algorithm: str
+    cpu: CpuReading
+    signal_name: str
+    hot: bool
+    hot_triggers: tuple[str, ...]
+    cool_off: bool
+    cool_off_until: float | None
+    requests: dict[tuple[str, str, str], int]
+    shed_by_reason: dict[tuple[str, str], int]
+    dry_run_shed_by_reason: dict[tuple[str, str], int]
+    dry_run: bool
+    tokens_leaked: int
+    triggers: dict[str, float | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
+        requests: dict[str, dict[str, dict[str, int]]] = {}
+        for (res, prio, outcome), n in sorted(self.requests.items()):
+            requests.setdefault(res, {}).setdefault(prio, {})[outcome] = n
+        return {
+            "at": self.at,
+            "inflight": self.inflight,
+            "inflight_by_priority": dict(self.inflight_by_priority),
+            "inflight_by_resource": dict(self.inflight_by_resource),
+            "max_inflight": self.max_inflight,
+            "priority_limits": dict(self.priority_limits),
+            "min_rt_s": self.min_rt_s,
+            "max_pass_per_s": self.max_pass_per_s,
+            "warm": self.warm,
+            "algorithm": self.algorithm,
+            "cpu": asdict(self.cpu),
+            "signal_name": self.signal_name,
+            "hot": self.hot,
+            "hot_triggers": list(self.hot_triggers),
+            "cool_off": self.cool_off,
+            "cool_off_until": self.cool_off_until,
+            "requests": requests,
+            "shed_by_reason": _nest(self.shed_by_reason),
+            "dry_run_shed_by_reason": _nest(self.dry_run_shed_by_reason),
+            "dry_run": self.dry_run,
+            "tokens_leaked": self.tokens_leaked,
+            "triggers": dict(self.triggers),
+        }
+
+
+def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (a, b), n in sorted(counts.items()):
+        out.setdefault(a, {})[b] = n
+    return out
+
+
+def _default_signal() -> CpuSignal:
+    """The container CPU signal (a Sampler), created but not started: its owner starts it."""
+    from flowctl import cpu  # imported here: nothing heavy at flowctl.limiter import
+
+    make_signal: Callable[..., CpuSignal] | None = getattr(cpu, "make_signal", None)
+    if make_signal is None:
+        raise ConfigError("signal=None needs flowctl.cpu.make_signal; pass a CpuSignal explicitly")
+    return make_signal("container")
+
+
+def _default_algorithm() -> LimitAlgorithm:
+    from flowctl.limit.bbr import Bbr
+
+    return Bbr()
+
+
+def _check_ratio(key: str, value: float | None, *, allow_none: bool) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(f"{key} must be a number")
+    if not (isinstance(value, (int, float)) and 0 < value and math.isfinite(value)):
+        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class Limiter:
+    """BBR-style admission gated by a CPU signal, with priorities, triggers and reasons.
+
+    ``signal=None`` creates the container CPU signal (``flowctl.cpu.make_signal``)
+    without starting it: the caller owns sampling (``async with limiter.signal``).
+    Until the signal has a reading, CPU is unknown and counts as not hot.
+    ``algorithm`` defaults to ``flowctl.limit.bbr.Bbr()``. ``cpu_gate=False``
+    makes the limiter "always hot": a plain concurrency limiter (reason
+    ``"limit"``), as the Fixed and Gradient peers run in the benchmarks.
+    """
+
+    def __init__(
+        self,
+        signal: CpuSignal | None = None,
+        algorithm: LimitAlgorithm | None = None,
+        *,
+        cpu_threshold: float = 0.8,
+        cool_off_s: float = 1.0,
+        dry_run: bool = False,
+        throttled_threshold: float | None = None,
+        pressure_threshold: float | None = None,
+        triggers: Sequence[Trigger] = (),
+        priorities: Mapping[str, PriorityClass] = DEFAULT_PRIORITIES,
+        default_priority: str = "default",
+        cpu_gate: bool = True,
+        max_resources: int = 100,
+        limit_refresh_s: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cpu_threshold: float = _check_ratio("cpu_threshold", cpu_threshold, allow_none=False)  # type: ignore[assignment]
+        if not (cool_off_s >= 0 and math.isfinite(cool_off_s)):
+            raise ConfigError(f"cool_off_s must be >= 0, got {cool_off_s!r}")
+        self.cool_off_s = float(cool_off_s)
+        self.throttled_threshold = _check_ratio("throttled_threshold", throttled_threshold, allow_none=True)
+        self.pressure_threshold = _check_ratio("pressure_threshold", pressure_threshold, allow_none=True)
+        self.dry_run = bool(dry_run)
+        self.cpu_gate = bool(cpu_gate)
+        if max_resources < 1:
+            raise ConfigError(f"max_resources must be >= 1, got {max_resources!r}")
+        self.max_resources = int(max_resources)
+        if not (limit_refresh_s >= 0 and math.isfinite(limit_refresh_s)):
+            raise ConfigError(f"limit_refresh_s must be >= 0, got {limit_refresh_s!r}")
+        self.limit_refresh_s = float(limit_refresh_s)
+        if not priorities:
+            raise ConfigError("priorities must name at least one class")
+        for pname, pc in priorities.items():
+            if not (pc.share > 0 and pc.trigger_scale >= 1):
+                raise ConfigError(f"priorities[{pname!r}] needs share > 0 and trigger_scale >= 1, got {pc!r}")
+        if default_priority not in priorities:
+            raise ConfigError(f"default_priority {default_priority!r} is not one of {sorted(priorities)}")
+        self.signal: CpuSignal = _default_signal() if signal is None else signal
+        self.algorithm: LimitAlgorithm = _default_algorithm() if algorithm is None else algorithm
+        self._clock = clock
+        self._created_at = clock()
+        self._max_inflight = self.algorithm.max_inflight
+        self._on_sample = self.algorithm.on_sample
+        self._classes: dict[str, _Class] = {n: _Class(n, pc) for n, pc in priorities.items()}
+        self._default_class = self._classes[default_priority]
+        self._limit = -1.0
+        self._refresh_at = -math.inf
+        self._refresh(self._created_at)
+        self._inflight = 0
+        self._cells: dict[tuple[str, str], _Cell] = {}
+        self._resources: set[str] = set()
+        self._cool_off_until = -math.inf
+        self._last_drop_at: float | None = None
+        self._shed_by_reason: dict[tuple[str, str], int] = {}
+        self._dry_by_reason: dict[tuple[str, str], int] = {}
+        self._tokens_leaked = 0
+        self._warned_unknown_cpu = False
+        self._triggers: tuple[Trigger, ...] = ()
+        self._bypass: tuple[Trigger, ...] = ()
+        for t in triggers:
+            self.add_trigger(t)
+
+    # -- configuration ------------------------------------------------------------
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """Every configured trigger, non-bypass first."""
+        return self._triggers + self._bypass
+
+    def add_trigger(self, trigger: Trigger) -> None:
+        """Add an extra shedding signal (its ``bypass_inflight`` is read now)."""
+        if not isinstance(trigger, Trigger):
+            raise ConfigError(f"{trigger!r} does not implement the Trigger protocol")
+        if trigger.bypass_inflight:
+            self._bypass = (*self._bypass, trigger)
+        else:
+            self._triggers = (*self._triggers, trigger)
+
+    def remove_trigger(self, trigger: Trigger) -> None:
+        """Remove a trigger added before (no-op when absent)."""
+        self._triggers = tuple(t for t in self._triggers if t is not trigger)
+        self._bypass = tuple(t for t in self._bypass if t is not trigger)
+
+    @property
+    def inflight(self) -> int:
+        """Admitted and not yet released tokens (all priorities and resources)."""
+        return self._inflight
+
+    # -- admission ----------------------------------------------------------------
+
+    def acquire(self, priority: str = "default", resource: str = "default") -> Token | Rejection:
+        """Admit (a ``Token``) or shed (a ``Rejection`` with its ``Reason``). Never raises."""
+        now = self._clock()
+        cell = self._cells.get((resource, priority))
+        if cell is None:
+            cell = self._cell(resource, priority)
+        inflight = self._inflight
+        if inflight:
+            if now >= self._refresh_at:
+                self._refresh(now)
+            if inflight >= cell.cls.cap or self._bypass:
+                reason = self._shed_reason(now, cell, inflight)
+                if reason is not None:
+                    return self._shed(now, cell, inflight, reason)
+        elif self._bypass:
+            reason = self._shed_reason(now, cell, inflight)
+            if reason is not None:
+                return self._shed(now, cell, inflight, reason)
+        self._inflight = inflight + 1
+        cell.admitted += 1
+        return Token(self, cell, now)
+
+    def _shed(self, now: float, cell: _Cell, inflight: int, reason: Reason) -> Token | Rejection:
+        self._cool_off_until = now + self.cool_off_s
+        self._last_drop_at = now
+        key = (cell.resource, reason.trigger)
+        if not reason.dry_run:
+            cell.shed += 1
+            self._shed_by_reason[key] = self._shed_by_reason.get(key, 0) + 1
+            return Rejection(reason)
+        cell.dry_run_shed += 1
+        self._dry_by_reason[key] = self._dry_by_reason.get(key, 0) + 1
+        self._inflight = inflight + 1
+        return Token(self, cell, now, reason)
+
+    def _cell(self, resource: str, priority: str) -> _Cell:
+        """Find or create the counters for a pair, bounding names (unknown priority -> default)."""
+        cls = self._classes.get(priority)
+        if cls is None:
+            cls = self._default_class
+        if resource not in self._resources:
+            if len(self._resources) >= self.max_resources:
+                resource = OTHER_RESOURCE
+            else:
+                self._resources.add(resource)
+        key = (resource, cls.name)  # bounded: known resources (or OTHER_RESOURCE) x class names
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = _Cell(resource, cls)
+        return cell
+
+    def _refresh(self, now: float) -> None:
+        """Re-read the algorithm's limit (at most every ``limit_refresh_s``) and the class caps."""
+        self._refresh_at = now + self.limit_refresh_s
+        limit = self._max_inflight(now)
+        if limit != self._limit:
+            self._set_limit(limit)
+
+    def _set_limit(self, limit: float) -> None:
+        self._limit = limit
+        for cls in self._classes.values():
+            cls.cap = float(max(1, math.ceil(cls.share * limit - _ROUNDING_SLACK)))
+
+    def _shed_reason(self, now: float, cell: _Cell, inflight: int) -> Reason | None:
+        """The reason to shed this request now, or None to admit it."""
+        cls = cell.cls
+        if inflight and inflight >= cls.cap:
+            hot = self._hot(now)
+            cool = now < self._cool_off_until
+            if hot is None and cool:
+                value, _ = self._cpu_value()
+                hot = ("cool_off", self.signal.name, value, self.cpu_threshold)
+            if hot is not None:
+                trigger, name, value, threshold = hot
+                return self._reason(now, cell, inflight, trigger, name, value, threshold, cool)
+        for t in self._bypass:
+            v = t.check(now)
+            if v is not None:
+                threshold = t.threshold * cls.trigger_scale
+                if v >= threshold:
+                    cool = now < self._cool_off_until
+                    return self._reason(now, cell, inflight, t.name, t.name, v, threshold, cool)
+        return None
+
+    def _cpu_value(self) -> tuple[float | None, float | None]:
+        """(the larger known of fast and smoothed utilization, the fast one)."""
+        r = self.signal.reading
+        fast, slow = r.utilization, r.utilization_smoothed
+        if fast is None:
+            return slow, None
+        if slow is None or fast >= slow:
+            return fast, fast
+        return slow, fast
+
+    def _hot(self, now: float) -> tuple[str, str, float | None, float | None] | None:
+        """What makes the limiter hot now: (trigger, signal name, value, threshold), or None."""
+        if not self.cpu_gate:
+            return ("limit", self.algorithm.name, None, None)
+        name = self.signal.name
+        r = self.signal.reading
+        value, _ = self._cpu_value()
+        if value is not None and value >= self.cpu_threshold:
+            return ("cpu", name, value, self.cpu_threshold)
+        if value is None and not self._warned_unknown_cpu and now - self._created_at >= _UNKNOWN_CPU_WARN_AFTER_S:
+            self._warned_unknown_cpu = True
+            _log.warning(
+                "flowctl limiter: CPU signal %r has no reading %.0f s after start while in-flight exceeds "
+                "the limit; CPU counts as not hot (is the sampler started?)",
+                name,
+                now - self._created_at,
+            )
+        th = self.throttled_threshold
+        if th is not None and r.throttled_ratio is not None and r.throttled_ratio >= th:
+            return ("throttled", name, r.throttled_ratio, th)
+        pt = self.pressure_threshold
+        if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
+            return ("pressure", name, r.pressure_ratio, pt)
+        for t in self._triggers:
+            v = t.check(now)
+            if v is not None and v >= t.threshold:
+                return (t.name, t.name, v, t.threshold)
+        return None
+
+    def _reason(
+        self,
+        now: float,
+        cell: _Cell,
+        inflight: int,
+        trigger: str,
+        signal_name: str,
+        value: float | None,
+        threshold: float | None,
+        cool: bool,
+    ) -> Reason:
+        return Reason(
+            trigger=trigger,
+            signal_name=signal_name,
+            signal_value=value,
+            threshold=threshold,
+            inflight=inflight,
+            max_inflight=self._limit,
+            priority=cell.cls.name,
+            resource=cell.resource,
+            cool_off=cool,
+            retry_after_s=self._retry_after_s(now, inflight, cell.cls.cap),
+            dry_run=self.dry_run,
+            priority_limit=cell.cls.cap,
+        )
+
+    def _retry_after_s(self, now: float, inflight: int, cap: float) -> float:
+        """Suggested back-off: the cool-off (shedding goes on that long after this drop), or
+        the time to drain the excess in-flight at the best observed rate if longer; >= 0.1 s."""
+        retry = max(self.cool_off_s, _MIN_RETRY_AFTER_S)
+        excess = inflight + 1 - cap
+        if excess > 0:
+            rate = self.algorithm.stats(now).max_pass_per_s
+            if rate:
+                retry = max(retry, excess / rate)
+        return retry
+
+    # -- state --------------------------------------------------------------------
+
+    def snapshot(self) -> LimiterSnapshot:
+        """A consistent copy of the current state (O(resources x priorities), not for the hot path)."""
+        now = self._clock()
+        self._refresh(now)
+        stats = self.algorithm.stats(now)
+        by_prio = {name: 0 for name in self._classes}
+        by_res: dict[str, int] = {}
+        requests: dict[tuple[str, str, str], int] = {}
+        seen: set[int] = set()
+        for cell in self._cells.values():
+            if id(cell) in seen:
+                continue
+            seen.add(id(cell))
+            prio = cell.cls.name
+            by_prio[prio] += cell.inflight
+            by_res[cell.resource] = by_res.get(cell.resource, 0) + cell.inflight
+            requests[(cell.resource, prio, "admitted")] = cell.admitted
+            requests[(cell.resource, prio, "shed")] = cell.shed
+            requests[(cell.resource, prio, "dry_run_shed")] = cell.dry_run_shed
+        hot: list[str] = []
+        if self.cpu_gate:
+            h = self._hot(now)
+            if h is not None:
+                hot.append(h[0])
+        trig: dict[str, float | None] = {}
+        for t in self.triggers:
+            v = t.check(now)
+            trig[t.name] = v
+            if v is not None and v >= t.threshold and t.name not in hot:
+                hot.append(t.name)
+        cool_until = None if self._last_drop_at is None else self._cool_off_until
+        return LimiterSnapshot(
+            at=now,
+            inflight=self._inflight,
+            inflight_by_priority=by_prio,
+            inflight_by_resource=by_res,
+            max_inflight=stats.max_inflight,
+            priority_limits={name: cls.cap for name, cls in self._classes.items()},
+            min_rt_s=stats.min_rt_s,
+            max_pass_per_s=stats.max_pass_per_s,
+            warm=stats.warm,
+            algorithm=self.algorithm.name,
+            cpu=self.signal.reading,
+            signal_name=self.signal.name,
+            hot=bool(hot),
+            hot_triggers=tuple(hot),
+            cool_off=now < self._cool_off_until,
+            cool_off_until=cool_until,
+            requests=requests,
+            shed_by_reason=dict(self._shed_by_reason),
+            dry_run_shed_by_reason=dict(self._dry_by_reason),
+            dry_run=self.dry_run,
+            tokens_leaked=self._tokens_leaked,
+            triggers=trig,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Limiter(signal={self.signal.name!r}, algorithm={self.algorithm!r}, cpu_threshold={self.cpu_threshold}, "
+            f"inflight={self._inflight}, dry_run={self.dry_run})"
+        )
