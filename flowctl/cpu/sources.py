@@ -140,6 +140,10 @@ class ContainerSource:
                 self._reader.close()
             self._reader = CgroupCounterReader(disc, self.root)
             self._dirs_key = key
+        else:
+            # Same paths: still reopen (lazily) so a group removed and recreated under the same
+            # name is followed even where the old fd keeps reading the removed file.
+            self._reader.close()
         self.discovery = disc
         cg = read_cgroup_limits(disc)
         self.cgroup = cg

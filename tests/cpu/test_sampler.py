@@ -1,0 +1,147 @@
+"""Sampler: rates from two readings, unknown first sample, backwards counters, EMA, async lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flowctl.cpu.sampler import Sampler
+from flowctl.cpu.sources import Counters, Limits
+from flowctl.signal import CpuSignal
+
+
+class FakeSource:
+    def __init__(self, limit: float | None = 0.5, name: str = "container") -> None:
+        self._name = name
+        self.limit = limit
+        self.counters = Counters(usage_s=0.0, periods=0, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)
+        self.limit_reads = 0
+        self.closed = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def read_limits(self) -> Limits:
+        self.limit_reads += 1
+        return Limits(limit_cores=self.limit, source="quota")
+
+    def read_counters(self) -> Counters:
+        return self.counters
+
+    def errors(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_is_a_cpu_signal_named_after_its_source() -> None:
+    s = Sampler(FakeSource(name="lxcfs"))
+    assert isinstance(s, CpuSignal) and s.name == "lxcfs"
+
+
+def test_first_sample_unknown_then_rates() -> None:
+    src = FakeSource(limit=0.5)
+    s = Sampler(src, clock=lambda: 0.0)
+    r = s.sample(now=10.0)
+    assert r.utilization is None and r.usage_cores is None and r.limit_cores == 0.5
+    src.counters = Counters(usage_s=0.04, periods=10, throttled_periods=3, throttled_s=0.01, pressure_s=0.02)
+    r = s.sample(now=10.1)
+    assert r.usage_cores == pytest.approx(0.4)
+    assert r.utilization == pytest.approx(0.8)
+    assert r.throttled_ratio == pytest.approx(0.3)
+    assert r.pressure_ratio == pytest.approx(0.2)
+    assert r.utilization_smoothed == pytest.approx(0.8)  # the first EMA value is the sample itself
+    assert r.at == 10.1
+
+
+def test_no_periods_elapsed_means_not_throttled_and_missing_means_unknown() -> None:
+    src = FakeSource()
+    s = Sampler(src)
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.01, periods=0, throttled_periods=0, throttled_s=0.0, pressure_s=None)
+    r = s.sample(now=0.1)
+    assert r.throttled_ratio == 0.0 and r.pressure_ratio is None
+
+
+def test_counter_backwards_drops_sample_and_resets() -> None:
+    src = FakeSource(limit=1.0)
+    s = Sampler(src)
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.05, periods=10, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)
+    assert s.sample(now=0.1).utilization == pytest.approx(0.5)
+    src.counters = Counters(usage_s=0.01, periods=1, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)  # recreated
+    r = s.sample(now=0.2)
+    assert r.utilization is None and r.utilization_smoothed is None and s.dropped_total == 1
+    src.counters = Counters(usage_s=0.02, periods=2, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)
+    r = s.sample(now=0.3)
+    assert r.utilization == pytest.approx(0.1) and r.utilization_smoothed == pytest.approx(0.1)
+
+
+def test_clock_not_advancing_drops() -> None:
+    src = FakeSource()
+    s = Sampler(src)
+    s.sample(now=1.0)
+    assert s.sample(now=1.0).utilization is None and s.dropped_total == 1
+
+
+def test_host_style_utilization_uses_total() -> None:
+    src = FakeSource(limit=2.0, name="host")
+    src.counters = Counters(usage_s=0.0, total_s=0.0)
+    s = Sampler(src)
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.05, total_s=0.2)
+    r = s.sample(now=0.1)
+    assert r.utilization == pytest.approx(0.25) and r.usage_cores == pytest.approx(0.5)
+
+
+def test_ema_time_constant() -> None:
+    src = FakeSource(limit=1.0)
+    s = Sampler(src, tau_s=1.0)
+    usage = 0.0
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.0)
+    s.sample(now=0.1)  # utilization 0 -> EMA starts at 0
+    t = 0.1
+    for _ in range(10):  # 1 s of full load
+        t += 0.1
+        usage += 0.1
+        src.counters = Counters(usage_s=usage)
+        r = s.sample(now=round(t, 6))
+    assert r.utilization == pytest.approx(1.0)
+    assert r.utilization_smoothed == pytest.approx(1 - 2.718281828 ** -1, rel=1e-3)
+
+
+def test_limits_reread_periodically() -> None:
+    src = FakeSource(limit=0.5)
+    s = Sampler(src, limits_interval_s=1.0)
+    s.sample(now=0.0)
+    src.limit = 1.5
+    assert s.sample(now=0.5).limit_cores == 0.5
+    assert s.sample(now=1.0).limit_cores == 1.5
+    assert src.limit_reads == 2
+
+
+async def test_async_context_samples_periodically_and_closes() -> None:
+    src = FakeSource(limit=1.0)
+    t = [0.0]
+
+    def clock() -> float:
+        t[0] += 0.01
+        return t[0]
+
+    async with Sampler(src, interval_s=0.01, clock=clock) as s:
+        assert s.running
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if s.samples_total >= 3:
+                break
+        assert s.samples_total >= 3
+    assert not s.running and src.closed == 1
+
+
+def test_nothing_starts_without_an_owner() -> None:
+    s = Sampler(FakeSource())
+    assert not s.running and s.samples_total == 0

@@ -1,0 +1,142 @@
+"""Sources against fixture trees in tmp dirs: pid mode, direct cgroup paths, resizes, dead lxcfs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flowctl.cpu import ContainerSource, LxcfsSource, make_signal
+from flowctl.cpu import lxcfs as lxcfs_mod
+from flowctl.cpu.mounts import discover
+from flowctl.cpu.sources import effective_cpus
+from flowctl.errors import ConfigError
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
+
+
+def _copy(case: str, tmp_path: Path) -> Path:
+    dest = tmp_path / case
+    shutil.copytree(FIXTURES / case, dest)
+    return dest
+
+
+def test_effective_cpus_min_and_tie_order() -> None:
+    assert effective_cpus(host=8, affinity=4, cpuset=2, quota=0.5) == (0.5, "quota")
+    assert effective_cpus(host=8, affinity=2, cpuset=2, quota=None) == (2.0, "cpuset")
+    assert effective_cpus(host=2, affinity=2) == (2.0, "affinity")
+    assert effective_cpus(host=None) == (None, "none")
+
+
+def test_pid_mode_reads_through_proc_pid(tmp_path: Path) -> None:
+    case = FIXTURES / "v1-separate"
+    root = tmp_path / "r"
+    pid_dir = root / "proc" / "4242"
+    shutil.copytree(case / "proc" / "self", pid_dir)
+    shutil.copytree(case / "sys" / "fs", pid_dir / "root" / "sys" / "fs")
+    shutil.copytree(case / "sys" / "devices", root / "sys" / "devices")
+    src = ContainerSource(str(root), pid=4242)
+    lim = src.read_limits()
+    assert lim.limit_cores == 0.5 and lim.source == "quota"
+    assert lim.source_file == str(pid_dir / "root/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us")
+    assert src.read_counters().usage_s == pytest.approx(5.0)
+    src.close()
+
+
+def test_live_pid_mode_matches_self() -> None:
+    a = discover("/", "self")
+    b = discover("/", os.getpid())
+    assert a.version == b.version
+    assert {k: os.path.realpath(d.path) for k, d in a.dirs.items()} == {
+        k: os.path.realpath(d.path) for k, d in b.dirs.items()}
+
+
+@pytest.mark.parametrize(("case", "rel", "version"), [("v1-separate", "sys/fs/cgroup/cpu/docker/abc", 1),
+                                                      ("v2-basic", "sys/fs/cgroup/kubepods/pod1/c1", 2)])
+def test_direct_cgroup_path(case: str, rel: str, version: int) -> None:
+    root = FIXTURES / case
+    src = ContainerSource(str(root), cgroup_path=str(root / rel))
+    lim = src.read_limits()
+    assert lim.limit_cores == 0.5 and lim.details["version"] == version
+    c = src.read_counters()
+    assert c.usage_s is not None and c.throttled_periods is not None
+    src.close()
+
+
+def test_in_place_resize_is_seen(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    assert s.sample(now=0.0).limit_cores == 0.5
+    (root / "sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us").write_text("150000\n")
+    assert s.sample(now=0.5).limit_cores == 0.5
+    assert s.sample(now=1.0).limit_cores == 1.5
+    s.close()
+
+
+def test_usage_rate_and_recreated_group(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    usage = root / "sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage"
+    stat = root / "sys/fs/cgroup/cpu/docker/abc/cpu.stat"
+    s = make_signal("container", root=str(root))
+    s.sample(now=0.0)
+    usage.write_text("5040000000\n")  # +40 ms of CPU
+    stat.write_text("nr_periods 1001\nnr_throttled 251\nthrottled_time 5010000000\n")
+    r = s.sample(now=0.1)
+    assert r.usage_cores == pytest.approx(0.4) and r.utilization == pytest.approx(0.8)
+    assert r.throttled_ratio == pytest.approx(1.0)
+    usage.write_text("1000\n")  # the group was recreated
+    r = s.sample(now=0.2)
+    assert r.utilization is None and s.dropped_total == 1
+    s.close()
+
+
+def test_group_removed_then_back(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    leaf = root / "sys/fs/cgroup/cpuacct/docker/abc"
+    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    s.sample(now=0.0)
+    shutil.rmtree(leaf)
+    r = s.sample(now=1.0)  # limits re-read reopens the files: never raises; unknown, reason recorded
+    assert r.usage_cores is None and r.limit_cores == 0.5
+    assert any("cpuacct.usage" in e for e in s.errors())
+    leaf.mkdir()
+    (leaf / "cpuacct.usage").write_text("10\n")
+    s.sample(now=1.1)
+    (leaf / "cpuacct.usage").write_text("20000010\n")
+    assert s.sample(now=1.2).usage_cores == pytest.approx(0.2)
+    s.close()
+
+
+def test_dead_lxcfs_enotconn_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    def dead(path: str) -> bytes:
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN), path)
+
+    monkeypatch.setattr(lxcfs_mod, "read_file", dead)
+    s = make_signal("lxcfs", root=str(FIXTURES / "lxcfs-dir"))
+    s.sample(now=0.0)
+    r = s.sample(now=0.1)
+    assert r.utilization is None and r.limit_cores is None
+    assert any("Transport endpoint is not connected" in e for e in s.errors())
+
+
+def test_lxcfs_env_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWCTL_LXCFS_DIR", str(FIXTURES / "lxcfs-dir" / "var/lib/lxcfs"))
+    src = LxcfsSource()
+    assert src.present and src.read_limits().limit_cores == 2.0
+
+
+def test_lxcfs_stat_utilization_from_fixture(tmp_path: Path) -> None:
+    root = _copy("lxcfs-dir", tmp_path)
+    s = make_signal("lxcfs", root=str(root))
+    s.sample(now=0.0)
+    (root / "var/lib/lxcfs/proc/stat").write_text("cpu  350 0 110 650 0 0 0 0 0 0\n")  # +60 busy of +110 total
+    r = s.sample(now=0.1)
+    assert r.utilization == pytest.approx(60 / 110)
+
+
+def test_unknown_view_is_config_error() -> None:
+    with pytest.raises(ConfigError):
+        make_signal("nope")
