@@ -67,7 +67,8 @@ def _pod(workload: Doc) -> Doc:
 
 def _container(pod: Doc, name: str) -> Doc:
     (c,) = [c for c in pod["containers"] if c["name"] == name]
-    return c
+    container: Doc = c
+    return container
 
 
 def _ports(container: Doc) -> dict[str, int]:

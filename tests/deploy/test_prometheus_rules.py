@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from tests.deploy.artifacts import (
     CONTRACT_METRICS,
