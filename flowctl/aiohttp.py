@@ -1,0 +1,367 @@
+"""aiohttp integration: one ``setup(app)`` call protects an application.
+
+::
+
+    from aiohttp import web
+    import flowctl.aiohttp
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    flowctl.aiohttp.setup(app)     # container CPU signal + BBR + loop-lag + /metrics
+    web.run_app(app)
+
+The middleware only translates (the Limiter decides):
+
+- **resource**: the route's name, else its canonical pattern (``/users/{id}``),
+  never the raw URL; requests that match no route (404/405) share the fixed
+  resource ``__unmatched__``. Label cardinality is bounded by the router.
+- **priority**: ``critical | default | sheddable``. From ``priorities``
+  (resource -> priority), else from the handler's ``@priority(...)``
+  decorator, else ``default_priority``. The request header named by
+  ``trusted_priority_header`` overrides it, and only when that option is set:
+  otherwise no client input can change a priority.
+- **exempt paths** (default ``/healthz`` and ``/metrics``) bypass the limiter.
+- **rejection**: ``reject_status`` (503, or 429) with ``Retry-After`` (whole
+  seconds, at least 1) and a small JSON body
+  ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``;
+  ``reason_header`` (e.g. ``"X-Flowctl-Reason"``) adds the trigger as a header.
+- **timing**: RT runs from admission to the handler's return. The outcome
+  given back to the limiter:
+
+  ====================================================  ==================
+  handler returns / raises                               token
+  ====================================================  ==================
+  a response with status < 500 (2xx, 3xx, 4xx)           ``success()``
+  ``web.HTTPException`` with status < 500 (e.g.          ``success()``
+  ``HTTPFound``, ``HTTPNotFound``)
+  a response or ``web.HTTPException`` with status >= 500 ``ignore()``
+  any other exception (re-raised)                        ``ignore()``
+  cancellation / client disconnect (re-raised)           ``ignore()``
+  ====================================================  ==================
+
+  4xx count as served: the handler did the route's work, and BBR's limit
+  (max pass rate x min RT) stays consistent as long as both come from the
+  same request mix. 5xx and exceptions are failures whose RT says nothing
+  about capacity (fast fails would pull min RT down), so they only release.
+
+- **the asyncio blind spot**: a handler that blocks the loop hides the queue
+  from the middleware (in-flight stays 1). A ``LoopLagMonitor`` trigger with
+  ``bypass_inflight=True`` sheds requests that reach the middleware after the
+  loop has been late for ``loop_lag_threshold_s`` (see ``flowctl.looplag``).
+
+State lives under the ``web.AppKey`` ``FLOWCTL``; the CPU sampler(s) and the
+loop-lag monitor are started and stopped by a ``cleanup_ctx`` entry. ``setup``
+starts and stops only what it creates: pass your own ``limiter`` (or
+``signal``) and you own its lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+from prometheus_client import CollectorRegistry
+
+from flowctl.errors import ConfigError
+from flowctl.looplag import LoopLagMonitor
+from flowctl.metrics import DURATION_BUCKETS_S, FlowctlCollector, RequestDurations, metrics_handler
+from flowctl.signal import CpuSignal
+
+if TYPE_CHECKING:
+    from flowctl.limiter import Limiter
+
+__all__ = [
+    "FLOWCTL",
+    "PRIORITIES",
+    "UNMATCHED_RESOURCE",
+    "Flowctl",
+    "priority",
+    "setup",
+]
+
+PRIORITIES: tuple[str, ...] = ("critical", "default", "sheddable")
+UNMATCHED_RESOURCE = "__unmatched__"
+_PRIORITY_ATTR = "__flowctl_priority__"
+_PRIORITY_BY_TEXT = {p: p for p in PRIORITIES}
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_F = TypeVar("_F")
+
+
+class _Observer(Protocol):
+    def observe(self, amount: float) -> None: ...
+
+
+class _Lifetime(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Flowctl:
+    """What ``setup`` installed on an app (``app[FLOWCTL]``)."""
+
+    limiter: Limiter
+    registry: CollectorRegistry
+    collector: FlowctlCollector
+    durations: RequestDurations
+    loop_lag: LoopLagMonitor | None
+    views: dict[str, CpuSignal]
+    exempt_paths: frozenset[str]
+    reject_status: int
+    #: things setup created and therefore starts and stops (samplers, the lag monitor)
+    owned: list[_Lifetime] = field(default_factory=list)
+
+
+FLOWCTL = web.AppKey("flowctl", Flowctl)
+
+
+def priority(name: str) -> Callable[[_F], _F]:
+    """Decorator giving a handler (function or ``web.View`` class) a fixed priority."""
+    if name not in PRIORITIES:
+        raise ConfigError(f"priority must be one of {PRIORITIES}, got {name!r}")
+
+    def mark(handler: _F) -> _F:
+        setattr(getattr(handler, "__func__", handler), _PRIORITY_ATTR, name)  # bound method: its function
+        return handler
+
+    return mark
+
+
+def setup(
+    app: web.Application,
+    *,
+    limiter: Limiter | None = None,
+    signal: CpuSignal | None = None,
+    view: str = "container",
+    registry: CollectorRegistry | None = None,
+    metrics_path: str | None = "/metrics",
+    exempt_paths: Iterable[str] = ("/healthz", "/metrics"),
+    reject_status: int = 503,
+    reason_header: str | None = None,
+    trusted_priority_header: str | None = None,
+    priorities: Mapping[str, str] | None = None,
+    default_priority: str = "default",
+    unmatched_priority: str = "sheddable",
+    loop_lag: LoopLagMonitor | bool = True,
+    loop_lag_threshold_s: float = 0.025,
+    compare_views: Iterable[str] = (),
+    duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
+    limiter_options: Mapping[str, Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Flowctl:
+    """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
+
+    With no options: the container CPU signal (``flowctl.cpu.make_signal``),
+    the default BBR limiter, a loop-lag trigger and ``/metrics`` on a fresh
+    registry. ``limiter``: use this limiter (then ``signal``, ``view``,
+    ``loop_lag=True`` and ``limiter_options`` do not build anything; pass a
+    ``LoopLagMonitor`` that is among its triggers to have it run and exported).
+    ``registry``: where metrics go (a new ``CollectorRegistry`` if None; never
+    the global one). ``metrics_path=None`` adds no route. ``clock`` times the
+    duration histogram. Raises ``ConfigError`` for invalid options.
+    """
+    if reject_status not in (429, 503):
+        raise ConfigError(f"reject_status must be 503 or 429, got {reject_status!r}")
+    for key, value in (("default_priority", default_priority), ("unmatched_priority", unmatched_priority)):
+        if value not in PRIORITIES:
+            raise ConfigError(f"{key} must be one of {PRIORITIES}, got {value!r}")
+    route_priorities = dict(priorities or {})
+    for res, p in route_priorities.items():
+        if p not in PRIORITIES:
+            raise ConfigError(f"priorities[{res!r}] must be one of {PRIORITIES}, got {p!r}")
+    if limiter is not None and (limiter_options or signal is not None):
+        raise ConfigError("pass either limiter= or signal=/limiter_options=, not both")
+    if FLOWCTL in app:
+        raise ConfigError("flowctl.aiohttp.setup was already called on this app")
+
+    owned: list[_Lifetime] = []
+    monitor: LoopLagMonitor | None = None
+    if isinstance(loop_lag, LoopLagMonitor):
+        monitor = loop_lag
+    elif loop_lag:
+        if limiter is not None:  # reuse a monitor the caller already gave their limiter
+            monitor = next((t for t in limiter.triggers if isinstance(t, LoopLagMonitor)), None)
+        if monitor is None:
+            monitor = LoopLagMonitor(threshold_s=loop_lag_threshold_s)
+    if monitor is not None:
+        owned.append(monitor)  # a monitor that does not tick never fires: setup always runs it
+
+    views: dict[str, CpuSignal] = {}
+    if limiter is None:
+        from flowctl.limiter import Limiter
+
+        if signal is None:
+            signal = _make_signal(view)
+            owned.append(signal)  # type: ignore[arg-type]  # a Sampler has start/stop
+        limiter = Limiter(signal, **dict(limiter_options or {}))
+    if monitor is not None and not any(t is monitor for t in limiter.triggers):
+        limiter.add_trigger(monitor)
+    if signal is not None:
+        views[signal.name] = signal
+    for name in compare_views:
+        if name not in views:
+            extra = _make_signal(name)
+            views[name] = extra
+            owned.append(extra)  # type: ignore[arg-type]
+
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    collector = FlowctlCollector(limiter, views=views, loop_lag=monitor)
+    registry.register(collector)
+    durations = RequestDurations(registry, buckets=duration_buckets)
+
+    exempt = set(exempt_paths)
+    if metrics_path is not None:
+        exempt.add(metrics_path)
+        app.router.add_get(metrics_path, metrics_handler(registry), name="flowctl_metrics")
+
+    state = Flowctl(
+        limiter=limiter,
+        registry=registry,
+        collector=collector,
+        durations=durations,
+        loop_lag=monitor,
+        views=views,
+        exempt_paths=frozenset(exempt),
+        reject_status=reject_status,
+        owned=owned,
+    )
+    app[FLOWCTL] = state
+    app.middlewares.append(
+        _middleware(
+            state,
+            route_priorities=route_priorities,
+            default_priority=default_priority,
+            unmatched_priority=unmatched_priority,
+            trusted_priority_header=trusted_priority_header,
+            reason_header=reason_header,
+            clock=clock,
+        )
+    )
+    app.cleanup_ctx.append(_lifetime)
+    return state
+
+
+def _make_signal(view: str) -> CpuSignal:
+    from flowctl.cpu import make_signal
+
+    sig: CpuSignal = make_signal(view)
+    return sig
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: start what setup created, bind histogram children, stop on cleanup."""
+    state = app[FLOWCTL]
+    started: list[_Lifetime] = []
+    try:
+        for thing in state.owned:
+            await thing.start()
+            started.append(thing)
+        state.durations.bind(_route_resources(app, state.exempt_paths))
+        yield
+    finally:
+        for thing in reversed(started):
+            with contextlib.suppress(Exception):
+                await thing.stop()
+
+
+def _route_resources(app: web.Application, exempt: frozenset[str]) -> list[str]:
+    """Resource labels of the app's (non-exempt) routes, plus the unmatched one."""
+    names = [UNMATCHED_RESOURCE]
+    for route in app.router.routes():
+        res = route.resource
+        if res is not None and res.canonical not in exempt:
+            names.append(res.name or res.canonical)
+    return names
+
+
+def _middleware(
+    state: Flowctl,
+    *,
+    route_priorities: Mapping[str, str],
+    default_priority: str,
+    unmatched_priority: str,
+    trusted_priority_header: str | None,
+    reason_header: str | None,
+    clock: Callable[[], float],
+) -> Any:
+    """Build the middleware closure (locals are faster than attribute lookups per request)."""
+    acquire = state.limiter.acquire
+    exempt = state.exempt_paths
+    reject_status = state.reject_status
+    child = state.durations.child
+    header = trusted_priority_header
+    priority_by_text = _PRIORITY_BY_TEXT
+    routes: dict[AbstractRoute, tuple[str, str, _Observer]] = {}
+    unmatched = (UNMATCHED_RESOURCE, unmatched_priority, child(UNMATCHED_RESOURCE))
+    HTTPException = web.HTTPException
+    CancelledError = asyncio.CancelledError
+
+    def resolve(route: AbstractRoute) -> tuple[str, str, _Observer]:
+        res = route.resource
+        if res is None:  # a SystemRoute: no route matched (404/405), created per request
+            return unmatched
+        resource = res.name or res.canonical
+        prio = route_priorities.get(resource) or getattr(route.handler, _PRIORITY_ATTR, None) or default_priority
+        entry = routes[route] = (resource, prio, child(resource))
+        return entry
+
+    def reject(decision: Any) -> web.Response:
+        reason = decision.reason
+        retry_after_s = float(decision.retry_after_s)
+        if not math.isfinite(retry_after_s) or retry_after_s < 0:
+            retry_after_s = 1.0
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+        if reason_header is not None:
+            headers[reason_header] = reason.trigger
+        body = {"error": "overloaded", "reason": reason.trigger, "retry_after_s": round(retry_after_s, 3)}
+        return web.json_response(body, status=reject_status, headers=headers)
+
+    @web.middleware
+    async def flowctl_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path in exempt:
+            return await handler(request)
+        route = request.match_info.route
+        entry = routes.get(route)
+        if entry is None:
+            entry = resolve(route)
+        resource, prio, observer = entry
+        if header is not None:
+            raw = request.headers.get(header)
+            if raw is not None:
+                prio = priority_by_text.get(raw.strip().lower(), prio)
+        decision = acquire(prio, resource)
+        if not decision.admitted:
+            return reject(decision)
+        start = clock()
+        try:
+            response = await handler(request)
+        except HTTPException as exc:
+            observer.observe(clock() - start)
+            if exc.status < 500:
+                decision.success()
+            else:
+                decision.ignore()
+            raise
+        except CancelledError:
+            decision.ignore()
+            raise
+        except BaseException:
+            observer.observe(clock() - start)
+            decision.ignore()
+            raise
+        observer.observe(clock() - start)
+        if response.status < 500:
+            decision.success()
+        else:
+            decision.ignore()
+        return response
+
+    return flowctl_middleware

@@ -1,0 +1,491 @@
+"""flowctl.aiohttp on a real app through the aiohttp test client: every outcome path.
+
+The limiter is real (``flowctl.limiter.Limiter``) with a ``StaticSignal`` for
+CPU and a small fixed or recording algorithm, so each test sets exactly the
+state it needs; metrics are read back with ``registry.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+import flowctl.aiohttp as fa
+from flowctl.errors import ConfigError
+from flowctl.limit.base import LimitStats
+from flowctl.limiter import Limiter
+from flowctl.looplag import LoopLagMonitor
+from flowctl.signal import StaticSignal
+
+
+class RecordingLimit:
+    """A fixed limit that records every sample the limiter feeds it."""
+
+    name = "recording"
+
+    def __init__(self, n: float) -> None:
+        self.n = n
+        self.samples: list[tuple[float, bool]] = []
+
+    def max_inflight(self, now: float) -> float:
+        return self.n
+
+    def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
+        self.samples.append((rt_s, dropped))
+
+    def stats(self, now: float) -> LimitStats:
+        return LimitStats(max_inflight=self.n)
+
+
+def burn(seconds: float) -> None:
+    """CPU work that never awaits: blocks the event loop, like a sync handler."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Env:
+    """An app with one route per outcome, its limiter, signal, algorithm and registry."""
+
+    def __init__(self, *, n: float = 1, hot: bool = False, **setup_kw: Any) -> None:
+        self.signal = StaticSignal("container", utilization=0.95 if hot else 0.1, limit_cores=0.5)
+        self.algo = RecordingLimit(n)
+        self.registry = CollectorRegistry()
+        self.gate = asyncio.Event()
+        self.entered = 0
+        limiter_kw = setup_kw.pop("limiter_kw", {})
+        self.limiter = Limiter(self.signal, self.algo, cool_off_s=0.0, **limiter_kw)
+        self.app = web.Application()
+        r = self.app.router
+        r.add_get("/", self.hello, name="hello")
+        r.add_get("/users/{id}", self.user)
+        r.add_get("/boom", self.boom)
+        r.add_get("/notfound", self.notfound)
+        r.add_get("/redirect", self.redirect)
+        r.add_get("/unavailable", self.unavailable)
+        r.add_get("/bad-gateway", self.bad_gateway)
+        r.add_get("/slow", self.slow, name="slow")
+        r.add_get("/vip", fa.priority("critical")(self.vip), name="vip")
+        r.add_get("/healthz", self.hello)
+        r.add_get("/block", self.block, name="block")
+        r.add_get("/yield", self.yielding, name="yielding")
+        setup_kw.setdefault("loop_lag", False)
+        self.state = fa.setup(self.app, limiter=self.limiter, registry=self.registry, **setup_kw)
+
+    async def hello(self, request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    async def user(self, request: web.Request) -> web.Response:
+        return web.Response(text=request.match_info["id"])
+
+    async def boom(self, request: web.Request) -> web.Response:
+        raise RuntimeError("boom")
+
+    async def notfound(self, request: web.Request) -> web.Response:
+        raise web.HTTPNotFound()
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/")
+
+    async def unavailable(self, request: web.Request) -> web.Response:
+        raise web.HTTPServiceUnavailable()
+
+    async def bad_gateway(self, request: web.Request) -> web.Response:
+        return web.Response(status=502)
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self.entered += 1
+        await self.gate.wait()
+        return web.Response(text="slow")
+
+    async def vip(self, request: web.Request) -> web.Response:
+        return web.Response(text="vip")
+
+    async def block(self, request: web.Request) -> web.Response:
+        burn(0.02)
+        return web.Response(text="blocked")
+
+    async def yielding(self, request: web.Request) -> web.Response:
+        for _ in range(5):
+            burn(0.001)
+            await asyncio.sleep(0)
+        return web.Response(text="yielded")
+
+    def get(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def requests(self, resource: str, outcome: str, priority: str = "default") -> float | None:
+        return self.get("flowctl_requests_total", resource=resource, priority=priority, outcome=outcome)
+
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[list[Client]]:
+    clients: list[Client] = []
+    yield clients
+    for c in clients:
+        await c.close()
+
+
+async def start(env: Env, cleanup: list[Client]) -> Client:
+    client: Client = TestClient(TestServer(env.app))
+    await client.start_server()
+    cleanup.append(client)
+    return client
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+# ---------------------------------------------------------------- admitted paths
+
+
+async def test_admitted_success_counts_and_times(cleanup: list[Client]) -> None:
+    env = Env()
+    client = await start(env, cleanup)
+    assert env.get("flowctl_request_duration_seconds_count", resource="hello") == 0  # bound at start-up
+    r = await client.get("/")
+    assert r.status == 200 and await r.text() == "hello"
+    assert env.requests("hello", "admitted") == 1
+    assert env.get("flowctl_request_duration_seconds_count", resource="hello") == 1
+    assert env.get("flowctl_inflight", resource="hello") == 0
+    assert len(env.algo.samples) == 1 and env.algo.samples[0][1] is False
+
+
+async def test_resource_is_the_route_pattern_not_the_url(cleanup: list[Client]) -> None:
+    env = Env()
+    client = await start(env, cleanup)
+    for uid in ("1", "2", "abc"):
+        assert (await client.get(f"/users/{uid}")).status == 200
+    assert env.requests("/users/{id}", "admitted") == 3
+    assert env.get("flowctl_request_duration_seconds_count", resource="/users/{id}") == 3
+    assert env.requests("/users/1", "admitted") is None
+
+
+async def test_unmatched_routes_share_one_resource(cleanup: list[Client]) -> None:
+    env = Env()
+    client = await start(env, cleanup)
+    for path in ("/nope", "/nope/2", "/x?y=1"):
+        assert (await client.get(path)).status == 404
+    assert (await client.post("/")).status == 405
+    assert env.requests(fa.UNMATCHED_RESOURCE, "admitted", "sheddable") == 4
+    assert len(env.state.durations._children) == len(set(env.state.durations._children))
+    # 4xx counts as served: the samples reached the algorithm
+    assert [d for _, d in env.algo.samples] == [False] * 4
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "sampled"),
+    [
+        ("/notfound", 404, True),  # raised 4xx: success
+        ("/redirect", 302, True),  # raised 3xx: success
+        ("/unavailable", 503, False),  # raised 5xx: ignore
+        ("/bad-gateway", 502, False),  # returned 5xx: ignore
+        ("/boom", 500, False),  # exception: ignore, re-raised (aiohttp answers 500)
+    ],
+)
+async def test_outcome_of_http_exceptions_and_errors(
+    cleanup: list[Client], path: str, status: int, sampled: bool
+) -> None:
+    env = Env()
+    client = await start(env, cleanup)
+    r = await client.get(path, allow_redirects=False)
+    assert r.status == status
+    resource = path
+    assert env.requests(resource, "admitted") == 1
+    assert env.get("flowctl_inflight", resource=resource) == 0
+    assert env.limiter.inflight == 0
+    assert (len(env.algo.samples) == 1) is sampled
+    assert env.get("flowctl_request_duration_seconds_count", resource=resource) == 1
+
+
+async def test_exception_is_reraised_to_outer_middleware(cleanup: list[Client]) -> None:
+    seen: list[BaseException] = []
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except RuntimeError as exc:
+            seen.append(exc)
+            return web.Response(status=500, text="caught")
+
+    env = Env()
+    env.app.middlewares.insert(0, outer)
+    client = await start(env, cleanup)
+    r = await client.get("/boom")
+    assert r.status == 500 and await r.text() == "caught"
+    assert len(seen) == 1 and str(seen[0]) == "boom"
+
+
+# ---------------------------------------------------------------- exemptions
+
+
+async def test_exempt_paths_are_never_limited(cleanup: list[Client]) -> None:
+    env = Env(hot=True)
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    assert (await client.get("/")).status == 503  # over the limit and hot
+    assert (await client.get("/healthz")).status == 200
+    m = await client.get("/metrics")
+    assert m.status == 200 and "flowctl_requests_total" in await m.text()
+    assert env.requests("/healthz", "admitted") is None
+    assert env.get("flowctl_request_duration_seconds_count", resource="flowctl_metrics") is None
+    env.gate.set()
+    assert (await held).status == 200
+
+
+# ---------------------------------------------------------------- rejection
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_rejection_status_retry_after_and_json_reason(cleanup: list[Client], status: int) -> None:
+    env = Env(hot=True, reject_status=status, reason_header="X-Flowctl-Reason")
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    r = await client.get("/")
+    assert r.status == status
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.headers["X-Flowctl-Reason"] == "cpu"
+    body = await r.json()
+    assert body["error"] == "overloaded" and body["reason"] == "cpu" and body["retry_after_s"] > 0
+    assert env.requests("hello", "shed") == 1
+    assert env.get("flowctl_shed_total", resource="hello", reason="cpu") == 1
+    assert env.get("flowctl_request_duration_seconds_count", resource="hello") == 0  # shed: not timed
+    assert env.get("flowctl_hot") == 1
+    env.gate.set()
+    assert (await held).status == 200
+    assert env.limiter.inflight == 0
+
+
+async def test_no_reason_header_unless_configured(cleanup: list[Client]) -> None:
+    env = Env(hot=True)
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    r = await client.get("/")
+    assert r.status == 503 and not any(h.lower().startswith("x-flowctl") for h in r.headers)
+    env.gate.set()
+    await held
+
+
+async def test_cool_cpu_admits_over_the_limit(cleanup: list[Client]) -> None:
+    env = Env(hot=False)
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    assert (await client.get("/")).status == 200
+    env.gate.set()
+    await held
+
+
+async def test_dry_run_admits_and_counts_would_shed(cleanup: list[Client]) -> None:
+    env = Env(hot=True, limiter_kw={"dry_run": True})
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    assert (await client.get("/")).status == 200
+    assert env.requests("hello", "dry_run_shed") == 1
+    assert env.requests("hello", "shed") == 0
+    assert env.get("flowctl_dry_run") == 1
+    env.gate.set()
+    await held
+
+
+# ---------------------------------------------------------------- priorities
+
+
+async def test_route_priority_from_decorator_and_mapping(cleanup: list[Client]) -> None:
+    env = Env(hot=True, priorities={"hello": "sheddable"})
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    # FixedLimit 1: default and sheddable caps are 1, critical's is 2
+    assert (await client.get("/vip")).status == 200
+    assert env.requests("vip", "admitted", "critical") == 1
+    assert (await client.get("/")).status == 503
+    assert env.requests("hello", "shed", "sheddable") == 1
+    env.gate.set()
+    await held
+
+
+async def test_untrusted_priority_header_is_ignored(cleanup: list[Client]) -> None:
+    env = Env(hot=True)  # no trusted_priority_header
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    for header in ("X-Priority", "X-Flowctl-Priority", "Priority"):
+        r = await client.get("/", headers={header: "critical"})
+        assert r.status == 503
+    assert env.requests("hello", "shed", "default") == 3
+    assert env.requests("hello", "admitted", "critical") is None
+    env.gate.set()
+    await held
+
+
+async def test_trusted_priority_header_is_honoured(cleanup: list[Client]) -> None:
+    env = Env(hot=True, trusted_priority_header="X-Priority")
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    assert (await client.get("/", headers={"X-Priority": " Critical "})).status == 200
+    assert (await client.get("/", headers={"X-Priority": "root"})).status == 503  # invalid: route's priority
+    assert (await client.get("/vip", headers={"X-Priority": "sheddable"})).status == 503  # may demote too
+    assert env.requests("hello", "admitted", "critical") == 1
+    assert env.requests("hello", "shed", "default") == 1
+    assert env.requests("vip", "shed", "sheddable") == 1
+    env.gate.set()
+    await held
+
+
+# ---------------------------------------------------------------- cancellation
+
+
+async def test_1000_aborted_requests_leave_inflight_at_zero(cleanup: list[Client]) -> None:
+    env = Env(n=10_000)
+    client = await start(env, cleanup)  # the test server cancels handlers on disconnect
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = str(client.make_url("/slow"))
+        for batch in range(10):
+            tasks = [asyncio.ensure_future(session.get(url)) for _ in range(100)]
+            await wait_for(lambda: env.limiter.inflight == 100)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await wait_for(lambda: env.limiter.inflight == 0)
+    assert env.entered == 1000
+    assert env.requests("slow", "admitted") == 1000
+    assert env.get("flowctl_inflight", resource="slow") == 0
+    assert env.algo.samples == []  # cancelled: released with ignore(), no RT sample
+    assert env.limiter.snapshot().tokens_leaked == 0
+
+
+async def test_disconnect_without_handler_cancellation_releases_on_return() -> None:
+    """aiohttp's default server lets the handler finish after a disconnect: the token goes then."""
+    env = Env(n=10_000)
+    runner = web.AppRunner(env.app, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow")) for _ in range(20)]
+            await wait_for(lambda: env.limiter.inflight == 20)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert env.limiter.inflight == 20  # handlers still running
+        env.gate.set()
+        await wait_for(lambda: env.limiter.inflight == 0)
+    finally:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------- the asyncio blind spot
+
+
+async def test_blocking_handler_under_overload_is_shed_in_process(cleanup: list[Client]) -> None:
+    """50 concurrent requests to a 20 ms handler that never awaits: in-flight stays ~1, lag sheds."""
+    mon = LoopLagMonitor(threshold_s=0.02, interval_s=0.005)
+    env = Env(n=1000, hot=False, loop_lag=mon)  # BBR would never fire: CPU cool, limit 1000
+    client = await start(env, cleanup)
+    assert mon.running
+    await asyncio.sleep(0.02)
+    statuses = [r.status for r in await asyncio.gather(*(client.get("/block") for _ in range(50)))]
+    shed = env.get("flowctl_shed_total", resource="block", reason="loop_lag")
+    assert statuses.count(503) > 0 and shed == statuses.count(503)
+    assert (env.get("flowctl_event_loop_lag_seconds") or 0) >= 0
+    assert mon.max_lag_s >= 0.04  # default priority sheds at 2x the trigger threshold
+    await client.close()
+    assert not mon.running  # cleanup_ctx stopped it
+
+
+async def test_yielding_handler_under_overload_is_shed_by_the_limit(cleanup: list[Client]) -> None:
+    env = Env(n=5, hot=True)
+    client = await start(env, cleanup)
+    statuses = [r.status for r in await asyncio.gather(*(client.get("/yield") for _ in range(50)))]
+    assert statuses.count(503) > 0 and statuses.count(200) >= 5
+    assert env.get("flowctl_shed_total", resource="yielding", reason="cpu") == statuses.count(503)
+
+
+# ---------------------------------------------------------------- setup
+
+
+async def test_setup_with_no_options_protects_with_container_signal(cleanup: list[Client]) -> None:
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app.router.add_get("/", hello, name="hello")
+    state = fa.setup(app)
+    assert app[fa.FLOWCTL] is state
+    assert state.limiter.signal.name == "container"
+    assert state.loop_lag is not None and state.loop_lag in state.limiter.triggers
+    assert state.limiter.algorithm.name == "bbr"
+    sampler: Any = state.limiter.signal
+    client: Client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert sampler.running and state.loop_lag.running
+        assert (await client.get("/")).status == 200
+        text = await (await client.get("/metrics")).text()
+        assert 'flowctl_requests_total{outcome="admitted",priority="default",resource="hello"} 1.0' in text
+        assert "flowctl_event_loop_lag_seconds" in text
+    finally:
+        await client.close()
+    assert not sampler.running and not state.loop_lag.running
+
+
+async def test_setup_with_own_limiter_adds_and_runs_loop_lag(cleanup: list[Client]) -> None:
+    limiter = Limiter(StaticSignal(utilization=0.1), RecordingLimit(10))
+    app = web.Application()
+    state = fa.setup(app, limiter=limiter, metrics_path=None)
+    assert isinstance(state.loop_lag, LoopLagMonitor) and state.loop_lag in limiter.triggers
+    # a second app reusing a limiter that already has a monitor reuses it
+    app2 = web.Application()
+    assert fa.setup(app2, limiter=limiter, metrics_path=None).loop_lag is state.loop_lag
+    assert sum(isinstance(t, LoopLagMonitor) for t in limiter.triggers) == 1
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"reject_status": 500},
+        {"default_priority": "vip"},
+        {"priorities": {"hello": "urgent"}},
+        {"limiter_options": {"dry_run": True}},
+    ],
+)
+def test_setup_rejects_bad_options(kw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        fa.setup(web.Application(), limiter=Limiter(StaticSignal()), **kw)
+
+
+def test_setup_twice_and_bad_decorator() -> None:
+    app = web.Application()
+    fa.setup(app, limiter=Limiter(StaticSignal()), loop_lag=False)
+    with pytest.raises(ConfigError):
+        fa.setup(app, limiter=Limiter(StaticSignal()))
+    with pytest.raises(ConfigError):
+        fa.priority("urgent")
