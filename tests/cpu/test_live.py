@@ -1,0 +1,251 @@
+"""Live tests on this machine's real cgroup v1 and a real lxcfs mount (root only; see tests/realenv.py).
+
+Each test creates uniquely named groups (flowctl-test-<uuid8>), moves its
+processes out, kills and waits for them, and removes the groups in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from flowctl.cpu import ContainerSource, make_signal
+from tests.realenv import need_binary, need_cgroup_v1
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+CG = "/sys/fs/cgroup"
+BURNER = """
+import sys, time
+duty, period = float(sys.argv[1]), 0.01
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+busy = duty * period
+while True:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < busy:
+        pass
+    time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+"""
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+@contextmanager
+def cgroup(controllers: tuple[str, ...], *, quota_us: int | None = None, memory_bytes: int | None = None) -> Iterator[str]:
+    """Same-named groups in each v1 controller; yields the name. Removed (processes moved out) on exit."""
+    name = f"flowctl-test-{uuid.uuid4().hex[:8]}"
+    made: list[str] = []
+    try:
+        for c in controllers:
+            d = f"{CG}/{c}/{name}"
+            os.mkdir(d)
+            made.append(d)
+            if c == "cpuset":  # a new cpuset is empty: inherit the parent's CPUs and memory nodes
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    _write(f"{d}/{f}", Path(f"{CG}/cpuset/{f}").read_text().strip())
+        if quota_us is not None:
+            _write(f"{CG}/cpu/{name}/cpu.cfs_period_us", "100000")
+            _write(f"{CG}/cpu/{name}/cpu.cfs_quota_us", str(quota_us))
+        if memory_bytes is not None:
+            _write(f"{CG}/memory/{name}/memory.limit_in_bytes", str(memory_bytes))
+        yield name
+    finally:
+        for d in reversed(made):
+            parent = os.path.dirname(d)
+            for _ in range(50):
+                try:
+                    pids = Path(f"{d}/cgroup.procs").read_text().split()
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    try:
+                        _write(f"{parent}/cgroup.procs", pid)
+                    except OSError:
+                        pass
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def _join(name: str, pid: int, controllers: tuple[str, ...]) -> None:
+    for c in controllers:
+        _write(f"{CG}/{c}/{name}/cgroup.procs", str(pid))
+
+
+@contextmanager
+def child(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _run_ns(pid: int) -> int:
+    """Nanoseconds ``pid`` has run on a CPU (/proc/PID/schedstat): the independent truth."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def test_quota_half_cpu_burner_utilization_matches_truth() -> None:
+    need_cgroup_v1("cpu", "cpuacct")
+    ctrls = ("cpu", "cpuacct")
+    duty = 0.4  # of one core = 80% of the 0.5-CPU quota
+    with cgroup(ctrls, quota_us=50000) as name, child([sys.executable, "-c", BURNER, str(duty)]) as burner:
+        assert burner.stdout is not None and burner.stdin is not None
+        assert burner.stdout.readline().strip() == "ready"
+        _join(name, burner.pid, ctrls)
+        burner.stdin.write("go\n")
+        burner.stdin.flush()
+        time.sleep(0.5)  # let it settle into its duty cycle
+        by_path = make_signal("container", cgroup_path=f"{CG}/cpu/{name}")
+        by_pid = make_signal("container", pid=burner.pid)
+        host = make_signal("host")
+        signals = (by_path, by_pid, host)
+        t0, ns0 = time.monotonic(), _run_ns(burner.pid)
+        for s in signals:
+            s.sample()
+        time.sleep(3.0)
+        for s in signals:
+            s.sample()
+        t1, ns1 = time.monotonic(), _run_ns(burner.pid)
+        truth = (ns1 - ns0) / 1e9 / (t1 - t0) / 0.5
+        for s in signals:
+            s.close()
+        for s in (by_path, by_pid):
+            r = s.reading
+            assert r.limit_cores == 0.5, s.details()
+            assert r.utilization is not None and abs(r.utilization - truth) <= 0.05, (r, truth)
+            assert r.throttled_ratio is not None and r.pressure_ratio is not None
+        assert isinstance(by_pid.source, ContainerSource)
+        assert by_pid.source.cgroup is not None and by_pid.source.cgroup.path == f"/proc/{burner.pid}/root{CG}/cpu/{name}"
+        # The cgroup-blind number for this workload: its CPU over the host's CPU count.
+        h = host.reading
+        assert h.limit_cores is not None and h.limit_cores >= 2
+        assert by_path.reading.usage_cores is not None
+        naive = by_path.reading.usage_cores / h.limit_cores
+        assert naive <= truth / 3.5, (naive, truth)
+        print(f"\ntruth={truth:.3f} flowctl={by_path.reading.utilization:.3f} pid-view={by_pid.reading.utilization:.3f} "
+              f"host-view={h.utilization} (whole machine, shared) naive-share={naive:.3f}")
+
+
+def test_saturated_group_is_throttled() -> None:
+    need_cgroup_v1("cpu", "cpuacct")
+    ctrls = ("cpu", "cpuacct")
+    with cgroup(ctrls, quota_us=20000) as name, child([sys.executable, "-c", BURNER, "1.0"]) as burner:
+        assert burner.stdout is not None and burner.stdin is not None
+        burner.stdout.readline()
+        _join(name, burner.pid, ctrls)
+        burner.stdin.write("go\n")
+        burner.stdin.flush()
+        s = make_signal("container", cgroup_path=f"{CG}/cpu/{name}")
+        s.sample()
+        time.sleep(1.5)
+        r = s.sample()
+        s.close()
+        assert r.limit_cores == pytest.approx(0.2)
+        assert r.throttled_ratio is not None and r.throttled_ratio > 0.5
+        assert r.utilization is not None and r.utilization > 0.7
+
+
+READER = """
+import json, sys, time
+from flowctl.cpu import make_signal
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+sys.stdin.readline()
+lx = make_signal("lxcfs", lxcfs_dir=sys.argv[1])
+ct = make_signal("container")
+for s in (lx, ct): s.sample()
+t0 = time.perf_counter()
+while time.perf_counter() - t0 < 1.0:
+    pass
+for s in (lx, ct): s.sample()
+print(json.dumps({"lxcfs": lx.details(), "container": ct.details()}))
+"""
+
+
+@contextmanager
+def lxcfs_mount(directory: Path, pidfile: Path) -> Iterator[subprocess.Popen[bytes]]:
+    exe = need_binary("lxcfs")
+    directory.mkdir()
+    proc = subprocess.Popen([exe, "-f", "--enable-cfs", "-p", str(pidfile), str(directory)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if f" {directory} " in Path("/proc/self/mountinfo").read_text():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"lxcfs exited with {proc.returncode}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("lxcfs did not mount in 10 s")
+        yield proc
+    finally:
+        fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
+        if fusermount:
+            subprocess.run([fusermount, "-u", str(directory)], capture_output=True, check=False)
+        if f" {directory} " in Path("/proc/self/mountinfo").read_text():
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait(timeout=10)
+        assert f" {directory} " not in Path("/proc/self/mountinfo").read_text(), f"lxcfs still mounted at {directory}"
+
+
+def test_lxcfs_view_of_a_limited_container_and_dead_mount(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset", "memory")
+    ctrls = ("cpu", "cpuacct", "cpuset", "memory")
+    mem = 256 * 1024 * 1024
+    mnt = tmp_path / "lxcfs"
+    with lxcfs_mount(mnt, tmp_path / "lxcfs.pid") as lxcfs_proc, \
+            cgroup(ctrls, quota_us=50000, memory_bytes=mem) as name, \
+            child([sys.executable, "-c", READER, str(mnt)]) as reader:
+        assert reader.stdout is not None and reader.stdin is not None
+        assert reader.stdout.readline().strip() == "ready"
+        _join(name, reader.pid, ctrls)
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        out, err = reader.communicate(timeout=60)
+        assert reader.returncode == 0, err
+        views = json.loads(out)
+        lx, ct = views["lxcfs"], views["container"]
+        # lxcfs rounds the 0.5 quota up to 1 CPU and shows the memory limit as MemTotal.
+        assert lx["details"]["cpus"] == 1, lx
+        assert lx["details"]["mem_total_bytes"] == mem, lx
+        assert lx["reading"]["utilization"] is not None, lx
+        # The cgroup files keep the real budget.
+        assert ct["limit_cores"] == 0.5 and ct["details"]["memory_limit_bytes"] == mem, ct
+        assert ct["reading"]["utilization"] is not None and ct["reading"]["utilization"] > 0.5, ct
+
+        # lxcfs dies without unmounting: reads fail with ENOTCONN; the reader must not raise.
+        lxcfs_proc.kill()
+        lxcfs_proc.wait(timeout=10)
+        s = make_signal("lxcfs", lxcfs_dir=str(mnt))
+        s.sample()
+        r = s.sample()
+        assert r.limit_cores is None and r.utilization is None
+        assert any("Transport endpoint is not connected" in e for e in s.errors()), s.errors()
