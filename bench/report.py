@@ -173,6 +173,7 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
         ax.set_ylabel(name, fontsize=9, fontweight="bold")
         if i == 0:
             ax.set_title("CPU utilization views")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
         ax = axes[i][1]
         for key, lab, st in (("inflight", "in-flight", "k-"), ("max_inflight", "max_inflight", "m--")):
@@ -181,6 +182,7 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
                 ax.plot(xs, ys, st, label=lab, lw=1.2)
         if i == 0:
             ax.set_title("in-flight and limit")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax = axes[i][2]
         t = [row["t_s"] for row in tl]
