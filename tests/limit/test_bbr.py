@@ -1,0 +1,83 @@
+"""Bbr: Little's law, rounding, floor of 1, per-bucket caching, cold start."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowctl.errors import ConfigError
+from flowctl.limit.bbr import Bbr
+
+
+def feed(bbr: Bbr, start: float, n: int, rt_s: float, span_s: float = 0.1) -> None:
+    """n completions of rt_s spread inside [start, start + span_s), away from bucket edges."""
+    for i in range(n):
+        bbr.on_sample(start + span_s * (0.05 + 0.9 * i / n), rt_s, 1, False)
+
+
+def test_cold_start_value_until_a_bucket_completes() -> None:
+    bbr = Bbr(cold_start_inflight=16)
+    assert bbr.max_inflight(100.0) == 16
+    assert not bbr.stats(100.0).warm
+    feed(bbr, 100.0, 10, 0.05)
+    assert bbr.max_inflight(100.05) == 16  # same bucket: cached cold value
+    assert bbr.stats(100.1).warm
+
+
+def test_littles_law_max_pass_times_min_rt() -> None:
+    bbr = Bbr()  # 100 ms buckets
+    feed(bbr, 10.0, 50, 0.040)  # 500/s at 40 ms
+    feed(bbr, 10.1, 20, 0.020)  # 200/s at 20 ms (min RT)
+    # max_pass_per_s = 50 / 0.1 = 500; min_rt = 0.020 -> 10
+    assert bbr.max_inflight(10.25) == 10
+    st = bbr.stats(10.25)
+    assert st.max_pass_per_s == pytest.approx(500.0)
+    assert st.min_rt_s == pytest.approx(0.020)
+
+
+def test_rounds_up_but_absorbs_float_noise() -> None:
+    bbr = Bbr()
+    feed(bbr, 0.0, 10, 0.031)  # 100/s * 0.031 = 3.1 -> 4
+    assert bbr.max_inflight(0.15) == 4
+    bbr2 = Bbr()
+    feed(bbr2, 0.0, 10, 0.03)  # 100/s * 0.03 = 3.0000000000000004 -> 3, not 4
+    assert bbr2.max_inflight(0.15) == 3
+
+
+def test_floor_of_one_when_the_product_is_tiny() -> None:
+    bbr = Bbr()
+    feed(bbr, 0.0, 1, 0.0001)  # 10/s * 0.1 ms = 0.001
+    assert bbr.max_inflight(0.15) == 1
+
+
+def test_sub_millisecond_rt_is_not_rounded_away() -> None:
+    bbr = Bbr()
+    feed(bbr, 0.0, 10_000, 0.0004)  # 100k/s at 0.4 ms -> 40 (Kratos' ms rounding gives 0)
+    assert bbr.max_inflight(0.15) == 40
+
+
+def test_dropped_samples_are_not_counted() -> None:
+    bbr = Bbr()
+    for i in range(10):
+        bbr.on_sample(0.01 * i, 5.0, 1, True)
+    assert not bbr.stats(0.15).warm
+
+
+def test_limit_is_cached_per_bucket() -> None:
+    bbr = Bbr()
+    feed(bbr, 0.0, 10, 0.05)
+    first = bbr.max_inflight(0.15)
+    feed(bbr, 0.15, 1000, 0.05, span_s=0.01)  # lands in the current bucket
+    assert bbr.max_inflight(0.19) == first
+    assert bbr.max_inflight(0.21) > first
+
+
+def test_goes_cold_again_after_a_silent_window() -> None:
+    bbr = Bbr(window_s=1.0, buckets=10, cold_start_inflight=7)
+    feed(bbr, 0.0, 10, 0.01)
+    assert bbr.max_inflight(0.15) == 1
+    assert bbr.max_inflight(5.0) == 7
+
+
+def test_bad_cold_start_is_rejected() -> None:
+    with pytest.raises(ConfigError):
+        Bbr(cold_start_inflight=0)
