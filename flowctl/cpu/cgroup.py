@@ -8,6 +8,7 @@ seconds and cores out, whatever the file's unit (v1 ns, v2 µs).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowctl.cpu.mounts import UNIFIED, CgroupDir, Discovery, read_file
@@ -195,6 +196,41 @@ class KeptFile:
             self.fd = None
 
 
+def _stat_fast(data: bytes) -> dict[bytes, int] | None:
+    """``key value`` lines as a dict (hot path); None when the text is not well-formed."""
+    fields = data.split()
+    if not fields or len(fields) % 2:
+        return None
+    try:
+        return dict(zip(fields[0::2], map(int, fields[1::2])))
+    except ValueError:
+        return None
+
+
+def _psi_some_total_fast(data: bytes) -> int | None:
+    """``total`` of the ``some`` line of a pressure file (hot path); None when not well-formed."""
+    if not data.startswith(b"some "):
+        return None
+    line = data.split(b"\n", 1)[0]
+    _, sep, total = line.rpartition(b" total=")
+    if not sep:
+        return None
+    try:
+        value = int(total)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _strict_error(parser: Callable[..., object], data: bytes, *args: str) -> str:
+    """The strict parser's reason for rejecting ``data`` (the fast path only says "bad")."""
+    try:
+        parser(data, *args)
+    except ParseError as exc:
+        return str(exc)
+    return "malformed"
+
+
 def pressure_candidates(disc: Discovery, proc_root: str) -> list[tuple[str, str]]:
     """Where CPU pressure comes from, best first: ``(path, scope)`` with scope "cgroup" or "system".
 
@@ -266,41 +302,41 @@ class CgroupCounterReader:
         throttled: int | None = None
         throttled_s: float | None = None
         pressure_s: float | None = None
-        stat: dict[str, int] | None = None
+        stat: dict[bytes, int] | None = None
         if self._stat is not None:
             data = self._stat.read()
             if data is not None:
-                try:
-                    stat = parse_flat_keyed(data, "cpu.stat")
-                except ParseError as exc:
-                    self._stat.error = f"{self._stat.path}: {exc}"
+                stat = _stat_fast(data)
+                if stat is None:
+                    self._stat.error = f"{self._stat.path}: {_strict_error(parse_flat_keyed, data, 'cpu.stat')}"
         if self.version == 1:
             if self._usage is not None:
                 data = self._usage.read()
                 if data is not None:
                     try:
-                        usage_s = parse_int(data, "cpuacct.usage") / 1e9
-                    except ParseError as exc:
-                        self._usage.error = f"{self._usage.path}: {exc}"
+                        usage_s = int(data) / 1e9
+                    except ValueError:
+                        self._usage.error = f"{self._usage.path}: {_strict_error(parse_int, data, 'cpuacct.usage')}"
             if stat is not None:
-                periods = stat.get("nr_periods")
-                throttled = stat.get("nr_throttled")
-                t_ns = stat.get("throttled_time")
+                periods = stat.get(b"nr_periods")
+                throttled = stat.get(b"nr_throttled")
+                t_ns = stat.get(b"throttled_time")
                 throttled_s = None if t_ns is None else t_ns / 1e9
         elif stat is not None:
-            u_us = stat.get("usage_usec")
+            u_us = stat.get(b"usage_usec")
             usage_s = None if u_us is None else u_us / 1e6
-            periods = stat.get("nr_periods")
-            throttled = stat.get("nr_throttled")
-            t_us = stat.get("throttled_usec")
+            periods = stat.get(b"nr_periods")
+            throttled = stat.get(b"nr_throttled")
+            t_us = stat.get(b"throttled_usec")
             throttled_s = None if t_us is None else t_us / 1e6
         if self._pressure is not None:
             data = self._pressure.read()
             if data is not None:
-                try:
-                    pressure_s = parse_psi(data)["some"].total_us / 1e6
-                except ParseError as exc:
-                    self._pressure.error = f"{self._pressure.path}: {exc}"
+                total_us = _psi_some_total_fast(data)
+                if total_us is None:
+                    self._pressure.error = f"{self._pressure.path}: {_strict_error(parse_psi, data)}"
+                else:
+                    pressure_s = total_us / 1e6
         return usage_s, periods, throttled, throttled_s, pressure_s
 
     def close(self) -> None:

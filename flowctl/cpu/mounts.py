@@ -157,11 +157,27 @@ def read_mounts(root: str, pid: int | str, errors: list[str]) -> list[MountEntry
     return mounts
 
 
-def discover(root: str = "/", pid: int | str = "self") -> Discovery:
-    """Resolve the cgroup directories of ``pid`` as seen under ``root``; never raises."""
+def discover(root: str = "/", pid: int | str = "self", cache: dict[str, object] | None = None) -> Discovery:
+    """Resolve the cgroup directories of ``pid`` as seen under ``root``; never raises.
+
+    With ``cache`` (a dict owned by the caller), the result is reused while
+    /proc/PID/mountinfo and /proc/PID/cgroup have not changed.
+    """
+    mi_path = os.path.join(proc_dir(root, pid), "mountinfo")
+    cg_file = os.path.join(proc_dir(root, pid), "cgroup")
+    if cache is not None:
+        try:
+            key: object = (read_file(mi_path), read_file(cg_file))
+        except OSError:
+            key = None
+        hit = cache.get("discovery")
+        if key is not None and cache.get("key") == key and isinstance(hit, Discovery):
+            return hit
+        result = discover(root, pid)
+        cache["key"], cache["discovery"] = key, result
+        return result
     disc = Discovery()
     disc.mounts = read_mounts(root, pid, disc.errors)
-    cg_file = os.path.join(proc_dir(root, pid), "cgroup")
     try:
         lines = parse_cgroup_file(read_file(cg_file))
     except (OSError, ParseError) as exc:

@@ -121,6 +121,7 @@ class ContainerSource:
         self.cgroup: CgroupLimits | None = None
         self._reader: CgroupCounterReader | None = None
         self._dirs_key: tuple[tuple[str, str], ...] | None = None
+        self._discovery_cache: dict[str, object] = {}
 
     @property
     def name(self) -> str:
@@ -129,7 +130,7 @@ class ContainerSource:
     def _discover(self) -> Discovery:
         if self.cgroup_path is not None:
             return discover_path(self.cgroup_path, self.root)
-        return discover(self.root, self.pid)
+        return discover(self.root, self.pid, self._discovery_cache)
 
     def read_limits(self) -> Limits:
         """Re-discover the cgroup (the process may have moved) and re-read its limits."""
@@ -147,7 +148,7 @@ class ContainerSource:
         self.discovery = disc
         cg = read_cgroup_limits(disc)
         self.cgroup = cg
-        errors = list(disc.errors) + list(cg.errors)
+        errors = list(disc.errors) + list(cg.errors)  # copies: a cached Discovery is shared
         host_cpus, host_src = read_host_cpus(self.root, errors)
         affinity = _affinity(self.pid) if self.root == "/" else None
         cpuset_n = len(cg.cpuset) if cg.cpuset else None
