@@ -522,10 +522,11 @@ async def measure_capacity(
     work_ms: float,
     handler: str,
     probe_s: float = 4.0,
-    unloaded_s: float = 6.0,
+    unloaded_s: float | None = None,
     max_probes: int = 9,
 ) -> Capacity:
     """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter)."""
+    unloaded_s = unloaded_s if unloaded_s is not None else 1.5 * probe_s
     est = max(1.0, cpus * 1000.0 / max(work_ms, 0.1))
     low_rate = max(5.0, 0.1 * est)
     lg, _ = await drive(run, path, low_rate, unloaded_s)

@@ -1,0 +1,204 @@
+"""Smoke runs of the benchmark harness, so it cannot rot.
+
+Each scenario runs for a few seconds and the tests check that the JSON has
+every field and that the numbers are sane; never that a target is met (no
+timing assertions). Scenarios that create cgroups need root and cgroup v1
+(``tests.realenv`` gates); the load generator, the upstream app and the
+report are also exercised without root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bench.loadgen import LoadSpec, TrafficClass, run_load
+from bench.upstream import HANDLERS, make_app
+from tests.realenv import need_binary, need_cgroup_v1
+
+REPO = Path(__file__).resolve().parents[2]
+
+OVERLOAD_FIELDS = (
+    "offered_rps", "capacity_rps", "goodput_rps", "goodput_ratio", "admitted_p99_ms", "unloaded_p99_ms",
+    "rejected_p99_ms", "shed_ratio", "timeouts", "host_cpu_utilization_mean", "container_cpu_utilization_mean",
+)  # fmt: skip
+ALL_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "sidecar-bbr-container")
+
+
+def _sane_row(row: dict[str, Any]) -> None:
+    for f in OVERLOAD_FIELDS:
+        assert f in row, f"missing field {f}"
+    assert row["offered_rps"] > 0
+    assert row["capacity_rps"] > 0
+    assert 0 <= row["goodput_rps"] <= row["offered_rps"] * 1.2
+    assert row["goodput_ratio"] == pytest.approx(row["goodput_rps"] / row["capacity_rps"])
+    assert 0.0 <= row["shed_ratio"] <= 1.0
+    assert isinstance(row["timeouts"], int) and row["timeouts"] >= 0
+    for f in ("admitted_p99_ms", "rejected_p99_ms"):
+        assert row[f] is None or (row[f] > 0 and math.isfinite(row[f]))
+    assert row["unloaded_p99_ms"] > 0
+    for f in ("host_cpu_utilization_mean", "container_cpu_utilization_mean"):
+        assert row[f] is not None and 0.0 <= row[f] <= 1.5
+    assert row["sent"] == row["ok"] + row["rejected"] + row["timeouts"] + row["errors"] + row["other_status"]
+
+
+def _run_bench(args: list[str], tmp_path: Path, timeout_s: float = 280) -> dict[str, Any]:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", *args, "--json", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert (tmp_path / "result.md").exists()
+    assert data["machine"]["cpus"] >= 1
+    return data
+
+
+# ---------------------------------------------------------------- no root needed
+
+
+async def test_loadgen_counts_every_request_against_a_real_server() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def shed(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="no")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/shed", shed)
+    async with TestServer(app) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        r = await run_load(LoadSpec(url=base + "/ok", rate_rps=200, duration_s=1.0, arrival="constant"))
+        assert r["sent"] == r["ok"] == 199 or r["sent"] == r["ok"] == 200
+        assert r["admitted_p99_ms"] is not None and r["admitted_p99_ms"] > 0
+        assert sum(row["sent"] for row in r["timeline"]) == r["sent"]
+        classes = (TrafficClass("critical", 0.5, (("X-Priority", "critical"),)), TrafficClass("sheddable", 0.5, ()))
+        r2 = await run_load(LoadSpec(url=base + "/shed", rate_rps=100, duration_s=1.0, classes=classes))
+        assert r2["rejected"] == r2["sent"] > 0 and r2["ok"] == 0
+        assert r2["classes"]["critical"]["sent"] + r2["classes"]["sheddable"]["sent"] == r2["sent"]
+        assert r2["shed_ratio"] == 1.0
+
+
+async def test_loadgen_counts_timeouts_from_intended_send_time() -> None:
+    async def slow(request: web.Request) -> web.Response:
+        import asyncio
+
+        await asyncio.sleep(1.0)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    async with TestServer(app) as srv:
+        r = await run_load(LoadSpec(url=f"http://127.0.0.1:{srv.port}/", rate_rps=20, duration_s=0.5, timeout_s=0.2))
+        assert r["timeouts"] == r["sent"] > 0
+        assert r["ok"] == 0
+
+
+@pytest.mark.parametrize("handler", sorted(HANDLERS))
+async def test_upstream_handlers_answer(handler: str) -> None:
+    app = make_app("none", work_iters=1000, io_ms=1, io_bound_ms=1)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get(HANDLERS[handler])
+        assert resp.status == 200
+        state = await (await client.get("/_bench/state")).json()
+        assert state["variant"] == "none"
+
+
+@pytest.mark.parametrize("variant", ["fixed", "bbr-host", "bbr-container", "gradient"])
+async def test_upstream_variants_expose_limiter_state(variant: str) -> None:
+    app = make_app(variant, work_iters=1000, io_ms=1, io_bound_ms=1)
+    async with TestClient(TestServer(app)) as client:
+        for path in HANDLERS.values():
+            assert (await client.get(path)).status in (200, 503)
+        state = await (await client.get("/_bench/state")).json()
+        snap = state["snapshot"]
+        assert snap["inflight"] == 0
+        assert "max_inflight" in snap
+
+
+def test_report_renders_synthetic_overload(tmp_path: Path) -> None:
+    from bench import report
+
+    row = {f: 1.0 for f in OVERLOAD_FIELDS}
+    row.update(variant="none", timeouts=0, admitted_p99_over_unloaded=1.0, timeline=[
+        {"t_s": 0, "sent": 1, "good": 1, "rejected": 0, "timeouts": 0, "errors": 0, "admitted_p99_ms": 2.0}],
+        samples=[{"t_s": 0.5, "host_cpu_utilization": 0.3, "container_cpu_utilization": 0.9, "inflight": 1, "max_inflight": 2}],
+        loadgen={"send_lag_p99_ms": 1.0, "cpu_cores": 0.1, "affinity": [1]})  # fmt: skip
+    data = {"scenario": "overload", "cpus": 0.5, "seconds": 1, "machine": {"cpus": 2},
+            "by_handler": {"blocking": {"capacity": {"capacity_rps": 1.0, "unloaded_p99_ms": 1.0},
+                                        "runs": [{"multiplier": m, "rate_rps": m, "variants": {"none": dict(row)}} for m in (1.0, 4.0)]}}}  # fmt: skip
+    p = tmp_path / "o.json"
+    p.write_text(json.dumps(data))
+    files = report.report_file(str(p))
+    assert all(os.path.getsize(f) > 0 for f in files)
+    assert any(f.endswith("-sweep-blocking.png") for f in files)
+
+
+# ---------------------------------------------------------------- real cgroups (root)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_overload_smoke_every_variant(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset")
+    need_binary("lxcfs")
+    data = _run_bench(["overload", "--seconds", "2", "--warmup", "0.5", "--handler", "blocking", "--probe-seconds", "1",
+                       "--multiplier", "2", "--variants", ",".join(ALL_VARIANTS)], tmp_path)  # fmt: skip
+    assert data["scenario"] == "overload"
+    assert set(data["variants"]) == set(ALL_VARIANTS)
+    cap = data["capacity"]
+    assert cap["capacity_rps"] > 0 and cap["unloaded_p99_ms"] > 0 and cap["probes"]
+    for row in data["variants"].values():
+        _sane_row(row)
+        assert row["limit_cores"] == pytest.approx(0.5)
+    assert (tmp_path / "result-timeseries-blocking.png").exists()
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_step_smoke(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset")
+    need_binary("nginx")
+    data = _run_bench(["step", "--seconds", "4", "--step-at", "2", "--warmup", "0.5", "--capacity-before-rps", "100",
+                       "--capacity-after-rps", "50", "--unloaded-p99-ms", "10", "--nginx-candidates", "2,4",
+                       "--probe-seconds", "1", "--peers", "nginx-limit-conn,sidecar-bbr-container,bbr-container"], tmp_path)  # fmt: skip
+    assert data["scenario"] == "step"
+    assert data["nginx_limit_conn"] in (2, 4)
+    for name, row in data["variants"].items():
+        _sane_row(row)
+        assert "recovery_s" in row and (row["recovery_s"] is None or row["recovery_s"] >= 0)
+        limits = [s["limit_cores"] for s in row["samples"] if s.get("limit_cores") is not None]
+        assert limits[0] == pytest.approx(1.0) and limits[-1] == pytest.approx(0.5), name  # the quota really changed
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_priority_smoke(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset")
+    data = _run_bench(["priority", "--seconds", "2", "--warmup", "0.5", "--handler", "yielding", "--capacity-rps", "60",
+                       "--unloaded-p99-ms", "10"], tmp_path)  # fmt: skip
+    assert data["scenario"] == "priority"
+    for row in data["variants"].values():
+        _sane_row(row)
+        assert set(row["classes"]) == {"critical", "sheddable"}
+        assert 0 <= row["critical_goodput_ratio"] <= 1.2
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_overhead_smoke(tmp_path: Path) -> None:
+    need_binary("wrk")
+    need_binary("nginx")
+    data = _run_bench(["overhead", "--seconds", "1", "--rounds", "1"], tmp_path)
+    assert data["scenario"] == "overhead"
+    assert set(data["parts"]) == {"middleware", "sidecar"}
+    assert all(part.get("exit_code") == 0 for part in data["parts"].values())
