@@ -71,7 +71,7 @@ from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
 from flowctl.looplag import LoopLagMonitor
-from flowctl.metrics import DURATION_BUCKETS_S, FlowctlCollector, RequestDurations, metrics_handler
+from flowctl.metrics import DURATION_BUCKETS_S, DurationHistogram, FlowctlCollector, RequestDurations, metrics_handler
 from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
@@ -93,10 +93,6 @@ _PRIORITY_BY_TEXT = {p: p for p in PRIORITIES}
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _F = TypeVar("_F")
-
-
-class _Observer(Protocol):
-    def observe(self, amount: float) -> None: ...
 
 
 class _Lifetime(Protocol):
@@ -299,12 +295,12 @@ def _middleware(
     child = state.durations.child
     header = trusted_priority_header
     priority_by_text = _PRIORITY_BY_TEXT
-    routes: dict[AbstractRoute, tuple[str, str, _Observer]] = {}
+    routes: dict[AbstractRoute, tuple[str, str, DurationHistogram]] = {}
     unmatched = (UNMATCHED_RESOURCE, unmatched_priority, child(UNMATCHED_RESOURCE))
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
 
-    def resolve(route: AbstractRoute) -> tuple[str, str, _Observer]:
+    def resolve(route: AbstractRoute) -> tuple[str, str, DurationHistogram]:
         res = route.resource
         if res is None:  # a SystemRoute: no route matched (404/405), created per request
             return unmatched

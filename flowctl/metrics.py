@@ -8,7 +8,8 @@ Nothing here touches the global registry: callers pass a ``CollectorRegistry``.
   ``flowctl_shed_total`` here, so a request costs no prometheus call for them.
 - ``RequestDurations`` owns the one per-request metric,
   ``flowctl_request_duration_seconds{resource}``, with one child bound per
-  resource the first time it is seen (never ``.labels()`` per request).
+  resource the first time it is seen (never a label lookup per request); its
+  buckets are plain ints too, exported at scrape time.
 - ``metrics_handler(registry)`` is a ready aiohttp handler for ``/metrics``.
 
 Metric names are fixed (dashboards and alerts depend on them)::
@@ -21,7 +22,8 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_cpu_utilization_smoothed_ratio{view}        its EMA
     flowctl_cpu_usage_cores, flowctl_cpu_limit_cores,
     flowctl_cpu_throttled_ratio, flowctl_cpu_pressure_ratio   (the limiter's own signal)
-    flowctl_hot, flowctl_dry_run                        0/1
+    flowctl_hot, flowctl_cool_off, flowctl_dry_run      0/1
+    flowctl_tokens_leaked_total                         tokens never released (a bug if it grows)
     flowctl_event_loop_lag_seconds                      when a loop-lag monitor is attached
     flowctl_request_duration_seconds{resource}          histogram, admission to handler return
 
@@ -32,14 +34,16 @@ out of the scrape rather than reported as 0.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from flowctl.errors import ConfigError
 from flowctl.signal import CpuReading, CpuSignal
 
 if TYPE_CHECKING:
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS_S",
+    "DurationHistogram",
     "FlowctlCollector",
     "RequestDurations",
     "metrics_handler",
@@ -89,119 +94,167 @@ class FlowctlCollector:
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (so registering does not take a snapshot)."""
-        return self._families()
+        return _Families(with_loop_lag=self._loop_lag is not None).all()
 
     def collect(self) -> Iterable[Metric]:
-        """Take one limiter snapshot and yield every family with its current samples."""
+        """Take one limiter snapshot and return every family with its current samples."""
         snap = self._limiter.snapshot()
-        fams = {f.name: f for f in self._families()}
+        f = _Families(with_loop_lag=self._loop_lag is not None)
+        c, g = f.counters, f.gauges
 
-        requests = fams["flowctl_requests"]
-        assert isinstance(requests, CounterMetricFamily)
         for (resource, priority, outcome), n in sorted(snap.requests.items()):
-            requests.add_metric([resource, priority, outcome], n)
-        shed = fams["flowctl_shed"]
-        assert isinstance(shed, CounterMetricFamily)
+            c["flowctl_requests"].add_metric([resource, priority, outcome], n)
         for (resource, reason), n in sorted(snap.shed_by_reason.items()):
-            shed.add_metric([resource, reason], n)
+            c["flowctl_shed"].add_metric([resource, reason], n)
+        c["flowctl_tokens_leaked"].add_metric([], snap.tokens_leaked)
+        for resource, n in sorted(snap.inflight_by_resource.items()):
+            g["flowctl_inflight"].add_metric([resource], n)
 
-        _add(fams["flowctl_inflight"], snap.inflight_by_resource)
-        _set(fams["flowctl_max_inflight"], snap.max_inflight)
-        _set(fams["flowctl_min_rt_seconds"], snap.min_rt_s)
-        _set(fams["flowctl_max_pass_per_second"], snap.max_pass_per_s)
-        _set(fams["flowctl_hot"], 1.0 if snap.hot else 0.0)
-        _set(fams["flowctl_dry_run"], 1.0 if snap.dry_run else 0.0)
+        _set(g["flowctl_max_inflight"], snap.max_inflight)
+        _set(g["flowctl_min_rt_seconds"], snap.min_rt_s)
+        _set(g["flowctl_max_pass_per_second"], snap.max_pass_per_s)
+        _set(g["flowctl_hot"], 1.0 if snap.hot else 0.0)
+        _set(g["flowctl_cool_off"], 1.0 if snap.cool_off else 0.0)
+        _set(g["flowctl_dry_run"], 1.0 if snap.dry_run else 0.0)
 
         views: dict[str, CpuReading] = {snap.signal_name: snap.cpu}
         for name, sig in self._views.items():
             views.setdefault(name, sig.reading)
-        util = fams["flowctl_cpu_utilization_ratio"]
-        smooth = fams["flowctl_cpu_utilization_smoothed_ratio"]
         for name, reading in sorted(views.items()):
             if reading.utilization is not None:
-                util.add_metric([name], reading.utilization)
+                g["flowctl_cpu_utilization_ratio"].add_metric([name], reading.utilization)
             if reading.utilization_smoothed is not None:
-                smooth.add_metric([name], reading.utilization_smoothed)
+                g["flowctl_cpu_utilization_smoothed_ratio"].add_metric([name], reading.utilization_smoothed)
         cpu = snap.cpu
-        _set(fams["flowctl_cpu_usage_cores"], cpu.usage_cores)
-        _set(fams["flowctl_cpu_limit_cores"], cpu.limit_cores)
-        _set(fams["flowctl_cpu_throttled_ratio"], cpu.throttled_ratio)
-        _set(fams["flowctl_cpu_pressure_ratio"], cpu.pressure_ratio)
+        _set(g["flowctl_cpu_usage_cores"], cpu.usage_cores)
+        _set(g["flowctl_cpu_limit_cores"], cpu.limit_cores)
+        _set(g["flowctl_cpu_throttled_ratio"], cpu.throttled_ratio)
+        _set(g["flowctl_cpu_pressure_ratio"], cpu.pressure_ratio)
         if self._loop_lag is not None:
-            _set(fams["flowctl_event_loop_lag_seconds"], self._loop_lag.lag_s(self._clock()))
-        return list(fams.values())
+            _set(g["flowctl_event_loop_lag_seconds"], self._loop_lag.lag_s(self._clock()))
+        return f.all()
 
-    def _families(self) -> list[Metric]:
-        g, c = GaugeMetricFamily, CounterMetricFamily
-        fams: list[Metric] = [
-            c("flowctl_requests", "Admission decisions by resource, priority and outcome (admitted, shed, dry_run_shed).",
-              labels=["resource", "priority", "outcome"]),
-            c("flowctl_shed", "Requests shed, by resource and reason (the trigger that fired).",
-              labels=["resource", "reason"]),
-            g("flowctl_inflight", "Admitted requests not yet finished, by resource.", labels=["resource"]),
-            g("flowctl_max_inflight", "Current in-flight limit (max pass rate x min RT for BBR)."),
-            g("flowctl_min_rt_seconds", "Lowest recent response time the limit is based on."),
-            g("flowctl_max_pass_per_second", "Highest recent completion rate the limit is based on."),
-            g("flowctl_hot", "1 while the limiter considers the CPU saturated (or is cooling off), else 0."),
-            g("flowctl_dry_run", "1 when the limiter only reports what it would shed, else 0."),
-            g("flowctl_cpu_utilization_ratio", "CPU used over the last interval / the view's CPU budget.",
+
+class _Families:
+    """One fresh, empty family per exported metric (counters keyed without ``_total``)."""
+
+    def __init__(self, *, with_loop_lag: bool) -> None:
+        C, G = CounterMetricFamily, GaugeMetricFamily
+        self.counters: dict[str, CounterMetricFamily] = {
+            m.name: m
+            for m in (
+                C("flowctl_requests", "Admission decisions by resource, priority and outcome "
+                  "(admitted, shed, dry_run_shed).", labels=["resource", "priority", "outcome"]),
+                C("flowctl_shed", "Requests shed, by resource and reason (the trigger that fired).",
+                  labels=["resource", "reason"]),
+                C("flowctl_tokens_leaked", "Admitted tokens garbage-collected unreleased (a bug if it grows)."),
+            )
+        }  # fmt: skip
+        gauges = [
+            G("flowctl_inflight", "Admitted requests not yet finished, by resource.", labels=["resource"]),
+            G("flowctl_max_inflight", "Current in-flight limit (max pass rate x min RT for BBR)."),
+            G("flowctl_min_rt_seconds", "Lowest recent response time the limit is based on."),
+            G("flowctl_max_pass_per_second", "Highest recent completion rate the limit is based on."),
+            G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),
+            G("flowctl_cool_off", "1 during the cool-off after a shed (shedding continues over the limit)."),
+            G("flowctl_dry_run", "1 when the limiter only reports what it would shed, else 0."),
+            G("flowctl_cpu_utilization_ratio", "CPU used over the last interval / the view's CPU budget.",
               labels=["view"]),
-            g("flowctl_cpu_utilization_smoothed_ratio", "EMA of flowctl_cpu_utilization_ratio.", labels=["view"]),
-            g("flowctl_cpu_usage_cores", "CPU cores in use over the last interval (limiter's signal)."),
-            g("flowctl_cpu_limit_cores", "Effective CPU budget in cores (limiter's signal)."),
-            g("flowctl_cpu_throttled_ratio", "Fraction of CFS periods throttled over the last interval."),
-            g("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some)."),
+            G("flowctl_cpu_utilization_smoothed_ratio", "EMA of flowctl_cpu_utilization_ratio.", labels=["view"]),
+            G("flowctl_cpu_usage_cores", "CPU cores in use over the last interval (limiter's signal)."),
+            G("flowctl_cpu_limit_cores", "Effective CPU budget in cores (limiter's signal)."),
+            G("flowctl_cpu_throttled_ratio", "Fraction of CFS periods throttled over the last interval."),
+            G("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some)."),
         ]  # fmt: skip
-        if self._loop_lag is not None:
-            fams.append(g("flowctl_event_loop_lag_seconds",
-                          "How late the event loop runs a due timer (live while late, else the last tick)."))  # fmt: skip
-        return fams
+        if with_loop_lag:
+            gauges.append(G("flowctl_event_loop_lag_seconds",
+                            "How late the event loop runs a due timer (live while late, else the last tick)."))  # fmt: skip
+        self.gauges: dict[str, GaugeMetricFamily] = {m.name: m for m in gauges}
+
+    def all(self) -> list[Metric]:
+        return [*self.counters.values(), *self.gauges.values()]
 
 
-def _set(family: Metric, value: float | None) -> None:
-    if value is not None and isinstance(family, GaugeMetricFamily):
+def _set(family: GaugeMetricFamily, value: float | None) -> None:
+    if value is not None:
         family.add_metric([], float(value))
 
 
-def _add(family: Metric, values: Mapping[str, int | float]) -> None:
-    if isinstance(family, GaugeMetricFamily):
-        for label, value in sorted(values.items()):
-            family.add_metric([label], float(value))
+class DurationHistogram:
+    """One resource's duration histogram: plain-int buckets, exported at scrape time.
 
+    ``observe`` is a bisect and two additions (no lock, no prometheus call):
+    like the limiter, it assumes one thread (one event loop).
+    """
 
-class _Observer(Protocol):
-    def observe(self, amount: float) -> None: ...
+    __slots__ = ("bounds", "counts", "sum_s")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds: tuple[float, ...] = tuple(bounds)  # upper bounds (le), without +Inf
+        self.counts: list[int] = [0] * (len(self.bounds) + 1)  # per bucket, last one is +Inf
+        self.sum_s = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Record one duration in seconds."""
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum_s += amount
 
 
 class RequestDurations:
-    """``flowctl_request_duration_seconds{resource}``: one bound child per resource.
+    """``flowctl_request_duration_seconds{resource}``: one histogram bound per resource.
 
     ``child(resource)`` binds on first use and caches, so the per-request cost
-    is one ``observe`` on an already-bound child. Keep resources bounded
+    is one ``observe`` on an already-bound child (about 0.2 us; a
+    prometheus_client Histogram child costs about 1-2 us). The counts are
+    exported by a collector registered on ``registry``. Keep resources bounded
     (route names or patterns, never raw paths).
     """
 
-    def __init__(self, registry: CollectorRegistry, *, buckets: Sequence[float] = DURATION_BUCKETS_S) -> None:
-        self._histogram = Histogram(
-            "flowctl_request_duration_seconds",
-            "Time from admission to the handler's return, for admitted requests.",
-            ["resource"],
-            registry=registry,
-            buckets=tuple(buckets),
-        )
-        self._children: dict[str, _Observer] = {}
+    name = "flowctl_request_duration_seconds"
 
-    def child(self, resource: str) -> _Observer:
+    def __init__(self, registry: CollectorRegistry, *, buckets: Sequence[float] = DURATION_BUCKETS_S) -> None:
+        bounds = sorted(float(b) for b in buckets if b != float("inf"))
+        if not bounds or len(set(bounds)) != len(bounds):
+            raise ConfigError(f"duration buckets must be distinct finite numbers, got {buckets!r}")
+        self._bounds = tuple(bounds)
+        self._children: dict[str, DurationHistogram] = {}
+        registry.register(self)
+
+    def child(self, resource: str) -> DurationHistogram:
         """The bound child for ``resource`` (bound once, then cached)."""
         c = self._children.get(resource)
         if c is None:
-            c = self._children[resource] = self._histogram.labels(resource)
+            c = self._children[resource] = DurationHistogram(self._bounds)
         return c
 
     def bind(self, resources: Iterable[str]) -> None:
         """Bind children up front (e.g. every route at start-up) so they show before traffic."""
         for r in resources:
             self.child(r)
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        fam = self._family()
+        les = [_le(b) for b in self._bounds] + ["+Inf"]
+        for resource, h in sorted(self._children.items()):
+            total, cumulative = 0, []
+            for le, n in zip(les, h.counts):
+                total += n
+                cumulative.append((le, float(total)))
+            fam.add_metric([resource], cumulative, h.sum_s)
+        return [fam]
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(
+            self.name, "Time from admission to the handler's return, for admitted requests.", labels=["resource"]
+        )
+
+
+def _le(bound: float) -> str:
+    """Bucket label as prometheus_client writes it (0.005 -> "0.005", 1 -> "1.0")."""
+    return repr(float(bound))
 
 
 def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:

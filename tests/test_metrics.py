@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from flowctl.errors import ConfigError
 from flowctl.looplag import LoopLagMonitor
 from flowctl.metrics import FlowctlCollector, RequestDurations, metrics_handler
 from flowctl.signal import CpuReading, StaticSignal
@@ -29,7 +31,9 @@ class FakeSnapshot:
     )  # fmt: skip
     signal_name: str = "container"
     hot: bool = True
+    cool_off: bool = True
     dry_run: bool = False
+    tokens_leaked: int = 0
     requests: dict[tuple[str, str, str], int] = field(
         default_factory=lambda: {("hello", "default", "admitted"): 7, ("hello", "sheddable", "shed"): 2}
     )
@@ -60,7 +64,8 @@ def test_collector_exports_snapshot_at_scrape_time() -> None:
     assert get("flowctl_max_inflight") == 12.5
     assert get("flowctl_min_rt_seconds") == 0.004
     assert get("flowctl_max_pass_per_second") == 3125.0
-    assert get("flowctl_hot") == 1 and get("flowctl_dry_run") == 0
+    assert get("flowctl_hot") == 1 and get("flowctl_cool_off") == 1 and get("flowctl_dry_run") == 0
+    assert get("flowctl_tokens_leaked_total") == 0
     assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) == 0.91
     assert get("flowctl_cpu_utilization_ratio", {"view": "host"}) == 0.23
     assert get("flowctl_cpu_utilization_smoothed_ratio", {"view": "container"}) == 0.85
@@ -107,6 +112,40 @@ def test_request_durations_bind_once() -> None:
     assert get("flowctl_request_duration_seconds_count", {"resource": "a"}) == 1
     assert get("flowctl_request_duration_seconds_bucket", {"resource": "a", "le": "0.01"}) == 0
     assert get("flowctl_request_duration_seconds_bucket", {"resource": "a", "le": "0.1"}) == 1
+
+
+def test_request_durations_match_prometheus_histogram() -> None:
+    """Same observations, same buckets: our plain-int histogram exports what prometheus_client's would."""
+    import random
+
+    from prometheus_client import Histogram
+
+    from flowctl.metrics import DURATION_BUCKETS_S
+
+    rng = random.Random(7)
+    values = [rng.choice([0.0, 0.001, 0.01, 10.0]) for _ in range(50)] + [rng.expovariate(20) for _ in range(500)]
+    ours_reg, ref_reg = CollectorRegistry(), CollectorRegistry()
+    ours = RequestDurations(ours_reg).child("r")
+    ref = Histogram("flowctl_request_duration_seconds", "d", ["resource"], registry=ref_reg,
+                    buckets=DURATION_BUCKETS_S).labels("r")  # fmt: skip
+    for v in values:
+        ours.observe(v)
+        ref.observe(v)
+    for le in [repr(b) for b in DURATION_BUCKETS_S] + ["+Inf"]:
+        labels = {"resource": "r", "le": le}
+        assert ours_reg.get_sample_value("flowctl_request_duration_seconds_bucket", labels) == \
+            ref_reg.get_sample_value("flowctl_request_duration_seconds_bucket", labels), le
+    for suffix in ("_count", "_sum"):
+        a = ours_reg.get_sample_value("flowctl_request_duration_seconds" + suffix, {"resource": "r"})
+        b = ref_reg.get_sample_value("flowctl_request_duration_seconds" + suffix, {"resource": "r"})
+        assert a == pytest.approx(b)
+
+
+def test_request_durations_reject_bad_buckets() -> None:
+    with pytest.raises(ConfigError):
+        RequestDurations(CollectorRegistry(), buckets=(0.1, 0.1))
+    with pytest.raises(ConfigError):
+        RequestDurations(CollectorRegistry(), buckets=())
 
 
 async def test_metrics_handler_text_and_openmetrics() -> None:
