@@ -109,7 +109,7 @@ async def _debug_limiter(request: web.Request) -> web.Response:
             "requests_total": sc.proxy.requests_total if sc.proxy is not None else 0,
             "errors_total": dict(sc.proxy.errors_total) if sc.proxy is not None else {},
         },
-        "rejections": list(sc.proxy.rejections)[::-1] if sc.proxy is not None else [],
+        "rejections": sc.proxy.rejection_log() if sc.proxy is not None else [],
     }
     return web.json_response(jsonable(body), dumps=_dumps)
 

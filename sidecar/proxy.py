@@ -104,7 +104,7 @@ class Proxy:
         # Plain counters (exported at scrape time by the admin collector).
         self.requests_total = 0
         self.errors_total: collections.Counter[str] = collections.Counter()
-        self.rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.rejections_kept)
+        self.rejections: collections.deque[tuple[float, str, str, Any]] = collections.deque(maxlen=config.rejections_kept)
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -201,18 +201,25 @@ class Proxy:
                 self._durations.observe(self._clock() - started_s)
 
     def _record_rejection(self, request: web.BaseRequest, decision: Any, *, counted: bool = True) -> None:
+        # Cheap on the hot path: keep the Reason object; /debug/limiter formats it (rejection_log()).
         if counted:
             self.errors_total["503"] += 1
         if self.rejections.maxlen:
-            reason = decision.reason
-            self.rejections.append(
+            self.rejections.append((time.time(), request.method, request.path, decision.reason))
+
+    def rejection_log(self) -> list[dict[str, Any]]:
+        """The last ``rejections_kept`` rejections (dry-run ones included), newest first, JSON-able."""
+        out = []
+        for at_unix_s, method, path, reason in reversed(self.rejections):
+            out.append(
                 {
-                    "at_unix_s": time.time(),
-                    "method": request.method,
-                    "path": request.path,
+                    "at_unix_s": at_unix_s,
+                    "method": method,
+                    "path": path,
                     "reason": reason.as_dict() if hasattr(reason, "as_dict") else str(reason),
                 }
             )
+        return out
 
     async def _limited_body(self, content: aiohttp.StreamReader, limit_bytes: int, state: list[bool]) -> AsyncIterator[bytes]:
         seen = 0

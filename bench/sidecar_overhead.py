@@ -1,0 +1,336 @@
+"""What the sidecar costs: wrk on loopback, direct vs nginx (1 worker) vs the sidecar, in one session.
+
+One command (the lead re-runs it on a quiet machine)::
+
+    .venv/bin/python -m bench.sidecar_overhead            # ~2 minutes
+    .venv/bin/python -m bench.sidecar_overhead --rounds 5 --seconds 10 --json bench/results/sidecar_overhead.json
+
+It starts a tiny aiohttp upstream (hello, 13 bytes, uvloop when installed),
+an nginx reverse proxy in front of it (Debian package, ``worker_processes 1``,
+upstream keep-alive, its own temporary prefix and config; stopped at the
+end), and the sidecar (``python -m sidecar``, default limiter on, watching
+itself). Then, alternating A/B/C for ``--rounds`` rounds so drift hits all
+three alike:
+
+1. **Throughput**: ``wrk -t1 -c{connections} -d{seconds}s --latency`` against
+   each; medians of req/s and p99 over rounds; the ratio sidecar/nginx.
+2. **Added latency at half load**: an open-loop generator (``bench.loadgen``,
+   constant arrivals) at half of the sidecar's measured req/s, against direct
+   and the sidecar; the median over rounds of p50(sidecar) - p50(direct).
+
+Everything runs on the same 2 cores, so the numbers include contention
+between wrk, the proxy and the upstream; the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["main", "parse_wrk"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                r.read()
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up within {timeout_s} s") from None
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the upstream ------------------------------------------------------------------------------
+
+
+def serve_upstream(port: int) -> None:
+    """A minimal aiohttp hello-world (low-level server, no access log)."""
+    import asyncio
+
+    from aiohttp import web
+
+    body = b"hello, world\n"
+
+    async def hello(request: web.BaseRequest) -> web.Response:
+        if request.can_read_body:
+            await request.read()
+        return web.Response(body=body, content_type="text/plain")
+
+    async def run() -> None:
+        runner = web.ServerRunner(web.Server(hello, access_log=None))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+
+
+# -- nginx ---------------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 1000000;
+    upstream app {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(prefix: str, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if nginx is None:
+        raise RuntimeError("nginx not found (apt-get install -y nginx)")
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(prefix=prefix, port=port, upstream_port=upstream_port))
+    return subprocess.Popen([nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")])
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """Requests/sec, the 50% and 99% latency lines (``--latency``) and error counts from wrk's output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return WrkResult(rps=rps, p50_ms=_ms(pct["50"]), p99_ms=_ms(pct["99"]), errors=errors)
+
+
+def run_wrk(url: str, seconds: float, connections: int, threads: int = 1) -> WrkResult:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk not found (apt-get install -y wrk)")
+    out = subprocess.run(
+        [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return parse_wrk(out)
+
+
+def run_rate(url: str, rate_rps: float, seconds: float) -> dict[str, Any]:
+    from bench.loadgen import LoadSpec, run_load_process
+
+    spec = LoadSpec(url=url, rate_rps=rate_rps, duration_s=seconds, arrival="constant", timeout_s=2.0)
+    return run_load_process(spec)
+
+
+def _p50_ms(result: dict[str, Any]) -> float:
+    total = result.get("total", result)
+    return float(total["admitted_p50_ms"])
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    py = sys.executable
+    up_port, nginx_port, sc_port, admin_port = (_free_port() for _ in range(4))
+    procs: list[subprocess.Popen[bytes]] = []
+    prefix = tempfile.mkdtemp(prefix="flowctl-bench-nginx-")
+    load_before = os.getloadavg()
+    try:
+        procs.append(subprocess.Popen([py, "-m", "bench.sidecar_overhead", "--serve-upstream", str(up_port)], cwd=REPO))
+        _wait_http(f"http://127.0.0.1:{up_port}/")
+        targets = {"direct": f"http://127.0.0.1:{up_port}/"}
+        if not args.no_nginx:
+            procs.append(start_nginx(prefix, nginx_port, up_port))
+            targets["nginx"] = f"http://127.0.0.1:{nginx_port}/"
+            _wait_http(targets["nginx"])
+        sc_cmd = [py, "-m", "sidecar", "--listen", f"127.0.0.1:{sc_port}", "--admin", f"127.0.0.1:{admin_port}",
+                  "--upstream", f"http://127.0.0.1:{up_port}", "--log-level", "warning", *args.sidecar_arg]
+        procs.append(subprocess.Popen(sc_cmd, cwd=REPO))
+        targets["sidecar"] = f"http://127.0.0.1:{sc_port}/"
+        _wait_http(targets["sidecar"])
+
+        for url in targets.values():  # warm-up: connections, caches, the limiter's window
+            run_wrk(url, 2, args.connections)
+        wrk: dict[str, list[WrkResult]] = {name: [] for name in targets}
+        for r in range(args.rounds):
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for name in order:
+                res = run_wrk(targets[name], args.seconds, args.connections)
+                wrk[name].append(res)
+                print(f"round {r + 1} {name:8s} {res.rps:9.0f} req/s  p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms"
+                      f"{'  errors ' + str(res.errors) if res.errors else ''}", file=sys.stderr, flush=True)
+        summary: dict[str, Any] = {}
+        for name, results in wrk.items():
+            summary[name] = {
+                "rps_median": statistics.median(x.rps for x in results),
+                "p50_ms_median": statistics.median(x.p50_ms for x in results),
+                "p99_ms_median": statistics.median(x.p99_ms for x in results),
+                "errors": sum(x.errors for x in results),
+                "rounds": [x.__dict__ for x in results],
+            }
+        half: dict[str, Any] = {}
+        if not args.no_half_load:
+            rate = 0.5 * summary["sidecar"]["rps_median"]
+            p50: dict[str, list[float]] = {"direct": [], "sidecar": []}
+            for r in range(args.rounds):
+                for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
+                    res = run_rate(targets[name], rate, args.half_seconds)
+                    p50[name].append(_p50_ms(res))
+                    print(f"half-load round {r + 1} {name:8s} {rate:7.0f} req/s  p50 {p50[name][-1]:6.3f} ms",
+                          file=sys.stderr, flush=True)
+            added = [s - d for s, d in zip(p50["sidecar"], p50["direct"], strict=True)]
+            half = {"rate_rps": rate, "p50_ms": p50, "added_p50_ms_median": statistics.median(added)}
+        return {
+            "connections": args.connections,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "sidecar_args": args.sidecar_arg,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "cpus": os.cpu_count(),
+            "wrk": summary,
+            "ratio_sidecar_over_nginx": (summary["sidecar"]["rps_median"] / summary["nginx"]["rps_median"])
+            if "nginx" in summary else None,
+            "half_load": half,
+        }
+    finally:
+        for p in reversed(procs):
+            _stop(p, signal.SIGQUIT if p.args[0].endswith("nginx") else signal.SIGTERM)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        f"wrk -t1 -c{result['connections']} -d{result['seconds']}s, {result['rounds']} rounds alternated, medians; "
+        f"load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f}",
+        "",
+        "| target | req/s | p50 | p99 |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in result["wrk"].items():
+        lines.append(f"| {name} | {s['rps_median']:.0f} | {s['p50_ms_median']:.2f} ms | {s['p99_ms_median']:.2f} ms |")
+    if result["ratio_sidecar_over_nginx"] is not None:
+        lines.append("")
+        lines.append(f"sidecar / nginx req/s: {result['ratio_sidecar_over_nginx']:.0%}")
+    h = result["half_load"]
+    if h:
+        lines.append(
+            f"added p50 at half load ({h['rate_rps']:.0f} req/s, constant arrivals): "
+            f"{h['added_p50_ms_median']:.3f} ms (direct p50s {', '.join(f'{x:.3f}' for x in h['p50_ms']['direct'])}; "
+            f"sidecar p50s {', '.join(f'{x:.3f}' for x in h['p50_ms']['sidecar'])})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sidecar_overhead", description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="wrk duration per run")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--half-seconds", type=float, default=8.0, help="duration of each half-load run")
+    p.add_argument("--no-nginx", action="store_true")
+    p.add_argument("--no-half-load", action="store_true")
+    p.add_argument("--sidecar-arg", action="append", default=[], help="extra sidecar flag (repeatable), e.g. --sidecar-arg=--uvloop=off")
+    p.add_argument("--json", dest="json_out", help="also write the result as JSON here")
+    p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return 0
+    result = measure(args)
+    print(render(result))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
