@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 __all__ = ["LoadSpec", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
 

@@ -189,15 +189,15 @@ def make_app(
 
     # The loop-lag trigger (the asyncio blind spot, issue 4) belongs to flowctl's BBR
     # set-up; the fixed and gradient peers run as those algorithms do elsewhere, without it.
-    state = fa.setup(
+    fc = fa.setup(
         app,
         limiter=limiter,
         exempt_paths=("/healthz", "/metrics", "/_bench/state"),
         trusted_priority_header=PRIORITY_HEADER,
         loop_lag=loop_lag and variant.startswith("bbr-"),
     )
-    if state.loop_lag is not None:
-        app[_LAG] = state.loop_lag
+    if fc.loop_lag is not None:
+        app[_LAG] = fc.loop_lag
     return app
 
 

@@ -364,8 +364,8 @@ def _sum_outcomes(node: Any, counts: dict[str, int]) -> None:
     elif isinstance(node, list):
         for item in node:
             if isinstance(item, dict) and "outcome" in item:
-                n = item.get("count", item.get("value", 0))
-                counts[str(item["outcome"])] = counts.get(str(item["outcome"]), 0) + int(n)
+                n = int(item.get("count") or item.get("value") or 0)
+                counts[str(item["outcome"])] = counts.get(str(item["outcome"]), 0) + n
             else:
                 _sum_outcomes(item, counts)
 
