@@ -5,8 +5,11 @@
 setup:
 	@bash scripts/setup.sh
 
+# The short story (~90 s, as root): what the cgroup says vs what /proc says, then the same
+# BBR limiter fed host CPU vs container CPU at 4x overload (verdict table + bench/results/demo*).
 demo: setup
-	.venv/bin/flowctl inspect --interval 1
+	.venv/bin/flowctl demo cpu
+	.venv/bin/python -m bench demo
 
 inspect: setup
 	.venv/bin/flowctl inspect --interval 1

@@ -16,6 +16,7 @@ SCENARIOS: dict[str, str] = {
     "step": "bench.scenarios.step",
     "priority": "bench.scenarios.priority",
     "overhead": "bench.scenarios.overhead",
+    "demo": "bench.scenarios.demo",
     "report": "bench.report",
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",
