@@ -17,6 +17,7 @@ __all__ = ["build_parser", "main"]
 # Add a command by appending its module here.
 COMMAND_MODULES: tuple[str, ...] = (
     "flowctl.commands.inspect",
+    "flowctl.commands.run",
 )
 
 
