@@ -160,7 +160,7 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
     fig, axes = plt.subplots(n, 4, figsize=(17, 2.4 * n + 0.6), squeeze=False)
     for i, (name, r) in enumerate(rows.items()):
         s = r.get("samples", [])
-        tl = r.get("timeline", [])
+        tl = [row for row in r.get("timeline", []) if row.get("sent", 0) > 0]
         ax = axes[i][0]
         for key, lab, st in (("host_cpu_utilization", "host /proc/stat", "r-"),
                              ("container_cpu_utilization", "container (cgroup)", "g-"),

@@ -396,7 +396,7 @@ async def drive(
     start_at = time.time() + start_in_s
     spec = LoadSpec(url=run.base_url + path, rate_rps=rate_rps, duration_s=seconds, classes=classes,
                     progress=progress, timeout_s=timeout_s, start_at=start_at, seed=seed,
-                    events=tuple((off, "event") for off, _ in at_offset))  # fmt: skip
+                    events=tuple((off, "quota change") for off, _ in at_offset))  # fmt: skip
 
     async def fire(off: float, fn: Callable[[], Any]) -> None:
         await asyncio.sleep(max(0.0, start_at + off - time.time()))

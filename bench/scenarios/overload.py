@@ -39,7 +39,7 @@ def build_parser(prog: str = "python -m bench overload") -> argparse.ArgumentPar
     p.add_argument("--timeout", type=float, default=2.0, help="per-request timeout of the load generator (s)")
     p.add_argument("--json", dest="json_out", default=os.path.join(c.RESULTS_DIR, "overload.json"))
     p.add_argument("--no-report", action="store_true", help="skip Markdown and PNG output")
-    p.add_argument("--progress", action="store_true", help="a line per second from the load generator")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no per-second progress line")
     return p
 
 

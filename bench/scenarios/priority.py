@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--json", dest="json_out", default=os.path.join(c.RESULTS_DIR, "priority.json"))
     p.add_argument("--no-report", action="store_true")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no per-second progress line")
     return p
 
 
