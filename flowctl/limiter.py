@@ -111,7 +111,7 @@ class Trigger(Protocol):
     def check(self, now: float) -> float | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Reason:
     """Why a request was (or, in dry-run, would have been) shed. ``as_dict()`` is JSON-able.
 
@@ -142,6 +142,10 @@ class Reason:
         return asdict(self)
 
 
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+
+
 class _Class:
     """Mutable per-priority state: the policy and its current limit."""
 
@@ -157,7 +161,7 @@ class _Class:
 class _Cell:
     """Counters of one (resource, priority) pair."""
 
-    __slots__ = ("resource", "cls", "admitted", "dry_run_shed", "released", "shed")
+    __slots__ = ("resource", "cls", "admitted", "dry_run_shed", "released", "shed", "shed_by", "dry_by")
 
     def __init__(self, resource: str, cls: _Class) -> None:
         self.resource = resource
@@ -166,6 +170,8 @@ class _Cell:
         self.dry_run_shed = 0  # tokens handed out though a dry-run limiter would have shed
         self.released = 0  # tokens released (either kind)
         self.shed = 0  # rejections
+        self.shed_by: dict[str, int] = {}  # rejections by trigger
+        self.dry_by: dict[str, int] = {}  # dry-run "would shed" by trigger
 
     @property
     def inflight(self) -> int:
@@ -457,9 +463,7 @@ class Limiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cpu_threshold: float = _check_ratio("cpu_threshold", cpu_threshold, allow_none=False)  # type: ignore[assignment]
-        if not (cool_off_s >= 0 and math.isfinite(cool_off_s)):
-            raise ConfigError(f"cool_off_s must be >= 0, got {cool_off_s!r}")
-        self.cool_off_s = float(cool_off_s)
+        self.cool_off_s = cool_off_s
         self.throttled_threshold = _check_ratio("throttled_threshold", throttled_threshold, allow_none=True)
         self.pressure_threshold = _check_ratio("pressure_threshold", pressure_threshold, allow_none=True)
         self.dry_run = bool(dry_run)
@@ -477,7 +481,7 @@ class Limiter:
                 raise ConfigError(f"priorities[{pname!r}] needs share > 0 and trigger_scale >= 1, got {pc!r}")
         if default_priority not in priorities:
             raise ConfigError(f"default_priority {default_priority!r} is not one of {sorted(priorities)}")
-        self.signal: CpuSignal = _default_signal() if signal is None else signal
+        self.signal = _default_signal() if signal is None else signal
         self.algorithm: LimitAlgorithm = _default_algorithm() if algorithm is None else algorithm
         self._clock = clock
         self._created_at = clock()
@@ -486,6 +490,8 @@ class Limiter:
         self._classes: dict[str, _Class] = {n: _Class(n, pc) for n, pc in priorities.items()}
         self._default_class = self._classes[default_priority]
         self._limit = -1.0
+        self._rate: float | None = None
+        self._rate_stale = True
         self._refresh_at = -math.inf
         self._refresh(self._created_at)
         self._inflight = 0
@@ -493,8 +499,6 @@ class Limiter:
         self._resources: set[str] = set()
         self._cool_off_until = -math.inf
         self._last_drop_at: float | None = None
-        self._shed_by_reason: dict[tuple[str, str], int] = {}
-        self._dry_by_reason: dict[tuple[str, str], int] = {}
         self._tokens_leaked = 0
         self._warned_unknown_cpu = False
         self._triggers: tuple[Trigger, ...] = ()
@@ -503,6 +507,28 @@ class Limiter:
             self.add_trigger(t)
 
     # -- configuration ------------------------------------------------------------
+
+    @property
+    def signal(self) -> CpuSignal:
+        """The CPU signal read on the slow path (its name is read once, when set)."""
+        return self._signal
+
+    @signal.setter
+    def signal(self, signal: CpuSignal) -> None:
+        self._signal = signal
+        self._signal_name = signal.name
+
+    @property
+    def cool_off_s(self) -> float:
+        """Seconds after the last drop during which in-flight above the limit is still shed."""
+        return self._cool_off_s
+
+    @cool_off_s.setter
+    def cool_off_s(self, value: float) -> None:
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"cool_off_s must be >= 0, got {value!r}")
+        self._cool_off_s = float(value)
+        self._retry_floor_s = max(self._cool_off_s, _MIN_RETRY_AFTER_S)
 
     @property
     def triggers(self) -> tuple[Trigger, ...]:
@@ -541,27 +567,128 @@ class Limiter:
             if now >= self._refresh_at:
                 self._refresh(now)
             if inflight >= cell.cls.cap or self._bypass:
-                reason = self._shed_reason(now, cell, inflight)
-                if reason is not None:
-                    return self._shed(now, cell, inflight, reason)
+                decision = self._decide(now, cell, inflight)
+                if decision is not None:
+                    return decision
         elif self._bypass:
-            reason = self._shed_reason(now, cell, inflight)
-            if reason is not None:
-                return self._shed(now, cell, inflight, reason)
+            decision = self._decide(now, cell, inflight)
+            if decision is not None:
+                return decision
         self._inflight = inflight + 1
         cell.admitted += 1
         return Token(self, cell, now)
 
-    def _shed(self, now: float, cell: _Cell, inflight: int, reason: Reason) -> Token | Rejection:
-        self._cool_off_until = now + self.cool_off_s
+    def _decide(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
+        """Slow path (in-flight at the limit, or bypass triggers): a rejection, a dry-run
+        token, or None to admit normally."""
+        cls = cell.cls
+        if inflight and inflight >= cls.cap:
+            cool = now < self._cool_off_until
+            if self.cpu_gate:
+                r = self._signal.reading
+                fast = r.utilization
+                slow = r.utilization_smoothed
+                value = fast if slow is None or (fast is not None and fast >= slow) else slow
+                if value is not None and value >= self.cpu_threshold:
+                    return self._shed(now, cell, inflight, "cpu", self._signal_name, value, self.cpu_threshold, cool)
+                if value is None or self._triggers or self.throttled_threshold or self.pressure_threshold:
+                    hot = self._hot_beyond_cpu(now, r, value)
+                    if hot is not None:
+                        return self._shed(now, cell, inflight, *hot, cool)
+                if cool:
+                    return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, self.cpu_threshold, cool)
+            else:
+                return self._shed(now, cell, inflight, "limit", self.algorithm.name, None, None, cool)
+        for t in self._bypass:
+            v = t.check(now)
+            if v is not None:
+                threshold = t.threshold * cls.trigger_scale
+                if v >= threshold:
+                    return self._shed(now, cell, inflight, t.name, t.name, v, threshold, now < self._cool_off_until)
+        return None
+
+    def _hot_beyond_cpu(
+        self, now: float, r: CpuReading, cpu_value: float | None
+    ) -> tuple[str, str, float | None, float | None] | None:
+        """The CPU is not hot: is anything else? (throttled, pressure, non-bypass triggers)."""
+        name = self._signal_name
+        if cpu_value is None and not self._warned_unknown_cpu and now - self._created_at >= _UNKNOWN_CPU_WARN_AFTER_S:
+            self._warned_unknown_cpu = True
+            _log.warning(
+                "flowctl limiter: CPU signal %r has no reading %.0f s after start while in-flight exceeds "
+                "the limit; CPU counts as not hot (is the sampler started?)",
+                name,
+                now - self._created_at,
+            )
+        th = self.throttled_threshold
+        if th is not None and r.throttled_ratio is not None and r.throttled_ratio >= th:
+            return ("throttled", name, r.throttled_ratio, th)
+        pt = self.pressure_threshold
+        if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
+            return ("pressure", name, r.pressure_ratio, pt)
+        for t in self._triggers:
+            v = t.check(now)
+            if v is not None and v >= t.threshold:
+                return (t.name, t.name, v, t.threshold)
+        return None
+
+    def _shed(
+        self,
+        now: float,
+        cell: _Cell,
+        inflight: int,
+        trigger: str,
+        signal_name: str,
+        value: float | None,
+        threshold: float | None,
+        cool: bool,
+    ) -> Token | Rejection:
+        """Record a shed (or dry-run would-shed), restart the cool-off, build the reason."""
+        cls = cell.cls
+        cap = cls.cap
+        # Retry-After: the cool-off (shedding goes on that long after this drop), or the
+        # time to drain the excess in-flight at the best observed rate if longer; >= 0.1 s.
+        retry = self._retry_floor_s
+        excess = inflight + 1 - cap
+        if excess > 0:
+            if self._rate_stale:  # once per limit refresh, and only when shedding
+                self._rate_stale = False
+                self._rate = self.algorithm.stats(now).max_pass_per_s
+            rate = self._rate
+            if rate and excess / rate > retry:
+                retry = excess / rate
+        dry_run = self.dry_run
+        # Reason(...) without the frozen dataclass __init__, which costs one object.__setattr__
+        # per field (~2 us here): the same frozen instance, its __dict__ set in one step.
+        reason: Reason = _object_new(Reason)
+        _object_setattr(
+            reason,
+            "__dict__",
+            {
+                "trigger": trigger,
+                "signal_name": signal_name,
+                "signal_value": value,
+                "threshold": threshold,
+                "inflight": inflight,
+                "max_inflight": self._limit,
+                "priority": cls.name,
+                "resource": cell.resource,
+                "cool_off": cool,
+                "retry_after_s": retry,
+                "dry_run": dry_run,
+                "priority_limit": cap,
+            },
+        )
+        self._cool_off_until = now + self._cool_off_s
         self._last_drop_at = now
-        key = (cell.resource, reason.trigger)
-        if not reason.dry_run:
+        if not dry_run:
             cell.shed += 1
-            self._shed_by_reason[key] = self._shed_by_reason.get(key, 0) + 1
+            by = cell.shed_by
+            by[trigger] = by.get(trigger, 0) + 1
             return Rejection(reason)
         cell.dry_run_shed += 1
-        self._dry_by_reason[key] = self._dry_by_reason.get(key, 0) + 1
+        by = cell.dry_by
+        by[trigger] = by.get(trigger, 0) + 1
         self._inflight = inflight + 1
         return Token(self, cell, now, reason)
 
@@ -584,6 +711,7 @@ class Limiter:
     def _refresh(self, now: float) -> None:
         """Re-read the algorithm's limit (at most every ``limit_refresh_s``) and the class caps."""
         self._refresh_at = now + self.limit_refresh_s
+        self._rate_stale = True
         limit = self._max_inflight(now)
         if limit != self._limit:
             self._set_limit(limit)
@@ -593,102 +721,19 @@ class Limiter:
         for cls in self._classes.values():
             cls.cap = float(max(1, math.ceil(cls.share * limit - _ROUNDING_SLACK)))
 
-    def _shed_reason(self, now: float, cell: _Cell, inflight: int) -> Reason | None:
-        """The reason to shed this request now, or None to admit it."""
-        cls = cell.cls
-        if inflight and inflight >= cls.cap:
-            hot = self._hot(now)
-            cool = now < self._cool_off_until
-            if hot is None and cool:
-                value, _ = self._cpu_value()
-                hot = ("cool_off", self.signal.name, value, self.cpu_threshold)
-            if hot is not None:
-                trigger, name, value, threshold = hot
-                return self._reason(now, cell, inflight, trigger, name, value, threshold, cool)
-        for t in self._bypass:
-            v = t.check(now)
-            if v is not None:
-                threshold = t.threshold * cls.trigger_scale
-                if v >= threshold:
-                    cool = now < self._cool_off_until
-                    return self._reason(now, cell, inflight, t.name, t.name, v, threshold, cool)
-        return None
-
-    def _cpu_value(self) -> tuple[float | None, float | None]:
-        """(the larger known of fast and smoothed utilization, the fast one)."""
-        r = self.signal.reading
-        fast, slow = r.utilization, r.utilization_smoothed
-        if fast is None:
-            return slow, None
-        if slow is None or fast >= slow:
-            return fast, fast
-        return slow, fast
-
-    def _hot(self, now: float) -> tuple[str, str, float | None, float | None] | None:
-        """What makes the limiter hot now: (trigger, signal name, value, threshold), or None."""
-        if not self.cpu_gate:
-            return ("limit", self.algorithm.name, None, None)
-        name = self.signal.name
-        r = self.signal.reading
-        value, _ = self._cpu_value()
-        if value is not None and value >= self.cpu_threshold:
-            return ("cpu", name, value, self.cpu_threshold)
-        if value is None and not self._warned_unknown_cpu and now - self._created_at >= _UNKNOWN_CPU_WARN_AFTER_S:
-            self._warned_unknown_cpu = True
-            _log.warning(
-                "flowctl limiter: CPU signal %r has no reading %.0f s after start while in-flight exceeds "
-                "the limit; CPU counts as not hot (is the sampler started?)",
-                name,
-                now - self._created_at,
-            )
-        th = self.throttled_threshold
+    def _hot_now(self, now: float) -> list[str]:
+        """Every signal that is hot now (for snapshots; not the hot path, no warnings)."""
+        hot: list[str] = []
+        r = self._signal.reading
+        values = [v for v in (r.utilization, r.utilization_smoothed) if v is not None]
+        if values and max(values) >= self.cpu_threshold:
+            hot.append("cpu")
+        th, pt = self.throttled_threshold, self.pressure_threshold
         if th is not None and r.throttled_ratio is not None and r.throttled_ratio >= th:
-            return ("throttled", name, r.throttled_ratio, th)
-        pt = self.pressure_threshold
+            hot.append("throttled")
         if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
-            return ("pressure", name, r.pressure_ratio, pt)
-        for t in self._triggers:
-            v = t.check(now)
-            if v is not None and v >= t.threshold:
-                return (t.name, t.name, v, t.threshold)
-        return None
-
-    def _reason(
-        self,
-        now: float,
-        cell: _Cell,
-        inflight: int,
-        trigger: str,
-        signal_name: str,
-        value: float | None,
-        threshold: float | None,
-        cool: bool,
-    ) -> Reason:
-        return Reason(
-            trigger=trigger,
-            signal_name=signal_name,
-            signal_value=value,
-            threshold=threshold,
-            inflight=inflight,
-            max_inflight=self._limit,
-            priority=cell.cls.name,
-            resource=cell.resource,
-            cool_off=cool,
-            retry_after_s=self._retry_after_s(now, inflight, cell.cls.cap),
-            dry_run=self.dry_run,
-            priority_limit=cell.cls.cap,
-        )
-
-    def _retry_after_s(self, now: float, inflight: int, cap: float) -> float:
-        """Suggested back-off: the cool-off (shedding goes on that long after this drop), or
-        the time to drain the excess in-flight at the best observed rate if longer; >= 0.1 s."""
-        retry = max(self.cool_off_s, _MIN_RETRY_AFTER_S)
-        excess = inflight + 1 - cap
-        if excess > 0:
-            rate = self.algorithm.stats(now).max_pass_per_s
-            if rate:
-                retry = max(retry, excess / rate)
-        return retry
+            hot.append("pressure")
+        return hot
 
     # -- state --------------------------------------------------------------------
 
@@ -700,22 +745,20 @@ class Limiter:
         by_prio = {name: 0 for name in self._classes}
         by_res: dict[str, int] = {}
         requests: dict[tuple[str, str, str], int] = {}
-        seen: set[int] = set()
+        shed_by: dict[tuple[str, str], int] = {}
+        dry_by: dict[tuple[str, str], int] = {}
         for cell in self._cells.values():
-            if id(cell) in seen:
-                continue
-            seen.add(id(cell))
             prio = cell.cls.name
+            for trigger, n in cell.shed_by.items():
+                shed_by[(cell.resource, trigger)] = shed_by.get((cell.resource, trigger), 0) + n
+            for trigger, n in cell.dry_by.items():
+                dry_by[(cell.resource, trigger)] = dry_by.get((cell.resource, trigger), 0) + n
             by_prio[prio] += cell.inflight
             by_res[cell.resource] = by_res.get(cell.resource, 0) + cell.inflight
             requests[(cell.resource, prio, "admitted")] = cell.admitted
             requests[(cell.resource, prio, "shed")] = cell.shed
             requests[(cell.resource, prio, "dry_run_shed")] = cell.dry_run_shed
-        hot: list[str] = []
-        if self.cpu_gate:
-            h = self._hot(now)
-            if h is not None:
-                hot.append(h[0])
+        hot = self._hot_now(now)
         trig: dict[str, float | None] = {}
         for t in self.triggers:
             v = t.check(now)
@@ -734,15 +777,15 @@ class Limiter:
             max_pass_per_s=stats.max_pass_per_s,
             warm=stats.warm,
             algorithm=self.algorithm.name,
-            cpu=self.signal.reading,
-            signal_name=self.signal.name,
+            cpu=self._signal.reading,
+            signal_name=self._signal_name,
             hot=bool(hot),
             hot_triggers=tuple(hot),
             cool_off=now < self._cool_off_until,
             cool_off_until=cool_until,
             requests=requests,
-            shed_by_reason=dict(self._shed_by_reason),
-            dry_run_shed_by_reason=dict(self._dry_by_reason),
+            shed_by_reason=shed_by,
+            dry_run_shed_by_reason=dry_by,
             dry_run=self.dry_run,
             tokens_leaked=self._tokens_leaked,
             triggers=trig,
@@ -750,6 +793,6 @@ class Limiter:
 
     def __repr__(self) -> str:
         return (
-            f"Limiter(signal={self.signal.name!r}, algorithm={self.algorithm!r}, cpu_threshold={self.cpu_threshold}, "
+            f"Limiter(signal={self._signal_name!r}, algorithm={self.algorithm!r}, cpu_threshold={self.cpu_threshold}, "
             f"inflight={self._inflight}, dry_run={self.dry_run})"
         )

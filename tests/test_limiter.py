@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import math
@@ -316,6 +317,9 @@ def test_reason_carries_every_field_and_is_json_able(sig: StaticSignal, clock: F
         priority_limit=2.0,
     )
     assert d.retry_after_s == r.retry_after_s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.trigger = "x"  # type: ignore[misc]
+    assert dataclasses.replace(r, inflight=3).inflight == 3 and hash(r) == hash(dataclasses.replace(r))
     assert json.loads(json.dumps(r.as_dict(), allow_nan=False)) == r.as_dict()
 
 
