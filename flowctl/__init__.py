@@ -5,6 +5,7 @@ Public names are re-exported here; everything else is private to its module.
 
 from __future__ import annotations
 
+from flowctl.cpu import Sampler, make_signal
 from flowctl.errors import (
     CgroupError,
     ConfigError,
@@ -41,9 +42,11 @@ __all__ = [
     "PriorityClass",
     "Reason",
     "Rejection",
+    "Sampler",
     "StaticSignal",
     "Token",
     "Trigger",
     "UNKNOWN_READING",
     "WorkloadError",
+    "make_signal",
 ]
