@@ -13,6 +13,9 @@ Variants, each served by its own single-process aiohttp server on loopback:
   scraped once a second during the run.
 - ``flowctl_dry``: as ``flowctl`` with ``dry_run=True``: every request takes the
   full decision path and is admitted, so no cheap 503 flatters throughput.
+- on request only (``--variants``): ``trivial_mw`` (one do-nothing
+  ``@web.middleware``: aiohttp's own price for any middleware) and
+  ``flowctl_nolag`` (``flowctl`` without the loop-lag monitor).
 
 Rounds alternate the variants (A B C A B C ...) so drift from other load hits
 all of them alike; the report gives every run, the medians and each variant's
@@ -37,8 +40,10 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 VARIANTS = ("bare", "flowctl", "flowctl_dry")
+EXTRA_VARIANTS = ("trivial_mw", "flowctl_nolag")  # for attributing cost: --variants bare,trivial_mw,...
 
 
 # ---------------------------------------------------------------- the served app
@@ -61,6 +66,18 @@ def serve(variant: str, port: int) -> None:
         import flowctl.aiohttp
 
         flowctl.aiohttp.setup(app, limiter_options={"dry_run": True})
+    elif variant == "flowctl_nolag":
+        import flowctl.aiohttp
+
+        flowctl.aiohttp.setup(app, loop_lag=False)
+    elif variant == "trivial_mw":
+
+        @web.middleware
+        async def trivial(request: web.Request, handler: Any) -> web.StreamResponse:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+
+        app.middlewares.append(trivial)
     elif variant != "bare":
         raise SystemExit(f"unknown variant {variant!r}")
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
@@ -143,7 +160,7 @@ def run_one(variant: str, rnd: int, *, duration_s: int, connections: int, thread
     scraper: threading.Thread | None = None
     try:
         _wait_ready(port)
-        if variant != "bare":
+        if variant.startswith("flowctl"):
             scraper = threading.Thread(target=_scrape_loop, args=(port, stop), daemon=True)
             scraper.start()
         out = subprocess.run(
@@ -174,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--json", help="also write the runs and medians to this file")
-    p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:

@@ -82,7 +82,8 @@ def overload_markdown(data: dict[str, Any], png_names: Sequence[str] = ()) -> st
                 f"Capacity {cap['capacity_rps']:.1f} rps (unloaded p99 {cap['unloaded_p99_ms']:.1f} ms; "
                 f"criterion: {cap.get('criterion', 'given')}).", ""]  # fmt: skip
         for runinfo in hd["runs"]:
-            out += [f"### {runinfo['multiplier']:g}x capacity ({runinfo['rate_rps']:.0f} rps offered)", ""]
+            secs = runinfo.get("seconds", data.get("seconds"))
+            out += [f"### {runinfo['multiplier']:g}x capacity ({runinfo['rate_rps']:.0f} rps offered, {secs:g} s)", ""]
             out += overload_table(runinfo["variants"])
             out.append("")
             for name, r in runinfo["variants"].items():

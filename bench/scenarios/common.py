@@ -382,7 +382,7 @@ async def drive(
     classes: tuple[TrafficClass, ...] = (TrafficClass(),),
     progress: bool = False,
     timeout_s: float = 2.0,
-    start_in_s: float = 0.7,
+    start_in_s: float = 1.5,
     at_offset: Sequence[tuple[float, Callable[[], Any]]] = (),
     monitor_interval_s: float = 0.5,
     seed: int = 1,

@@ -26,6 +26,7 @@ DEFAULT_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "
 def build_parser(prog: str = "python -m bench overload") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=30.0, help="measured seconds per variant and multiplier")
+    p.add_argument("--sweep-seconds", type=float, help="seconds for every multiplier but the last (default: --seconds)")
     p.add_argument("--multiplier", default="4", help="comma list of multiples of capacity, e.g. 0.5,1,2,4")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--handler", default="blocking,yielding", help="comma list of: " + ",".join(HANDLERS))
@@ -44,7 +45,7 @@ def build_parser(prog: str = "python -m bench overload") -> argparse.ArgumentPar
 
 
 async def _run_variant(
-    variant: str, handler: str, rate: float, a: argparse.Namespace, iters: int, cap: c.Capacity, mult: float
+    variant: str, handler: str, rate: float, a: argparse.Namespace, iters: int, cap: c.Capacity, mult: float, seconds: float
 ) -> dict[str, Any]:
     path = HANDLERS[handler]
     in_process = variant if not variant.startswith("sidecar-") else "none"
@@ -53,16 +54,20 @@ async def _run_variant(
         run = up
         if variant.startswith("sidecar-"):
             async with c.sidecar(up) as sc:
-                return await _measure(sc, variant, path, rate, a, cap, mult)
-        return await _measure(run, variant, path, rate, a, cap, mult)
+                return await _measure(sc, variant, path, rate, a, cap, mult, seconds)
+        return await _measure(run, variant, path, rate, a, cap, mult, seconds)
 
 
-async def _measure(run: c.Running, variant: str, path: str, rate: float, a: argparse.Namespace, cap: c.Capacity, mult: float) -> dict[str, Any]:
+async def _measure(
+    run: c.Running, variant: str, path: str, rate: float, a: argparse.Namespace, cap: c.Capacity, mult: float, seconds: float
+) -> dict[str, Any]:
     if a.warmup > 0:
         await c.drive(run, path, 0.5 * cap.capacity_rps, a.warmup, timeout_s=a.timeout, seed=7)
-    lg, samples = await c.drive(run, path, rate, a.seconds, progress=a.progress, timeout_s=a.timeout)
-    return c.variant_row(variant, lg, samples, capacity_rps=cap.capacity_rps, unloaded_p99_ms=cap.unloaded_p99_ms,
-                         seconds=a.seconds, multiplier=mult)  # fmt: skip
+    lg, samples = await c.drive(run, path, rate, seconds, progress=a.progress, timeout_s=a.timeout)
+    row = c.variant_row(variant, lg, samples, capacity_rps=cap.capacity_rps, unloaded_p99_ms=cap.unloaded_p99_ms,
+                        seconds=seconds, multiplier=mult)  # fmt: skip
+    row["seconds"] = seconds
+    return row
 
 
 def verdicts(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +102,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         "scenario": "overload",
         "machine": machine,
         "seconds": a.seconds,
+        "sweep_seconds": a.sweep_seconds,
         "multipliers": mults,
         "cpus": a.cpus,
         "work_ms": a.work_ms,
@@ -121,12 +127,13 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
                                                probe_s=a.probe_seconds)  # fmt: skip
         out["capacities"][handler] = cap.as_dict()
         runs = []
-        for mult in mults:
+        for i, mult in enumerate(mults):
             rate = mult * cap.capacity_rps
+            seconds = a.seconds if i == len(mults) - 1 or not a.sweep_seconds else a.sweep_seconds
             rows: dict[str, Any] = {}
             for v in variants:
                 c.log(f"{handler} x{mult:g} ({rate:.0f} rps) variant {v} ...")
-                row = await _run_variant(v, handler, rate, a, iters, cap, mult)
+                row = await _run_variant(v, handler, rate, a, iters, cap, mult, seconds)
                 row["handler"] = handler
                 row["verdicts"] = verdicts(row)
                 rows[v] = row
@@ -134,7 +141,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
                       f"admitted p99 {_f(row['admitted_p99_ms'])} ms ({_f(row['admitted_p99_over_unloaded'])}x), "
                       f"rejected p99 {_f(row['rejected_p99_ms'])} ms, shed {row['shed_ratio']:.2f}, timeouts {row['timeouts']}, "
                       f"host CPU {_f(row['host_cpu_utilization_mean'], 2)}, container CPU {_f(row['container_cpu_utilization_mean'], 2)}")  # fmt: skip
-            runs.append({"multiplier": mult, "rate_rps": rate, "variants": rows})
+            runs.append({"multiplier": mult, "rate_rps": rate, "seconds": seconds, "variants": rows})
         out["by_handler"][handler] = {"capacity": cap.as_dict(), "runs": runs}
     first = out["by_handler"][handlers[0]]
     out["handler"] = handlers[0]
