@@ -18,6 +18,7 @@ __all__ = ["build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "flowctl.commands.inspect",
     "flowctl.commands.run",
+    "flowctl.commands.demo",
     "flowctl.commands.sidecar",
 )
 
