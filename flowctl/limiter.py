@@ -462,12 +462,15 @@ class Limiter:
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cpu_threshold: float = _check_ratio("cpu_threshold", cpu_threshold, allow_none=False)  # type: ignore[assignment]
+        self._cool_reading: CpuReading | None = None  # a reading known not hot (see _decide)
+        self._triggers: tuple[Trigger, ...] = ()
+        self._bypass: tuple[Trigger, ...] = ()
+        self.cpu_threshold = cpu_threshold
         self.cool_off_s = cool_off_s
-        self.throttled_threshold = _check_ratio("throttled_threshold", throttled_threshold, allow_none=True)
-        self.pressure_threshold = _check_ratio("pressure_threshold", pressure_threshold, allow_none=True)
+        self.throttled_threshold = throttled_threshold
+        self.pressure_threshold = pressure_threshold
         self.dry_run = bool(dry_run)
-        self.cpu_gate = bool(cpu_gate)
+        self.cpu_gate = cpu_gate
         if max_resources < 1:
             raise ConfigError(f"max_resources must be >= 1, got {max_resources!r}")
         self.max_resources = int(max_resources)
@@ -501,8 +504,6 @@ class Limiter:
         self._last_drop_at: float | None = None
         self._tokens_leaked = 0
         self._warned_unknown_cpu = False
-        self._triggers: tuple[Trigger, ...] = ()
-        self._bypass: tuple[Trigger, ...] = ()
         for t in triggers:
             self.add_trigger(t)
 
@@ -517,6 +518,47 @@ class Limiter:
     def signal(self, signal: CpuSignal) -> None:
         self._signal = signal
         self._signal_name = signal.name
+        self._cool_reading = None
+
+    @property
+    def cpu_threshold(self) -> float:
+        """Utilization (of the effective CPU limit) at or above which the CPU is hot."""
+        return self._cpu_threshold
+
+    @cpu_threshold.setter
+    def cpu_threshold(self, value: float) -> None:
+        self._cpu_threshold: float = _check_ratio("cpu_threshold", value, allow_none=False)  # type: ignore[assignment]
+        self._cool_reading = None
+
+    @property
+    def throttled_threshold(self) -> float | None:
+        """``throttled_ratio`` at or above which the limiter is hot; None (default) = off."""
+        return self._throttled_threshold
+
+    @throttled_threshold.setter
+    def throttled_threshold(self, value: float | None) -> None:
+        self._throttled_threshold = _check_ratio("throttled_threshold", value, allow_none=True)
+        self._cool_reading = None
+
+    @property
+    def pressure_threshold(self) -> float | None:
+        """``pressure_ratio`` (PSI some) at or above which the limiter is hot; None (default) = off."""
+        return self._pressure_threshold
+
+    @pressure_threshold.setter
+    def pressure_threshold(self, value: float | None) -> None:
+        self._pressure_threshold = _check_ratio("pressure_threshold", value, allow_none=True)
+        self._cool_reading = None
+
+    @property
+    def cpu_gate(self) -> bool:
+        """False: always hot, a plain concurrency limiter (reason ``"limit"``)."""
+        return self._cpu_gate
+
+    @cpu_gate.setter
+    def cpu_gate(self, value: bool) -> None:
+        self._cpu_gate = bool(value)
+        self._cool_reading = None
 
     @property
     def cool_off_s(self) -> float:
@@ -543,11 +585,13 @@ class Limiter:
             self._bypass = (*self._bypass, trigger)
         else:
             self._triggers = (*self._triggers, trigger)
+        self._cool_reading = None
 
     def remove_trigger(self, trigger: Trigger) -> None:
         """Remove a trigger added before (no-op when absent)."""
         self._triggers = tuple(t for t in self._triggers if t is not trigger)
         self._bypass = tuple(t for t in self._bypass if t is not trigger)
+        self._cool_reading = None
 
     @property
     def inflight(self) -> int:
@@ -566,7 +610,10 @@ class Limiter:
         if inflight:
             if now >= self._refresh_at:
                 self._refresh(now)
-            if inflight >= cell.cls.cap or self._bypass:
+            if (inflight >= cell.cls.cap or self._bypass) and (
+                # Fast "busy but cool" path: the same reading was found not hot, no cool-off.
+                self._signal.reading is not self._cool_reading or now < self._cool_off_until or self._bypass
+            ):
                 decision = self._decide(now, cell, inflight)
                 if decision is not None:
                     return decision
@@ -584,17 +631,20 @@ class Limiter:
         cls = cell.cls
         if inflight and inflight >= cls.cap:
             cool = now < self._cool_off_until
-            if self.cpu_gate:
+            if self._cpu_gate:
                 r = self._signal.reading
                 fast = r.utilization
                 slow = r.utilization_smoothed
                 value = fast if slow is None or (fast is not None and fast >= slow) else slow
-                if value is not None and value >= self.cpu_threshold:
-                    return self._shed(now, cell, inflight, "cpu", self._signal_name, value, self.cpu_threshold, cool)
-                if value is None or self._triggers or self.throttled_threshold or self.pressure_threshold:
+                threshold = self._cpu_threshold
+                if value is not None and value >= threshold:
+                    return self._shed(now, cell, inflight, "cpu", self._signal_name, value, threshold, cool)
+                if value is None or self._triggers or self._throttled_threshold or self._pressure_threshold:
                     hot = self._hot_beyond_cpu(now, r, value)
                     if hot is not None:
                         return self._shed(now, cell, inflight, *hot, cool)
+                if value is not None and not self._triggers:
+                    self._cool_reading = r  # not hot until the reading or the config changes
                 if cool:
                     return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, self.cpu_threshold, cool)
             else:

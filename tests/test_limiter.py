@@ -7,7 +7,6 @@ import dataclasses
 import gc
 import json
 import math
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -743,9 +742,46 @@ def test_default_priorities_table_is_documented_policy() -> None:
     assert scales == sorted(scales) and scales[0] == 1.0
 
 
-def test_module_does_no_work_at_import() -> None:
-    import importlib
+# -- the "busy but cool" cache must never hide a change ----------------------------------
 
-    import flowctl.limiter as mod
 
-    assert isinstance(importlib.reload(mod), types.ModuleType)
+@pytest.mark.parametrize(
+    "change",
+    ["cpu_threshold", "throttled_threshold", "pressure_threshold", "cpu_gate", "add_trigger", "new_reading", "signal"],
+)
+def test_busy_but_cool_shortcut_sees_every_change(sig: StaticSignal, clock: FakeClock, change: str) -> None:
+    sig.set(utilization=0.7, utilization_smoothed=0.7, throttled_ratio=0.5, pressure_ratio=0.5)
+    lim = make(sig, clock, n=1, cool_off_s=0.0)
+    fill(lim, 1)
+    assert lim.acquire().admitted  # reading evaluated: not hot (cached)
+    assert lim.acquire().admitted  # served by the shortcut
+    if change == "cpu_threshold":
+        lim.cpu_threshold = 0.6
+    elif change == "throttled_threshold":
+        lim.throttled_threshold = 0.4
+    elif change == "pressure_threshold":
+        lim.pressure_threshold = 0.4
+    elif change == "cpu_gate":
+        lim.cpu_gate = False
+    elif change == "add_trigger":
+        lim.add_trigger(FakeTrigger(value=1.0))
+    elif change == "new_reading":
+        sig.set(utilization=0.9)
+    else:
+        lim.signal = StaticSignal("other", utilization=0.99)
+    d = lim.acquire()
+    assert isinstance(d, Rejection), change
+
+
+def test_busy_but_cool_shortcut_still_honours_cool_off(sig: StaticSignal, clock: FakeClock) -> None:
+    lim = make(sig, clock, n=1, cool_off_s=1.0)
+    fill(lim, 1)
+    assert lim.acquire().admitted  # cool reading cached
+    lim.add_trigger(FakeTrigger(bypass_inflight=True, value=1.0))
+    assert not lim.acquire("sheddable").admitted  # a drop: cool-off starts
+    lim.remove_trigger(lim.triggers[0])
+    assert lim.acquire().admitted is False  # in cool-off: shed although the CPU reading is cool
+    assert lim.acquire().admitted is False  # ... also once that cool reading is cached
+    clock.advance(1.01)
+    assert lim.acquire().admitted
+    assert lim.acquire().admitted  # the shortcut again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from flowctl.limit.base import LimitAlgorithm
 from flowctl.limit.bbr import Bbr
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
-from flowctl.limiter import PRIORITIES, Limiter, Token
+from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, Limiter, Token
 from flowctl.signal import StaticSignal
 
 RESOURCES = ("a", "b", "c")
@@ -32,14 +33,28 @@ class LimiterMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 1000.0
         self.sig = StaticSignal("container", utilization=0.5)
-        self.lim = Limiter(self.sig, Bbr(window_s=1.0, buckets=10, cold_start_inflight=3), clock=lambda: self.now)
+        self.algo = Bbr(window_s=1.0, buckets=10, cold_start_inflight=3)
+        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0)
+        self.last_drop: float | None = None
         self.live: list[Token] = []  # keeps admitted tokens referenced (no finalizer release)
         self.admitted = 0
         self.released = 0
 
     @rule(target=tokens, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
     def acquire(self, priority: str, resource: str) -> object:
+        # A reference model of the shedding rule, evaluated before the call.
+        inflight = self.lim.inflight
+        share = DEFAULT_PRIORITIES.get(priority, DEFAULT_PRIORITIES["default"]).share
+        cap = max(1, math.ceil(share * self.algo.max_inflight(self.now) - 1e-9))
+        util = self.sig.reading.utilization
+        hot = util is not None and util >= self.lim.cpu_threshold
+        cool_off = self.last_drop is not None and self.now < self.last_drop + self.lim.cool_off_s
+        expect_shed = inflight + 1 > cap and (hot or cool_off)
         d = self.lim.acquire(priority, resource)
+        assert (d.reason is not None) == expect_shed, (inflight, cap, util, cool_off, d)
+        if expect_shed:
+            self.last_drop = self.now
+        assert d.admitted == (not expect_shed or self.lim.dry_run)
         if isinstance(d, Token):
             self.admitted += 1
             self.live.append(d)
@@ -69,6 +84,10 @@ class LimiterMachine(RuleBasedStateMachine):
     @rule(util=st.sampled_from((None, 0.1, 0.79, 0.8, 1.0)))
     def cpu(self, util: float | None) -> None:
         self.sig.set(utilization=util)
+
+    @rule(threshold=st.sampled_from((0.5, 0.8, 0.95)))
+    def set_threshold(self, threshold: float) -> None:
+        self.lim.cpu_threshold = threshold
 
     @rule()
     def flip_dry_run(self) -> None:
