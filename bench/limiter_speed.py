@@ -10,7 +10,9 @@ started: its reading is *held* for the measurement). Three cases:
 - ``acquire_release_ns_median_shedding``: the same limiter with the signal
   held above the threshold: every acquire is shed (Reason, Retry-After,
   counters, cool-off), and the rejection's release is a no-op;
-- ``acquire_release_ns_median_idle``: admitting with nothing else in flight.
+- ``acquire_release_ns_median_idle``: admitting with nothing else in flight;
+- ``acquire_release_ns_median_loop_lag_trigger``: the first case with an
+  event-loop lag monitor attached as a bypass trigger (as flowctl.aiohttp does).
 
 Time is taken over batches of ``--batch`` pairs with ``perf_counter_ns``; the
 figure is the median over all batches of the per-pair mean (robust to other
@@ -99,6 +101,16 @@ def run(*, batches: int, batch: int, held: int, warmup_s: float) -> dict[str, An
     admit_ns, admit_batches = measure(pair, batches=batches, batch=batch)
     assert limiter.inflight == held
 
+    # The aiohttp set-up: an event-loop lag monitor as a bypass trigger, polled per acquire
+    # (armed, not firing: the loop is never late here).
+    from flowctl.looplag import LoopLagMonitor
+
+    lag = LoopLagMonitor(threshold_s=0.05, interval_s=3600.0)
+    lag.arm(time.monotonic())
+    limiter.add_trigger(lag)
+    lag_ns, _ = measure(pair, batches=batches, batch=batch)
+    limiter.remove_trigger(lag)
+
     _hold(signal, 0.95)
     probe = acquire()
     assert isinstance(probe, Rejection), f"expected shedding, got {probe!r}"
@@ -114,6 +126,7 @@ def run(*, batches: int, batch: int, held: int, warmup_s: float) -> dict[str, An
         "acquire_release_ns_median": round(admit_ns, 1),
         "acquire_release_ns_median_shedding": round(shed_ns, 1),
         "acquire_release_ns_median_idle": round(idle_ns, 1),
+        "acquire_release_ns_median_loop_lag_trigger": round(lag_ns, 1),
         "acquire_release_ns_p90_batch": round(statistics.quantiles(admit_batches, n=10)[-1], 1),
         "acquire_release_ns_p90_batch_shedding": round(statistics.quantiles(shed_batches, n=10)[-1], 1),
         "empty_loop_ns_per_call": round(loop_ns, 1),
@@ -147,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "acquire_release_ns_median",
         "acquire_release_ns_median_shedding",
         "acquire_release_ns_median_idle",
+        "acquire_release_ns_median_loop_lag_trigger",
         "empty_loop_ns_per_call",
     ):
         print(f"{key:40s} {res[key]:10.1f} ns")

@@ -610,49 +610,50 @@ class Limiter:
         if inflight:
             if now >= self._refresh_at:
                 self._refresh(now)
-            if (inflight >= cell.cls.cap or self._bypass) and (
-                # Fast "busy but cool" path: the same reading was found not hot, no cool-off.
-                self._signal.reading is not self._cool_reading or now < self._cool_off_until or self._bypass
+            if inflight >= cell.cls.cap and (
+                # "busy but cool" shortcut: this very reading was found not hot, and no cool-off.
+                self._signal.reading is not self._cool_reading or now < self._cool_off_until
             ):
-                decision = self._decide(now, cell, inflight)
+                decision = self._over_limit(now, cell, inflight)
                 if decision is not None:
                     return decision
-        elif self._bypass:
-            decision = self._decide(now, cell, inflight)
+        if self._bypass:
+            decision = self._bypass_triggers(now, cell, inflight)
             if decision is not None:
                 return decision
         self._inflight = inflight + 1
         cell.admitted += 1
         return Token(self, cell, now)
 
-    def _decide(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
-        """Slow path (in-flight at the limit, or bypass triggers): a rejection, a dry-run
-        token, or None to admit normally."""
-        cls = cell.cls
-        if inflight and inflight >= cls.cap:
-            cool = now < self._cool_off_until
-            if self._cpu_gate:
-                r = self._signal.reading
-                fast = r.utilization
-                slow = r.utilization_smoothed
-                value = fast if slow is None or (fast is not None and fast >= slow) else slow
-                threshold = self._cpu_threshold
-                if value is not None and value >= threshold:
-                    return self._shed(now, cell, inflight, "cpu", self._signal_name, value, threshold, cool)
-                if value is None or self._triggers or self._throttled_threshold or self._pressure_threshold:
-                    hot = self._hot_beyond_cpu(now, r, value)
-                    if hot is not None:
-                        return self._shed(now, cell, inflight, *hot, cool)
-                if value is not None and not self._triggers:
-                    self._cool_reading = r  # not hot until the reading or the config changes
-                if cool:
-                    return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, self.cpu_threshold, cool)
-            else:
-                return self._shed(now, cell, inflight, "limit", self.algorithm.name, None, None, cool)
+    def _over_limit(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
+        """In-flight is at this priority's limit: shed (or dry-run) if hot or in cool-off, else None."""
+        cool = now < self._cool_off_until
+        if not self._cpu_gate:
+            return self._shed(now, cell, inflight, "limit", self.algorithm.name, None, None, cool)
+        r = self._signal.reading
+        fast = r.utilization
+        slow = r.utilization_smoothed
+        value = fast if slow is None or (fast is not None and fast >= slow) else slow
+        threshold = self._cpu_threshold
+        if value is not None and value >= threshold:
+            return self._shed(now, cell, inflight, "cpu", self._signal_name, value, threshold, cool)
+        if value is None or self._triggers or self._throttled_threshold or self._pressure_threshold:
+            hot = self._hot_beyond_cpu(now, r, value)
+            if hot is not None:
+                return self._shed(now, cell, inflight, *hot, cool)
+        if value is not None and not self._triggers:
+            self._cool_reading = r  # not hot until the reading or the config changes
+        if cool:
+            return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, threshold, cool)
+        return None
+
+    def _bypass_triggers(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
+        """Bypass triggers shed whatever in-flight is, at ``threshold * trigger_scale`` of the priority."""
+        scale = cell.cls.trigger_scale
         for t in self._bypass:
             v = t.check(now)
             if v is not None:
-                threshold = t.threshold * cls.trigger_scale
+                threshold = t.threshold * scale
                 if v >= threshold:
                     return self._shed(now, cell, inflight, t.name, t.name, v, threshold, now < self._cool_off_until)
         return None
