@@ -20,6 +20,7 @@ from flowctl.limit.bbr import Bbr
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
 from flowctl.limiter import Limiter, LimiterSnapshot, PriorityClass, Reason, Rejection, Token, Trigger
+from flowctl.looplag import LoopLagMonitor
 from flowctl.signal import UNKNOWN_READING, CpuReading, CpuSignal, StaticSignal
 
 __version__ = "0.1.0"
@@ -37,6 +38,7 @@ __all__ = [
     "LimitAlgorithm",
     "Limiter",
     "LimiterSnapshot",
+    "LoopLagMonitor",
     "LxcfsError",
     "ParseError",
     "PriorityClass",
