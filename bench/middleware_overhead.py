@@ -19,7 +19,9 @@ Variants, each served by its own single-process aiohttp server on loopback:
 
 Rounds alternate the variants (A B C A B C ...) so drift from other load hits
 all of them alike; the report gives every run, the medians and each variant's
-median req/s as a ratio of bare's. Non-2xx responses are reported: on a busy
+median req/s as a ratio of bare's. It also reports the server process's CPU
+time per request (utime+stime from /proc/PID/stat over the wrk run / requests
+served): less sensitive to other load on the machine than req/s. Non-2xx responses are reported: on a busy
 host the default variant may legitimately shed. The 1-min load average before
 and after is printed, because measurements here swing with other load.
 """
@@ -95,6 +97,7 @@ class Run:
     latency_p99_ms: float | None
     non_2xx: int
     errors: str
+    server_cpu_us_per_request: float | None = None
 
 
 def _free_port() -> int:
@@ -141,6 +144,16 @@ def parse_wrk(out: str) -> tuple[float, float | None, float | None, int, str]:
     )
 
 
+def _cpu_s(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _scrape_loop(port: int, stop: threading.Event, interval_s: float = 1.0) -> None:
     while not stop.wait(interval_s):
         try:
@@ -163,12 +176,14 @@ def run_one(variant: str, rnd: int, *, duration_s: int, connections: int, thread
         if variant.startswith("flowctl"):
             scraper = threading.Thread(target=_scrape_loop, args=(port, stop), daemon=True)
             scraper.start()
+        cpu_before = _cpu_s(server.pid)
         out = subprocess.run(
             [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", f"http://127.0.0.1:{port}/"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
+        cpu_after = _cpu_s(server.pid)
     finally:
         stop.set()
         if scraper is not None:
@@ -180,7 +195,11 @@ def run_one(variant: str, rnd: int, *, duration_s: int, connections: int, thread
             server.kill()
             server.wait()
     rps, p50, p99, non2, errs = parse_wrk(out)
-    return Run(variant, rnd, rps, p50, p99, non2, errs)
+    total = re.search(r"(\d+) requests in", out)
+    cpu_us = None
+    if cpu_before is not None and cpu_after is not None and total and int(total.group(1)):
+        cpu_us = (cpu_after - cpu_before) / int(total.group(1)) * 1e6
+    return Run(variant, rnd, rps, p50, p99, non2, errs, cpu_us)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(r)
             print(
                 f"round {rnd} {v:12s} {r.requests_per_s:9.0f} req/s  p50 {r.latency_p50_ms} ms  "
-                f"p99 {r.latency_p99_ms} ms  non-2xx {r.non_2xx} {r.errors}",
+                f"p99 {r.latency_p99_ms} ms  non-2xx {r.non_2xx}  server CPU {r.server_cpu_us_per_request or 0:.1f} us/req "
+                f"{r.errors}",
                 flush=True,
             )
     load_after = os.getloadavg()[0]
@@ -218,21 +238,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         mine = [r for r in runs if r.variant == v]
         p50s = [r.latency_p50_ms for r in mine if r.latency_p50_ms is not None]
         p99s = [r.latency_p99_ms for r in mine if r.latency_p99_ms is not None]
+        cpus = [r.server_cpu_us_per_request for r in mine if r.server_cpu_us_per_request is not None]
         medians[v] = {
             "requests_per_s": statistics.median(r.requests_per_s for r in mine),
             "latency_p50_ms": statistics.median(p50s) if p50s else None,
             "latency_p99_ms": statistics.median(p99s) if p99s else None,
             "non_2xx_total": float(sum(r.non_2xx for r in mine)),
+            "server_cpu_us_per_request": statistics.median(cpus) if cpus else None,
         }
     bare = medians.get("bare", {}).get("requests_per_s")
+    bare_cpu = medians.get("bare", {}).get("server_cpu_us_per_request")
     print(f"\nmedians over {args.rounds} rounds ({args.duration} s, -t{args.threads} -c{args.connections}); "
           f"load avg 1-min before {load_before:.2f}, after {load_after:.2f}, cores {os.cpu_count()}")
-    print(f"{'variant':12s} {'req/s':>9s} {'vs bare':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s}")
+    print(f"{'variant':14s} {'req/s':>9s} {'vs bare':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s} "
+          f"{'CPU us/req':>10s} {'vs bare':>8s}")
     for v, m in medians.items():
         rps = m["requests_per_s"] or 0.0
         ratio = f"{rps / bare:7.1%}" if bare else "      -"
-        print(f"{v:12s} {rps:9.0f} {ratio:>8s} {m['latency_p50_ms'] or 0:8.2f} {m['latency_p99_ms'] or 0:8.2f} "
-              f"{int(m['non_2xx_total'] or 0):8d}")
+        cpu = m["server_cpu_us_per_request"]
+        cpu_ratio = f"{cpu / bare_cpu:7.2f}x" if cpu and bare_cpu else "       -"
+        print(f"{v:14s} {rps:9.0f} {ratio:>8s} {m['latency_p50_ms'] or 0:8.2f} {m['latency_p99_ms'] or 0:8.2f} "
+              f"{int(m['non_2xx_total'] or 0):8d} {cpu or 0:10.1f} {cpu_ratio:>8s}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": [asdict(r) for r in runs], "medians": medians, "load_before": load_before,
