@@ -785,3 +785,22 @@ def test_busy_but_cool_shortcut_still_honours_cool_off(sig: StaticSignal, clock:
     clock.advance(1.01)
     assert lim.acquire().admitted
     assert lim.acquire().admitted  # the shortcut again
+
+
+@pytest.mark.parametrize("view", ["container", "host", "lxcfs"])
+def test_every_real_cpu_view_plugs_in(view: str) -> None:
+    """The real samplers (sampled by hand, not started) are CPU signals the limiter reads by name."""
+    from flowctl.cpu import make_signal
+
+    clock = FakeClock()
+    signal = make_signal(view, clock=clock)
+    signal.sample()
+    clock.advance(0.1)
+    signal.sample()
+    lim = Limiter(signal, FixedLimit(1), clock=clock)
+    held = lim.acquire()
+    d = lim.acquire()
+    assert d.admitted or (isinstance(d, Rejection) and d.reason.signal_name == view)
+    assert lim.snapshot().signal_name == view
+    held.success()
+    d.success()
