@@ -75,6 +75,7 @@ class SidecarConfig:
     health_path: str = ""
     trust_forwarded: bool = False
     uvloop: str = "auto"
+    client: str = "fast"
     log_level: str = "info"
 
 
@@ -227,6 +228,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("health_path", "health_path", _path, "probe GET upstream+PATH for readiness (default: a TCP connect)", "PATH"),
     Option("trust_forwarded", "trust_forwarded", _bool, "keep incoming X-Forwarded-Proto/Host instead of overwriting", "BOOL"),
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
+    Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
 )
 

@@ -15,15 +15,18 @@ import collections
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import SidecarConfig
 from sidecar.headers import request_headers, response_headers
+from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
 __all__ = ["Admission", "Proxy", "rejection_response"]
 
@@ -34,6 +37,8 @@ PRIORITIES = frozenset({"critical", "default", "sheddable"})
 # (cheaper than a StreamResponse); anything else streams in chunks.
 SMALL_BODY_BYTES = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+# Set by the lean client itself from the body it sends; Expect is answered by this hop.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"})
 
 
 class Admission(Protocol):
@@ -99,6 +104,9 @@ class Proxy:
         self._resource = config.resource
         self._trust_forwarded = config.trust_forwarded
         self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._prefix = ""
+        self._total_timeout_s = config.total_timeout_s or None
         self.inflight = 0
         self._idle: asyncio.Event | None = None
         # Plain counters (exported at scrape time by the admin collector).
@@ -132,10 +140,31 @@ class Proxy:
             raise_for_status=False,
             read_bufsize=2**16,
         )
+        if cfg.client == "fast":
+            parts = urlsplit(cfg.upstream)
+            ssl_ctx = None
+            if parts.scheme == "https":
+                import ssl
+
+                ssl_ctx = ssl.create_default_context()
+            self._pool = UpstreamPool(
+                parts.hostname or "127.0.0.1",
+                parts.port or (443 if parts.scheme == "https" else 80),
+                limit=cfg.max_connections,
+                keepalive_s=cfg.upstream_keepalive_s,
+                connect_timeout_s=cfg.connect_timeout_s,
+                read_timeout_s=cfg.read_timeout_s,
+                ssl=ssl_ctx,
+                clock=self._clock,
+            )
+            self._prefix = parts.path.rstrip("/")
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -188,6 +217,8 @@ class Proxy:
             if _is_websocket(request):
                 resp, outcome = await self._websocket(request, decision)
                 decision = None  # released at handshake
+            elif self._pool is not None:
+                resp, outcome = await self._forward_fast(request, length)
             else:
                 resp, outcome = await self._forward(request, length)
             return resp
@@ -263,6 +294,50 @@ class Proxy:
         finally:
             up.release()
 
+    async def _forward_fast(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
+        """The hot path on the lean client (``client = "fast"``)."""
+        assert self._pool is not None
+        hdrs = request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            trust_forwarded=self._trust_forwarded,
+        )
+        header_list = [(k, v) for k, v in hdrs.items() if k.lower() not in _FRAMING_HEADERS]
+        body: bytes | AsyncIterator[bytes] | None = None
+        too_large = [False]
+        if request.body_exists:
+            if length is not None and length <= SMALL_BODY_BYTES:
+                body = await request.read()
+            elif self._max_body and length is None:
+                body = self._limited_body(request.content, self._max_body, too_large)
+            else:
+                body = request.content.iter_any()
+        started: list[web.StreamResponse] = []
+        try:
+            async with asyncio.timeout(self._total_timeout_s):
+                try:
+                    up = await self._pool.request(request.method, self._prefix + request.raw_path, header_list, body, content_length=length)
+                except _BodyTooLarge:
+                    self.errors_total["413"] += 1
+                    return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
+                except UpstreamError as e:
+                    return self._upstream_error(e)
+                try:
+                    out = response_headers(up.headers, (v for k, v in up.headers if k.lower() == "connection"))
+                    resp = await self._respond_with(
+                        request, up.status, up.reason, out, up.content_length, up.read_chunk, up.close, started
+                    )
+                finally:
+                    up.close()
+                return resp, "success"
+        except TimeoutError as e:
+            if started:  # the total timeout hit mid-stream: the client connection is already cut
+                self.errors_total["504"] += 1
+                return started[0], "dropped"
+            return self._upstream_error(e)
+
     def _upstream_error(self, e: BaseException) -> tuple[web.StreamResponse, str]:
         if isinstance(e, asyncio.TimeoutError):  # includes aiohttp.ServerTimeoutError
             self.errors_total["504"] += 1
@@ -270,35 +345,56 @@ class Proxy:
         self.errors_total["502"] += 1
         if isinstance(e, aiohttp.ClientConnectorError):
             detail = f"upstream unreachable: {e.os_error.strerror or e.os_error}"
+        elif isinstance(e, UpstreamConnectError):
+            detail = str(e)
         else:
             detail = f"upstream failed: {type(e).__name__}: {e}"
         return _error(502, detail), "ignore"
 
     async def _respond(self, request: web.BaseRequest, up: aiohttp.ClientResponse) -> web.StreamResponse:
         hdrs = response_headers(up.headers.items(), up.headers.getall("Connection", ()))
-        status = up.status
-        length = up.content_length
+        return await self._respond_with(request, up.status, up.reason or "", hdrs, up.content_length, up.content.readany, up.close)
+
+    async def _respond_with(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str,
+        hdrs: CIMultiDict[str],
+        length: int | None,
+        read_chunk: Callable[[], Awaitable[bytes]],
+        abort_upstream: Callable[[], None],
+        started: list[web.StreamResponse] | None = None,
+    ) -> web.StreamResponse:
+        """Send the upstream's response: whole when small and sized, else streamed chunk by chunk."""
         if request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
-            resp = web.StreamResponse(status=status, reason=up.reason, headers=hdrs)
+            resp = web.StreamResponse(status=status, reason=reason or None, headers=hdrs)
             await resp.prepare(request)
             await resp.write_eof()
             return resp
         if length is not None and length <= SMALL_BODY_BYTES:
-            body = await up.read()
-            return web.Response(status=status, reason=up.reason, headers=hdrs, body=body)
-        resp = web.StreamResponse(status=status, reason=up.reason, headers=hdrs)
+            parts = []
+            while chunk := await read_chunk():
+                parts.append(chunk)
+            return web.Response(status=status, reason=reason or None, headers=hdrs, body=b"".join(parts))
+        resp = web.StreamResponse(status=status, reason=reason or None, headers=hdrs)
         await resp.prepare(request)
+        if started is not None:
+            started.append(resp)
         try:
-            async for chunk in up.content.iter_any():
+            while chunk := await read_chunk():
                 await resp.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        except (aiohttp.ClientError, UpstreamError, asyncio.TimeoutError, asyncio.CancelledError, ConnectionError) as e:
             # Headers are gone: the only honest signal left is to cut the connection
             # (never write the final chunk, which would mark a truncated body complete).
-            log.warning("stream from upstream broke after headers: %s: %s", type(e).__name__, e)
-            up.close()
+            if not isinstance(e, asyncio.CancelledError):
+                log.warning("stream from upstream broke after headers: %s: %s", type(e).__name__, e)
+            abort_upstream()
             transport = request.transport
             if transport is not None:
                 transport.abort()
+            if isinstance(e, asyncio.CancelledError):
+                raise
             return resp
         await resp.write_eof()
         return resp

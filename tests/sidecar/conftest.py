@@ -159,8 +159,13 @@ async def upstream() -> AsyncIterator[Upstream]:
         await runner.cleanup()
 
 
+# The upstream client the sidecar fixtures use; test_proxy.py runs every test with both.
+CLIENT = {"name": "fast"}
+
+
 def config_for(upstream_url: str, **overrides: Any) -> SidecarConfig:
     base = SidecarConfig(
+        client=CLIENT["name"],
         listen=HostPort("127.0.0.1", 0),
         admin=HostPort("127.0.0.1", 0),
         upstream=upstream_url,

@@ -5,13 +5,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from yarl import URL
 
 from sidecar.headers import VIA, connection_tokens, request_headers, response_headers
-from tests.sidecar.conftest import GZ_BODY, MakeSidecar, Upstream, config_for, echo_headers, free_port, url
+from tests.sidecar.conftest import CLIENT, GZ_BODY, MakeSidecar, Upstream, config_for, echo_headers, free_port, url
+
+
+@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every proxy test runs on both upstream clients (the contract is the same)."""
+    CLIENT["name"] = request.param
+    try:
+        yield request.param
+    finally:
+        CLIENT["name"] = "fast"
 
 
 async def test_get_with_query_and_body_roundtrip(upstream: Upstream, make_sidecar: MakeSidecar, client: aiohttp.ClientSession) -> None:
