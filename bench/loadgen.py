@@ -318,7 +318,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     errors_by_kind: dict[str, int] = {}
     pending: set[asyncio.Task[None]] = set()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    lead_s = 0.05 if spec.start_at is None else max(0.0, spec.start_at - time.time())
+    # Arrivals are anchored at start_at, or at "now" if this process started too late for it
+    # (its own start-up must not count as latency); started_at reports the real anchor.
+    lead_s = 0.05 if spec.start_at is None else max(0.05, spec.start_at - time.time())
+    start_delay_s = 0.0 if spec.start_at is None else max(0.0, time.time() + lead_s - spec.start_at)
     t0 = loop.time() + lead_s
     wall0 = time.time() + lead_s
 
@@ -423,6 +426,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             "seed": spec.seed,
         },
         "started_at": wall0,
+        "start_delay_s": start_delay_s,
         **total.as_dict(seconds),
         "classes": {c.name: per_class[i].as_dict(seconds) for i, c in enumerate(spec.classes)},
         "timeline": [{"t_s": i, **{k: v for k, v in b.as_dict(1.0).items() if not k.endswith("_rps")}} for i, b in enumerate(buckets)],

@@ -398,11 +398,14 @@ async def drive(
                     progress=progress, timeout_s=timeout_s, start_at=start_at, seed=seed,
                     events=tuple((off, "quota change") for off, _ in at_offset))  # fmt: skip
 
+    fired_at: list[float] = []
+
     async def fire(off: float, fn: Callable[[], Any]) -> None:
         await asyncio.sleep(max(0.0, start_at + off - time.time()))
         res = fn()
         if asyncio.iscoroutine(res):
             await res
+        fired_at.append(time.time())
 
     async with Monitor(run, monitor_interval_s) as mon:
         timers = [asyncio.create_task(fire(off, fn)) for off, fn in at_offset]
@@ -415,10 +418,12 @@ async def drive(
             for t in timers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+    anchor = float(result.get("started_at", start_at))  # the load generator's real first intended send
+    result["events_at_s"] = [t - anchor for t in fired_at]
     samples = []
     for s in mon.samples:
         row = dict(s)
-        row["t_s"] = s["wall"] - start_at
+        row["t_s"] = s["wall"] - anchor
         del row["wall"]
         samples.append(row)
     return result, samples
@@ -526,7 +531,7 @@ async def measure_capacity(
     max_probes: int = 9,
 ) -> Capacity:
     """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter)."""
-    unloaded_s = unloaded_s if unloaded_s is not None else 1.5 * probe_s
+    unloaded_s = unloaded_s if unloaded_s is not None else max(3.0, 2.0 * probe_s)
     est = max(1.0, cpus * 1000.0 / max(work_ms, 0.1))
     low_rate = max(5.0, 0.1 * est)
     lg, _ = await drive(run, path, low_rate, unloaded_s)

@@ -170,11 +170,13 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         row = c.variant_row(peer, lg, samples, capacity_rps=cap_after.capacity_rps, unloaded_p99_ms=cap_after.unloaded_p99_ms,
                             seconds=a.seconds)  # fmt: skip
         tl = lg["timeline"]
-        before = _window_stats(tl, max(0.0, a.step_at - 5), a.step_at)
-        after = _window_stats(tl, a.step_at, a.seconds)
-        tail = _window_stats(tl, max(a.step_at, a.seconds - 10), a.seconds)
+        step_s = lg["events_at_s"][0] if lg.get("events_at_s") else a.step_at  # when the quota really changed
+        before = _window_stats(tl, max(0.0, step_s - 5), step_s)
+        after = _window_stats(tl, step_s, a.seconds)
+        tail = _window_stats(tl, max(step_s, a.seconds - 10), a.seconds)
         row.update({
-            "recovery_s": recovery(tl, a.step_at, a.seconds, bound_ms),
+            "step_at_actual_s": step_s,
+            "recovery_s": recovery(tl, step_s, a.seconds, bound_ms),
             "p99_before_ms": before["p99_max_ms"], "goodput_before_rps": before["goodput_rps"],
             "p99_after_tail_ms": tail["p99_max_ms"], "goodput_after_rps": after["goodput_rps"],
             "shed_ratio_after": after["shed_ratio"], "timeouts_after": after["timeouts"],
