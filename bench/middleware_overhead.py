@@ -4,6 +4,7 @@ One command (re-run it on a quiet machine)::
 
     .venv/bin/python -m bench.middleware_overhead            # 3 rounds, 10 s each, -c50
     .venv/bin/python -m bench.middleware_overhead --rounds 5 --duration 20 --json out.json
+    .venv/bin/python -m bench.middleware_overhead --micro   # in-process us/request, no sockets
 
 Variants, each served by its own single-process aiohttp server on loopback:
 
@@ -83,6 +84,68 @@ def serve(variant: str, port: int) -> None:
     elif variant != "bare":
         raise SystemExit(f"unknown variant {variant!r}")
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# ---------------------------------------------------------------- in-process cost
+
+
+def micro(repeats: int = 7, n: int = 50_000) -> dict[str, float]:
+    """Median us per request: the handler alone, through a trivial middleware, through flowctl's.
+
+    No sockets: a mocked request with its route resolved, awaited in a loop.
+    The limiter is real (BBR, loop-lag trigger) with a cool static CPU signal;
+    the lag monitor is armed far ahead so it never fires while the loop spins.
+    """
+    import asyncio
+    import time as _time
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from prometheus_client import CollectorRegistry
+
+    import flowctl.aiohttp as fa
+    from flowctl.limiter import Limiter
+    from flowctl.signal import StaticSignal
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello\n")
+
+    @web.middleware
+    async def trivial(request: web.Request, handler: Any) -> web.StreamResponse:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    async def run() -> dict[str, float]:
+        app = web.Application()
+        app.router.add_get("/", hello, name="hello")
+        limiter = Limiter(StaticSignal("container", utilization=0.3, limit_cores=2.0))
+        state = fa.setup(app, limiter=limiter, registry=CollectorRegistry())
+        assert state.loop_lag is not None
+        state.loop_lag.arm(_time.monotonic() + 1e9)
+        mw = app.middlewares[-1]
+        req = make_mocked_request("GET", "/", app=app)
+        req._match_info = await app.router.resolve(req)  # what aiohttp does before middlewares
+
+        async def bare() -> None:
+            await hello(req)
+
+        async def via_trivial() -> None:
+            await trivial(req, hello)
+
+        async def via_flowctl() -> None:
+            await mw(req, hello)
+
+        out: dict[str, list[float]] = {"handler": [], "trivial_mw": [], "flowctl_mw": []}
+        for _ in range(repeats):
+            for name, fn in (("handler", bare), ("trivial_mw", via_trivial), ("flowctl_mw", via_flowctl)):
+                t0 = _time.perf_counter()
+                for _ in range(n):
+                    await fn()
+                out[name].append((_time.perf_counter() - t0) / n * 1e6)
+        assert limiter.inflight == 0
+        return {k: statistics.median(v) for k, v in out.items()}
+
+    return asyncio.run(run())
 
 
 # ---------------------------------------------------------------- the driver
@@ -210,11 +273,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--json", help="also write the runs and medians to this file")
+    p.add_argument("--micro", action="store_true", help="only the in-process cost per request (no sockets, no wrk)")
     p.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         serve(args.serve, args.port)
+        return 0
+
+    if args.micro:
+        m = micro()
+        print(f"in-process us/request (median of 7): handler {m['handler']:.2f}, "
+              f"+trivial middleware {m['trivial_mw'] - m['handler']:+.2f}, "
+              f"+flowctl middleware {m['flowctl_mw'] - m['handler']:+.2f} "
+              f"(load avg {os.getloadavg()[0]:.2f})")
         return 0
 
     wrk = "wrk"

@@ -101,6 +101,19 @@ def overload_markdown(data: dict[str, Any], png_names: Sequence[str] = ()) -> st
     return "\n".join(out) + "\n"
 
 
+def headline_markdown(data: dict[str, Any]) -> str:
+    """The README table: every variant at the last (highest) multiplier, for every handler."""
+    lines = ["| handler | variant | goodput / capacity | admitted p99 ms (x unloaded) | rejected p99 ms | shed | timeouts | host CPU | container CPU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for handler, hd in data.get("by_handler", {}).items():
+        last = hd["runs"][-1]
+        for name, r in last["variants"].items():
+            lines.append(f"| {handler} | {name} | {_pct(r['goodput_ratio'])} | {_f(r['admitted_p99_ms'])} "
+                         f"({_f(r.get('admitted_p99_over_unloaded'))}x) | {_f(r['rejected_p99_ms'])} | {_pct(r['shed_ratio'])} | "
+                         f"{r['timeouts']} | {_pct(r['host_cpu_utilization_mean'])} | {_pct(r['container_cpu_utilization_mean'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ plots
 
 
@@ -347,9 +360,14 @@ def report_file(path: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench report", description="Markdown and PNG from result JSON")
     p.add_argument("json_files", nargs="+")
+    p.add_argument("--headline", action="store_true", help="print the README headline table of an overload JSON instead")
     a = p.parse_args(argv)
     for path in a.json_files:
-        report_file(path)
+        if a.headline:
+            with open(path) as f:
+                print(headline_markdown(json.load(f)))
+        else:
+            report_file(path)
     return 0
 
 

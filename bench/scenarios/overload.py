@@ -38,6 +38,7 @@ def build_parser(prog: str = "python -m bench overload") -> argparse.ArgumentPar
     p.add_argument("--capacity-from", help="reuse the capacities of an earlier result JSON when they match")
     p.add_argument("--probe-seconds", type=float, default=4.0, help="seconds per capacity probe")
     p.add_argument("--timeout", type=float, default=2.0, help="per-request timeout of the load generator (s)")
+    p.add_argument("--no-loop-lag", action="store_true", help="in-process BBR variants without the event-loop lag trigger")
     p.add_argument("--json", dest="json_out", default=os.path.join(c.RESULTS_DIR, "overload.json"))
     p.add_argument("--no-report", action="store_true", help="skip Markdown and PNG output")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no per-second progress line")
@@ -50,7 +51,8 @@ async def _run_variant(
     path = HANDLERS[handler]
     in_process = variant if not variant.startswith("sidecar-") else "none"
     lxcfs = variant == "bbr-lxcfs"
-    async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=lxcfs) as up:
+    extra = ["--no-loop-lag"] if a.no_loop_lag else []
+    async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=lxcfs, extra_args=extra) as up:
         run = up
         if variant.startswith("sidecar-"):
             async with c.sidecar(up) as sc:
@@ -109,6 +111,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         "work_iters": iters,
         "warmup_s": a.warmup,
         "timeout_s": a.timeout,
+        "loop_lag_trigger": not a.no_loop_lag,
         "handlers": handlers,
         "capacities": {},
         "by_handler": {},
