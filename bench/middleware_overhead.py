@@ -226,10 +226,14 @@ def _scrape_loop(port: int, stop: threading.Event, interval_s: float = 1.0) -> N
             pass
 
 
-def run_one(variant: str, rnd: int, *, duration_s: int, connections: int, threads: int, wrk: str) -> Run:
+def run_one(
+    variant: str, rnd: int, *, duration_s: int, connections: int, threads: int, wrk: str, pin: bool = False
+) -> Run:
     port = _free_port()
+    server_pin = ["taskset", "-c", "0"] if pin else []
+    wrk_pin = ["taskset", "-c", "1"] if pin else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.middleware_overhead", "--serve", variant, "--port", str(port)],
+        [*server_pin, sys.executable, "-m", "bench.middleware_overhead", "--serve", variant, "--port", str(port)],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     stop = threading.Event()
@@ -241,7 +245,7 @@ def run_one(variant: str, rnd: int, *, duration_s: int, connections: int, thread
             scraper.start()
         cpu_before = _cpu_s(server.pid)
         out = subprocess.run(
-            [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", f"http://127.0.0.1:{port}/"],
+            [*wrk_pin, wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", f"http://127.0.0.1:{port}/"],
             check=True,
             capture_output=True,
             text=True,
@@ -273,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--json", help="also write the runs and medians to this file")
+    p.add_argument("--pin", action="store_true", help="server on CPU 0, wrk on CPU 1 (taskset)")
     p.add_argument("--micro", action="store_true", help="only the in-process cost per request (no sockets, no wrk)")
     p.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
@@ -282,10 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.micro:
-        m = micro()
-        print(f"in-process us/request (median of 7): handler {m['handler']:.2f}, "
-              f"+trivial middleware {m['trivial_mw'] - m['handler']:+.2f}, "
-              f"+flowctl middleware {m['flowctl_mw'] - m['handler']:+.2f} "
+        mic = micro()
+        print(f"in-process us/request (median of 7): handler {mic['handler']:.2f}, "
+              f"+trivial middleware {mic['trivial_mw'] - mic['handler']:+.2f}, "
+              f"+flowctl middleware {mic['flowctl_mw'] - mic['handler']:+.2f} "
               f"(load avg {os.getloadavg()[0]:.2f})")
         return 0
 
@@ -295,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     for rnd in range(1, args.rounds + 1):
         for v in variants:
-            r = run_one(v, rnd, duration_s=args.duration, connections=args.connections, threads=args.threads, wrk=wrk)
+            r = run_one(v, rnd, duration_s=args.duration, connections=args.connections, threads=args.threads, wrk=wrk,
+                       pin=args.pin)
             runs.append(r)
             print(
                 f"round {rnd} {v:12s} {r.requests_per_s:9.0f} req/s  p50 {r.latency_p50_ms} ms  "

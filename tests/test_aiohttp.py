@@ -489,3 +489,22 @@ def test_setup_twice_and_bad_decorator() -> None:
         fa.setup(app, limiter=Limiter(StaticSignal()))
     with pytest.raises(ConfigError):
         fa.priority("urgent")
+
+
+async def test_compare_views_sample_and_export_the_host_view() -> None:
+    app = web.Application()
+    sig = StaticSignal("container", utilization=0.4)
+    registry = CollectorRegistry()
+    state = fa.setup(app, signal=sig, registry=registry, compare_views=("host",), loop_lag=False)
+    host: Any = state.views["host"]
+    assert state.views["container"] is sig and sig not in state.owned  # the caller's signal: not ours to run
+    client: Client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert host.running
+        await wait_for(lambda: host.reading.utilization is not None)
+        assert registry.get_sample_value("flowctl_cpu_utilization_ratio", {"view": "host"}) is not None
+        assert registry.get_sample_value("flowctl_cpu_utilization_ratio", {"view": "container"}) == 0.4
+    finally:
+        await client.close()
+    assert not host.running
