@@ -17,6 +17,7 @@ __all__ = [
     "HOP_BY_HOP",
     "VIA",
     "connection_tokens",
+    "request_header_list",
     "request_headers",
     "response_headers",
 ]
@@ -48,6 +49,61 @@ def _end_to_end(headers: Iterable[tuple[str, str]], listed: frozenset[str]) -> C
     return out
 
 
+_WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"})
+
+
+def request_header_list(
+    headers: MultiMapping[str],
+    *,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    trust_forwarded: bool = False,
+    drop: frozenset[str] = frozenset(),
+) -> list[tuple[str, str]]:
+    """Headers to send upstream, in order: end-to-end ones plus X-Forwarded-For/Proto/Host and Via.
+
+    X-Forwarded-For gets the peer appended. X-Forwarded-Proto/Host are set from
+    this hop unless ``trust_forwarded`` and the client sent them. Lower-case
+    names in ``drop`` are left out too (e.g. framing headers the client library sets).
+    """
+    listed = connection_tokens(headers.getall("Connection", ())) if "Connection" in headers else frozenset()
+    out: list[tuple[str, str]] = []
+    xff: list[str] = []
+    via: list[str] = []
+    proto = fwd_host = None
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in listed or lk in drop or lk.startswith("proxy-"):
+            continue
+        if lk.startswith(("x-forwarded-", "via")):
+            if lk == "x-forwarded-for":
+                xff.append(v)
+                continue
+            if lk == "via":
+                via.append(v)
+                continue
+            if lk == "x-forwarded-proto":
+                proto = v
+                continue
+            if lk == "x-forwarded-host":
+                fwd_host = v
+                continue
+        out.append((k, v))
+    if peer:
+        xff.append(peer)
+    if xff:
+        out.append(("X-Forwarded-For", ", ".join(xff)))
+    out.append(("X-Forwarded-Proto", proto if trust_forwarded and proto is not None else scheme))
+    if trust_forwarded and fwd_host is not None:
+        out.append(("X-Forwarded-Host", fwd_host))
+    elif host:
+        out.append(("X-Forwarded-Host", host))
+    via.append(VIA)
+    out.append(("Via", ", ".join(via)))
+    return out
+
+
 def request_headers(
     headers: MultiMapping[str],
     *,
@@ -57,27 +113,14 @@ def request_headers(
     trust_forwarded: bool = False,
     websocket: bool = False,
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones plus X-Forwarded-For/Proto/Host and Via.
-
-    X-Forwarded-For gets the peer appended. X-Forwarded-Proto/Host are set from
-    this hop unless ``trust_forwarded`` and the client sent them. For a WebSocket
-    upgrade the handshake headers (``Sec-WebSocket-*``) are left to the client library.
-    """
-    listed = connection_tokens(headers.getall("Connection", ())) if "Connection" in headers else frozenset()
-    out = _end_to_end(headers.items(), listed)
-    if websocket:
-        for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol"):
-            out.popall(name, None)
-    if peer:
-        prior = ", ".join(out.popall("X-Forwarded-For", ()))
-        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    if not (trust_forwarded and "X-Forwarded-Proto" in out):
-        out["X-Forwarded-Proto"] = scheme
-    if host and not (trust_forwarded and "X-Forwarded-Host" in out):
-        out["X-Forwarded-Host"] = host
-    prior_via = ", ".join(out.popall("Via", ()))
-    out["Via"] = f"{prior_via}, {VIA}" if prior_via else VIA
-    return out
+    """``request_header_list`` as a CIMultiDict; for a WebSocket upgrade the handshake
+    headers (``Sec-WebSocket-*``) are left to the client library."""
+    return CIMultiDict(
+        request_header_list(
+            headers, peer=peer, scheme=scheme, host=host, trust_forwarded=trust_forwarded,
+            drop=_WS_HANDSHAKE if websocket else frozenset(),
+        )  # fmt: skip
+    )
 
 
 def response_headers(headers: Iterable[tuple[str, str]], connection: Iterable[str] = ()) -> CIMultiDict[str]:

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import SidecarConfig
-from sidecar.headers import request_headers, response_headers
+from sidecar.headers import request_header_list, request_headers, response_headers
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
 __all__ = ["Admission", "Proxy", "rejection_response"]
@@ -297,14 +297,14 @@ class Proxy:
     async def _forward_fast(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
         """The hot path on the lean client (``client = "fast"``)."""
         assert self._pool is not None
-        hdrs = request_headers(
+        header_list = request_header_list(
             request.headers,
             peer=request.remote,
             scheme=request.scheme,
             host=request.host,
             trust_forwarded=self._trust_forwarded,
+            drop=_FRAMING_HEADERS,
         )
-        header_list = [(k, v) for k, v in hdrs.items() if k.lower() not in _FRAMING_HEADERS]
         body: bytes | AsyncIterator[bytes] | None = None
         too_large = [False]
         if request.body_exists:
@@ -315,28 +315,39 @@ class Proxy:
             else:
                 body = request.content.iter_any()
         started: list[web.StreamResponse] = []
+        if self._total_timeout_s is None:
+            return await self._exchange_fast(request, header_list, body, length, started)
         try:
             async with asyncio.timeout(self._total_timeout_s):
-                try:
-                    up = await self._pool.request(request.method, self._prefix + request.raw_path, header_list, body, content_length=length)
-                except _BodyTooLarge:
-                    self.errors_total["413"] += 1
-                    return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
-                except UpstreamError as e:
-                    return self._upstream_error(e)
-                try:
-                    out = response_headers(up.headers, (v for k, v in up.headers if k.lower() == "connection"))
-                    resp = await self._respond_with(
-                        request, up.status, up.reason, out, up.content_length, up.read_chunk, up.close, started
-                    )
-                finally:
-                    up.close()
-                return resp, "success"
+                return await self._exchange_fast(request, header_list, body, length, started)
         except TimeoutError as e:
             if started:  # the total timeout hit mid-stream: the client connection is already cut
                 self.errors_total["504"] += 1
                 return started[0], "dropped"
             return self._upstream_error(e)
+
+    async def _exchange_fast(
+        self,
+        request: web.BaseRequest,
+        header_list: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
+        started: list[web.StreamResponse],
+    ) -> tuple[web.StreamResponse, str]:
+        assert self._pool is not None
+        try:
+            up = await self._pool.request(request.method, self._prefix + request.raw_path, header_list, body, content_length=length)
+        except _BodyTooLarge:
+            self.errors_total["413"] += 1
+            return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
+        except UpstreamError as e:
+            return self._upstream_error(e)
+        try:
+            out = response_headers(up.headers, up.connection)
+            resp = await self._respond_with(request, up.status, up.reason, out, up.content_length, up.read_chunk, up.close, started)
+        finally:
+            up.close()
+        return resp, "success"
 
     def _upstream_error(self, e: BaseException) -> tuple[web.StreamResponse, str]:
         if isinstance(e, asyncio.TimeoutError):  # includes aiohttp.ServerTimeoutError

@@ -54,10 +54,19 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
 class UpstreamResponse:
     """Status, reason, headers (list of (name, value)) and the body as chunks (``read_chunk``)."""
 
-    __slots__ = ("status", "reason", "headers", "content_length", "_conn", "_done")
+    __slots__ = ("status", "reason", "headers", "content_length", "connection", "_conn", "_done")
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: list[tuple[str, str]], content_length: int | None) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        content_length: int | None,
+        connection: list[str],
+    ) -> None:
         self.status = status
+        self.connection = connection  # the values of every Connection header (hop-by-hop names)
         self.reason = reason
         self.headers = headers
         self.content_length = content_length
@@ -97,7 +106,7 @@ class _Connection(asyncio.Protocol):
         "pool", "transport", "buf", "head_waiter", "body", "body_bytes", "body_waiter", "body_done",
         "closed", "exc", "framing", "remaining", "chunk_state", "keep_alive", "paused", "write_paused",
         "drain_waiter", "idle_since", "got_bytes", "timer", "read_timeout_s", "head_only", "response_head",
-        "content_length",
+        "content_length", "connection_values",
     )  # fmt: skip
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -125,6 +134,7 @@ class _Connection(asyncio.Protocol):
         self.head_only = False
         self.response_head: tuple[int, str, list[tuple[str, str]]] | None = None
         self.content_length: int | None = None
+        self.connection_values: list[str] = []
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -191,25 +201,30 @@ class _Connection(asyncio.Protocol):
             length: int | None = None
             chunked = False
             conn_close = parts[0] == "HTTP/1.0"
+            connection: list[str] = []
             for line in lines[1:]:
                 name, sep, value = line.partition(":")
-                if not sep or not name or name != name.strip():
+                if not sep or not name or name[-1] in " \t":
                     raise UpstreamError(f"malformed header line from upstream: {line[:80]!r}")
-                value = value.strip()
-                lname = name.lower()
-                if lname == "content-length":
-                    if not value.isdigit() or (length is not None and int(value) != length):
-                        raise UpstreamError("invalid Content-Length from upstream")
-                    length = int(value)
-                elif lname == "transfer-encoding":
-                    chunked = value.lower().endswith("chunked")
-                elif lname == "connection":
-                    toks = {t.strip().lower() for t in value.split(",")}
-                    if "close" in toks:
-                        conn_close = True
-                    elif "keep-alive" in toks and parts[0] == "HTTP/1.0":
-                        conn_close = False
-                headers.append((name, value))
+                headers.append((name, value.strip()))
+            lhead = head.lower()  # only look closer when a framing header is there at all
+            if "content-length" in lhead or "transfer-encoding" in lhead or "connection" in lhead:
+                for name, value in headers:
+                    lname = name.lower()
+                    if lname == "content-length":
+                        if not value.isdigit() or (length is not None and int(value) != length):
+                            raise UpstreamError("invalid Content-Length from upstream")
+                        length = int(value)
+                    elif lname == "transfer-encoding":
+                        chunked = value.lower().endswith("chunked")
+                    elif lname == "connection":
+                        connection.append(value)
+                        toks = {t.strip().lower() for t in value.split(",")}
+                        if "close" in toks:
+                            conn_close = True
+                        elif "keep-alive" in toks and parts[0] == "HTTP/1.0":
+                            conn_close = False
+            self.connection_values = connection
             self.keep_alive = not conn_close
             if self.head_only or status in _NO_BODY or status < 200:
                 self.framing, self.body_done = "none", True
@@ -560,7 +575,7 @@ class UpstreamPool:
             except BaseException:
                 self._release(conn, reuse=False)
                 raise
-            return UpstreamResponse(conn, status, reason, hdrs, conn.content_length)
+            return UpstreamResponse(conn, status, reason, hdrs, conn.content_length, conn.connection_values)
         raise AssertionError("unreachable")
 
     async def _send_stream(self, conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
