@@ -87,8 +87,10 @@ def make_app(*, protect: bool, threshold_s: float | None = None) -> web.Applicat
             kw["loop_lag_threshold_s"] = threshold_s
         state = flowctl.aiohttp.setup(app, **kw)
         monitor = state.loop_lag
+        limiter = state.limiter
     else:  # the same monitor, only watching, to report the lag of the bare app
         monitor = LoopLagMonitor()
+        limiter = None
 
         async def run_monitor(app: web.Application) -> Any:
             async with monitor:
@@ -98,7 +100,12 @@ def make_app(*, protect: bool, threshold_s: float | None = None) -> web.Applicat
 
     async def stats(request: web.Request) -> web.Response:
         assert monitor is not None
-        out = {"max_inflight_seen": counts["max"], "max_loop_lag_s": monitor.max_lag_s}
+        out: dict[str, Any] = {"max_inflight_seen": counts["max"], "max_loop_lag_s": monitor.max_lag_s}
+        reasons: dict[str, int] = {}
+        if limiter is not None:
+            for (_, trigger), n in limiter.snapshot().shed_by_reason.items():
+                reasons[trigger] = reasons.get(trigger, 0) + n
+        out["shed_by_reason"] = reasons
         if request.query.get("reset"):
             counts["max"] = 0
             monitor.max_lag_s = 0.0
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{args.clients} clients, {args.duration:g} s each, {WORK_S * 1e3:g} ms of CPU per request; "
           f"load avg 1-min before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"{'handler':8s} {'variant':8s} {'inflight':>8s} {'loop lag':>9s} {'ok/s':>6s} {'ok p50':>8s} "
-          f"{'ok p99':>8s} {'shed/s':>7s} {'shed p50':>9s}")  # fmt: skip
+          f"{'ok p99':>8s} {'shed/s':>7s} {'shed p50':>9s}  shed reasons")  # fmt: skip
 
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}ms"
@@ -237,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         print(f"{r['path']:8s} {r['variant']:8s} {r['max_inflight_seen']:8d} {r['max_loop_lag_s'] * 1e3:7.0f}ms "
               f"{r['ok_per_s']:6.0f} {ms(r['ok_p50_ms']):>8s} {ms(r['ok_p99_ms']):>8s} {r['shed_per_s']:7.0f} "
-              f"{ms(r['shed_p50_ms']):>9s}")  # fmt: skip
+              f"{ms(r['shed_p50_ms']):>9s}  {r['shed_by_reason'] or '-'}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "args": vars(args), "load_before": load_before}, f, indent=2)

@@ -1,6 +1,6 @@
 """The fewest lines that protect an aiohttp app with flowctl.
 
-Run:  python examples/hello.py            (listens on :8080; GET / and GET /metrics)
+Run:  python examples/hello.py            (listens on :8080, or $PORT; GET / and GET /metrics)
 
 `flowctl.aiohttp.setup(app)` with no options reads this container's real CPU
 budget from its cgroup, sheds with the BBR rule when that budget is saturated,
@@ -9,6 +9,8 @@ Retry-After and a JSON reason, and serves Prometheus metrics on /metrics.
 """
 
 from __future__ import annotations
+
+import os
 
 from aiohttp import web
 
@@ -27,4 +29,4 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), port=8080)
+    web.run_app(make_app(), port=int(os.environ.get("PORT", "8080")))
