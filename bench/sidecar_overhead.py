@@ -13,10 +13,13 @@ itself). Then, alternating A/B/C for ``--rounds`` rounds so drift hits all
 three alike:
 
 1. **Throughput**: ``wrk -t1 -c{connections} -d{seconds}s --latency`` against
-   each; medians of req/s and p99 over rounds; the ratio sidecar/nginx.
-2. **Added latency at half load**: an open-loop generator (``bench.loadgen``,
-   constant arrivals) at half of the sidecar's measured req/s, against direct
-   and the sidecar; the median over rounds of p50(sidecar) - p50(direct).
+   each; medians of req/s and p99 over rounds; the ratio sidecar/nginx; and
+   the CPU time the target process tree spent per request (utime+stime from
+   /proc: the proxy's own cost, much steadier than req/s on a shared machine).
+2. **Added latency at 25% and 50% load**: an open-loop generator
+   (``bench.loadgen``, constant arrivals) at that fraction of the sidecar's
+   measured req/s, against direct and the sidecar; the median over rounds of
+   p50(sidecar) - p50(direct).
 
 Everything runs on the same 2 cores, so the numbers include contention
 between wrk, the proxy and the upstream; the load average is recorded.
@@ -159,6 +162,37 @@ def start_nginx(prefix: str, port: int, upstream_port: int) -> subprocess.Popen[
     return subprocess.Popen([nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")])
 
 
+# -- CPU time of a process tree (the proxy's cost per request, robust to a noisy machine) --------
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if int(data[data.rfind(")") + 2 :].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its direct children (nginx master + worker), in seconds."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 # -- wrk -----------------------------------------------------------------------------------------
 
 
@@ -168,6 +202,8 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us_per_request: float | None = None  # of the target process tree (proxy, or the upstream for direct)
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -191,18 +227,24 @@ def parse_wrk(out: str) -> WrkResult:
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         errors += int(m.group(1))
-    return WrkResult(rps=rps, p50_ms=_ms(pct["50"]), p99_ms=_ms(pct["99"]), errors=errors)
+    m = re.search(r"(\d+) requests in", out)
+    return WrkResult(rps=rps, p50_ms=_ms(pct["50"]), p99_ms=_ms(pct["99"]), errors=errors, requests=int(m.group(1)) if m else 0)
 
 
-def run_wrk(url: str, seconds: float, connections: int, threads: int = 1) -> WrkResult:
+def run_wrk(url: str, seconds: float, connections: int, threads: int = 1, pid: int | None = None) -> WrkResult:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk not found (apt-get install -y wrk)")
+    cpu0 = tree_cpu_s(pid) if pid else 0.0
     out = subprocess.run(
         [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    return parse_wrk(out)
+    res = parse_wrk(out)
+    if pid and res.requests:
+        cpu_us = (tree_cpu_s(pid) - cpu0) / res.requests * 1e6
+        res = WrkResult(res.rps, res.p50_ms, res.p99_ms, res.errors, res.requests, cpu_us)
+    return res
 
 
 def run_rate(url: str, rate_rps: float, seconds: float) -> dict[str, Any]:
@@ -224,20 +266,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     py = sys.executable
     up_port, nginx_port, sc_port, admin_port = (_free_port() for _ in range(4))
     procs: list[subprocess.Popen[bytes]] = []
+    nginx_proc: subprocess.Popen[bytes] | None = None
     prefix = tempfile.mkdtemp(prefix="flowctl-bench-nginx-")
     load_before = os.getloadavg()
     try:
         procs.append(subprocess.Popen([py, "-m", "bench.sidecar_overhead", "--serve-upstream", str(up_port)], cwd=REPO))
         _wait_http(f"http://127.0.0.1:{up_port}/")
         targets = {"direct": f"http://127.0.0.1:{up_port}/"}
+        pids = {"direct": procs[0].pid}
         if not args.no_nginx:
-            procs.append(start_nginx(prefix, nginx_port, up_port))
+            nginx_proc = start_nginx(prefix, nginx_port, up_port)
+            procs.append(nginx_proc)
             targets["nginx"] = f"http://127.0.0.1:{nginx_port}/"
+            pids["nginx"] = procs[-1].pid
             _wait_http(targets["nginx"])
         sc_cmd = [py, "-m", "sidecar", "--listen", f"127.0.0.1:{sc_port}", "--admin", f"127.0.0.1:{admin_port}",
                   "--upstream", f"http://127.0.0.1:{up_port}", "--log-level", "warning", *args.sidecar_arg]
         procs.append(subprocess.Popen(sc_cmd, cwd=REPO))
         targets["sidecar"] = f"http://127.0.0.1:{sc_port}/"
+        pids["sidecar"] = procs[-1].pid
         _wait_http(targets["sidecar"])
 
         for url in targets.values():  # warm-up: connections, caches, the limiter's window
@@ -246,9 +293,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
-                res = run_wrk(targets[name], args.seconds, args.connections)
+                res = run_wrk(targets[name], args.seconds, args.connections, pid=pids[name])
                 wrk[name].append(res)
                 print(f"round {r + 1} {name:8s} {res.rps:9.0f} req/s  p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms"
+                      f"  cpu {res.cpu_us_per_request or 0:6.1f} us/req"
                       f"{'  errors ' + str(res.errors) if res.errors else ''}", file=sys.stderr, flush=True)
         summary: dict[str, Any] = {}
         for name, results in wrk.items():
@@ -257,20 +305,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "p50_ms_median": statistics.median(x.p50_ms for x in results),
                 "p99_ms_median": statistics.median(x.p99_ms for x in results),
                 "errors": sum(x.errors for x in results),
+                "cpu_us_per_request_median": statistics.median(x.cpu_us_per_request or 0.0 for x in results),
                 "rounds": [x.__dict__ for x in results],
             }
         half: dict[str, Any] = {}
         if not args.no_half_load:
-            rate = 0.5 * summary["sidecar"]["rps_median"]
-            p50: dict[str, list[float]] = {"direct": [], "sidecar": []}
-            for r in range(args.rounds):
-                for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
-                    res = run_rate(targets[name], rate, args.half_seconds)
-                    p50[name].append(_p50_ms(res))
-                    print(f"half-load round {r + 1} {name:8s} {rate:7.0f} req/s  p50 {p50[name][-1]:6.3f} ms",
-                          file=sys.stderr, flush=True)
-            added = [s - d for s, d in zip(p50["sidecar"], p50["direct"], strict=True)]
-            half = {"rate_rps": rate, "p50_ms": p50, "added_p50_ms_median": statistics.median(added)}
+            for fraction in (0.25, 0.5):
+                rate = fraction * summary["sidecar"]["rps_median"]
+                p50: dict[str, list[float]] = {"direct": [], "sidecar": []}
+                for r in range(args.rounds):
+                    for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
+                        rr = run_rate(targets[name], rate, args.half_seconds)
+                        p50[name].append(_p50_ms(rr))
+                        print(f"{fraction:.0%}-load round {r + 1} {name:8s} {rate:7.0f} req/s  p50 {p50[name][-1]:8.3f} ms"
+                              f"  timeouts {rr.get('timeouts', 0)}", file=sys.stderr, flush=True)
+                added = [sc - d for sc, d in zip(p50["sidecar"], p50["direct"], strict=True)]
+                half[f"{fraction:g}"] = {"rate_rps": rate, "p50_ms": p50, "added_p50_ms_median": statistics.median(added)}
         return {
             "connections": args.connections,
             "seconds": args.seconds,
@@ -286,7 +336,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         for p in reversed(procs):
-            _stop(p, signal.SIGQUIT if p.args[0].endswith("nginx") else signal.SIGTERM)
+            _stop(p, signal.SIGQUIT if p is nginx_proc else signal.SIGTERM)
         shutil.rmtree(prefix, ignore_errors=True)
 
 
@@ -295,19 +345,21 @@ def render(result: dict[str, Any]) -> str:
         f"wrk -t1 -c{result['connections']} -d{result['seconds']}s, {result['rounds']} rounds alternated, medians; "
         f"load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f}",
         "",
-        "| target | req/s | p50 | p99 |",
-        "|---|---:|---:|---:|",
+        "| target | req/s | p50 | p99 | CPU per request |",
+        "|---|---:|---:|---:|---:|",
     ]
+    what = {"direct": "upstream", "nginx": "nginx", "sidecar": "sidecar"}
     for name, s in result["wrk"].items():
-        lines.append(f"| {name} | {s['rps_median']:.0f} | {s['p50_ms_median']:.2f} ms | {s['p99_ms_median']:.2f} ms |")
+        lines.append(f"| {name} | {s['rps_median']:.0f} | {s['p50_ms_median']:.2f} ms | {s['p99_ms_median']:.2f} ms | "
+                     f"{s['cpu_us_per_request_median']:.0f} us ({what.get(name, name)}) |")
     if result["ratio_sidecar_over_nginx"] is not None:
         lines.append("")
         lines.append(f"sidecar / nginx req/s: {result['ratio_sidecar_over_nginx']:.0%}")
-    h = result["half_load"]
-    if h:
+    for fraction, h in result["half_load"].items():
         lines.append(
-            f"added p50 at half load ({h['rate_rps']:.0f} req/s, constant arrivals): "
-            f"{h['added_p50_ms_median']:.3f} ms (direct p50s {', '.join(f'{x:.3f}' for x in h['p50_ms']['direct'])}; "
+            f"added p50 at {float(fraction):.0%} of the sidecar's req/s ({h['rate_rps']:.0f} req/s, constant arrivals, "
+            f"bench.loadgen): {h['added_p50_ms_median']:.3f} ms (direct p50s "
+            f"{', '.join(f'{x:.3f}' for x in h['p50_ms']['direct'])}; "
             f"sidecar p50s {', '.join(f'{x:.3f}' for x in h['p50_ms']['sidecar'])})"
         )
     return "\n".join(lines)
