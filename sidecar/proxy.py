@@ -208,6 +208,9 @@ class Proxy:
                 return rejection_response(decision)
             if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
                 self._record_rejection(request, decision, counted=False)
+        if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            # Admitted and within max_body: ask the client for the body (this hop answers Expect).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.inflight += 1
         if self._idle is not None:
             self._idle.clear()
@@ -271,6 +274,7 @@ class Proxy:
             host=request.host,
             trust_forwarded=self._trust_forwarded,
         )
+        headers.popall("Expect", None)
         data: Any = None
         too_large = [False]
         if request.body_exists:

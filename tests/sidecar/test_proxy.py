@@ -120,6 +120,23 @@ async def test_head_keeps_content_length_and_sends_no_body(upstream: Upstream, m
     assert rest.startswith(b"HTTP/1.1 204")  # no body bytes between the two responses
 
 
+async def test_expect_100_continue_is_answered_by_the_proxy(upstream: Upstream, make_sidecar: MakeSidecar) -> None:
+    sc = await make_sidecar(config_for(upstream.url, max_body_bytes=100), limit=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.listen_port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    # over max_body: 413 at once, no 100 Continue, the body is never requested
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.listen_port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nExpect: 100-continue\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 413")
+    writer.close()
+
+
 async def test_status_codes_pass_through(upstream: Upstream, make_sidecar: MakeSidecar, client: aiohttp.ClientSession) -> None:
     sc = await make_sidecar(config_for(upstream.url), limit=False)
     for code in (201, 204, 304, 404, 500, 503):
