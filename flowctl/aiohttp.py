@@ -157,12 +157,15 @@ def setup(
 
     With no options: the container CPU signal (``flowctl.cpu.make_signal``),
     the default BBR limiter, a loop-lag trigger and ``/metrics`` on a fresh
-    registry. ``limiter``: use this limiter (then ``signal``, ``view``,
-    ``loop_lag=True`` and ``limiter_options`` do not build anything; pass a
-    ``LoopLagMonitor`` that is among its triggers to have it run and exported).
-    ``registry``: where metrics go (a new ``CollectorRegistry`` if None; never
-    the global one). ``metrics_path=None`` adds no route. ``clock`` times the
-    duration histogram. Raises ``ConfigError`` for invalid options.
+    registry. ``limiter``: use this limiter (``signal``, ``view`` and
+    ``limiter_options`` must then be left out); with ``loop_lag=True`` the
+    ``LoopLagMonitor`` already among its triggers is reused, else one is added
+    to it with ``limiter.add_trigger``. The monitor measures with
+    ``time.monotonic``: the limiter's clock must be the same. A monitor is
+    always run by the app (one that does not tick never fires). ``registry``:
+    where metrics go (a new ``CollectorRegistry`` if None; never the global
+    one). ``metrics_path=None`` adds no route. ``clock`` times the duration
+    histogram. Raises ``ConfigError`` for invalid options.
     """
     if reject_status not in (429, 503):
         raise ConfigError(f"reject_status must be 503 or 429, got {reject_status!r}")
