@@ -16,7 +16,9 @@ three alike:
    each; medians of req/s and p99 over rounds; the ratio sidecar/nginx; and
    the CPU time the target process tree spent per request (utime+stime from
    /proc: the proxy's own cost, much steadier than req/s on a shared machine).
-2. **Added latency at 25% and 50% load**: an open-loop generator
+2. **Added latency with one connection** (``wrk -c1``): p50(sidecar) - p50(direct)
+   when nothing queues.
+3. **Added latency at 25% and 50% load**: an open-loop generator
    (``bench.loadgen``, constant arrivals) at that fraction of the sidecar's
    measured req/s, against direct and the sidecar; the median over rounds of
    p50(sidecar) - p50(direct).
@@ -51,6 +53,16 @@ __all__ = ["main", "parse_wrk"]
 DEFAULT_SIDECAR_ARGS = ("--dry-run=true", "--cpu-threshold=1.0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# CPU pinning (``--pin SERVERS:CLIENT``, e.g. ``0:1``): servers (upstream, nginx, sidecar) on one
+# set of CPUs, the load generators (wrk, bench.loadgen) on another. Empty: no pinning.
+PIN = {"servers": "", "client": ""}
+
+
+def _pinned(cmd: list[str], which: str) -> list[str]:
+    cpus = PIN[which]
+    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
 def _free_port() -> int:
@@ -159,7 +171,7 @@ def start_nginx(prefix: str, port: int, upstream_port: int) -> subprocess.Popen[
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(prefix=prefix, port=port, upstream_port=upstream_port))
-    return subprocess.Popen([nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")])
+    return subprocess.Popen(_pinned([nginx, "-p", prefix, "-c", conf, "-e", os.path.join(prefix, "error.log")], "servers"))
 
 
 # -- CPU time of a process tree (the proxy's cost per request, robust to a noisy machine) --------
@@ -237,7 +249,7 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int = 1, pid: i
         raise RuntimeError("wrk not found (apt-get install -y wrk)")
     cpu0 = tree_cpu_s(pid) if pid else 0.0
     out = subprocess.run(
-        [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        _pinned([wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url], "client"),
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     res = parse_wrk(out)
@@ -251,7 +263,8 @@ def run_rate(url: str, rate_rps: float, seconds: float) -> dict[str, Any]:
     from bench.loadgen import LoadSpec, run_load_process
 
     spec = LoadSpec(url=url, rate_rps=rate_rps, duration_s=seconds, arrival="constant", timeout_s=2.0)
-    return run_load_process(spec)
+    cpus = [int(c) for c in PIN["client"].split(",")] if PIN["client"] and PIN["client"].replace(",", "").isdigit() else None
+    return run_load_process(spec, cpus=cpus)
 
 
 def _p50_ms(result: dict[str, Any]) -> float:
@@ -270,7 +283,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     prefix = tempfile.mkdtemp(prefix="flowctl-bench-nginx-")
     load_before = os.getloadavg()
     try:
-        procs.append(subprocess.Popen([py, "-m", "bench.sidecar_overhead", "--serve-upstream", str(up_port)], cwd=REPO))
+        procs.append(subprocess.Popen(_pinned([py, "-m", "bench.sidecar_overhead", "--serve-upstream", str(up_port)], "servers"), cwd=REPO))
         _wait_http(f"http://127.0.0.1:{up_port}/")
         targets = {"direct": f"http://127.0.0.1:{up_port}/"}
         pids = {"direct": procs[0].pid}
@@ -282,7 +295,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             _wait_http(targets["nginx"])
         sc_cmd = [py, "-m", "sidecar", "--listen", f"127.0.0.1:{sc_port}", "--admin", f"127.0.0.1:{admin_port}",
                   "--upstream", f"http://127.0.0.1:{up_port}", "--log-level", "warning", *args.sidecar_arg]
-        procs.append(subprocess.Popen(sc_cmd, cwd=REPO))
+        procs.append(subprocess.Popen(_pinned(sc_cmd, "servers"), cwd=REPO))
         targets["sidecar"] = f"http://127.0.0.1:{sc_port}/"
         pids["sidecar"] = procs[-1].pid
         _wait_http(targets["sidecar"])
@@ -308,6 +321,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_us_per_request_median": statistics.median(x.cpu_us_per_request or 0.0 for x in results),
                 "rounds": [x.__dict__ for x in results],
             }
+        # One connection, one request at a time: what the hop itself adds when nothing queues.
+        idle: dict[str, list[float]] = {"direct": [], "sidecar": []}
+        for r in range(args.rounds):
+            for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
+                res = run_wrk(targets[name], min(args.seconds, 5), 1)
+                idle[name].append(res.p50_ms)
+                print(f"c=1 round {r + 1} {name:8s} {res.rps:7.0f} req/s  p50 {res.p50_ms:6.3f} ms", file=sys.stderr, flush=True)
+        one_conn = {
+            "p50_ms": idle,
+            "added_p50_ms_median": statistics.median(s_ - d for s_, d in zip(idle["sidecar"], idle["direct"], strict=True)),
+        }
         half: dict[str, Any] = {}
         if not args.no_half_load:
             for fraction in (0.25, 0.5):
@@ -326,12 +350,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "rounds": args.rounds,
             "sidecar_args": args.sidecar_arg,
+            "pin": args.pin,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "cpus": os.cpu_count(),
             "wrk": summary,
             "ratio_sidecar_over_nginx": (summary["sidecar"]["rps_median"] / summary["nginx"]["rps_median"])
             if "nginx" in summary else None,
+            "one_connection": one_conn,
             "half_load": half,
         }
     finally:
@@ -343,7 +369,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"wrk -t1 -c{result['connections']} -d{result['seconds']}s, {result['rounds']} rounds alternated, medians; "
-        f"load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f}",
+        + (f"pinned servers:client = {result['pin']}; " if result.get("pin") else "")
+        + f"load average before {result['loadavg_before'][0]:.2f}, after {result['loadavg_after'][0]:.2f}",
         "",
         "| target | req/s | p50 | p99 | CPU per request |",
         "|---|---:|---:|---:|---:|",
@@ -355,6 +382,12 @@ def render(result: dict[str, Any]) -> str:
     if result["ratio_sidecar_over_nginx"] is not None:
         lines.append("")
         lines.append(f"sidecar / nginx req/s: {result['ratio_sidecar_over_nginx']:.0%}")
+    oc = result["one_connection"]
+    lines.append(
+        f"added p50 with one connection (wrk -c1, nothing queues): {oc['added_p50_ms_median']:.3f} ms "
+        f"(direct p50s {', '.join(f'{x:.3f}' for x in oc['p50_ms']['direct'])}; "
+        f"sidecar p50s {', '.join(f'{x:.3f}' for x in oc['p50_ms']['sidecar'])})"
+    )
     for fraction, h in result["half_load"].items():
         lines.append(
             f"added p50 at {float(fraction):.0%} of the sidecar's req/s ({h['rate_rps']:.0f} req/s, constant arrivals, "
@@ -376,9 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sidecar-arg", action="append", default=None,
                    help="sidecar flag (repeatable), e.g. --sidecar-arg=--client=aiohttp; default: "
                    + " ".join(DEFAULT_SIDECAR_ARGS))
+    p.add_argument("--pin", default="", metavar="SERVERS:CLIENT",
+                   help="taskset CPU lists, e.g. 0:1 = upstream/nginx/sidecar on CPU 0, wrk/loadgen on CPU 1")
     p.add_argument("--json", dest="json_out", help="also write the result as JSON here")
     p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pin:
+        PIN["servers"], _, PIN["client"] = args.pin.partition(":")
     if args.sidecar_arg is None:
         args.sidecar_arg = list(DEFAULT_SIDECAR_ARGS)
     if args.serve_upstream:
