@@ -24,6 +24,7 @@ COLORS = {
     "bbr-lxcfs": "#17becf",
     "gradient": "#9467bd",
     "sidecar-bbr-container": "#1f77b4",
+    "sidecar-bbr-host": "#e377c2",
     "nginx-limit-conn": "#ff7f0e",
 }
 
@@ -58,17 +59,23 @@ def _verdict(row: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {'PASS' if ok else 'MISS'}" for k, ok in v.items())
 
 
+def _reasons(row: dict[str, Any]) -> str:
+    reasons = row.get("shed_by_reason") or {}
+    return ", ".join(f"{k} {n}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])) if reasons else "-"
+
+
 def overload_table(rows: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | offered rps | goodput rps | goodput / capacity | admitted p99 ms | p99 / unloaded | rejected p99 ms | shed | timeouts | host CPU | container CPU | throttled | targets |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | offered rps | goodput rps | goodput / capacity | admitted p99 ms | p99 / unloaded | rejected p99 ms | shed | timeouts | host CPU | container CPU | throttled | shed reasons | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {_f(r['offered_rps'])} | {_f(r['goodput_rps'])} | {_pct(r['goodput_ratio'])} | "
             f"{_f(r['admitted_p99_ms'])} | {_f(r.get('admitted_p99_over_unloaded'))}x | {_f(r['rejected_p99_ms'])} | "
             f"{_pct(r['shed_ratio'])} | {r['timeouts']} | {_pct(r['host_cpu_utilization_mean'])} | "
-            f"{_pct(r['container_cpu_utilization_mean'])} | {_pct(r.get('container_throttled_ratio_mean'))} | {_verdict(r)} |"
+            f"{_pct(r['container_cpu_utilization_mean'])} | {_pct(r.get('container_throttled_ratio_mean'))} | "
+            f"{_reasons(r)} | {_verdict(r)} |"
         )
     return lines
 

@@ -35,7 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
 UPSTREAM_CPU = 0
 AUX_CPUS = (1,)
-ALL_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "sidecar-bbr-container")
+ALL_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "sidecar-bbr-container",
+                "sidecar-bbr-host")  # fmt: skip
 PRIORITY_HEADER = "X-Priority"
 
 
@@ -187,11 +188,11 @@ async def upstream(
 
 
 @contextlib.asynccontextmanager
-async def sidecar(up: Running, *, extra_args: Sequence[str] = ()) -> AsyncIterator[Running]:
-    """Run the flowctl sidecar (BBR on the upstream's container CPU) in front of ``up``, on the aux CPU."""
+async def sidecar(up: Running, *, view: str = "container", extra_args: Sequence[str] = ()) -> AsyncIterator[Running]:
+    """Run the flowctl sidecar (BBR on the upstream's ``view`` CPU) in front of ``up``, on the aux CPU."""
     port, admin = free_port(), free_port()
     cmd = [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{port}", "--upstream", up.upstream_url,
-           "--admin", f"127.0.0.1:{admin}", "--watch", f"pid:{up.pid}", "--view", "container",
+           "--admin", f"127.0.0.1:{admin}", "--watch", f"pid:{up.pid}", "--view", view,
            "--priority-header", PRIORITY_HEADER, "--log-level", "warning", *extra_args]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, preexec_fn=_pin_child)
     try:
@@ -341,6 +342,14 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
     admitted = counts.get("admitted", 0)
     out["shed_total"] = shed
     out["admitted_total"] = admitted
+    if isinstance(snap.get("shed_by_reason"), dict):
+        reasons: dict[str, int] = {}
+        for res in snap["shed_by_reason"].values():
+            if isinstance(res, dict):
+                for trig, n in res.items():
+                    if isinstance(n, (int, float)):
+                        reasons[str(trig)] = reasons.get(str(trig), 0) + int(n)
+        out["shed_by_reason"] = reasons
     cpu = snap.get("cpu")
     if isinstance(cpu, dict):
         out["limiter_cpu_utilization"] = cpu.get("utilization")
@@ -491,6 +500,7 @@ def variant_row(
         "limit_cores": _mean([s.get("limit_cores") for s in win]),
         "limiter_cpu_utilization_mean": _mean([s.get("limiter_cpu_utilization") for s in win]),
         "max_inflight_mean": _mean([s.get("max_inflight") for s in win]),
+        "shed_by_reason": next((s["shed_by_reason"] for s in reversed(samples) if s.get("shed_by_reason") is not None), None),
         "loadgen": lg["loadgen"],
         "classes": lg.get("classes", {}),
         "timeline": lg["timeline"],

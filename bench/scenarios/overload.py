@@ -55,7 +55,7 @@ async def _run_variant(
     async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=lxcfs, extra_args=extra) as up:
         run = up
         if variant.startswith("sidecar-"):
-            async with c.sidecar(up) as sc:
+            async with c.sidecar(up, view=variant.removeprefix("sidecar-bbr-")) as sc:
                 return await _measure(sc, variant, path, rate, a, cap, mult, seconds)
         return await _measure(run, variant, path, rate, a, cap, mult, seconds)
 
@@ -82,7 +82,7 @@ def verdicts(row: dict[str, Any]) -> dict[str, Any]:
         out["admitted_p99<=4x_unloaded"] = ratio is not None and ratio <= 4.0
     if v == "sidecar-bbr-container":
         out["rejected_p99<=5ms"] = row["rejected_p99_ms"] is not None and row["rejected_p99_ms"] <= 5.0
-    if v in ("bbr-host", "none"):
+    if v in ("bbr-host", "none", "sidecar-bbr-host"):
         out["shows_failure(p99>=10x_or_timeouts)"] = (ratio is not None and ratio >= 10.0) or row["timeouts"] > 0
     return out
 

@@ -76,7 +76,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             in_process = v if not v.startswith("sidecar-") else "none"
             async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=v == "bbr-lxcfs") as up:
                 if v.startswith("sidecar-"):
-                    async with c.sidecar(up) as sc:
+                    async with c.sidecar(up, view=v.removeprefix("sidecar-bbr-")) as sc:
                         row = await _measure(sc, v, path, rate, a, cap)
                 else:
                     row = await _measure(up, v, path, rate, a, cap)
