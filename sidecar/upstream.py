@@ -3,19 +3,21 @@
 Why not aiohttp's ClientSession on the hot path: it costs ~150-200 us of CPU
 per request here (cookie jar, tracing, redirects, URL handling, timers),
 several times the rest of the proxy. This client does only what a reverse
-proxy to one origin needs:
+proxy to one origin needs; responses are parsed and framed by ``httptools``
+(llhttp: Content-Length, chunked, close-delimited, 1xx, 204/304):
 
 - a pool of at most ``limit`` connections with keep-alive (idle ones expire
   after ``keepalive_s``); LIFO reuse; requests wait for a free slot;
 - requests with no body, a bytes body, or a streamed body (Content-Length
   when known, else chunked), with write flow control;
-- responses framed by Content-Length, chunked encoding or connection close;
-  HEAD/1xx/204/304 have no body; interim 1xx responses are skipped;
+- interim 1xx responses are skipped; a HEAD response has no body whatever
+  its headers say (the parser is replaced before the next request);
 - bodies are delivered chunk by chunk with read flow control (the socket is
   paused above ``HIGH_WATER_BYTES`` buffered), so memory stays bounded;
 - no cookie handling at all, no decompression (bytes pass through untouched);
 - connect and read (per-socket-read) timeouts raise ``UpstreamTimeout``;
   anything else that goes wrong raises ``UpstreamError``;
+- a connection that sent bytes after a complete response is not reused;
 - a request on a reused keep-alive connection that dies before any response
   byte (the upstream closed it while idle) is retried once on a new
   connection when its body is replayable (none or bytes).
@@ -30,6 +32,8 @@ import collections
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
+
+import httptools
 
 __all__ = ["HIGH_WATER_BYTES", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
 
@@ -101,28 +105,36 @@ class UpstreamResponse:
             self._finish(reuse=conn.body_done)
 
 
+class _ExtraBytes(Exception):
+    """Raised from a parser callback: bytes after the complete response (the connection is not reused)."""
+
+
 class _Connection(asyncio.Protocol):
+    """One upstream connection; ``httptools`` (llhttp) parses its responses."""
+
     __slots__ = (
-        "pool", "transport", "buf", "head_waiter", "body", "body_bytes", "body_waiter", "body_done",
-        "closed", "exc", "framing", "remaining", "chunk_state", "keep_alive", "paused", "write_paused",
-        "drain_waiter", "idle_since", "got_bytes", "timer", "read_timeout_s", "head_only", "response_head",
-        "content_length", "connection_values",
+        "pool", "transport", "parser", "parser_clean", "head_bytes", "head_waiter", "reason", "headers",
+        "body", "body_bytes", "body_waiter", "body_done", "needs_eof", "closed", "exc", "keep_alive", "paused",
+        "write_paused", "drain_waiter", "idle_since", "got_bytes", "timer", "read_timeout_s", "head_only",
+        "response_head", "content_length", "connection_values",
     )  # fmt: skip
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser_clean = True  # at a message boundary: can parse the next response
+        self.head_bytes = 0
         self.head_waiter: asyncio.Future[None] | None = None
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
         self.body: collections.deque[bytes] = collections.deque()
         self.body_bytes = 0
         self.body_waiter: asyncio.Future[None] | None = None
         self.body_done = True
+        self.needs_eof = False  # the body ends when the upstream closes (no length, not chunked)
         self.closed = False
         self.exc: BaseException | None = None
-        self.framing = ""  # "length" | "chunked" | "close" | "none"
-        self.remaining = 0
-        self.chunk_state = 0  # 0: size line, 1: data, 2: CRLF after data, 3: trailers
         self.keep_alive = True
         self.paused = False
         self.write_paused = False
@@ -143,7 +155,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.framing == "close" and not self.body_done:
+        if self.needs_eof and not self.body_done:  # a close-delimited body: the close is its end
             self.body_done = True
             self.keep_alive = False
         elif not self.body_done or self.head_waiter is not None:
@@ -164,161 +176,93 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        if self.response_head is None:
-            self.buf += data
-            try:
-                self._parse_head()
-            except UpstreamError as e:
-                self.exc = e
-                self._wake()
-                if self.transport is not None:
-                    self.transport.abort()
+        if self.body_done:  # bytes after a complete response, or on an idle connection
+            self.keep_alive = False
             return
-        self._feed_body(data)
+        if self.response_head is None:
+            if self.head_bytes > MAX_HEAD_BYTES:  # checked before feeding: a head ends within one read more
+                self._fail(UpstreamError("upstream response head too large"))
+                return
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            if self.response_head is not None and self.body_done:
+                self.keep_alive = False  # extra bytes, or an upgrade nobody asked for: do not reuse
+            else:
+                self._fail(UpstreamError(f"malformed response from upstream: {e}"))
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost does the bookkeeping
 
-    # -- parsing ---------------------------------------------------------------------------------
+    # -- httptools callbacks ---------------------------------------------------------------------
 
-    def _parse_head(self) -> None:
-        while self.response_head is None:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEAD_BYTES:
-                    raise UpstreamError("upstream response head too large")
-                return
-            head = bytes(self.buf[:end]).decode("latin-1")
-            del self.buf[: end + 4]
-            lines = head.split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise UpstreamError(f"malformed status line from upstream: {lines[0][:80]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200 and status != 101:
-                continue  # interim response (100 Continue, 103 Early Hints): skip
-            headers: list[tuple[str, str]] = []
-            length: int | None = None
-            chunked = False
-            conn_close = parts[0] == "HTTP/1.0"
-            connection: list[str] = []
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep or not name or name[-1] in " \t":
-                    raise UpstreamError(f"malformed header line from upstream: {line[:80]!r}")
-                headers.append((name, value.strip()))
-            lhead = head.lower()  # only look closer when a framing header is there at all
-            if "content-length" in lhead or "transfer-encoding" in lhead or "connection" in lhead:
-                for name, value in headers:
-                    lname = name.lower()
-                    if lname == "content-length":
-                        if not value.isdigit() or (length is not None and int(value) != length):
-                            raise UpstreamError("invalid Content-Length from upstream")
-                        length = int(value)
-                    elif lname == "transfer-encoding":
-                        chunked = value.lower().endswith("chunked")
-                    elif lname == "connection":
-                        connection.append(value)
-                        toks = {t.strip().lower() for t in value.split(",")}
-                        if "close" in toks:
-                            conn_close = True
-                        elif "keep-alive" in toks and parts[0] == "HTTP/1.0":
-                            conn_close = False
-            self.connection_values = connection
-            self.keep_alive = not conn_close
-            if self.head_only or status in _NO_BODY or status < 200:
-                self.framing, self.body_done = "none", True
-            elif chunked:
-                self.framing, self.body_done, self.chunk_state, length = "chunked", False, 0, None
-            elif length is not None:
-                self.framing, self.remaining, self.body_done = "length", length, length == 0
-            else:
-                self.framing, self.body_done, self.keep_alive = "close", False, False
-            self.response_head = (status, parts[2] if len(parts) > 2 else "", headers)
-            self.content_length = length if self.framing == "length" else None
-            self._wake_head()
-            if self.buf:
-                rest = bytes(self.buf)
-                self.buf.clear()
-                self._feed_body(rest)
+    def on_message_begin(self) -> None:
+        if self.response_head is not None:
+            raise _ExtraBytes()
+        self.parser_clean = False
+        self.reason = ""
+        self.headers = []
 
-    def _feed_body(self, data: bytes) -> None:
-        if self.body_done:
-            if data:  # bytes after a complete response: the connection cannot be trusted
-                self.keep_alive = False
-            return
-        f = self.framing
-        if f == "length":
-            if len(data) > self.remaining:
-                data = data[: self.remaining]
-                self.keep_alive = False
-            self.remaining -= len(data)
-            self._push(data)
-            if self.remaining == 0:
-                self.body_done = True
-                self._wake()
-        elif f == "close":
-            self._push(data)
+    def on_status(self, status: bytes) -> None:
+        self.reason += status.decode("latin-1")  # may arrive in pieces
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # interim response (100 Continue, 103 Early Hints): skipped
+        length: int | None = None
+        chunked = False
+        connection: list[str] = []
+        for name, value in self.headers:  # llhttp has validated these; collect what framing and hop-by-hop need
+            lname = name.lower()
+            if lname == "content-length":
+                length = int(value)
+            elif lname == "transfer-encoding":
+                chunked = value.lower().endswith("chunked")
+            elif lname == "connection":
+                connection.append(value)
+        self.connection_values = connection
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.head_only or status in _NO_BODY or status < 200:
+            self.body_done = True
+            length = None
+        elif chunked:
+            length = None
         else:
-            try:
-                self._feed_chunked(data)
-            except UpstreamError as e:
-                self.exc = e
-                self._wake()
-                if self.transport is not None:
-                    self.transport.abort()
+            self.needs_eof = length is None
+        self.content_length = length
+        self.response_head = (status, self.reason, self.headers)
+        self._wake_head()
 
-    def _feed_chunked(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while buf:
-            st = self.chunk_state
-            if st == 1:
-                n = min(self.remaining, len(buf))
-                self._push(bytes(buf[:n]))
-                del buf[:n]
-                self.remaining -= n
-                if self.remaining == 0:
-                    self.chunk_state = 2
-                continue
-            i = buf.find(b"\r\n")
-            if i < 0:
-                if len(buf) > 4096:
-                    raise UpstreamError("malformed chunked body from upstream")
-                return
-            line = bytes(buf[:i])
-            del buf[: i + 2]
-            if st == 0:
-                size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise UpstreamError(f"bad chunk size from upstream: {size_text[:20]!r}") from None
-                if size == 0:
-                    self.chunk_state = 3
-                else:
-                    self.remaining, self.chunk_state = size, 1
-            elif st == 2:
-                if line:
-                    raise UpstreamError("missing CRLF after a chunk from upstream")
-                self.chunk_state = 0
-            elif not line:  # st == 3: trailers end with an empty line (trailers are dropped)
-                self.body_done = True
-                if buf:
-                    self.keep_alive = False
-                    buf.clear()
-                self._wake()
-                return
-
-    def _push(self, data: bytes) -> None:
-        if not data:
-            return
-        self.body.append(data)
-        self.body_bytes += len(data)
+    def on_body(self, body: bytes) -> None:
+        if self.head_only:
+            raise _ExtraBytes()
+        self.body.append(body)
+        self.body_bytes += len(body)
         if self.body_bytes > HIGH_WATER_BYTES and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.response_head is None:
+            return  # the end of an interim response
+        self.parser_clean = True
+        self.body_done = True
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+        self._wake()
+
+    # -- waking the reader -------------------------------------------------------------------------
+
+    def _fail(self, exc: UpstreamError) -> None:
+        self.exc = exc
+        self._wake()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _wake_head(self) -> None:
         w, self.head_waiter = self.head_waiter, None
@@ -334,7 +278,7 @@ class _Connection(asyncio.Protocol):
     # -- used by the pool / response --------------------------------------------------------------
 
     def reusable(self) -> bool:
-        return self.keep_alive and self.body_done and not self.closed and self.exc is None and not self.buf
+        return self.keep_alive and self.body_done and not self.closed and self.exc is None
 
     def _arm(self, fut: asyncio.Future[None]) -> None:
         if self.read_timeout_s:
@@ -402,15 +346,17 @@ class _Connection(asyncio.Protocol):
             await fut
 
     def reset_for_request(self, head_only: bool) -> None:
+        if not self.parser_clean:  # after a HEAD response llhttp still waits for its body
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_clean = True
         self.response_head = None
-        self.framing = ""
+        self.head_bytes = 0
         self.body_done = False
+        self.needs_eof = False
         self.keep_alive = True
         self.got_bytes = False
         self.head_only = head_only
         self.exc = None
-        self.chunk_state = 0
-        self.remaining = 0
 
 
 class UpstreamPool:
@@ -454,6 +400,9 @@ class UpstreamPool:
             while self._idle:
                 conn = self._idle.pop()
                 if conn.closed or conn.transport is None or conn.transport.is_closing():
+                    continue
+                if not conn.keep_alive:  # it sent bytes while idle (e.g. a 408 before closing)
+                    conn.transport.close()
                     continue
                 if self.keepalive_s and now - conn.idle_since > self.keepalive_s:
                     conn.transport.close()

@@ -255,3 +255,54 @@ async def test_large_body_is_flow_controlled() -> None:
             got += len(chunk)
         assert got == n
         await pool.close()
+
+
+async def test_bytes_after_a_complete_response_stop_reuse() -> None:
+    async with RawServer(keep_alive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")) as srv:
+        pool = await _pool(srv.port)
+        for _ in range(2):
+            r = await pool.request("GET", "/", [])
+            assert await r.read() == b"ok"
+        assert pool.connections_made == 2  # the first connection was not trusted again
+        await pool.close()
+
+
+async def test_unsolicited_bytes_on_an_idle_connection_close_it() -> None:
+    """Servers send e.g. a 408 on an idle keep-alive connection before closing it."""
+
+    async def then_408(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with RawServer(then_408) as srv:
+        pool = await _pool(srv.port)
+        r = await pool.request("GET", "/", [])
+        assert await r.read() == b"ok"
+        await asyncio.sleep(0.2)
+        r = await pool.request("GET", "/", [])
+        assert r.status == 200 and await r.read() == b"ok"
+        assert pool.connections_made == 2
+        await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "reused"),
+    [("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True),
+     ("HEAD", b"HTTP/1.1 200 OK\r\nX-No-Length: 1\r\n\r\n", False),
+     ("GET", b"HTTP/1.1 204 No Content\r\n\r\n", True),
+     ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", True)],
+    ids=["head-chunked", "head-no-length", "204", "304-with-length"],
+)  # fmt: skip
+async def test_responses_without_a_body(method: str, raw: bytes, reused: bool) -> None:
+    async with RawServer(keep_alive(raw)) as srv:
+        pool = await _pool(srv.port)
+        for _ in range(2):
+            r = await pool.request(method, "/", [])
+            assert r.content_length is None and await r.read() == b""
+        assert pool.connections_made == (1 if reused else 2)
+        await pool.close()
