@@ -63,7 +63,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
@@ -75,7 +75,7 @@ from flowctl.metrics import DURATION_BUCKETS_S, DurationHistogram, FlowctlCollec
 from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
-    from flowctl.limiter import Limiter
+    from flowctl.limiter import Limiter, Rejection
 
 __all__ = [
     "FLOWCTL",
@@ -83,6 +83,7 @@ __all__ = [
     "UNMATCHED_RESOURCE",
     "Flowctl",
     "priority",
+    "rejection_response",
     "setup",
 ]
 
@@ -129,6 +130,21 @@ def priority(name: str) -> Callable[[_F], _F]:
         return handler
 
     return mark
+
+
+def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
+    """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
+    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
+    the trigger is also sent in that header. Used by the middleware and the sidecar."""
+    trigger = decision.reason.trigger
+    retry_after_s = float(decision.retry_after_s)
+    if not math.isfinite(retry_after_s) or retry_after_s < 0:
+        retry_after_s = 1.0
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    if reason_header is not None:
+        headers[reason_header] = trigger
+    body = {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def setup(
@@ -312,17 +328,6 @@ def _middleware(
         entry = routes[route] = (resource, prio, child(resource))
         return entry
 
-    def reject(decision: Any) -> web.Response:
-        reason = decision.reason
-        retry_after_s = float(decision.retry_after_s)
-        if not math.isfinite(retry_after_s) or retry_after_s < 0:
-            retry_after_s = 1.0
-        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
-        if reason_header is not None:
-            headers[reason_header] = reason.trigger
-        body = {"error": "overloaded", "reason": reason.trigger, "retry_after_s": round(retry_after_s, 3)}
-        return web.json_response(body, status=reject_status, headers=headers)
-
     @web.middleware
     async def flowctl_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if request.path in exempt:
@@ -338,7 +343,7 @@ def _middleware(
                 prio = priority_by_text.get(raw.strip().lower(), prio)
         decision = acquire(prio, resource)
         if not decision.admitted:
-            return reject(decision)
+            return rejection_response(cast("Rejection", decision), status=reject_status, reason_header=reason_header)
         start = clock()
         try:
             response = await handler(request)

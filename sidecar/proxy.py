@@ -5,7 +5,7 @@ through the limiter (when one is given), forwards it over one shared
 ``ClientSession`` (explicit connector limit, keep-alive, no cookie jar, no
 decompression) and streams the body back. Errors map to 502 (refused or
 broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
-a rejection becomes 503 with Retry-After and the JSON reason.
+a rejection becomes ``flowctl.aiohttp.rejection_response`` (503, Retry-After, JSON reason).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -24,11 +23,12 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from flowctl.aiohttp import rejection_response
 from sidecar.config import SidecarConfig
 from sidecar.headers import request_header_list, request_headers, response_headers
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
-__all__ = ["Admission", "Proxy", "rejection_response"]
+__all__ = ["Admission", "Proxy"]
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -55,17 +55,6 @@ class Observer(Protocol):
 
 class _BodyTooLarge(Exception):
     pass
-
-
-def rejection_response(decision: Any, status: int = 503) -> web.Response:
-    """The shed response, the same shape as ``flowctl.aiohttp``'s: ``status`` with
-    ``Retry-After`` (whole seconds, at least 1) and
-    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``."""
-    retry_after_s = float(decision.retry_after_s)
-    if not math.isfinite(retry_after_s) or retry_after_s < 0:
-        retry_after_s = 1.0
-    body = {"error": "overloaded", "reason": decision.reason.trigger, "retry_after_s": round(retry_after_s, 3)}
-    return web.json_response(body, status=status, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 def _error(status: int, detail: str) -> web.Response:

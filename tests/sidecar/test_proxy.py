@@ -313,3 +313,18 @@ def test_header_helpers_units() -> None:
     assert out["X-Forwarded-For"] == "10.0.0.1" and out["Via"] == VIA
     resp = response_headers([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"), ("Transfer-Encoding", "chunked")])
     assert resp.getall("Set-Cookie") == ["a=1", "b=2"] and "Transfer-Encoding" not in resp
+
+
+def test_the_sidecar_sheds_with_flowctl_aiohttps_rejection_response() -> None:
+    import json
+    import math
+    from types import SimpleNamespace
+
+    import flowctl.aiohttp
+    import sidecar.proxy
+
+    assert vars(sidecar.proxy)["rejection_response"] is flowctl.aiohttp.rejection_response  # one shared shape
+    shed = SimpleNamespace(reason=SimpleNamespace(trigger="cpu"), retry_after_s=math.inf)
+    r = flowctl.aiohttp.rejection_response(shed, status=429, reason_header="X-Flowctl-Reason")
+    assert r.status == 429 and r.headers["Retry-After"] == "1" and r.headers["X-Flowctl-Reason"] == "cpu"
+    assert r.body is not None and json.loads(bytes(r.body)) == {"error": "overloaded", "reason": "cpu", "retry_after_s": 1.0}
