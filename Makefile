@@ -14,8 +14,9 @@ demo: setup
 inspect: setup
 	.venv/bin/flowctl inspect --interval 1
 
+# mypy --strict first (flowctl/ and sidecar/), then the suite.
 # pytest exit code 5 means "no tests collected": treat it as a failure, never a pass.
-test: setup
+test: setup typecheck
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

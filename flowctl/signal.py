@@ -9,7 +9,7 @@ be cheap (an attribute load): the limiter does it on every ``acquire``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 __all__ = ["UNKNOWN_READING", "CpuReading", "CpuSignal", "StaticSignal"]
 
@@ -39,6 +39,18 @@ class CpuReading:
 UNKNOWN_READING = CpuReading()
 
 
+class ReadingFields(TypedDict, total=False):
+    """Keyword fields of ``CpuReading``, for typed partial updates."""
+
+    at: float
+    utilization: float | None
+    utilization_smoothed: float | None
+    usage_cores: float | None
+    limit_cores: float | None
+    throttled_ratio: float | None
+    pressure_ratio: float | None
+
+
 @runtime_checkable
 class CpuSignal(Protocol):
     """A named source of CPU readings (container, host, lxcfs, static, ...)."""
@@ -59,7 +71,7 @@ class StaticSignal:
 
     __slots__ = ("_name", "reading")
 
-    def __init__(self, name: str = "static", reading: CpuReading = UNKNOWN_READING, **fields: float | None) -> None:
+    def __init__(self, name: str = "static", reading: CpuReading = UNKNOWN_READING, **fields: Unpack[ReadingFields]) -> None:
         self._name = name
         self.reading: CpuReading = replace(reading, **fields) if fields else reading
 
@@ -67,6 +79,6 @@ class StaticSignal:
     def name(self) -> str:
         return self._name
 
-    def set(self, **fields: float | None) -> None:
+    def set(self, **fields: Unpack[ReadingFields]) -> None:
         """Replace the given fields of the current reading (e.g. ``set(utilization=0.9)``)."""
         self.reading = replace(self.reading, **fields)

@@ -17,11 +17,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
         echo "setup: installing Debian packages: ${missing[*]}"
         # Keep package scripts from starting services (nginx, prometheus, lxcfs): tests start their own.
         policy=/usr/sbin/policy-rc.d
-        created_policy=0
-        if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
+            trap 'rm -f "$policy"' EXIT
+        fi
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-        [ "$created_policy" = 1 ] && rm -f "$policy"
     else
         echo "setup: not root, so not installing ${missing[*]}; tests that need them will skip" >&2
     fi
@@ -29,6 +30,16 @@ fi
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+if ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing python3-venv (ensurepip is missing)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    else
+        echo "setup: $PY cannot create virtualenvs (ensurepip missing); run as root or: apt-get install python3-venv" >&2
+        exit 1
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $PY"
     "$PY" -m venv .venv

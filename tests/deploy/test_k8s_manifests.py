@@ -244,7 +244,8 @@ def test_sidecar_flags_match_ports_probes_and_annotations(docs: list[tuple[Path,
 
 def test_sidecar_flags_are_valid_sidecar_configuration(docs: list[tuple[Path, Doc]]) -> None:
     """The args are accepted by the sidecar's own parser (every flag exists, every value parses)."""
-    config = pytest.importorskip("sidecar.config")
+    import sidecar.config as config
+
     _, _, sidecar, _ = _sidecar_pod(docs)
     known = {o.key.replace("_", "-") for o in config.OPTIONS}
     assert set(_flags(sidecar)) <= known, set(_flags(sidecar)) - known

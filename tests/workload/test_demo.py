@@ -50,7 +50,6 @@ def test_probe_output_parsing() -> None:
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     out = tmp_path / "demo.png"
     plot(_result(), str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
