@@ -628,7 +628,7 @@ class Limiter:
 
     # -- admission ----------------------------------------------------------------
 
-    def acquire(self, priority: str | None = None, resource: str = "default") -> Token | Rejection:
+    def acquire(self, priority: str | None = None, resource: str = "default") -> Decision:
         """Admit (a ``Token``) or shed (a ``Rejection`` with its ``Reason``). Never raises.
 
         ``priority`` None means the configured ``default_priority``; a name that is
