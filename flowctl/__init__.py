@@ -15,11 +15,21 @@ from flowctl.errors import (
     ParseError,
     WorkloadError,
 )
-from flowctl.limit.base import LimitAlgorithm
+from flowctl.limit.base import LimitAlgorithm, LimitStats
 from flowctl.limit.bbr import Bbr
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
-from flowctl.limiter import Limiter, LimiterSnapshot, PriorityClass, Reason, Rejection, Token, Trigger
+from flowctl.limiter import (
+    DEFAULT_PRIORITIES,
+    Decision,
+    Limiter,
+    LimiterSnapshot,
+    PriorityClass,
+    Reason,
+    Rejection,
+    Token,
+    Trigger,
+)
 from flowctl.looplag import LoopLagMonitor
 from flowctl.signal import UNKNOWN_READING, CpuReading, CpuSignal, StaticSignal
 
@@ -32,10 +42,13 @@ __all__ = [
     "ControllerMissingError",
     "CpuReading",
     "CpuSignal",
+    "DEFAULT_PRIORITIES",
+    "Decision",
     "FixedLimit",
     "FlowctlError",
     "Gradient",
     "LimitAlgorithm",
+    "LimitStats",
     "Limiter",
     "LimiterSnapshot",
     "LoopLagMonitor",

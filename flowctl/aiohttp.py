@@ -15,18 +15,22 @@ The middleware only translates (the Limiter decides):
 - **resource**: the route's name, else its canonical pattern (``/users/{id}``),
   never the raw URL; requests that match no route (404/405) share the fixed
   resource ``__unmatched__``. Label cardinality is bounded by the router.
-- **priority**: ``critical | default | sheddable``. From ``priorities``
+- **priority**: one of the limiter's classes (``limiter.priorities``: by
+  default ``critical | default | sheddable``). From ``priorities``
   (resource -> priority), else from the handler's ``@priority(...)``
-  decorator, else ``default_priority``. The request header named by
-  ``trusted_priority_header`` overrides it, and only when that option is set:
-  otherwise no client input can change a priority.
+  decorator, else ``default_priority`` (None: the limiter's own default). The
+  request header named by ``trusted_priority_header`` overrides it (a class
+  name, case-insensitive; other values are ignored), and only when that
+  option is set: otherwise no client input can change a priority. Names are
+  checked against the limiter's classes by ``setup`` and at app start-up.
 - **exempt paths** (default ``/healthz`` and ``/metrics``) bypass the limiter.
 - **rejection**: ``reject_status`` (503, or 429) with ``Retry-After`` (whole
   seconds, at least 1) and a small JSON body
   ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``;
   ``reason_header`` (e.g. ``"X-Flowctl-Reason"``) adds the trigger as a header.
-- **timing**: RT runs from admission to the handler's return. The outcome
-  given back to the limiter:
+- **timing**: RT runs from admission (``acquire``) to the handler's return,
+  on the limiter's clock; the duration histogram records the RT the token's
+  release returns (no extra clock reads). The outcome given back to the limiter:
 
   ====================================================  ==================
   handler returns / raises                               token
@@ -60,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -79,7 +82,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FLOWCTL",
-    "PRIORITIES",
     "UNMATCHED_RESOURCE",
     "Flowctl",
     "priority",
@@ -87,10 +89,8 @@ __all__ = [
     "setup",
 ]
 
-PRIORITIES: tuple[str, ...] = ("critical", "default", "sheddable")
 UNMATCHED_RESOURCE = "__unmatched__"
 _PRIORITY_ATTR = "__flowctl_priority__"
-_PRIORITY_BY_TEXT = {p: p for p in PRIORITIES}
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _F = TypeVar("_F")
@@ -121,9 +121,13 @@ FLOWCTL = web.AppKey("flowctl", Flowctl)
 
 
 def priority(name: str) -> Callable[[_F], _F]:
-    """Decorator giving a handler (function or ``web.View`` class) a fixed priority."""
-    if name not in PRIORITIES:
-        raise ConfigError(f"priority must be one of {PRIORITIES}, got {name!r}")
+    """Decorator giving a handler (function or ``web.View`` class) a fixed priority.
+
+    ``name`` must be one of the limiter's classes: ``setup`` (for routes already
+    added) and the app's start-up raise ``ConfigError`` otherwise.
+    """
+    if not (isinstance(name, str) and name):
+        raise ConfigError(f"priority must be a class name, got {name!r}")
 
     def mark(handler: _F) -> _F:
         setattr(getattr(handler, "__func__", handler), _PRIORITY_ATTR, name)  # bound method: its function
@@ -160,14 +164,13 @@ def setup(
     reason_header: str | None = None,
     trusted_priority_header: str | None = None,
     priorities: Mapping[str, str] | None = None,
-    default_priority: str = "default",
-    unmatched_priority: str = "sheddable",
+    default_priority: str | None = None,
+    unmatched_priority: str | None = None,
     loop_lag: LoopLagMonitor | bool = True,
     loop_lag_threshold_s: float = 0.025,
     compare_views: Iterable[str] = (),
     duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
     limiter_options: Mapping[str, Any] | None = None,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> Flowctl:
     """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
 
@@ -180,24 +183,41 @@ def setup(
     ``time.monotonic``: the limiter's clock must be the same. A monitor is
     always run by the app (one that does not tick never fires). ``registry``:
     where metrics go (a new ``CollectorRegistry`` if None; never the global
-    one). ``metrics_path=None`` adds no route. ``clock`` times the duration
-    histogram. Raises ``ConfigError`` for invalid options.
+    one). ``metrics_path=None`` adds no route. Priorities (``priorities``
+    values, ``default_priority``, ``unmatched_priority``, ``@priority``) must
+    be classes of the limiter (``limiter.priorities``); ``default_priority``
+    None is the limiter's ``default_priority``, ``unmatched_priority`` None is
+    ``"sheddable"`` when the limiter has that class, else its default.
+    Raises ``ConfigError`` for invalid options.
     """
     if reject_status not in (429, 503):
         raise ConfigError(f"reject_status must be 503 or 429, got {reject_status!r}")
-    for key, value in (("default_priority", default_priority), ("unmatched_priority", unmatched_priority)):
-        if value not in PRIORITIES:
-            raise ConfigError(f"{key} must be one of {PRIORITIES}, got {value!r}")
-    route_priorities = dict(priorities or {})
-    for res, p in route_priorities.items():
-        if p not in PRIORITIES:
-            raise ConfigError(f"priorities[{res!r}] must be one of {PRIORITIES}, got {p!r}")
     if limiter is not None and (limiter_options or signal is not None):
         raise ConfigError("pass either limiter= or signal=/limiter_options=, not both")
     if FLOWCTL in app:
         raise ConfigError("flowctl.aiohttp.setup was already called on this app")
 
     owned: list[_Lifetime] = []
+    views: dict[str, CpuSignal] = {}
+    own_signal: CpuSignal | None = None
+    if limiter is None:
+        from flowctl.limiter import Limiter
+
+        if signal is None:
+            signal = own_signal = _make_signal(view)
+        limiter = Limiter(signal, **dict(limiter_options or {}))
+    classes = limiter.priorities
+    if unmatched_priority is None:
+        unmatched_priority = "sheddable" if "sheddable" in classes else limiter.default_priority
+    for key, value in (("default_priority", default_priority), ("unmatched_priority", unmatched_priority)):
+        if value is not None and value not in classes:
+            raise ConfigError(f"{key} must be one of the limiter's priorities {classes}, got {value!r}")
+    route_priorities = dict(priorities or {})
+    for res, p in route_priorities.items():
+        if p not in classes:
+            raise ConfigError(f"priorities[{res!r}] must be one of the limiter's priorities {classes}, got {p!r}")
+    _check_handler_priorities(app, classes)
+
     monitor: LoopLagMonitor | None = None
     if isinstance(loop_lag, LoopLagMonitor):
         monitor = loop_lag
@@ -208,15 +228,8 @@ def setup(
             monitor = LoopLagMonitor(threshold_s=loop_lag_threshold_s)
     if monitor is not None:
         owned.append(monitor)  # a monitor that does not tick never fires: setup always runs it
-
-    views: dict[str, CpuSignal] = {}
-    if limiter is None:
-        from flowctl.limiter import Limiter
-
-        if signal is None:
-            signal = _make_signal(view)
-            owned.append(signal)  # type: ignore[arg-type]  # a Sampler has start/stop
-        limiter = Limiter(signal, **dict(limiter_options or {}))
+    if own_signal is not None:
+        owned.append(own_signal)  # type: ignore[arg-type]  # a Sampler has start/stop
     if monitor is not None and not any(t is monitor for t in limiter.triggers):
         limiter.add_trigger(monitor)
     if signal is not None:
@@ -257,7 +270,6 @@ def setup(
             unmatched_priority=unmatched_priority,
             trusted_priority_header=trusted_priority_header,
             reason_header=reason_header,
-            clock=clock,
         )
     )
     app.cleanup_ctx.append(_lifetime)
@@ -271,9 +283,20 @@ def _make_signal(view: str) -> CpuSignal:
     return sig
 
 
+def _check_handler_priorities(app: web.Application, classes: Sequence[str]) -> None:
+    """Every ``@priority`` on the app's routes names one of the limiter's classes, else ConfigError."""
+    for route in app.router.routes():
+        p = getattr(route.handler, _PRIORITY_ATTR, None)
+        if p is not None and p not in classes:
+            res = route.resource
+            where = (res.name or res.canonical) if res is not None else repr(route)
+            raise ConfigError(f"@priority({p!r}) on {where} is not one of the limiter's priorities {tuple(classes)}")
+
+
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: start what setup created, bind histogram children, stop on cleanup."""
+    """cleanup_ctx: check route priorities, start what setup created, bind histogram children, stop on cleanup."""
     state = app[FLOWCTL]
+    _check_handler_priorities(app, state.limiter.priorities)  # routes added after setup
     started: list[_Lifetime] = []
     try:
         for thing in state.owned:
@@ -301,11 +324,10 @@ def _middleware(
     state: Flowctl,
     *,
     route_priorities: Mapping[str, str],
-    default_priority: str,
+    default_priority: str | None,
     unmatched_priority: str,
     trusted_priority_header: str | None,
     reason_header: str | None,
-    clock: Callable[[], float],
 ) -> Any:
     """Build the middleware closure (locals are faster than attribute lookups per request)."""
     acquire = state.limiter.acquire
@@ -313,13 +335,13 @@ def _middleware(
     reject_status = state.reject_status
     child = state.durations.child
     header = trusted_priority_header
-    priority_by_text = _PRIORITY_BY_TEXT
-    routes: dict[AbstractRoute, tuple[str, str, DurationHistogram]] = {}
+    priority_by_text = {name.lower(): name for name in state.limiter.priorities}
+    routes: dict[AbstractRoute, tuple[str, str | None, DurationHistogram]] = {}
     unmatched = (UNMATCHED_RESOURCE, unmatched_priority, child(UNMATCHED_RESOURCE))
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
 
-    def resolve(route: AbstractRoute) -> tuple[str, str, DurationHistogram]:
+    def resolve(route: AbstractRoute) -> tuple[str, str | None, DurationHistogram]:
         res = route.resource
         if res is None:  # a SystemRoute: no route matched (404/405), created per request
             return unmatched
@@ -344,28 +366,26 @@ def _middleware(
         decision = acquire(prio, resource)
         if not decision.admitted:
             return rejection_response(cast("Rejection", decision), status=reject_status, reason_header=reason_header)
-        start = clock()
+        # The histogram records the RT the release returns (acquire to now, on the limiter's
+        # clock): no clock read here. It is None only for an already released token.
         try:
             response = await handler(request)
         except HTTPException as exc:
-            observer.observe(clock() - start)
-            if exc.status < 500:
-                decision.success()
-            else:
-                decision.ignore()
+            rt_s = decision.success() if exc.status < 500 else decision.ignore()
+            if rt_s is not None:
+                observer.observe(rt_s)
             raise
         except CancelledError:
             decision.ignore()
             raise
         except BaseException:
-            observer.observe(clock() - start)
-            decision.ignore()
+            rt_s = decision.ignore()
+            if rt_s is not None:
+                observer.observe(rt_s)
             raise
-        observer.observe(clock() - start)
-        if response.status < 500:
-            decision.success()
-        else:
-            decision.ignore()
+        rt_s = decision.success() if response.status < 500 else decision.ignore()
+        if rt_s is not None:
+            observer.observe(rt_s)
         return response
 
     return flowctl_middleware

@@ -54,8 +54,6 @@ _log = logging.getLogger("flowctl.limiter")
 Priority = str
 """A priority class name: ``"critical"``, ``"default"`` or ``"sheddable"`` (or a configured one)."""
 
-PRIORITIES: tuple[str, ...] = ("critical", "default", "sheddable")
-
 OTHER_RESOURCE = "other"
 """Resource name that absorbs new resources once ``max_resources`` distinct ones were seen."""
 
@@ -85,6 +83,9 @@ DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
 }
 """Sheddable goes first (half the limit; bypass triggers at their threshold), default
 gets exactly the BBR limit (2x threshold), critical goes last (1.5x the limit; 3x threshold)."""
+
+PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)
+"""The default class names, most important first; a limiter's own are ``Limiter.priorities``."""
 
 
 @runtime_checkable
@@ -181,7 +182,8 @@ class _Cell:
 class Token:
     """An admitted request. Release it exactly once with ``success()``, ``ignore()`` or ``dropped()``.
 
-    Further releases are no-ops. ``with token:`` / ``async with token:``
+    Each returns the request's RT in seconds (from ``start``, read in ``acquire``,
+    to the release, on the limiter's clock). Further releases are no-ops returning None. ``with token:`` / ``async with token:``
     release on exit: ``success()`` normally, ``dropped()`` on ``TimeoutError``,
     ``ignore()`` on any other exception. A token garbage-collected unreleased
     is released with ``ignore()`` and counted in ``tokens_leaked``.
@@ -220,40 +222,48 @@ class Token:
             raise ValueError("token already released")
         return cell
 
-    def success(self) -> None:
-        """The request completed: its round-trip time feeds the limit algorithm."""
+    def success(self) -> float | None:
+        """The request completed: its round-trip time feeds the limit algorithm.
+
+        Returns that RT in seconds (acquire to now, on the limiter's clock), None if already released.
+        """
+        return self._release(False)
+
+    def ignore(self) -> float | None:
+        """The request failed for its own reasons: release without feeding its RT.
+
+        Returns the RT all the same (for the caller's own metrics), None if already released.
+        """
         cell = self._cell
         if cell is None:
-            return
+            return None
+        self._cell = None
+        lim = self._limiter
+        lim._inflight -= 1
+        cell.released += 1
+        return lim._clock() - self.start
+
+    def dropped(self) -> float | None:
+        """The request timed out or was dropped downstream: tell the algorithm it was dropped.
+
+        Returns its RT in seconds, None if already released.
+        """
+        return self._release(True)
+
+    def _release(self, dropped: bool) -> float | None:
+        """Release and feed the RT to the algorithm (``success`` / ``dropped``)."""
+        cell = self._cell
+        if cell is None:
+            return None
         self._cell = None
         lim = self._limiter
         now = lim._clock()
         inflight = lim._inflight
         lim._inflight = inflight - 1
         cell.released += 1
-        lim._on_sample(now, now - self.start, inflight, False)
-
-    def ignore(self) -> None:
-        """The request failed for its own reasons: release without feeding its RT."""
-        cell = self._cell
-        if cell is None:
-            return
-        self._cell = None
-        self._limiter._inflight -= 1
-        cell.released += 1
-
-    def dropped(self) -> None:
-        """The request timed out or was dropped downstream: tell the algorithm it was dropped."""
-        cell = self._cell
-        if cell is None:
-            return
-        self._cell = None
-        lim = self._limiter
-        now = lim._clock()
-        inflight = lim._inflight
-        lim._inflight = inflight - 1
-        cell.released += 1
-        lim._on_sample(now, now - self.start, inflight, True)
+        rt_s = now - self.start
+        lim._on_sample(now, rt_s, inflight, dropped)
+        return rt_s
 
     def __del__(self) -> None:
         if self._cell is not None:
@@ -407,6 +417,13 @@ def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
     return out
 
 
+def _cpu_value(r: CpuReading) -> float | None:
+    """The reading's utilization compared with the threshold: the higher of fast and smoothed."""
+    fast = r.utilization
+    slow = r.utilization_smoothed
+    return fast if slow is None or (fast is not None and fast >= slow) else slow
+
+
 def _default_signal() -> CpuSignal:
     """The container CPU signal (a Sampler), created but not started: its owner starts it."""
     from flowctl import cpu  # imported here: nothing heavy at flowctl.limiter import
@@ -498,10 +515,11 @@ class Limiter:
         self._refresh_at = -math.inf
         self._refresh(self._created_at)
         self._inflight = 0
-        self._cells: dict[tuple[str, str], _Cell] = {}
+        self._cells: dict[tuple[str, str], _Cell] = {}  # (resource, class name) -> counters
+        # acquire's cache: (resource, None or class name) -> cell, for known resources only
+        self._lookup: dict[tuple[str, str | None], _Cell] = {}
         self._resources: set[str] = set()
-        self._cool_off_until = -math.inf
-        self._last_drop_at: float | None = None
+        self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._tokens_leaked = 0
         self._warned_unknown_cpu = False
         for t in triggers:
@@ -598,12 +616,26 @@ class Limiter:
         """Admitted and not yet released tokens (all priorities and resources)."""
         return self._inflight
 
+    @property
+    def priorities(self) -> tuple[str, ...]:
+        """The configured priority class names (``PRIORITIES`` unless ``priorities=`` was given)."""
+        return tuple(self._classes)
+
+    @property
+    def default_priority(self) -> str:
+        """The class ``acquire()`` counts a request in when its priority is None or unknown."""
+        return self._default_class.name
+
     # -- admission ----------------------------------------------------------------
 
-    def acquire(self, priority: str = "default", resource: str = "default") -> Token | Rejection:
-        """Admit (a ``Token``) or shed (a ``Rejection`` with its ``Reason``). Never raises."""
+    def acquire(self, priority: str | None = None, resource: str = "default") -> Decision:
+        """Admit (a ``Token``) or shed (a ``Rejection`` with its ``Reason``). Never raises.
+
+        ``priority`` None means the configured ``default_priority``; a name that is
+        not a configured class is counted and limited as the default class too.
+        """
         now = self._clock()
-        cell = self._cells.get((resource, priority))
+        cell = self._lookup.get((resource, priority))
         if cell is None:
             cell = self._cell(resource, priority)
         inflight = self._inflight
@@ -631,16 +663,16 @@ class Limiter:
         if not self._cpu_gate:
             return self._shed(now, cell, inflight, "limit", self.algorithm.name, None, None, cool)
         r = self._signal.reading
-        fast = r.utilization
-        slow = r.utilization_smoothed
-        value = fast if slow is None or (fast is not None and fast >= slow) else slow
+        value = _cpu_value(r)
         threshold = self._cpu_threshold
         if value is not None and value >= threshold:
             return self._shed(now, cell, inflight, "cpu", self._signal_name, value, threshold, cool)
+        if value is None:
+            self._warn_unknown_cpu(now)
         if value is None or self._triggers or self._throttled_threshold or self._pressure_threshold:
-            hot = self._hot_beyond_cpu(now, r, value)
-            if hot is not None:
-                return self._shed(now, cell, inflight, *hot, cool)
+            hot = self._hot_beyond_cpu(now, r, every=False)
+            if hot:
+                return self._shed(now, cell, inflight, *hot[0], cool)
         if value is not None and not self._triggers:
             self._cool_reading = r  # not hot until the reading or the config changes
         if cool:
@@ -658,30 +690,41 @@ class Limiter:
                     return self._shed(now, cell, inflight, t.name, t.name, v, threshold, now < self._cool_off_until)
         return None
 
-    def _hot_beyond_cpu(
-        self, now: float, r: CpuReading, cpu_value: float | None
-    ) -> tuple[str, str, float | None, float | None] | None:
-        """The CPU is not hot: is anything else? (throttled, pressure, non-bypass triggers)."""
-        name = self._signal_name
-        if cpu_value is None and not self._warned_unknown_cpu and now - self._created_at >= _UNKNOWN_CPU_WARN_AFTER_S:
+    def _warn_unknown_cpu(self, now: float) -> None:
+        """Warn once when the CPU signal still has no reading a while after start."""
+        if not self._warned_unknown_cpu and now - self._created_at >= _UNKNOWN_CPU_WARN_AFTER_S:
             self._warned_unknown_cpu = True
             _log.warning(
                 "flowctl limiter: CPU signal %r has no reading %.0f s after start while in-flight exceeds "
                 "the limit; CPU counts as not hot (is the sampler started?)",
-                name,
+                self._signal_name,
                 now - self._created_at,
             )
-        th = self.throttled_threshold
+
+    def _hot_beyond_cpu(self, now: float, r: CpuReading, *, every: bool) -> list[tuple[str, str, float | None, float | None]]:
+        """What besides CPU utilization is hot (throttled, pressure, non-bypass triggers), in that order.
+
+        Each as ``(trigger, signal_name, value, threshold)``; only the first unless ``every``.
+        """
+        hot: list[tuple[str, str, float | None, float | None]] = []
+        name = self._signal_name
+        th = self._throttled_threshold
         if th is not None and r.throttled_ratio is not None and r.throttled_ratio >= th:
-            return ("throttled", name, r.throttled_ratio, th)
-        pt = self.pressure_threshold
+            hot.append(("throttled", name, r.throttled_ratio, th))
+            if not every:
+                return hot
+        pt = self._pressure_threshold
         if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
-            return ("pressure", name, r.pressure_ratio, pt)
+            hot.append(("pressure", name, r.pressure_ratio, pt))
+            if not every:
+                return hot
         for t in self._triggers:
             v = t.check(now)
             if v is not None and v >= t.threshold:
-                return (t.name, t.name, v, t.threshold)
-        return None
+                hot.append((t.name, t.name, v, t.threshold))
+                if not every:
+                    return hot
+        return hot
 
     def _shed(
         self,
@@ -731,7 +774,6 @@ class Limiter:
             },
         )
         self._cool_off_until = now + self._cool_off_s
-        self._last_drop_at = now
         if not dry_run:
             cell.shed += 1
             by = cell.shed_by
@@ -743,20 +785,23 @@ class Limiter:
         self._inflight = inflight + 1
         return Token(self, cell, now, reason)
 
-    def _cell(self, resource: str, priority: str) -> _Cell:
-        """Find or create the counters for a pair, bounding names (unknown priority -> default)."""
-        cls = self._classes.get(priority)
+    def _cell(self, resource: str, priority: str | None) -> _Cell:
+        """Find or create the counters for a pair, bounding names (None or unknown priority -> default)."""
+        cls = None if priority is None else self._classes.get(priority)
+        known = cls is not None or priority is None
         if cls is None:
             cls = self._default_class
         if resource not in self._resources:
             if len(self._resources) >= self.max_resources:
-                resource = OTHER_RESOURCE
+                resource, known = OTHER_RESOURCE, False
             else:
                 self._resources.add(resource)
         key = (resource, cls.name)  # bounded: known resources (or OTHER_RESOURCE) x class names
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = _Cell(resource, cls)
+        if known:  # bounded too: known resources x (class names + None)
+            self._lookup[(resource, priority)] = cell
         return cell
 
     def _refresh(self, now: float) -> None:
@@ -773,17 +818,11 @@ class Limiter:
             cls.cap = float(max(1, math.ceil(cls.share * limit - _ROUNDING_SLACK)))
 
     def _hot_now(self, now: float) -> list[str]:
-        """Every signal that is hot now (for snapshots; not the hot path, no warnings)."""
-        hot: list[str] = []
+        """Every signal that is hot now, by trigger name (for snapshots; no warnings)."""
         r = self._signal.reading
-        values = [v for v in (r.utilization, r.utilization_smoothed) if v is not None]
-        if values and max(values) >= self.cpu_threshold:
-            hot.append("cpu")
-        th, pt = self.throttled_threshold, self.pressure_threshold
-        if th is not None and r.throttled_ratio is not None and r.throttled_ratio >= th:
-            hot.append("throttled")
-        if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
-            hot.append("pressure")
+        value = _cpu_value(r)
+        hot = ["cpu"] if value is not None and value >= self._cpu_threshold else []
+        hot.extend(h[0] for h in self._hot_beyond_cpu(now, r, every=True))
         return hot
 
     # -- state --------------------------------------------------------------------
@@ -816,7 +855,7 @@ class Limiter:
             trig[t.name] = v
             if v is not None and v >= t.threshold and t.name not in hot:
                 hot.append(t.name)
-        cool_until = None if self._last_drop_at is None else self._cool_off_until
+        cool_until = None if self._cool_off_until == -math.inf else self._cool_off_until
         return LimiterSnapshot(
             at=now,
             inflight=self._inflight,

@@ -275,6 +275,24 @@ def test_unknown_priority_counts_as_default(sig: StaticSignal, clock: FakeClock)
     assert isinstance(d, Rejection) and d.reason.priority == "default"
     assert lim.snapshot().inflight_by_priority["default"] == 2
     assert ("default", "bogus") not in lim._cells  # arbitrary names never grow state
+    assert ("default", "bogus") not in lim._lookup
+
+
+def test_acquire_without_priority_uses_the_configured_default(sig: StaticSignal, clock: FakeClock) -> None:
+    lim = make(sig, clock, n=4, default_priority="sheddable")
+    assert lim.default_priority == "sheddable" and lim.priorities == ("critical", "default", "sheddable")
+    held = [lim.acquire(), lim.acquire()]
+    assert all(isinstance(t, Token) and t.priority == "sheddable" for t in held)
+    HELD.extend(t for t in held if isinstance(t, Token))
+    sig.set(utilization=0.95)
+    d = lim.acquire()  # sheddable's cap is 2 of 4
+    assert isinstance(d, Rejection) and d.reason.priority == "sheddable"
+    bogus = lim.acquire("bogus")  # unknown names: the configured default too
+    assert isinstance(bogus, Rejection) and bogus.reason.priority == "sheddable"
+    fill(lim, 1, "default")  # an explicit class is still that class
+    snap = lim.snapshot()
+    assert snap.inflight_by_priority == {"critical": 0, "default": 1, "sheddable": 2}
+    assert snap.requests[("default", "sheddable", "shed")] == 2
 
 
 def test_custom_priority_classes(sig: StaticSignal, clock: FakeClock) -> None:
@@ -288,7 +306,9 @@ def test_custom_priority_classes(sig: StaticSignal, clock: FakeClock) -> None:
     sig.set(utilization=0.95)
     fill(lim, 2, "bronze")
     assert not lim.acquire("bronze").admitted
-    assert lim.acquire().admitted
+    t = lim.acquire()
+    assert isinstance(t, Token) and t.priority == "gold"
+    assert lim.priorities == ("gold", "bronze") and lim.default_priority == "gold"
 
 
 # -- reasons and retry-after -------------------------------------------------------------
@@ -489,6 +509,19 @@ def test_release_is_idempotent_and_never_negative(sig: StaticSignal, clock: Fake
     t.dropped()
     assert lim.inflight == 0 and t.released
     assert lim.snapshot().inflight_by_priority["default"] == 0
+
+
+def test_release_returns_the_rt_once(sig: StaticSignal, clock: FakeClock) -> None:
+    lim = make(sig, clock)
+    a, b, c = lim.acquire(), lim.acquire(), lim.acquire()
+    assert isinstance(a, Token) and isinstance(b, Token) and isinstance(c, Token)
+    clock.advance(0.25)
+    assert a.success() == pytest.approx(0.25)
+    assert b.ignore() == pytest.approx(0.25)
+    clock.advance(0.25)
+    assert c.dropped() == pytest.approx(0.5)
+    assert (a.success(), a.ignore(), b.dropped(), c.success()) == (None, None, None, None)
+    assert lim.inflight == 0
 
 
 def test_success_feeds_rt_ignore_does_not_dropped_says_so(sig: StaticSignal, clock: FakeClock) -> None:
@@ -717,6 +750,25 @@ def test_snapshot_counts_and_is_json_able(sig: StaticSignal, clock: FakeClock) -
     assert d["requests"]["api"]["sheddable"] == {"admitted": 1, "shed": 1, "dry_run_shed": 0}
     assert d["shed_by_reason"] == {"api": {"cpu": 1}, "web": {"cpu": 1}}
     a.success()
+
+
+def test_snapshot_lists_every_hot_signal_and_a_shed_names_the_first(sig: StaticSignal, clock: FakeClock) -> None:
+    trig = FakeTrigger(name="q", threshold=5, value=6)
+    lim = make(sig, clock, n=1, throttled_threshold=0.2, pressure_threshold=0.3, triggers=[trig])
+    fill(lim, 1)
+    sig.set(utilization=0.9, throttled_ratio=0.5, pressure_ratio=0.5)
+    assert lim.snapshot().hot_triggers == ("cpu", "throttled", "pressure", "q")
+    expected = [("cpu", 0.9), ("throttled", 0.5), ("pressure", 0.5), ("q", 6)]
+    for trigger, value in expected:
+        d = lim.acquire()
+        assert isinstance(d, Rejection) and (d.reason.trigger, d.reason.signal_value) == (trigger, value)
+        if trigger == "cpu":
+            sig.set(utilization=0.1, utilization_smoothed=0.1)
+        elif trigger == "throttled":
+            sig.set(throttled_ratio=0.0)
+        elif trigger == "pressure":
+            sig.set(pressure_ratio=0.0)
+    assert lim.snapshot().hot_triggers == ("q",)
 
 
 def test_snapshot_before_any_drop_has_no_cool_off_time(sig: StaticSignal, clock: FakeClock) -> None:

@@ -16,3 +16,14 @@ def test_public_names_are_exported() -> None:
     public = {n for n in vars(flowctl) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(flowctl, n)).__name__ == "module"}
     assert public - modules - {"annotations"} == set(flowctl.__all__)
+
+
+def test_limiter_types_are_exported() -> None:
+    """Names that public signatures return or take are importable from the package."""
+    from flowctl.limit.base import LimitStats
+    from flowctl.limiter import DEFAULT_PRIORITIES, Decision
+
+    assert flowctl.LimitStats is LimitStats  # LimitAlgorithm.stats() returns it
+    assert flowctl.Decision is Decision  # Limiter.acquire() returns it
+    assert flowctl.DEFAULT_PRIORITIES is DEFAULT_PRIORITIES  # Limiter(priorities=...) default
+    assert {"Decision", "DEFAULT_PRIORITIES", "LimitStats"} <= set(flowctl.__all__)

@@ -34,7 +34,7 @@ _ROUNDING_SLACK = 1e-9
 class Bbr:
     """Little's-law concurrency limit (``max_pass_per_s * min_rt_s``) over a rolling window."""
 
-    __slots__ = ("window", "cold_start_inflight", "_limit_at", "_limit", "_per_s")
+    __slots__ = ("window", "cold_start_inflight", "on_sample", "_limit_at", "_limit")
 
     name = "bbr"
 
@@ -45,23 +45,13 @@ class Bbr:
         self.cold_start_inflight = float(cold_start_inflight)
         self._limit_at: int | None = None
         self._limit = self.cold_start_inflight
-        self._per_s = 1.0 / self.window.bucket_s
-
-    def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
-        """Feed one completed request to the window; dropped requests are not counted."""
-        w = self.window
-        # RollingWindow.add inlined (one Python call per request instead of two).
-        if now < w._pend_end:
-            if not dropped:
-                w._pend_count += 1
-                w._pend_rt_sum += rt_s
-        elif not dropped:
-            w.roll(now, rt_s)
+        # LimitAlgorithm.on_sample: feed one completed request to the window; dropped
+        # requests are not counted. The window's own method, bound: one call per request.
+        self.on_sample = self.window.add_sample
 
     def max_inflight(self, now: float) -> float:
         """Little's-law limit for ``now``'s bucket (computed once per bucket)."""
-        x = now * self._per_s
-        idx = int(x) if x >= 0.0 else math.floor(x)
+        idx = self.window.bucket_index(now)
         if idx == self._limit_at:
             return self._limit
         self._limit_at = idx

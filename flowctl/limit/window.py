@@ -91,6 +91,14 @@ class RollingWindow:
 
     def add(self, now: float, rt_s: float) -> None:
         """Count one request that completed at ``now`` after ``rt_s`` seconds."""
+        self.add_sample(now, rt_s, 0, False)
+
+    def add_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
+        """``add`` in the shape of ``LimitAlgorithm.on_sample``: a dropped request is not counted,
+        ``inflight`` is not used. An algorithm can hand out this bound method as its own
+        ``on_sample`` (one Python call per request on the limiter's hot path)."""
+        if dropped:
+            return
         if now < self._pend_end:
             self._pend_count += 1
             self._pend_rt_sum += rt_s
@@ -98,7 +106,7 @@ class RollingWindow:
             self.roll(now, rt_s)
 
     def roll(self, now: float, rt_s: float) -> None:
-        """Slow path of ``add``: ``now`` is past the bucket being filled; start a new one."""
+        """Slow path of ``add_sample``: ``now`` is past the bucket being filled; start a new one."""
         self._flush()
         idx = math.floor(now * self._per_s)
         self._pend_idx = idx

@@ -81,3 +81,11 @@ def test_goes_cold_again_after_a_silent_window() -> None:
 def test_bad_cold_start_is_rejected() -> None:
     with pytest.raises(ConfigError):
         Bbr(cold_start_inflight=0)
+
+
+def test_samples_go_through_the_windows_public_method() -> None:
+    """Production feeds the window the way the window's own tests do (no inlined copy)."""
+    bbr = Bbr(window_s=1.0, buckets=10)
+    assert bbr.on_sample == bbr.window.add_sample
+    feed(bbr, 0.0, 10, 0.01)
+    assert bbr.window.stats(0.15).samples == 10

@@ -86,3 +86,14 @@ def test_memory_is_fixed_whatever_the_traffic() -> None:
         t += 0.001
         w.add(t, 0.001)
     assert len(w._epoch) == len(w._count) == len(w._rt_sum) == 11
+
+
+def test_add_sample_is_add_in_on_sample_shape_and_skips_drops() -> None:
+    a, b = RollingWindow(1.0, 10), RollingWindow(1.0, 10)
+    for i in range(30):
+        now, rt_s = 0.05 + 0.013 * i, 0.001 * (i % 4 + 1)
+        a.add(now, rt_s)
+        b.add_sample(now, rt_s, i, False)
+        b.add_sample(now, 9.0, i, True)  # dropped: not counted
+    assert a.stats(0.6) == b.stats(0.6)
+    assert b.stats(0.6).samples == 30  # every add (t <= 0.427) is in a completed bucket
