@@ -46,7 +46,8 @@ class Counters:
     ``usage_s``: CPU seconds used. ``total_s``: CPU seconds elapsed on all CPUs
     (host-style views only: utilization is then Δusage/Δtotal, as /proc/stat tools do).
     ``periods``/``throttled_periods``: CFS periods. ``throttled_s``: throttled time.
-    ``pressure_s``: PSI ``some`` total.
+    ``pressure_s``: PSI ``some`` total of the view's own scope (the container view: the
+    cgroup's ``cpu.pressure`` only; the host view: ``/proc/pressure/cpu``).
     """
 
     usage_s: float | None = None
@@ -139,7 +140,7 @@ class ContainerSource:
         if self._reader is None or key != self._dirs_key:
             if self._reader is not None:
                 self._reader.close()
-            self._reader = CgroupCounterReader(disc, self.root)
+            self._reader = CgroupCounterReader(disc)
             self._dirs_key = key
         else:
             # Same paths: still reopen (lazily) so a group removed and recreated under the same
@@ -171,7 +172,7 @@ class ContainerSource:
             "memory_limit_source": cg.memory_limit_source,
             "memory_usage_bytes": cg.memory_usage_bytes,
             "pressure_source": self._reader.pressure_source,
-            "pressure_scope": self._reader.pressure_scope,
+            "pressure_scope": "cgroup" if self._reader.pressure_source else None,
         }
         return Limits(limit_cores=limit, source=source, source_file=files.get(source), errors=tuple(errors),
                       details=details)
@@ -209,12 +210,15 @@ class HostSource:
 
     def read_limits(self) -> Limits:
         info = read_host_info(self.root)
+        psi = self._pressure.path if os.path.exists(self._pressure.path) else None
         details: dict[str, JsonValue] = {
             "cpus": info.cpus,
             "cpus_source": info.cpus_source,
             "mem_total_bytes": info.mem_total_bytes,
             "virtualized": info.virtualized,
             "clock_ticks_per_s": self.hz,
+            "pressure_source": psi,
+            "pressure_scope": "system" if psi else None,
         }
         limit = float(info.cpus) if info.cpus else None
         return Limits(limit_cores=limit, source="host" if limit else "none", source_file=info.cpus_source,

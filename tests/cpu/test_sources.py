@@ -140,3 +140,31 @@ def test_lxcfs_stat_utilization_from_fixture(tmp_path: Path) -> None:
 def test_unknown_view_is_config_error() -> None:
     with pytest.raises(ConfigError):
         make_signal("nope")
+
+
+def test_system_psi_is_the_host_views_not_the_containers(tmp_path: Path) -> None:
+    """A cgroup without its own cpu.pressure has no container pressure; /proc/pressure/cpu moves only the host view."""
+    root = _copy("v2-psi-absent", tmp_path)
+    psi = root / "proc/pressure/cpu"
+    container, host = make_signal("container", root=str(root)), make_signal("host", root=str(root))
+    for s in (container, host):
+        s.sample(now=0.0)
+    psi.write_text("some avg10=50.00 avg60=0 avg300=0 total=123556789\nfull avg10=0 avg60=0 avg300=0 total=0\n")
+    c, h = container.sample(now=1.0), host.sample(now=1.0)  # +100 ms of system-wide stall in 1 s
+    assert c.pressure_ratio is None, container.details()
+    assert container.details()["details"]["pressure_scope"] is None  # type: ignore[index]
+    assert h.pressure_ratio == pytest.approx(0.1)
+    assert host.details()["details"]["pressure_scope"] == "system"  # type: ignore[index]
+    container.close()
+    host.close()
+
+
+def test_cgroup_psi_feeds_the_container_view(tmp_path: Path) -> None:
+    root = _copy("v2-basic", tmp_path)
+    psi = root / "sys/fs/cgroup/kubepods/pod1/c1/cpu.pressure"
+    s = make_signal("container", root=str(root))
+    s.sample(now=0.0)
+    psi.write_text("some avg10=0 avg60=0 avg300=0 total=123656789\nfull avg10=0 avg60=0 avg300=0 total=0\n")
+    assert s.sample(now=1.0).pressure_ratio == pytest.approx(0.2)
+    assert s.details()["details"]["pressure_scope"] == "cgroup"  # type: ignore[index]
+    s.close()
