@@ -8,8 +8,9 @@ Per sample: ``usage_cores = Δusage / Δwall``; ``utilization = usage_cores /
 limit_cores`` (host-style views: Δbusy / Δtotal, as /proc/stat tools compute
 it); ``throttled_ratio = Δthrottled_periods / Δperiods`` (0.0 when no period
 elapsed); ``pressure_ratio = Δpressure / Δwall``. The first sample is unknown
-(no rate yet). A counter that goes backwards (the cgroup was recreated) drops
-the sample and resets the smoothing.
+(no rate yet). A counter that goes backwards (the cgroup was recreated) or a
+change of ``Counters.generation`` (the source re-discovered another cgroup)
+drops the sample and resets the smoothing.
 
 ``utilization_smoothed`` is an EMA of ``utilization`` with time constant
 ``tau_s`` (default 1.0 s: a step reaches 63% after 1 s and 95% after 3 s,
@@ -110,8 +111,10 @@ class Sampler:
         dper = _delta(cur.periods, prev.periods)
         dthr = _delta(cur.throttled_periods, prev.throttled_periods)
         dpsi = _delta(cur.pressure_s, prev.pressure_s)
-        if dt <= 0 or any(d is not None and d < 0 for d in (du, dtot, dper, dthr, dpsi)):
-            # Clock did not advance, or a counter went backwards (cgroup recreated): drop and reset.
+        if (dt <= 0 or cur.generation != prev.generation
+                or any(d is not None and d < 0 for d in (du, dtot, dper, dthr, dpsi))):
+            # Clock did not advance, the source now reads another cgroup (process moved), or a
+            # counter went backwards (cgroup recreated): a delta is meaningless; drop and reset.
             self.dropped_total += 1
             self._ema.reset()
             self.reading = CpuReading(at=now, limit_cores=limit)

@@ -48,6 +48,8 @@ class Counters:
     ``periods``/``throttled_periods``: CFS periods. ``throttled_s``: throttled time.
     ``pressure_s``: PSI ``some`` total of the view's own scope (the container view: the
     cgroup's ``cpu.pressure`` only; the host view: ``/proc/pressure/cpu``).
+    ``generation``: which files the counters came from; it changes when the source
+    re-discovers a different cgroup (or lxcfs mount), so a delta across it is meaningless.
     """
 
     usage_s: float | None = None
@@ -56,6 +58,7 @@ class Counters:
     throttled_periods: int | None = None
     throttled_s: float | None = None
     pressure_s: float | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,7 @@ class ContainerSource:
         self.cgroup: CgroupLimits | None = None
         self._reader: CgroupCounterReader | None = None
         self._dirs_key: tuple[tuple[str, str], ...] | None = None
+        self.generation = 0
         self._discovery_cache: dict[str, object] = {}
 
     @property
@@ -137,11 +141,15 @@ class ContainerSource:
         """Re-discover the cgroup (the process may have moved) and re-read its limits."""
         disc = self._discover()
         key = tuple(sorted((k, d.path) for k, d in disc.dirs.items()))
-        if self._reader is None or key != self._dirs_key:
+        if key != self._dirs_key:
+            if self._dirs_key is not None:
+                self.generation += 1  # another cgroup: its counters do not continue the old ones
+            self._dirs_key = key
             if self._reader is not None:
                 self._reader.close()
+                self._reader = None
+        if self._reader is None:
             self._reader = CgroupCounterReader(disc)
-            self._dirs_key = key
         else:
             # Same paths: still reopen (lazily) so a group removed and recreated under the same
             # name is followed even where the old fd keeps reading the removed file.
@@ -182,7 +190,7 @@ class ContainerSource:
             self.read_limits()
         assert self._reader is not None
         usage_s, periods, throttled, throttled_s, pressure_s = self._reader.read()
-        return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s)
+        return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s, self.generation)
 
     def errors(self) -> list[str]:
         return self._reader.errors() if self._reader is not None else []
@@ -191,7 +199,6 @@ class ContainerSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-            self._dirs_key = None
 
 
 class HostSource:
@@ -268,6 +275,7 @@ class LxcfsSource:
         self.location: LxcfsLocation | None = None
         self.view: LxcfsView | None = None
         self._error: str | None = None
+        self.generation = 0
 
     @property
     def name(self) -> str:
@@ -281,7 +289,9 @@ class LxcfsSource:
 
     def read_limits(self) -> Limits:
         errors: list[str] = []
-        self.location = find_lxcfs(self.root, self.dir, errors=errors)
+        prev, self.location = self.location, find_lxcfs(self.root, self.dir, errors=errors)
+        if prev is not None and self.location is not None and self.location != prev:
+            self.generation += 1  # another lxcfs mount: its /proc/stat does not continue the old one
         if self.location is None:
             self.view = None
             return Limits(limit_cores=None, source="none", errors=("no lxcfs mount found",),
@@ -313,7 +323,7 @@ class LxcfsSource:
         stat, self._error = read_lxcfs_stat(self.location, self.hz)
         if stat is None:
             return Counters()
-        return Counters(usage_s=stat[0], total_s=stat[1])
+        return Counters(usage_s=stat[0], total_s=stat[1], generation=self.generation)
 
     def errors(self) -> list[str]:
         return [self._error] if self._error else []

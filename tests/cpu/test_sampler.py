@@ -80,6 +80,24 @@ def test_counter_backwards_drops_sample_and_resets() -> None:
     assert r.utilization == pytest.approx(0.1) and r.utilization_smoothed == pytest.approx(0.1)
 
 
+def test_generation_change_drops_sample_and_resets() -> None:
+    """A source that now reads another cgroup (higher counters everywhere) must not yield a delta."""
+    src = FakeSource(limit=1.0)
+    s = Sampler(src)
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.05, periods=10, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)
+    assert s.sample(now=0.1).utilization_smoothed == pytest.approx(0.5)
+    src.counters = Counters(usage_s=7.0, periods=900, throttled_periods=5, throttled_s=1.0, pressure_s=2.0,
+                            generation=1)
+    r = s.sample(now=0.2)
+    assert r.utilization is None and r.utilization_smoothed is None and r.pressure_ratio is None
+    assert s.dropped_total == 1
+    src.counters = Counters(usage_s=7.01, periods=901, throttled_periods=5, throttled_s=1.0, pressure_s=2.0,
+                            generation=1)
+    r = s.sample(now=0.3)
+    assert r.utilization == pytest.approx(0.1) and r.utilization_smoothed == pytest.approx(0.1)
+
+
 def test_clock_not_advancing_drops() -> None:
     src = FakeSource()
     s = Sampler(src)

@@ -168,3 +168,46 @@ def test_cgroup_psi_feeds_the_container_view(tmp_path: Path) -> None:
     assert s.sample(now=1.0).pressure_ratio == pytest.approx(0.2)
     assert s.details()["details"]["pressure_scope"] == "cgroup"  # type: ignore[index]
     s.close()
+
+
+def _move_to(root: Path, group: str, usage_ns: int, stat: str) -> None:
+    """Give ``root`` a second v1 group ``/docker/<group>`` and move /proc/self there."""
+    for ctrl in ("cpu", "cpuacct", "cpuset", "memory"):
+        src = root / "sys/fs/cgroup" / ctrl / "docker/abc"
+        shutil.copytree(src, root / "sys/fs/cgroup" / ctrl / "docker" / group)
+    (root / "sys/fs/cgroup/cpuacct/docker" / group / "cpuacct.usage").write_text(f"{usage_ns}\n")
+    (root / "sys/fs/cgroup/cpu/docker" / group / "cpu.stat").write_text(stat)
+    cg = root / "proc/self/cgroup"
+    cg.write_text(cg.read_text().replace("/docker/abc", f"/docker/{group}"))
+
+
+def test_moving_to_another_cgroup_drops_the_sample_and_resets(tmp_path: Path) -> None:
+    """Counters of two different groups are never subtracted, even when the new one reads higher."""
+    root = _copy("v1-separate", tmp_path)
+    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    assert isinstance(s.source, ContainerSource)
+    s.sample(now=0.0)
+    (root / "sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage").write_text("5040000000\n")
+    assert s.sample(now=0.1).utilization == pytest.approx(0.8)
+    gen = s.source.generation
+    # The process moves to a busier group: every counter is higher, so only the identity can tell.
+    _move_to(root, "def", 9_000_000_000, "nr_periods 5000\nnr_throttled 900\nthrottled_time 9000000000\n")
+    r = s.sample(now=1.0)  # limits re-read: re-discovery finds /docker/def
+    assert s.source.generation == gen + 1
+    assert s.counters is not None and s.counters.usage_s == pytest.approx(9.0)  # reading the new group now
+    assert r.utilization is None and r.usage_cores is None and r.utilization_smoothed is None
+    assert s.dropped_total == 1
+    (root / "sys/fs/cgroup/cpuacct/docker/def/cpuacct.usage").write_text("9020000000\n")
+    r = s.sample(now=1.1)  # rates resume within the new group; the EMA restarts from it
+    assert r.usage_cores == pytest.approx(0.2) and r.utilization_smoothed == pytest.approx(0.4)
+    s.close()
+
+
+def test_reopening_the_same_cgroup_keeps_the_generation(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    src = ContainerSource(str(root))
+    src.read_limits()
+    src.close()  # files closed; reopened on the next read: same group, counters continue
+    src.read_limits()
+    assert src.read_counters().generation == 0 and src.generation == 0
+    src.close()
