@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
 
 from flowctl.cpu.sources import Counters, CpuSource, Limits
+from flowctl.errors import ConfigError
 from flowctl.limit.ema import Ema
 from flowctl.signal import CpuReading
 
@@ -47,7 +49,11 @@ def _delta(cur: float | None, prev: float | None) -> float | None:
 
 
 class Sampler:
-    """Periodic sampler of one ``CpuSource``; implements ``flowctl.signal.CpuSignal``."""
+    """Periodic sampler of one ``CpuSource``; implements ``flowctl.signal.CpuSignal``.
+
+    ``ConfigError`` (naming the parameter) for a non-positive or infinite ``interval_s`` or
+    ``tau_s``, or a negative ``limits_interval_s``.
+    """
 
     def __init__(
         self,
@@ -58,8 +64,10 @@ class Sampler:
         limits_interval_s: float = DEFAULT_LIMITS_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        if not 0 < interval_s < math.inf:
+            raise ConfigError(f"interval_s: must be > 0 and finite, got {interval_s!r}")
+        if not 0 <= limits_interval_s < math.inf:
+            raise ConfigError(f"limits_interval_s: must be >= 0 (0: every sample) and finite, got {limits_interval_s!r}")
         self.source = source
         self.interval_s = interval_s
         self.limits_interval_s = limits_interval_s

@@ -8,6 +8,7 @@ import pytest
 
 from flowctl.cpu.sampler import Sampler
 from flowctl.cpu.sources import Counters, Limits
+from flowctl.errors import ConfigError
 from flowctl.signal import CpuSignal
 
 
@@ -163,3 +164,22 @@ async def test_async_context_samples_periodically_and_closes() -> None:
 def test_nothing_starts_without_an_owner() -> None:
     s = Sampler(FakeSource())
     assert not s.running and s.samples_total == 0
+
+
+@pytest.mark.parametrize(("kw", "name"), [
+    ({"interval_s": 0}, "interval_s"), ({"interval_s": float("nan")}, "interval_s"),
+    ({"interval_s": float("inf")}, "interval_s"), ({"tau_s": 0}, "tau_s"), ({"tau_s": float("inf")}, "tau_s"),
+    ({"limits_interval_s": -1.0}, "limits_interval_s"), ({"limits_interval_s": float("nan")}, "limits_interval_s"),
+    ({"limits_interval_s": float("inf")}, "limits_interval_s"),
+])
+def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, float], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Sampler(FakeSource(), **kw)
+
+
+def test_limits_interval_zero_rereads_every_sample() -> None:
+    src = FakeSource()
+    s = Sampler(src, limits_interval_s=0)
+    s.sample(now=0.0)
+    s.sample(now=0.0)
+    assert src.limit_reads == 2
