@@ -177,7 +177,7 @@ class Sampler:
 
     @property
     def views(self) -> dict[str, object]:
-        """Alias of ``details()`` for debug output."""
+        """Alias of ``details()``: the sidecar's /debug/limiter ``cpu_details`` reads it (via getattr)."""
         return self.details()
 
     def errors(self) -> list[str]:
