@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flowctl.cpu.cgroup import CgroupCounterReader, CgroupLimits, KeptFile, read_cgroup_limits
-from flowctl.cpu.host import clock_ticks_per_s, read_host_cpus, read_host_info
+from flowctl.cpu.host import clock_ticks_per_s, parse_stat_seconds, read_host_cpus, read_host_info
 from flowctl.cpu.lxcfs import LxcfsLocation, LxcfsView, find_lxcfs, read_lxcfs_stat, read_lxcfs_view
 from flowctl.cpu.mounts import Discovery, discover, discover_path
-from flowctl.cpu.parse import parse_proc_stat_cpu, parse_psi
+from flowctl.cpu.parse import parse_psi
 from flowctl.errors import ParseError
 
 __all__ = [
@@ -237,8 +237,7 @@ class HostSource:
         data = self._stat.read()
         if data is not None:
             try:
-                t = parse_proc_stat_cpu(data)
-                usage_s, total_s = t.busy_ticks / self.hz, t.total_ticks / self.hz
+                usage_s, total_s = parse_stat_seconds(data, self.hz)
             except ParseError as exc:
                 self._errors.append(f"{self._stat.path}: {exc}")
         data = self._pressure.read()
