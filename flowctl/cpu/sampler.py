@@ -20,14 +20,12 @@ whatever ``interval_s`` is). Limits are re-read every ``limits_interval_s``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+from flowctl._periodic import Periodic
 from flowctl.cpu.sources import Counters, CpuSource, Limits
 from flowctl.errors import ConfigError
 from flowctl.limit.ema import Ema
@@ -38,8 +36,6 @@ __all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_LIMITS_INTERVAL_S", "DEFAULT_TAU_S", "
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_TAU_S = 1.0
 DEFAULT_LIMITS_INTERVAL_S = 1.0
-
-_log = logging.getLogger(__name__)
 
 
 def _delta(cur: float | None, prev: float | None) -> float | None:
@@ -81,7 +77,7 @@ class Sampler:
         self._limits_at = float("-inf")
         self._prev: Counters | None = None
         self._prev_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.sample, interval_s, name=f"flowctl-sampler-{source.name}")
 
     @property
     def name(self) -> str:
@@ -190,37 +186,19 @@ class Sampler:
 
     # ---------------------------------------------------------------- periodic task
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            try:
-                self.sample()
-            except Exception:  # pragma: no cover - readers do not raise; keep sampling if one does
-                _log.exception("flowctl sampler %s: sample failed", self.name)
-            next_at += self.interval_s
-            now = loop.time()
-            if next_at < now:  # fell behind (suspended, overloaded): skip missed ticks
-                next_at = now + self.interval_s
-            await asyncio.sleep(next_at - now)
-
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._periodic.running
 
     async def start(self) -> None:
-        """Start the periodic task (idempotent); the first sample is taken immediately."""
-        if self.running:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"flowctl-sampler-{self.name}")
+        """Take a first sample now and sample every ``interval_s`` from a task (idempotent)."""
+        if not self.running:
+            self.sample()
+            await self._periodic.start()
 
     async def stop(self) -> None:
         """Stop the periodic task and close the source's files."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
         self.source.close()
 
     def close(self) -> None:
