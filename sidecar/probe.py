@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from flowctl._periodic import Periodic
+
 __all__ = ["UpstreamProbe"]
 
 log = logging.getLogger("sidecar.probe")
@@ -41,7 +43,6 @@ class UpstreamProbe:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._url = upstream + health_path if health_path else ""
-        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._session = session
         self._clock = clock
@@ -49,7 +50,7 @@ class UpstreamProbe:
         self.checks = 0
         self.last_error: str | None = None
         self.last_check_at: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.check, interval_s, name="flowctl-upstream-probe")
 
     async def check(self) -> bool:
         """Probe once; update and return ``ready``."""
@@ -90,19 +91,11 @@ class UpstreamProbe:
             "last_error": self.last_error,
         }
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.check()
-
     async def start(self) -> None:
-        if self._task is None:
+        """Probe once now, then every ``interval_s`` from a task (idempotent)."""
+        if not self._periodic.running:
             await self.check()
-            self._task = asyncio.create_task(self._run(), name="flowctl-upstream-probe")
+            await self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()

@@ -13,7 +13,6 @@ reading is ``UNKNOWN_READING`` (the limiter then does not shed on CPU).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flowctl._periodic import Periodic
 from flowctl.signal import UNKNOWN_READING, CpuReading
 
 __all__ = [
@@ -175,7 +175,6 @@ class WatchedSignal:
     ) -> None:
         self.target = target
         self.view = view
-        self._interval_s = interval_s
         self._recheck_s = recheck_s
         self._factory = sampler_factory or default_sampler_factory(view, interval_s)
         self._proc_root = proc_root
@@ -186,7 +185,7 @@ class WatchedSignal:
         self.resolutions = 0
         self.last_error: str | None = None
         self.reading: CpuReading = UNKNOWN_READING
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.sample, interval_s, name=f"flowctl-watch-{target}")
         self._next_check = 0.0
 
     @property
@@ -291,22 +290,14 @@ class WatchedSignal:
 
     # -- lifetime -------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            self.sample()
-            await asyncio.sleep(self._interval_s)
-
     async def start(self) -> None:
-        if self._task is None:
+        """Sample once now, then every ``interval_s`` on a fixed schedule from a task (idempotent)."""
+        if not self._periodic.running:
             self.sample()
-            self._task = asyncio.create_task(self._run(), name=f"flowctl-watch-{self.target}")
+            await self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
         self._drop("stopped", warn=False)
 
     async def __aenter__(self) -> WatchedSignal:

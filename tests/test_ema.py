@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from flowctl.errors import ConfigError
 from flowctl.limit.ema import Ema
 
 
@@ -32,3 +33,9 @@ def test_zero_or_negative_dt_leaves_value() -> None:
 def test_bad_tau_is_rejected() -> None:
     with pytest.raises(ValueError):
         Ema(tau_s=0)
+
+
+@pytest.mark.parametrize("tau_s", [0, -1.0, float("nan"), float("inf")])
+def test_bad_tau_is_a_config_error_naming_it(tau_s: float) -> None:
+    with pytest.raises(ConfigError, match="tau_s"):
+        Ema(tau_s=tau_s)

@@ -63,6 +63,8 @@ def _report(samplers: dict[str, Sampler], root: str, interval_s: float) -> dict[
             "utilization": hr.utilization,
             "usage_cores": hr.usage_cores,
             "pressure_ratio": hr.pressure_ratio,
+            "pressure_source": hl.get("pressure_source"),
+            "pressure_scope": hl.get("pressure_scope"),
             "mem_total_bytes": hl.get("mem_total_bytes"),
             "virtualized": hl.get("virtualized"),
         },
@@ -124,6 +126,11 @@ def _pct(x: object) -> str:
     return "-" if not isinstance(x, (int, float)) else f"{100 * x:.1f}%"
 
 
+def _scoped(ratio: object, scope: object) -> str:
+    """A pressure ratio labelled with the scope it measures ("system" or "cgroup")."""
+    return _pct(ratio) + (f" ({scope})" if scope else "")
+
+
 def _num(x: object, unit: str = "") -> str:
     if not isinstance(x, (int, float)):
         return "-"
@@ -154,8 +161,8 @@ def format_table(r: dict[str, Any]) -> str:
         ["utilization", _pct(h["utilization"]), _pct(c["utilization"])] + ([_pct(lx["utilization"])] if lx else []),
         ["usage (cores)", _num(h["usage_cores"]), _num(c["usage_cores"])] + (["-"] if lx else []),
         ["throttled", "-", _pct(c["throttled_ratio"])] + (["-"] if lx else []),
-        ["pressure (some)", _pct(h["pressure_ratio"]),
-         _pct(c["pressure_ratio"]) + (f" ({c['pressure_scope']})" if c["pressure_scope"] else "")] + (["-"] if lx else []),
+        ["pressure (some)", _scoped(h["pressure_ratio"], h["pressure_scope"]),
+         _scoped(c["pressure_ratio"], c["pressure_scope"])] + (["-"] if lx else []),
         ["memory", _bytes(h["mem_total_bytes"]), _bytes(c["memory_limit_bytes"])] + ([_bytes(lx["mem_total_bytes"])] if lx else []),
         ["from", str(h["cpus_source"] or "-"), str(c["limit_source"] or c["cpuset_source"] or c["path"] or "-")]
         + ([str(lx["location"])] if lx else []),

@@ -46,11 +46,7 @@ def make_signal(
     """A Sampler for ``view`` (not started: ``async with`` it, or call ``sample()``).
 
     ``pid`` (an int) reads another process through /proc/PID/{cgroup,mountinfo,root};
-    ``cgroup_path`` reads a cgroup directory directly. ConfigError on a bad view or interval.
+    ``cgroup_path`` reads a cgroup directory directly. ConfigError on a bad view, interval or tau.
     """
-    if not interval_s > 0:
-        raise ConfigError(f"interval_s: must be > 0, got {interval_s!r}")
-    if not tau_s > 0:
-        raise ConfigError(f"tau_s: must be > 0, got {tau_s!r}")
     source = make_source(view, root=root, pid=pid, cgroup_path=cgroup_path, lxcfs_dir=lxcfs_dir)
     return Sampler(source, interval_s=interval_s, tau_s=tau_s, limits_interval_s=limits_interval_s, clock=clock)

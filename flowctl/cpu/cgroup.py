@@ -231,20 +231,20 @@ def _strict_error(parser: Callable[..., object], data: bytes, *args: str) -> str
     return "malformed"
 
 
-def pressure_candidates(disc: Discovery, proc_root: str) -> list[tuple[str, str]]:
-    """Where CPU pressure comes from, best first: ``(path, scope)`` with scope "cgroup" or "system".
+def pressure_candidates(disc: Discovery) -> list[str]:
+    """The cgroup's own CPU pressure files, best first (never the system-wide one).
 
-    The cgroup's own ``cpu.pressure`` (v2, or v1 kernels with cgroup1 PSI), then the
-    unified dir of a hybrid host when the process is below its root, then ``/proc/pressure/cpu``.
+    The cpu dir's ``cpu.pressure`` (v2, or v1 kernels with cgroup1 PSI), then the
+    unified dir of a hybrid host when the process is below its root. System-wide
+    ``/proc/pressure/cpu`` is the host's pressure, not the container's: the host view reads it.
     """
-    out: list[tuple[str, str]] = []
+    out: list[str] = []
     cpu = disc.dirs.get("cpu")
     if cpu is not None:
-        out.append((os.path.join(cpu.path, "cpu.pressure"), "cgroup"))
+        out.append(os.path.join(cpu.path, "cpu.pressure"))
     uni = disc.dirs.get(UNIFIED)
     if uni is not None and uni is not cpu and uni.path != uni.base:
-        out.append((os.path.join(uni.path, "cpu.pressure"), "cgroup"))
-    out.append((os.path.join(proc_root, "proc", "pressure", "cpu"), "system"))
+        out.append(os.path.join(uni.path, "cpu.pressure"))
     return out
 
 
@@ -252,10 +252,12 @@ class CgroupCounterReader:
     """Hot-path counters of one cgroup from kept-open files: CPU usage, throttling, PSI.
 
     ``read()`` returns ``(usage_s, periods, throttled_periods, throttled_s, pressure_s)``,
-    each None when unavailable (the reason is in ``errors()``).
+    each None when unavailable (the reason is in ``errors()``). ``pressure_s`` comes only
+    from the cgroup's own ``cpu.pressure``: without one (normal on cgroup v1) it is None,
+    not an error, and never the host's system-wide PSI.
     """
 
-    def __init__(self, disc: Discovery, proc_root: str = "/") -> None:
+    def __init__(self, disc: Discovery) -> None:
         self.version = disc.version
         cpu = disc.dirs.get("cpu")
         acct = disc.dirs.get("cpuacct")
@@ -271,21 +273,17 @@ class CgroupCounterReader:
             if cpu is not None:
                 self._stat = KeptFile(os.path.join(cpu.path, "cpu.stat"))
         self._pressure: KeptFile | None = None
-        self.pressure_scope: str | None = None
-        for path, scope in pressure_candidates(disc, proc_root):
+        for path in pressure_candidates(disc):
             if os.path.exists(path):
                 self._pressure = KeptFile(path, 256)
-                self.pressure_scope = scope
                 break
         self._errors: list[str] = []
         if self._usage is None and self.version == 1:
             self._errors.append("cgroup v1: no cpuacct.usage (cpuacct controller not found): usage unavailable")
-        if self._pressure is None:
-            self._errors.append("no cpu.pressure or /proc/pressure/cpu: pressure unavailable")
 
     @property
     def pressure_source(self) -> str | None:
-        """The pressure file in use, or None."""
+        """The cgroup's own pressure file in use, or None."""
         return self._pressure.path if self._pressure else None
 
     def errors(self) -> list[str]:

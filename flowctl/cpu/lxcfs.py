@@ -20,11 +20,12 @@ from flowctl.cpu.mounts import read_file, read_mounts, under_root
 from flowctl.cpu.parse import parse_cpu_list, parse_cpuinfo_count, parse_loadavg, parse_meminfo
 from flowctl.errors import ParseError
 
-__all__ = ["LXCFS_DIR_ENV", "LxcfsLocation", "LxcfsView", "find_lxcfs", "read_lxcfs_stat", "read_lxcfs_view"]
+__all__ = ["LXCFS_DIR_ENV", "LXCFS_VIEW_FILES", "LxcfsLocation", "LxcfsView", "find_lxcfs", "read_lxcfs_stat", "read_lxcfs_view"]
 
 LXCFS_DIR_ENV = "FLOWCTL_LXCFS_DIR"
-_VIEW_FILES = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/loadavg", "/proc/uptime",
-               "/proc/diskstats", "/proc/swaps", "/sys/devices/system/cpu/online")
+LXCFS_VIEW_FILES: tuple[str, ...] = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/uptime", "/proc/loadavg",
+                                     "/proc/diskstats", "/proc/swaps", "/sys/devices/system/cpu/online")
+"""The files lxcfs serves per container, as the absolute paths they are bind-mounted over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ def find_lxcfs(root: str = "/", dir: str | None = None, env: Mapping[str, str] |
     if env_dir:
         return LxcfsLocation("dir", env_dir)
     mounts = [m for m in read_mounts(root, "self", errors if errors is not None else []) if m.fstype == "fuse.lxcfs"]
-    overlaid = tuple(m.mount_point for m in mounts if m.mount_point in _VIEW_FILES)
+    overlaid = tuple(m.mount_point for m in mounts if m.mount_point in LXCFS_VIEW_FILES)
     if overlaid:
         return LxcfsLocation("overlay", root or "/", overlaid)
     if mounts:

@@ -8,8 +8,9 @@ Per sample: ``usage_cores = Δusage / Δwall``; ``utilization = usage_cores /
 limit_cores`` (host-style views: Δbusy / Δtotal, as /proc/stat tools compute
 it); ``throttled_ratio = Δthrottled_periods / Δperiods`` (0.0 when no period
 elapsed); ``pressure_ratio = Δpressure / Δwall``. The first sample is unknown
-(no rate yet). A counter that goes backwards (the cgroup was recreated) drops
-the sample and resets the smoothing.
+(no rate yet). A counter that goes backwards (the cgroup was recreated) or a
+change of ``Counters.generation`` (the source re-discovered another cgroup)
+drops the sample and resets the smoothing.
 
 ``utilization_smoothed`` is an EMA of ``utilization`` with time constant
 ``tau_s`` (default 1.0 s: a step reaches 63% after 1 s and 95% after 3 s,
@@ -19,14 +20,14 @@ whatever ``interval_s`` is). Limits are re-read every ``limits_interval_s``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+from flowctl._periodic import Periodic
 from flowctl.cpu.sources import Counters, CpuSource, Limits
+from flowctl.errors import ConfigError
 from flowctl.limit.ema import Ema
 from flowctl.signal import CpuReading
 
@@ -36,8 +37,6 @@ DEFAULT_INTERVAL_S = 0.1
 DEFAULT_TAU_S = 1.0
 DEFAULT_LIMITS_INTERVAL_S = 1.0
 
-_log = logging.getLogger(__name__)
-
 
 def _delta(cur: float | None, prev: float | None) -> float | None:
     if cur is None or prev is None:
@@ -46,7 +45,11 @@ def _delta(cur: float | None, prev: float | None) -> float | None:
 
 
 class Sampler:
-    """Periodic sampler of one ``CpuSource``; implements ``flowctl.signal.CpuSignal``."""
+    """Periodic sampler of one ``CpuSource``; implements ``flowctl.signal.CpuSignal``.
+
+    ``ConfigError`` (naming the parameter) for a non-positive or infinite ``interval_s`` or
+    ``tau_s``, or a negative ``limits_interval_s``.
+    """
 
     def __init__(
         self,
@@ -57,8 +60,10 @@ class Sampler:
         limits_interval_s: float = DEFAULT_LIMITS_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        if not 0 < interval_s < math.inf:
+            raise ConfigError(f"interval_s: must be > 0 and finite, got {interval_s!r}")
+        if not 0 <= limits_interval_s < math.inf:
+            raise ConfigError(f"limits_interval_s: must be >= 0 (0: every sample) and finite, got {limits_interval_s!r}")
         self.source = source
         self.interval_s = interval_s
         self.limits_interval_s = limits_interval_s
@@ -72,7 +77,7 @@ class Sampler:
         self._limits_at = float("-inf")
         self._prev: Counters | None = None
         self._prev_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.sample, interval_s, name=f"flowctl-sampler-{source.name}")
 
     @property
     def name(self) -> str:
@@ -110,8 +115,10 @@ class Sampler:
         dper = _delta(cur.periods, prev.periods)
         dthr = _delta(cur.throttled_periods, prev.throttled_periods)
         dpsi = _delta(cur.pressure_s, prev.pressure_s)
-        if dt <= 0 or any(d is not None and d < 0 for d in (du, dtot, dper, dthr, dpsi)):
-            # Clock did not advance, or a counter went backwards (cgroup recreated): drop and reset.
+        if (dt <= 0 or cur.generation != prev.generation
+                or any(d is not None and d < 0 for d in (du, dtot, dper, dthr, dpsi))):
+            # Clock did not advance, the source now reads another cgroup (process moved), or a
+            # counter went backwards (cgroup recreated): a delta is meaningless; drop and reset.
             self.dropped_total += 1
             self._ema.reset()
             self.reading = CpuReading(at=now, limit_cores=limit)
@@ -166,7 +173,7 @@ class Sampler:
 
     @property
     def views(self) -> dict[str, object]:
-        """Alias of ``details()`` for debug output."""
+        """Alias of ``details()``: the sidecar's /debug/limiter ``cpu_details`` reads it (via getattr)."""
         return self.details()
 
     def errors(self) -> list[str]:
@@ -179,37 +186,19 @@ class Sampler:
 
     # ---------------------------------------------------------------- periodic task
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            try:
-                self.sample()
-            except Exception:  # pragma: no cover - readers do not raise; keep sampling if one does
-                _log.exception("flowctl sampler %s: sample failed", self.name)
-            next_at += self.interval_s
-            now = loop.time()
-            if next_at < now:  # fell behind (suspended, overloaded): skip missed ticks
-                next_at = now + self.interval_s
-            await asyncio.sleep(next_at - now)
-
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._periodic.running
 
     async def start(self) -> None:
-        """Start the periodic task (idempotent); the first sample is taken immediately."""
-        if self.running:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"flowctl-sampler-{self.name}")
+        """Take a first sample now and sample every ``interval_s`` from a task (idempotent)."""
+        if not self.running:
+            self.sample()
+            await self._periodic.start()
 
     async def stop(self) -> None:
         """Stop the periodic task and close the source's files."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop()
         self.source.close()
 
     def close(self) -> None:

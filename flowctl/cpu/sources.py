@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from flowctl.cpu.cgroup import CgroupCounterReader, CgroupLimits, KeptFile, read_cgroup_limits
-from flowctl.cpu.host import clock_ticks_per_s, read_host_cpus, read_host_info
+from flowctl.cpu.host import clock_ticks_per_s, parse_stat_seconds, read_host_cpus, read_host_info
 from flowctl.cpu.lxcfs import LxcfsLocation, LxcfsView, find_lxcfs, read_lxcfs_stat, read_lxcfs_view
 from flowctl.cpu.mounts import Discovery, discover, discover_path
-from flowctl.cpu.parse import parse_proc_stat_cpu, parse_psi
+from flowctl.cpu.parse import parse_psi
 from flowctl.errors import ParseError
 
 __all__ = [
@@ -46,7 +46,10 @@ class Counters:
     ``usage_s``: CPU seconds used. ``total_s``: CPU seconds elapsed on all CPUs
     (host-style views only: utilization is then Δusage/Δtotal, as /proc/stat tools do).
     ``periods``/``throttled_periods``: CFS periods. ``throttled_s``: throttled time.
-    ``pressure_s``: PSI ``some`` total.
+    ``pressure_s``: PSI ``some`` total of the view's own scope (the container view: the
+    cgroup's ``cpu.pressure`` only; the host view: ``/proc/pressure/cpu``).
+    ``generation``: which files the counters came from; it changes when the source
+    re-discovers a different cgroup (or lxcfs mount), so a delta across it is meaningless.
     """
 
     usage_s: float | None = None
@@ -55,6 +58,7 @@ class Counters:
     throttled_periods: int | None = None
     throttled_s: float | None = None
     pressure_s: float | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,7 @@ class ContainerSource:
         self.cgroup: CgroupLimits | None = None
         self._reader: CgroupCounterReader | None = None
         self._dirs_key: tuple[tuple[str, str], ...] | None = None
+        self.generation = 0
         self._discovery_cache: dict[str, object] = {}
 
     @property
@@ -136,11 +141,15 @@ class ContainerSource:
         """Re-discover the cgroup (the process may have moved) and re-read its limits."""
         disc = self._discover()
         key = tuple(sorted((k, d.path) for k, d in disc.dirs.items()))
-        if self._reader is None or key != self._dirs_key:
+        if key != self._dirs_key:
+            if self._dirs_key is not None:
+                self.generation += 1  # another cgroup: its counters do not continue the old ones
+            self._dirs_key = key
             if self._reader is not None:
                 self._reader.close()
-            self._reader = CgroupCounterReader(disc, self.root)
-            self._dirs_key = key
+                self._reader = None
+        if self._reader is None:
+            self._reader = CgroupCounterReader(disc)
         else:
             # Same paths: still reopen (lazily) so a group removed and recreated under the same
             # name is followed even where the old fd keeps reading the removed file.
@@ -171,7 +180,7 @@ class ContainerSource:
             "memory_limit_source": cg.memory_limit_source,
             "memory_usage_bytes": cg.memory_usage_bytes,
             "pressure_source": self._reader.pressure_source,
-            "pressure_scope": self._reader.pressure_scope,
+            "pressure_scope": "cgroup" if self._reader.pressure_source else None,
         }
         return Limits(limit_cores=limit, source=source, source_file=files.get(source), errors=tuple(errors),
                       details=details)
@@ -181,7 +190,7 @@ class ContainerSource:
             self.read_limits()
         assert self._reader is not None
         usage_s, periods, throttled, throttled_s, pressure_s = self._reader.read()
-        return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s)
+        return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s, self.generation)
 
     def errors(self) -> list[str]:
         return self._reader.errors() if self._reader is not None else []
@@ -190,7 +199,6 @@ class ContainerSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-            self._dirs_key = None
 
 
 class HostSource:
@@ -209,12 +217,15 @@ class HostSource:
 
     def read_limits(self) -> Limits:
         info = read_host_info(self.root)
+        psi = self._pressure.path if os.path.exists(self._pressure.path) else None
         details: dict[str, JsonValue] = {
             "cpus": info.cpus,
             "cpus_source": info.cpus_source,
             "mem_total_bytes": info.mem_total_bytes,
             "virtualized": info.virtualized,
             "clock_ticks_per_s": self.hz,
+            "pressure_source": psi,
+            "pressure_scope": "system" if psi else None,
         }
         limit = float(info.cpus) if info.cpus else None
         return Limits(limit_cores=limit, source="host" if limit else "none", source_file=info.cpus_source,
@@ -226,8 +237,7 @@ class HostSource:
         data = self._stat.read()
         if data is not None:
             try:
-                t = parse_proc_stat_cpu(data)
-                usage_s, total_s = t.busy_ticks / self.hz, t.total_ticks / self.hz
+                usage_s, total_s = parse_stat_seconds(data, self.hz)
             except ParseError as exc:
                 self._errors.append(f"{self._stat.path}: {exc}")
         data = self._pressure.read()
@@ -264,6 +274,7 @@ class LxcfsSource:
         self.location: LxcfsLocation | None = None
         self.view: LxcfsView | None = None
         self._error: str | None = None
+        self.generation = 0
 
     @property
     def name(self) -> str:
@@ -277,7 +288,9 @@ class LxcfsSource:
 
     def read_limits(self) -> Limits:
         errors: list[str] = []
-        self.location = find_lxcfs(self.root, self.dir, errors=errors)
+        prev, self.location = self.location, find_lxcfs(self.root, self.dir, errors=errors)
+        if prev is not None and self.location is not None and self.location != prev:
+            self.generation += 1  # another lxcfs mount: its /proc/stat does not continue the old one
         if self.location is None:
             self.view = None
             return Limits(limit_cores=None, source="none", errors=("no lxcfs mount found",),
@@ -309,7 +322,7 @@ class LxcfsSource:
         stat, self._error = read_lxcfs_stat(self.location, self.hz)
         if stat is None:
             return Counters()
-        return Counters(usage_s=stat[0], total_s=stat[1])
+        return Counters(usage_s=stat[0], total_s=stat[1], generation=self.generation)
 
     def errors(self) -> list[str]:
         return [self._error] if self._error else []

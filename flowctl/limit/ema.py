@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import math
 
+from flowctl.errors import ConfigError
+
 __all__ = ["Ema"]
 
 
 class Ema:
-    """EMA with time constant ``tau_s`` seconds; ``value`` is None until the first update."""
+    """EMA with time constant ``tau_s`` seconds; ``value`` is None until the first update.
+
+    ``ConfigError`` when ``tau_s`` is not a positive finite number.
+    """
 
     __slots__ = ("tau_s", "value", "_last_at")
 
     def __init__(self, tau_s: float) -> None:
-        if not tau_s > 0:
-            raise ValueError(f"tau_s must be > 0, got {tau_s!r}")
+        if not 0 < tau_s < math.inf:
+            raise ConfigError(f"tau_s: must be > 0 and finite, got {tau_s!r}")
         self.tau_s = tau_s
         self.value: float | None = None
         self._last_at: float | None = None

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from flowctl.errors import LxcfsError
 
 __all__ = [
-    "LXCFS_FILES",
     "SYSTEM_LXCFS_DIR",
     "LxcfsMount",
     "find_lxcfs_binary",
@@ -33,18 +32,6 @@ __all__ = [
 ]
 
 SYSTEM_LXCFS_DIR = "/var/lib/lxcfs"
-LXCFS_FILES: tuple[str, ...] = (
-    "proc/cpuinfo",
-    "proc/meminfo",
-    "proc/stat",
-    "proc/uptime",
-    "proc/loadavg",
-    "proc/diskstats",
-    "proc/swaps",
-    "sys/devices/system/cpu/online",
-)
-"""Files bind-mounted over the same paths under / (the classic container recipe)."""
-
 _FALLBACK_PATH = "/usr/bin:/usr/sbin:/bin:/sbin"
 INSTALL_HINT = "lxcfs is not installed (Debian/Ubuntu: apt-get install -y lxcfs)"
 

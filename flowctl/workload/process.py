@@ -23,9 +23,10 @@ import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import IO, Any
 
+from flowctl.cpu.lxcfs import LXCFS_VIEW_FILES
 from flowctl.errors import ConfigError, FlowctlError, WorkloadError
 from flowctl.workload.cgroupfs import Group, Version, create_group, set_child_subreaper
-from flowctl.workload.lxcfs import LXCFS_FILES, LxcfsMount, is_lxcfs_mount, start_lxcfs, stop_lxcfs, system_lxcfs
+from flowctl.workload.lxcfs import LxcfsMount, is_lxcfs_mount, start_lxcfs, stop_lxcfs, system_lxcfs
 from flowctl.workload.spec import WorkloadSpec, parse_cpus, parse_size
 
 __all__ = ["LimitedProcess", "launch"]
@@ -313,7 +314,7 @@ class LimitedProcess:
         st_r, st_w = os.pipe()
         try:
             wrapper = [bash, "--noprofile", "--norc", "-c", _WRAPPER, "flowctl-run", str(go_r), str(st_w),
-                       lx.dir if lx else "", mount_bin, " ".join(LXCFS_FILES)]
+                       lx.dir if lx else "", mount_bin, " ".join(f.lstrip("/") for f in LXCFS_VIEW_FILES)]
             proc = await asyncio.create_subprocess_exec(
                 *prefix, *wrapper, *argv,
                 stdin=stdin, stdout=stdout, stderr=stderr, env=dict(env) if env is not None else None,

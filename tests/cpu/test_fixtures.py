@@ -39,7 +39,7 @@ CASES: dict[str, dict[str, Any]] = {
                             "effective.source": "cpuset"},
     "v1-memory-no-limit": {"cgroup.memory_limit_bytes": NO, "no_errors": True},
     "v1-no-cpuacct": {"cgroup.version": 1, "cgroup.limit_cores": 0.5, "error": "usage unavailable"},
-    "v1-psi-absent": {"error": "pressure unavailable", "cgroup.pressure_source": NO},
+    "v1-psi-absent": {"error": "pressure unavailable", "cgroup.pressure_source": NO, "host.pressure_source": NO},
     "v2-basic": {"cgroup.version": 2, "cgroup.limit_cores": 0.5, "cgroup.cpuset_cpus": 2, "effective.cpus": 0.5,
                  "cgroup.memory_limit_bytes": 536870912, "path": "sys/fs/cgroup/kubepods/pod1/c1",
                  "cgroup.pressure_scope": "cgroup", "no_errors": True},
@@ -50,11 +50,14 @@ CASES: dict[str, dict[str, Any]] = {
     "v2-no-cpu-controller": {"cgroup.version": 2, "cgroup.limit_cores": NO, "effective.cpus": 2.0, "no_errors": True},
     "v2-cpuset-from-parent": {"cgroup.cpuset_cpus": 2, "cgroup.cpuset": "2-3",
                               "cgroup.cpuset_source": "sys/fs/cgroup/app/cpuset.cpus.effective"},
-    "v2-psi-absent": {"cgroup.pressure_scope": "system", "cgroup.pressure_source": "proc/pressure/cpu"},
+    # No cpu.pressure in the cgroup: the container has no pressure (the system PSI is the host's, labelled so).
+    "v2-psi-absent": {"cgroup.pressure_scope": NO, "cgroup.pressure_source": NO, "cgroup.pressure_ratio": NO,
+                      "host.pressure_scope": "system", "host.pressure_source": "proc/pressure/cpu"},
     "v2-with-v1-leftovers": {"cgroup.version": 2, "path": "sys/fs/cgroup/app", "cgroup.limit_cores": 0.5},
     "v2-non-root-mount": {"cgroup.version": 2, "path": "sys/fs/cgroup/c9", "cgroup.limit_cores": 0.2, "no_errors": True},
     "hybrid-v1-cpu": {"cgroup.version": 1, "path": "sys/fs/cgroup/cpu/app", "cgroup.limit_cores": 0.5,
-                      "cgroup.pressure_scope": "system", "no_errors": True},
+                      "cgroup.pressure_scope": NO, "cgroup.pressure_ratio": NO, "host.pressure_scope": "system",
+                      "no_errors": True},
     "hybrid-v2-cpu": {"cgroup.version": 2, "path": "sys/fs/cgroup/unified/app", "cgroup.limit_cores": 0.5},
     "octal-escape": {"cgroup.version": 1, "path": "sys/fs/cgroup/my cpu/app", "cgroup.limit_cores": 0.5, "no_errors": True},
     "optional-fields": {"cgroup.version": 2, "cgroup.limit_cores": 1.5, "no_errors": True},
@@ -134,7 +137,9 @@ def test_fixture_case(case: str) -> None:
     assert "lxcfs" in report and isinstance(report["errors"], list)
 
 
-V1_COUNTERS = {"v1-separate": (5.0, 1000, 250, 5.0), "v2-basic": (7.0, 400, 100, 3.0)}
+# case -> (usage_s, periods, throttled, throttled_s, pressure_s): v1-separate has no cpu.pressure of its own,
+# so its container pressure is unknown even though the tree has a system-wide /proc/pressure/cpu.
+V1_COUNTERS = {"v1-separate": (5.0, 1000, 250, 5.0, None), "v2-basic": (7.0, 400, 100, 3.0, 123.456789)}
 
 
 @pytest.mark.parametrize("case", sorted(V1_COUNTERS))
@@ -142,11 +147,11 @@ def test_counters_are_unit_correct(case: str) -> None:
     src = ContainerSource(str(FIXTURES / case))
     src.read_limits()
     c = src.read_counters()
-    usage_s, periods, throttled, throttled_s = V1_COUNTERS[case]
+    usage_s, periods, throttled, throttled_s, pressure_s = V1_COUNTERS[case]
     assert c.usage_s == pytest.approx(usage_s)
     assert (c.periods, c.throttled_periods) == (periods, throttled)
     assert c.throttled_s == pytest.approx(throttled_s)
-    assert c.pressure_s == pytest.approx(123.456789)
+    assert c.pressure_s == pytest.approx(pressure_s)
     src.close()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from flowctl.cpu.sampler import Sampler
 from flowctl.cpu.sources import Counters, Limits
+from flowctl.errors import ConfigError
 from flowctl.signal import CpuSignal
 
 
@@ -80,6 +81,24 @@ def test_counter_backwards_drops_sample_and_resets() -> None:
     assert r.utilization == pytest.approx(0.1) and r.utilization_smoothed == pytest.approx(0.1)
 
 
+def test_generation_change_drops_sample_and_resets() -> None:
+    """A source that now reads another cgroup (higher counters everywhere) must not yield a delta."""
+    src = FakeSource(limit=1.0)
+    s = Sampler(src)
+    s.sample(now=0.0)
+    src.counters = Counters(usage_s=0.05, periods=10, throttled_periods=0, throttled_s=0.0, pressure_s=0.0)
+    assert s.sample(now=0.1).utilization_smoothed == pytest.approx(0.5)
+    src.counters = Counters(usage_s=7.0, periods=900, throttled_periods=5, throttled_s=1.0, pressure_s=2.0,
+                            generation=1)
+    r = s.sample(now=0.2)
+    assert r.utilization is None and r.utilization_smoothed is None and r.pressure_ratio is None
+    assert s.dropped_total == 1
+    src.counters = Counters(usage_s=7.01, periods=901, throttled_periods=5, throttled_s=1.0, pressure_s=2.0,
+                            generation=1)
+    r = s.sample(now=0.3)
+    assert r.utilization == pytest.approx(0.1) and r.utilization_smoothed == pytest.approx(0.1)
+
+
 def test_clock_not_advancing_drops() -> None:
     src = FakeSource()
     s = Sampler(src)
@@ -145,3 +164,22 @@ async def test_async_context_samples_periodically_and_closes() -> None:
 def test_nothing_starts_without_an_owner() -> None:
     s = Sampler(FakeSource())
     assert not s.running and s.samples_total == 0
+
+
+@pytest.mark.parametrize(("kw", "name"), [
+    ({"interval_s": 0}, "interval_s"), ({"interval_s": float("nan")}, "interval_s"),
+    ({"interval_s": float("inf")}, "interval_s"), ({"tau_s": 0}, "tau_s"), ({"tau_s": float("inf")}, "tau_s"),
+    ({"limits_interval_s": -1.0}, "limits_interval_s"), ({"limits_interval_s": float("nan")}, "limits_interval_s"),
+    ({"limits_interval_s": float("inf")}, "limits_interval_s"),
+])
+def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, float], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Sampler(FakeSource(), **kw)
+
+
+def test_limits_interval_zero_rereads_every_sample() -> None:
+    src = FakeSource()
+    s = Sampler(src, limits_interval_s=0)
+    s.sample(now=0.0)
+    s.sample(now=0.0)
+    assert src.limit_reads == 2

@@ -140,3 +140,74 @@ def test_lxcfs_stat_utilization_from_fixture(tmp_path: Path) -> None:
 def test_unknown_view_is_config_error() -> None:
     with pytest.raises(ConfigError):
         make_signal("nope")
+
+
+def test_system_psi_is_the_host_views_not_the_containers(tmp_path: Path) -> None:
+    """A cgroup without its own cpu.pressure has no container pressure; /proc/pressure/cpu moves only the host view."""
+    root = _copy("v2-psi-absent", tmp_path)
+    psi = root / "proc/pressure/cpu"
+    container, host = make_signal("container", root=str(root)), make_signal("host", root=str(root))
+    for s in (container, host):
+        s.sample(now=0.0)
+    psi.write_text("some avg10=50.00 avg60=0 avg300=0 total=123556789\nfull avg10=0 avg60=0 avg300=0 total=0\n")
+    c, h = container.sample(now=1.0), host.sample(now=1.0)  # +100 ms of system-wide stall in 1 s
+    assert c.pressure_ratio is None, container.details()
+    assert container.details()["details"]["pressure_scope"] is None  # type: ignore[index]
+    assert h.pressure_ratio == pytest.approx(0.1)
+    assert host.details()["details"]["pressure_scope"] == "system"  # type: ignore[index]
+    container.close()
+    host.close()
+
+
+def test_cgroup_psi_feeds_the_container_view(tmp_path: Path) -> None:
+    root = _copy("v2-basic", tmp_path)
+    psi = root / "sys/fs/cgroup/kubepods/pod1/c1/cpu.pressure"
+    s = make_signal("container", root=str(root))
+    s.sample(now=0.0)
+    psi.write_text("some avg10=0 avg60=0 avg300=0 total=123656789\nfull avg10=0 avg60=0 avg300=0 total=0\n")
+    assert s.sample(now=1.0).pressure_ratio == pytest.approx(0.2)
+    assert s.details()["details"]["pressure_scope"] == "cgroup"  # type: ignore[index]
+    s.close()
+
+
+def _move_to(root: Path, group: str, usage_ns: int, stat: str) -> None:
+    """Give ``root`` a second v1 group ``/docker/<group>`` and move /proc/self there."""
+    for ctrl in ("cpu", "cpuacct", "cpuset", "memory"):
+        src = root / "sys/fs/cgroup" / ctrl / "docker/abc"
+        shutil.copytree(src, root / "sys/fs/cgroup" / ctrl / "docker" / group)
+    (root / "sys/fs/cgroup/cpuacct/docker" / group / "cpuacct.usage").write_text(f"{usage_ns}\n")
+    (root / "sys/fs/cgroup/cpu/docker" / group / "cpu.stat").write_text(stat)
+    cg = root / "proc/self/cgroup"
+    cg.write_text(cg.read_text().replace("/docker/abc", f"/docker/{group}"))
+
+
+def test_moving_to_another_cgroup_drops_the_sample_and_resets(tmp_path: Path) -> None:
+    """Counters of two different groups are never subtracted, even when the new one reads higher."""
+    root = _copy("v1-separate", tmp_path)
+    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    assert isinstance(s.source, ContainerSource)
+    s.sample(now=0.0)
+    (root / "sys/fs/cgroup/cpuacct/docker/abc/cpuacct.usage").write_text("5040000000\n")
+    assert s.sample(now=0.1).utilization == pytest.approx(0.8)
+    gen = s.source.generation
+    # The process moves to a busier group: every counter is higher, so only the identity can tell.
+    _move_to(root, "def", 9_000_000_000, "nr_periods 5000\nnr_throttled 900\nthrottled_time 9000000000\n")
+    r = s.sample(now=1.0)  # limits re-read: re-discovery finds /docker/def
+    assert s.source.generation == gen + 1
+    assert s.counters is not None and s.counters.usage_s == pytest.approx(9.0)  # reading the new group now
+    assert r.utilization is None and r.usage_cores is None and r.utilization_smoothed is None
+    assert s.dropped_total == 1
+    (root / "sys/fs/cgroup/cpuacct/docker/def/cpuacct.usage").write_text("9020000000\n")
+    r = s.sample(now=1.1)  # rates resume within the new group; the EMA restarts from it
+    assert r.usage_cores == pytest.approx(0.2) and r.utilization_smoothed == pytest.approx(0.4)
+    s.close()
+
+
+def test_reopening_the_same_cgroup_keeps_the_generation(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    src = ContainerSource(str(root))
+    src.read_limits()
+    src.close()  # files closed; reopened on the next read: same group, counters continue
+    src.read_limits()
+    assert src.read_counters().generation == 0 and src.generation == 0
+    src.close()
