@@ -23,8 +23,23 @@ from tests.sidecar.conftest import REPO, read_json, start_sidecar_proc, upstream
 
 
 def _named_sleeper(name: str) -> subprocess.Popen[bytes]:
-    """A child whose argv[0] is ``name`` (comm stays "sleep")."""
-    return subprocess.Popen([name, "60"], executable=shutil.which("sleep"))
+    """A child whose argv[0] is ``name`` (comm stays "sleep"), returned once it has exec'd.
+
+    Between fork and exec the child's cmdline is still ours: looking it up by
+    name before the exec would race (seen as a flake on a loaded machine).
+    """
+    proc = subprocess.Popen([name, "60"], executable=shutil.which("sleep"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[0] == name.encode():
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.005)
+    _reap(proc)
+    raise AssertionError(f"child {proc.pid} never exec'd as {name}")
 
 
 def _reap(p: subprocess.Popen[Any]) -> None:
