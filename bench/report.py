@@ -229,7 +229,7 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
     for axx in axes[-1]:
         axx.set_xlabel("time (s)")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.4 * n + 0.6)))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

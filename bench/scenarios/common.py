@@ -608,6 +608,6 @@ def write_json(data: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
+        json.dump(data, f, separators=(",", ":"), default=str)  # compact: results are committed
     os.replace(tmp, path)
     log(f"wrote {path}")
