@@ -604,6 +604,18 @@ def load_capacity(path: str, handler: str, cpus: float) -> Capacity | None:
                     list(c.get("probes", [])), cpus, handler)  # fmt: skip
 
 
+def work_iters_from(path: str | None) -> int | None:
+    """The work size of an earlier result, so that its capacities apply to this run."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            v = json.load(f).get("work_iters")
+    except (OSError, ValueError):
+        return None
+    return int(v) if v else None
+
+
 def write_json(data: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

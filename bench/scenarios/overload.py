@@ -32,6 +32,7 @@ def build_parser(prog: str = "python -m bench overload") -> argparse.ArgumentPar
     p.add_argument("--handler", default="blocking,yielding", help="comma list of: " + ",".join(HANDLERS))
     p.add_argument("--cpus", type=float, default=0.5, help="the upstream's CPU quota")
     p.add_argument("--work-ms", type=float, default=5.0)
+    p.add_argument("--work-iters", type=int, help="burn() iterations per request (default: calibrate --work-ms now)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds at 0.5x capacity before each measured run")
     p.add_argument("--capacity-rps", type=float, help="skip the capacity search (needs --unloaded-p99-ms)")
     p.add_argument("--unloaded-p99-ms", type=float)
@@ -97,7 +98,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     mults = [float(m) for m in str(a.multiplier).split(",")]
     c.check_environment(lxcfs="bbr-lxcfs" in variants)
     machine = c.machine_info()
-    iters = c.calibrate_work_iters(a.work_ms)
+    iters = a.work_iters or c.work_iters_from(a.capacity_from) or c.calibrate_work_iters(a.work_ms)
     c.log(f"overload: handlers {handlers}, variants {variants}, multipliers {mults}, {a.seconds:g} s each; "
           f"upstream {a.cpus} CPU, work {a.work_ms} ms = {iters} iterations; load average {machine['loadavg']}")  # fmt: skip
     out: dict[str, Any] = {

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default="blocking,yielding")
     p.add_argument("--cpus", type=float, default=0.5)
     p.add_argument("--work-ms", type=float, default=5.0)
+    p.add_argument("--work-iters", type=int, help="burn() iterations per request (default: calibrate --work-ms now)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--probe-seconds", type=float, default=4.0)
     p.add_argument("--capacity-rps", type=float)
@@ -55,7 +56,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     handlers = [h.strip() for h in a.handler.split(",") if h.strip()]
     c.check_environment(lxcfs="bbr-lxcfs" in variants)
     machine = c.machine_info()
-    iters = c.calibrate_work_iters(a.work_ms)
+    iters = a.work_iters or c.work_iters_from(a.capacity_from) or c.calibrate_work_iters(a.work_ms)
     out: dict[str, Any] = {"scenario": "priority", "machine": machine, "seconds": a.seconds, "multiplier": a.multiplier,
                            "cpus": a.cpus, "work_iters": iters, "handlers": handlers, "capacities": {}, "variants": {}}  # fmt: skip
     for handler in handlers:

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default="nginx-limit-conn,sidecar-bbr-container,bbr-container")
     p.add_argument("--handler", default="blocking", choices=tuple(HANDLERS))
     p.add_argument("--work-ms", type=float, default=5.0)
+    p.add_argument("--work-iters", type=int, help="burn() iterations per request (default: calibrate --work-ms now)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--probe-seconds", type=float, default=4.0)
     p.add_argument("--capacity-before-rps", type=float)
@@ -128,7 +129,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown peer {p!r}; choose from {', '.join(PEERS)}")
     c.check_environment(nginx="nginx-limit-conn" in peers)
     machine = c.machine_info()
-    iters = c.calibrate_work_iters(a.work_ms)
+    iters = a.work_iters or c.calibrate_work_iters(a.work_ms)
     path = HANDLERS[a.handler]
     c.log(f"step: {a.cpus_before} -> {a.cpus_after} CPU at {a.step_at:g} s of {a.seconds:g} s, peers {peers}, handler {a.handler}; "
           f"load average {machine['loadavg']}")  # fmt: skip
