@@ -32,7 +32,6 @@ __all__ = ["Admission", "Proxy"]
 
 log = logging.getLogger("sidecar.proxy")
 
-PRIORITIES = frozenset({"critical", "default", "sheddable"})
 # Responses with a known length up to this size are read whole and written once
 # (cheaper than a StreamResponse); anything else streams in chunks.
 SMALL_BODY_BYTES = 64 * 1024
@@ -44,7 +43,7 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"})
 class Admission(Protocol):
     """What the proxy needs from ``flowctl.limiter.Limiter``."""
 
-    def acquire(self, priority: str = "default", resource: str = "default") -> Any: ...
+    def acquire(self, priority: str | None = None, resource: str = "default") -> Any: ...
 
 
 class Observer(Protocol):
@@ -186,11 +185,11 @@ class Proxy:
             return _error(413, f"request body of {length} bytes exceeds max_body {self._max_body}")
         decision = None
         if self.limiter is not None:
-            priority = "default"
+            # None means the limiter's default class; so does a name it does not know.
+            priority = None
             if self._priority_header:
-                priority = request.headers.get(self._priority_header, "default").lower()
-                if priority not in PRIORITIES:
-                    priority = "default"
+                header = request.headers.get(self._priority_header)
+                priority = header.lower() if header else None
             decision = self.limiter.acquire(priority, self._resource)
             if not decision.admitted:
                 self._record_rejection(request, decision)

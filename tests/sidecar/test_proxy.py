@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -179,13 +178,12 @@ async def test_websocket_echo_and_close_code(upstream: Upstream, make_sidecar: M
 
 async def test_upstream_refused_is_502_fast(make_sidecar: MakeSidecar, client: aiohttp.ClientSession) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    sc = await make_sidecar(config_for(dead, connect_timeout_s=5.0), limit=False)
-    t0 = time.monotonic()
+    # A long connect timeout: a refusal must answer 502 at once; waiting out the timeout would be a 504.
+    sc = await make_sidecar(config_for(dead, connect_timeout_s=60.0), limit=False)
     async with client.get(url(sc, "/x")) as r:
         assert r.status == 502
         body = await r.json()
     assert "unreachable" in body["detail"]
-    assert time.monotonic() - t0 < 4.0  # refused, not a connect timeout
     assert sc.proxy is not None and sc.proxy.errors_total["502"] == 1
 
 
