@@ -286,7 +286,8 @@ def _report_step(data: dict[str, Any], stem: str) -> list[str]:
 
 
 def priority_markdown(data: dict[str, Any], pngs: Sequence[str]) -> str:
-    out = [f"# Priority: 50/50 critical/sheddable at {data['multiplier']:g}x capacity ({data['rate_rps']:.0f} rps)", "",
+    caps = ", ".join(f"{h} {c['capacity_rps']:.1f} rps" for h, c in data.get("capacities", {}).items())
+    out = [f"# Priority: 50/50 critical/sheddable at {data['multiplier']:g}x capacity ({caps}), {data.get('seconds')} s", "",
            _machine_line(data), "",
            "| variant | handler | class | offered rps | goodput rps | goodput / offered | shed | admitted p99 ms | timeouts | target |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip

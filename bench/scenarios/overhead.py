@@ -42,6 +42,8 @@ MODULES = {"middleware": "bench.middleware_overhead", "sidecar": "bench.sidecar_
 def medians_markdown(part: dict[str, Any]) -> str | None:
     """A table from a ``medians`` mapping (variant -> metric -> value), if the part has one."""
     med = part.get("medians")
+    if med is None and isinstance(part.get("wrk"), dict):  # bench.sidecar_overhead: target -> {rps_median, ...}
+        med = {k: {m: x for m, x in v.items() if not isinstance(x, (list, dict))} for k, v in part["wrk"].items() if isinstance(v, dict)}
     if not isinstance(med, dict) or not med or not all(isinstance(v, dict) for v in med.values()):
         return None
     cols = sorted({k for v in med.values() for k in v})
@@ -54,7 +56,7 @@ def medians_markdown(part: dict[str, Any]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    c.pin_self()
+    # No pinning here: each benchmark places its own servers and wrk (children inherit affinity).
     out: dict[str, Any] = {"scenario": "overhead", "machine": c.machine_info(), "seconds": a.seconds, "rounds": a.rounds, "parts": {}}
     for part in [p.strip() for p in a.parts.split(",") if p.strip()]:
         fd, tmp = tempfile.mkstemp(suffix=".json", prefix=f"flowctl-{part}-")
