@@ -21,7 +21,8 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_cpu_utilization_ratio{view}                 fast utilization of the view's CPU budget
     flowctl_cpu_utilization_smoothed_ratio{view}        its EMA
     flowctl_cpu_usage_cores, flowctl_cpu_limit_cores,
-    flowctl_cpu_throttled_ratio, flowctl_cpu_pressure_ratio   (the limiter's own signal)
+    flowctl_cpu_throttled_ratio                           (the limiter's own signal)
+    flowctl_cpu_pressure_ratio{view}                      PSI "some" of each view that has it
     flowctl_hot, flowctl_cool_off, flowctl_dry_run      0/1
     flowctl_tokens_leaked_total                         tokens never released (a bug if it grows)
     flowctl_event_loop_lag_seconds                      when a loop-lag monitor is attached
@@ -125,11 +126,12 @@ class FlowctlCollector:
                 g["flowctl_cpu_utilization_ratio"].add_metric([name], reading.utilization)
             if reading.utilization_smoothed is not None:
                 g["flowctl_cpu_utilization_smoothed_ratio"].add_metric([name], reading.utilization_smoothed)
+            if reading.pressure_ratio is not None:
+                g["flowctl_cpu_pressure_ratio"].add_metric([name], reading.pressure_ratio)
         cpu = snap.cpu
         _set(g["flowctl_cpu_usage_cores"], cpu.usage_cores)
         _set(g["flowctl_cpu_limit_cores"], cpu.limit_cores)
         _set(g["flowctl_cpu_throttled_ratio"], cpu.throttled_ratio)
-        _set(g["flowctl_cpu_pressure_ratio"], cpu.pressure_ratio)
         if self._loop_lag is not None:
             _set(g["flowctl_event_loop_lag_seconds"], self._loop_lag.lag_s(self._clock()))
         return f.all()
@@ -164,7 +166,8 @@ class _Families:
             G("flowctl_cpu_usage_cores", "CPU cores in use over the last interval (limiter's signal)."),
             G("flowctl_cpu_limit_cores", "Effective CPU budget in cores (limiter's signal)."),
             G("flowctl_cpu_throttled_ratio", "Fraction of CFS periods throttled over the last interval."),
-            G("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some)."),
+            G("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some), per view: "
+              "container = the cgroup's own cpu.pressure, host = /proc/pressure/cpu.", labels=["view"]),
         ]  # fmt: skip
         if with_loop_lag:
             gauges.append(G("flowctl_event_loop_lag_seconds",

@@ -53,7 +53,7 @@ class FakeLimiter:
 def test_collector_exports_snapshot_at_scrape_time() -> None:
     reg = CollectorRegistry()
     lim = FakeLimiter()
-    reg.register(FlowctlCollector(lim, views={"host": StaticSignal("host", utilization=0.23)}))
+    reg.register(FlowctlCollector(lim, views={"host": StaticSignal("host", utilization=0.23, pressure_ratio=0.07)}))
     assert lim.snapshots == 0  # describe() does not snapshot
     get = reg.get_sample_value
     assert get("flowctl_requests_total", {"resource": "hello", "priority": "default", "outcome": "admitted"}) == 7
@@ -72,8 +72,9 @@ def test_collector_exports_snapshot_at_scrape_time() -> None:
     assert get("flowctl_cpu_usage_cores") == 0.455
     assert get("flowctl_cpu_limit_cores") == 0.5
     assert get("flowctl_cpu_throttled_ratio") == 0.2
-    # unknown is absent, not 0
-    assert get("flowctl_cpu_pressure_ratio") is None
+    # pressure per view; unknown is absent, not 0 (the container has no cgroup PSI here)
+    assert get("flowctl_cpu_pressure_ratio", {"view": "host"}) == 0.07
+    assert get("flowctl_cpu_pressure_ratio", {"view": "container"}) is None
     assert get("flowctl_cpu_utilization_smoothed_ratio", {"view": "host"}) is None
     # no monitor attached: no lag metric
     assert get("flowctl_event_loop_lag_seconds") is None
