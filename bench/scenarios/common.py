@@ -623,3 +623,27 @@ def write_json(data: dict[str, Any], path: str) -> None:
         json.dump(data, f, separators=(",", ":"), default=str)  # compact: results are committed
     os.replace(tmp, path)
     log(f"wrote {path}")
+
+
+def run_scenario(
+    name: str,
+    parser: Any,
+    run: Callable[[Any], Any],
+    argv: Sequence[str] | None,
+) -> int:
+    """A scenario's ``main``: parse ``argv``, run, write the JSON and (unless ``--no-report``) the report.
+
+    Returns 2 with one line on stderr when the machine lacks what the scenario needs.
+    """
+    a = parser.parse_args(argv)
+    try:
+        out = asyncio.run(run(a))
+    except EnvironmentMissing as exc:
+        print(f"bench {name}: {exc}", file=sys.stderr)
+        return 2
+    write_json(out, a.json_out)
+    if not a.no_report:
+        from bench import report
+
+        report.report_file(a.json_out)
+    return 0

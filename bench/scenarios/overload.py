@@ -11,7 +11,6 @@ handler, the headline), a Markdown table and PNG plots.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -160,18 +159,7 @@ def _f(x: float | None, nd: int = 1) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        out = asyncio.run(run(a))
-    except c.EnvironmentMissing as exc:
-        print(f"bench overload: {exc}", file=sys.stderr)
-        return 2
-    c.write_json(out, a.json_out)
-    if not a.no_report:
-        from bench import report
-
-        report.report_file(a.json_out)
-    return 0
+    return c.run_scenario("overload", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ capacity, so the target needs the real maximum throughput to exceed the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -102,18 +101,7 @@ async def _measure(run: c.Running, v: str, path: str, rate: float, a: argparse.N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        out = asyncio.run(run(a))
-    except c.EnvironmentMissing as exc:
-        print(f"bench priority: {exc}", file=sys.stderr)
-        return 2
-    c.write_json(out, a.json_out)
-    if not a.no_report:
-        from bench import report
-
-        report.report_file(a.json_out)
-    return 0
+    return c.run_scenario("priority", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -192,18 +192,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        out = asyncio.run(run(a))
-    except c.EnvironmentMissing as exc:
-        print(f"bench step: {exc}", file=sys.stderr)
-        return 2
-    c.write_json(out, a.json_out)
-    if not a.no_report:
-        from bench import report
-
-        report.report_file(a.json_out)
-    return 0
+    return c.run_scenario("step", build_parser(), run, argv)
 
 
 if __name__ == "__main__":
