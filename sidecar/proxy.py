@@ -252,16 +252,21 @@ class Proxy:
                 raise _BodyTooLarge()
             yield chunk
 
-    async def _forward(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
-        """Returns (response, token outcome: "success" | "ignore" | "dropped")."""
-        url = URL(self._base + request.raw_path, encoded=True)
-        headers = request_headers(
+    def _aiohttp_headers(self, request: web.BaseRequest, *, websocket: bool = False) -> CIMultiDict[str]:
+        """The upstream request headers for the aiohttp client paths (plain and WebSocket)."""
+        return request_headers(
             request.headers,
             peer=request.remote,
             scheme=request.scheme,
             host=request.host,
             trust_forwarded=self._trust_forwarded,
+            websocket=websocket,
         )
+
+    async def _forward(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
+        """Returns (response, token outcome: "success" | "ignore" | "dropped")."""
+        url = URL(self._base + request.raw_path, encoded=True)
+        headers = self._aiohttp_headers(request)
         headers.popall("Expect", None)
         data: Any = None
         too_large = [False]
@@ -404,14 +409,7 @@ class Proxy:
 
     async def _websocket(self, request: web.BaseRequest, decision: Any) -> tuple[web.StreamResponse, str]:
         url = URL(self._base + request.raw_path, encoded=True)
-        headers = request_headers(
-            request.headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            host=request.host,
-            trust_forwarded=self._trust_forwarded,
-            websocket=True,
-        )
+        headers = self._aiohttp_headers(request, websocket=True)
         protocols = tuple(
             p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()
         )
