@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import AbstractRoute
+from aiohttp.web_urldispatcher import AbstractRoute, PlainResource
 from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
@@ -91,9 +91,12 @@ __all__ = [
 
 UNMATCHED_RESOURCE = "__unmatched__"
 _PRIORITY_ATTR = "__flowctl_priority__"
+_GUARD_ATTR = "__flowctl_guard__"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _F = TypeVar("_F")
+#: per route: resource label, priority (None: the default), histogram child, whether to check exempt paths
+_Entry = tuple[str, "str | None", DurationHistogram, bool]
 
 
 class _Lifetime(Protocol):
@@ -113,6 +116,10 @@ class Flowctl:
     views: dict[str, CpuSignal]
     exempt_paths: frozenset[str]
     reject_status: int
+    #: "wrap" (route handlers are wrapped at start-up) or "middleware"
+    hook: str = "wrap"
+    guard: Callable[[_Handler, _Entry], _Handler] | None = None
+    entries: _RouteEntries | None = None
     #: things setup created and therefore starts and stops (samplers, the lag monitor)
     owned: list[_Lifetime] = field(default_factory=list)
 
@@ -171,6 +178,7 @@ def setup(
     compare_views: Iterable[str] = (),
     duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
     limiter_options: Mapping[str, Any] | None = None,
+    hook: str = "wrap",
 ) -> Flowctl:
     """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
 
@@ -190,6 +198,8 @@ def setup(
     ``"sheddable"`` when the limiter has that class, else its default.
     Raises ``ConfigError`` for invalid options.
     """
+    if hook not in ("wrap", "middleware"):
+        raise ConfigError(f"hook must be 'wrap' or 'middleware', got {hook!r}")
     if reject_status not in (429, 503):
         raise ConfigError(f"reject_status must be 503 or 429, got {reject_status!r}")
     if limiter is not None and (limiter_options or signal is not None):
@@ -259,19 +269,16 @@ def setup(
         views=views,
         exempt_paths=frozenset(exempt),
         reject_status=reject_status,
+        hook=hook,
         owned=owned,
     )
-    app[FLOWCTL] = state
-    app.middlewares.append(
-        _middleware(
-            state,
-            route_priorities=route_priorities,
-            default_priority=default_priority,
-            unmatched_priority=unmatched_priority,
-            trusted_priority_header=trusted_priority_header,
-            reason_header=reason_header,
-        )
+    state.guard = _make_guard(state, trusted_priority_header=trusted_priority_header, reason_header=reason_header)
+    state.entries = _RouteEntries(
+        state, route_priorities=route_priorities, default_priority=default_priority, unmatched_priority=unmatched_priority
     )
+    app[FLOWCTL] = state
+    if hook == "middleware":
+        app.middlewares.append(_middleware(state))
     app.cleanup_ctx.append(_lifetime)
     return state
 
@@ -302,7 +309,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         for thing in state.owned:
             await thing.start()
             started.append(thing)
-        state.durations.bind(_route_resources(app, state.exempt_paths))
+        if state.hook == "wrap":
+            _wrap_routes(app)
+        state.durations.bind(_route_resources(app, state.exempt_paths, unmatched=state.hook == "middleware"))
         yield
     finally:
         for thing in reversed(started):
@@ -310,9 +319,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
                 await thing.stop()
 
 
-def _route_resources(app: web.Application, exempt: frozenset[str]) -> list[str]:
-    """Resource labels of the app's (non-exempt) routes, plus the unmatched one."""
-    names = [UNMATCHED_RESOURCE]
+def _route_resources(app: web.Application, exempt: frozenset[str], *, unmatched: bool) -> list[str]:
+    """Resource labels of the app's (non-exempt) routes, plus the unmatched one if ``unmatched``."""
+    names = [UNMATCHED_RESOURCE] if unmatched else []
     for route in app.router.routes():
         res = route.resource
         if res is not None and res.canonical not in exempt:
@@ -320,72 +329,163 @@ def _route_resources(app: web.Application, exempt: frozenset[str]) -> list[str]:
     return names
 
 
-def _middleware(
+def _make_guard(
     state: Flowctl,
     *,
-    route_priorities: Mapping[str, str],
-    default_priority: str | None,
-    unmatched_priority: str,
     trusted_priority_header: str | None,
     reason_header: str | None,
-) -> Any:
-    """Build the middleware closure (locals are faster than attribute lookups per request)."""
+) -> Callable[[_Handler, _Entry], _Handler]:
+    """``guard(handler, entry)``: ``handler`` behind the limiter, as one coroutine function.
+
+    All per-request work happens in that one function (locals, no helper calls
+    beyond the limiter's acquire and the token's release): a request costs one
+    extra coroutine frame. ``entry`` is the route's (resource, priority,
+    histogram child, whether an exempt path can still reach it).
+    """
     acquire = state.limiter.acquire
     exempt = state.exempt_paths
     reject_status = state.reject_status
-    child = state.durations.child
     header = trusted_priority_header
     priority_by_text = {name.lower(): name for name in state.limiter.priorities}
-    routes: dict[AbstractRoute, tuple[str, str | None, DurationHistogram]] = {}
-    unmatched = (UNMATCHED_RESOURCE, unmatched_priority, child(UNMATCHED_RESOURCE))
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
 
-    def resolve(route: AbstractRoute) -> tuple[str, str | None, DurationHistogram]:
+    def guard(handler: _Handler, entry: _Entry) -> _Handler:
+        resource, prio, observer, check_path = entry
+
+        async def flowctl_guarded(request: web.Request) -> web.StreamResponse:
+            if check_path and request.path in exempt:
+                return await handler(request)
+            p = prio
+            if header is not None:
+                raw = request.headers.get(header)
+                if raw is not None:
+                    p = priority_by_text.get(raw.strip().lower(), prio)
+            decision = acquire(p, resource)
+            if not decision.admitted:
+                return rejection_response(cast("Rejection", decision), status=reject_status, reason_header=reason_header)
+            # The histogram records the RT the release returns (acquire to now, on the limiter's
+            # clock): no clock read here. It is None only for an already released token.
+            try:
+                response = await handler(request)
+            except HTTPException as exc:
+                rt_s = decision.success() if exc.status < 500 else decision.ignore()
+                if rt_s is not None:
+                    observer.observe(rt_s)
+                raise
+            except CancelledError:
+                decision.ignore()
+                raise
+            except BaseException:
+                rt_s = decision.ignore()
+                if rt_s is not None:
+                    observer.observe(rt_s)
+                raise
+            rt_s = decision.success() if response.status < 500 else decision.ignore()
+            if rt_s is not None:
+                observer.observe(rt_s)
+            return response
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(flowctl_guarded, attr, getattr(handler, attr))
+        flowctl_guarded.__wrapped__ = handler  # type: ignore[attr-defined]
+        marked = getattr(handler, _PRIORITY_ATTR, None)
+        if marked is not None:
+            setattr(flowctl_guarded, _PRIORITY_ATTR, marked)
+        setattr(flowctl_guarded, _GUARD_ATTR, state)
+        return flowctl_guarded
+
+    return guard
+
+
+class _RouteEntries:
+    """The per-route ``_Entry`` (None for an exempt route), cached by route."""
+
+    def __init__(
+        self,
+        state: Flowctl,
+        *,
+        route_priorities: Mapping[str, str],
+        default_priority: str | None,
+        unmatched_priority: str,
+    ) -> None:
+        self._state = state
+        self._route_priorities = route_priorities
+        self._default_priority = default_priority
+        self._unmatched_priority = unmatched_priority
+        self._unmatched: _Entry | None = None
+
+    @property
+    def unmatched(self) -> _Entry:
+        """The entry shared by requests that match no route (bound on first use: middleware hook only)."""
+        if self._unmatched is None:
+            durations = self._state.durations
+            self._unmatched = (UNMATCHED_RESOURCE, self._unmatched_priority, durations.child(UNMATCHED_RESOURCE), True)
+        return self._unmatched
+
+    def entry(self, route: AbstractRoute, handler: Any = None) -> _Entry | None:
+        """The route's entry; None when its path is exempt (a fixed path in ``exempt_paths``)."""
         res = route.resource
         if res is None:  # a SystemRoute: no route matched (404/405), created per request
-            return unmatched
+            return self.unmatched
+        exempt = self._state.exempt_paths
+        fixed = isinstance(res, PlainResource)
+        if fixed and res.canonical in exempt:
+            return None
         resource = res.name or res.canonical
-        prio = route_priorities.get(resource) or getattr(route.handler, _PRIORITY_ATTR, None) or default_priority
-        entry = routes[route] = (resource, prio, child(resource))
-        return entry
+        handler = route.handler if handler is None else handler
+        prio = self._route_priorities.get(resource) or getattr(handler, _PRIORITY_ATTR, None) or self._default_priority
+        return (resource, prio, self._state.durations.child(resource), not fixed and bool(exempt))
+
+
+def _wrap_routes(app: web.Application) -> int:
+    """``hook="wrap"``: put every (non-exempt) route handler of ``app`` behind the guard. Returns how many.
+
+    Replaces the route's handler attribute (``_handler``: aiohttp has no public
+    setter) before the first request; a handler already guarded by this app's
+    state is left alone. Runs at app start-up, when the routes are final.
+    """
+    state = app[FLOWCTL]
+    assert state.guard is not None and state.entries is not None
+    count = 0
+    for route in app.router.routes():
+        handler = route.handler
+        if getattr(handler, _GUARD_ATTR, None) is state:
+            continue
+        if not hasattr(route, "_handler"):
+            raise ConfigError(
+                f"flowctl cannot wrap route {route!r} (no handler attribute in this aiohttp version): "
+                "use flowctl.aiohttp.setup(app, hook='middleware')"
+            )
+        entry = state.entries.entry(route, handler)
+        if entry is None:
+            continue
+        setattr(route, "_handler", state.guard(handler, entry))  # noqa: B010 - aiohttp has no public setter
+        count += 1
+    return count
+
+
+def _middleware(state: Flowctl) -> Any:
+    """``hook="middleware"``: an aiohttp middleware around the guard (also sees unmatched requests)."""
+    guard = state.guard
+    entries = state.entries
+    assert guard is not None and entries is not None
+    cached: dict[AbstractRoute, tuple[Any, _Handler | None]] = {}
 
     @web.middleware
     async def flowctl_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if request.path in exempt:
-            return await handler(request)
         route = request.match_info.route
-        entry = routes.get(route)
-        if entry is None:
-            entry = resolve(route)
-        resource, prio, observer = entry
-        if header is not None:
-            raw = request.headers.get(header)
-            if raw is not None:
-                prio = priority_by_text.get(raw.strip().lower(), prio)
-        decision = acquire(prio, resource)
-        if not decision.admitted:
-            return rejection_response(cast("Rejection", decision), status=reject_status, reason_header=reason_header)
-        # The histogram records the RT the release returns (acquire to now, on the limiter's
-        # clock): no clock read here. It is None only for an already released token.
-        try:
-            response = await handler(request)
-        except HTTPException as exc:
-            rt_s = decision.success() if exc.status < 500 else decision.ignore()
-            if rt_s is not None:
-                observer.observe(rt_s)
-            raise
-        except CancelledError:
-            decision.ignore()
-            raise
-        except BaseException:
-            rt_s = decision.ignore()
-            if rt_s is not None:
-                observer.observe(rt_s)
-            raise
-        rt_s = decision.success() if response.status < 500 else decision.ignore()
-        if rt_s is not None:
-            observer.observe(rt_s)
-        return response
+        hit = cached.get(route)
+        if hit is not None and hit[0] is handler:
+            guarded = hit[1]
+        else:
+            entry = entries.entry(route)
+            guarded = None if entry is None else guard(handler, entry)
+            if entry is not entries.unmatched:  # SystemRoutes are made per request: not cached
+                cached[route] = (handler, guarded)
+        if guarded is None:
+            return await handler(request)
+        return await guarded(request)
 
     return flowctl_middleware

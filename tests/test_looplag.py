@@ -20,73 +20,87 @@ class FakeClock:
         return self.now
 
 
-def test_not_running_never_fires() -> None:
-    mon = LoopLagMonitor(threshold_s=0.05, interval_s=0.01)
+def test_not_running_never_fires_nor_queues() -> None:
+    mon = LoopLagMonitor(threshold_s=0.05)
     assert mon.check(1e9) is None
+    assert not mon.pending
     assert mon.live_lag_s(1e9) == 0.0
     assert not mon.running
 
 
 def test_live_lag_fires_only_at_or_above_threshold() -> None:
-    mon = LoopLagMonitor(threshold_s=0.05, interval_s=0.01)
-    mon.arm(10.0)  # next tick due at 10.01
+    mon = LoopLagMonitor(threshold_s=0.05)
+    mon.arm(10.0)  # a probe queued at 10.0, not run yet
     assert mon.check(10.005) is None
-    assert mon.check(10.05) is None  # 40 ms overdue
-    assert mon.check(10.06) == pytest.approx(0.05)
-    assert mon.check(10.31) == pytest.approx(0.30)
-    assert mon.live_lag_s(10.31) == pytest.approx(0.30)
+    assert mon.check(10.04) is None  # 40 ms
+    assert mon.check(10.05) == pytest.approx(0.05)
+    assert mon.check(10.31) == pytest.approx(0.31)
+    assert mon.live_lag_s(10.31) == pytest.approx(0.31)
 
 
-def test_tick_records_lag_and_rearms() -> None:
+def test_probe_records_lag_and_clears() -> None:
     clock = FakeClock(10.0)
-    mon = LoopLagMonitor(threshold_s=0.05, interval_s=0.01, clock=clock)
+    mon = LoopLagMonitor(threshold_s=0.05, clock=clock, report_for_s=1.0)
     mon.arm(10.0)
-    assert mon.tick(10.25) == pytest.approx(0.24)
-    assert mon.last_lag_s == pytest.approx(0.24) and mon.max_lag_s == pytest.approx(0.24) and mon.ticks == 1
-    # re-armed from the tick: a late *past* tick does not make the next request fire
-    assert mon.check(10.251) is None
-    assert mon.tick(10.26) == 0.0
-    assert mon.last_lag_s == 0.0 and mon.max_lag_s == pytest.approx(0.24)
-    clock.now = 10.3
-    assert mon.lag_s() == pytest.approx(0.03)  # live 30 ms beats last 0
-    assert mon.lag_s(10.265) == 0.0
+    assert mon.probe_ran(10.24) == pytest.approx(0.24)
+    assert mon.last_lag_s == pytest.approx(0.24) and mon.max_lag_s == pytest.approx(0.24) and mon.probes == 1
+    assert not mon.pending
+    # the probe ran: a late *past* probe does not make the next request fire
+    assert mon.check(10.241) is None
+    clock.now = 10.5
+    assert mon.lag_s() == pytest.approx(0.24)  # the last probe's, within report_for_s
+    clock.now = 11.5
+    assert mon.lag_s() == 0.0  # stale: nothing queued, nothing to report
+    mon.arm(11.4)
+    assert mon.lag_s() == pytest.approx(0.1)  # the pending probe's live lag
+    assert mon.probe_ran(11.41) == pytest.approx(0.01)
+    assert mon.max_lag_s == pytest.approx(0.24)
 
 
 def test_trigger_attributes() -> None:
     mon = LoopLagMonitor(threshold_s=0.2, bypass_inflight=False, name="lag")
-    assert (mon.name, mon.threshold, mon.bypass_inflight, mon.interval_s) == ("lag", 0.2, False, 0.01)
+    assert (mon.name, mon.threshold, mon.bypass_inflight) == ("lag", 0.2, False)
     assert "threshold_s=0.2" in repr(mon)
 
 
-@pytest.mark.parametrize("kw", [{"threshold_s": 0}, {"interval_s": -1.0}, {"threshold_s": float("nan")}])
+@pytest.mark.parametrize("kw", [{"threshold_s": 0}, {"report_for_s": -1.0}, {"min_gap_s": -1.0}, {"threshold_s": float("nan")}])
 def test_bad_config(kw: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         LoopLagMonitor(**kw)
 
 
 async def test_blocked_loop_is_seen_live_and_measured() -> None:
-    """Blocking the loop for 200 ms makes the pending timer at least 190 ms overdue.
+    """A check queues a probe; blocking the loop 200 ms after it makes the live lag >= 200 ms.
 
-    Lower bounds only, and they cannot flake: the pending tick was due at most
-    ``interval_s`` (10 ms) after a moment before the block, so the live lag
-    after it, and that tick's measured lag, are >= 200 - 10 ms however slow
-    the machine is. No upper bound is asserted.
+    Lower bounds only, and they cannot flake: the probe was queued before the
+    block and cannot run during it, however slow the machine is.
     """
-    mon = LoopLagMonitor(threshold_s=0.05, interval_s=0.01)
+    mon = LoopLagMonitor(threshold_s=0.05)
     async with mon:
-        while mon.ticks < 1:  # it ticked (so a tick is pending), however long that took
-            await asyncio.sleep(0.005)
         assert mon.running
+        assert mon.check(time.monotonic()) is None and mon.pending
         end = time.monotonic() + 0.2
         while time.monotonic() < end:
             pass  # burn CPU without awaiting, like a blocking handler
         lag = mon.check(time.monotonic())
-        assert lag is not None and lag >= 0.15
-        await asyncio.sleep(0)  # the overdue timer runs in the next iteration
-        await asyncio.sleep(0.02)  # a later timer: the monitor's wake-up ran before ours
-        assert mon.max_lag_s >= 0.15
+        assert lag is not None and lag >= 0.2
+        await asyncio.sleep(0)  # the probe runs in the next iteration
+        await asyncio.sleep(0)
+        assert not mon.pending and mon.probes == 1
+        assert mon.max_lag_s >= 0.2
     assert not mon.running
     assert mon.check(time.monotonic() + 10) is None
+
+
+async def test_an_idle_loop_queues_nothing() -> None:
+    """No check, no probe: an idle app pays nothing (no timer wakes the process)."""
+    mon = LoopLagMonitor(threshold_s=0.05)
+    async with mon:
+        await asyncio.sleep(0.05)
+        assert mon.probes == 0 and not mon.pending
+        mon.check(time.monotonic())
+        await asyncio.sleep(0.01)
+        assert mon.probes == 1 and not mon.pending
 
 
 async def test_start_is_idempotent_and_stop_without_start_is_fine() -> None:
@@ -94,5 +108,22 @@ async def test_start_is_idempotent_and_stop_without_start_is_fine() -> None:
     await mon.stop()
     await mon.start()
     await mon.start()
+    mon.check(time.monotonic())
     await mon.stop()
-    assert not mon.running
+    assert not mon.running and not mon.pending
+    await asyncio.sleep(0)  # the queued probe runs after stop(): it records nothing
+    assert mon.probes == 0
+
+
+async def test_probes_are_at_least_min_gap_apart() -> None:
+    mon = LoopLagMonitor(threshold_s=0.05, min_gap_s=0.05)
+    async with mon:
+        mon.check(time.monotonic())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert mon.probes == 1
+        mon.check(time.monotonic())  # within 50 ms of the last probe: none queued
+        assert not mon.pending
+        await asyncio.sleep(0.06)
+        mon.check(time.monotonic())
+        assert mon.pending

@@ -92,13 +92,14 @@ def test_collector_unknown_cpu_and_loop_lag() -> None:
     lim.snap.min_rt_s = None
     mon = LoopLagMonitor(clock=lambda: 10.3)
     mon.arm(10.0)
-    mon.tick(10.05)  # 40 ms late, re-armed: due 10.06
+    mon.probe_ran(10.04)  # 40 ms late
+    mon.arm(10.06)  # the next batch's probe, pending
     reg.register(FlowctlCollector(lim, loop_lag=mon, clock=lambda: 10.3))
     get = reg.get_sample_value
     assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) is None
     assert get("flowctl_cpu_limit_cores") is None
     assert get("flowctl_min_rt_seconds") is None
-    assert abs((get("flowctl_event_loop_lag_seconds") or 0) - 0.24) < 1e-9  # live lag beats the last tick
+    assert abs((get("flowctl_event_loop_lag_seconds") or 0) - 0.24) < 1e-9  # the live lag of the pending probe
 
 
 def test_request_durations_bind_once() -> None:
