@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -352,6 +353,7 @@ def _make_guard(
 
     def guard(handler: _Handler, entry: _Entry) -> _Handler:
         resource, prio, observer, check_path = entry
+        counts, bounds = observer.counts, observer.bounds
 
         async def flowctl_guarded(request: web.Request) -> web.StreamResponse:
             if check_path and request.path in exempt:
@@ -382,8 +384,9 @@ def _make_guard(
                     observer.observe(rt_s)
                 raise
             rt_s = decision.success() if response.status < 500 else decision.ignore()
-            if rt_s is not None:
-                observer.observe(rt_s)
+            if rt_s is not None:  # observer.observe(rt_s), written out: one frame fewer per request
+                counts[bisect_left(bounds, rt_s)] += 1
+                observer.sum_s += rt_s
             return response
 
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):

@@ -227,7 +227,19 @@ class Token:
 
         Returns that RT in seconds (acquire to now, on the limiter's clock), None if already released.
         """
-        return self._release(False)
+        # ``_release(False)`` written out: this is the per-request path, one frame fewer.
+        cell = self._cell
+        if cell is None:
+            return None
+        self._cell = None
+        lim = self._limiter
+        now = lim._clock()
+        inflight = lim._inflight
+        lim._inflight = inflight - 1
+        cell.released += 1
+        rt_s = now - self.start
+        lim._on_sample(now, rt_s, inflight, False)
+        return rt_s
 
     def ignore(self) -> float | None:
         """The request failed for its own reasons: release without feeding its RT.
@@ -298,6 +310,10 @@ class Token:
     def __repr__(self) -> str:
         state = "released" if self._cell is None else f"{self._cell.resource}/{self._cell.cls.name}"
         return f"<Token {state} start={self.start:.6f}{' dry_run' if self.reason else ''}>"
+
+
+
+_new_token = object.__new__  # acquire's Token constructor without the __init__ frame
 
 
 class Rejection:
@@ -649,13 +665,22 @@ class Limiter:
                 decision = self._over_limit(now, cell, inflight)
                 if decision is not None:
                     return decision
-        if self._bypass:
-            decision = self._bypass_triggers(now, cell, inflight)
-            if decision is not None:
-                return decision
+        for t in self._bypass:  # the loop-lag trigger: checked on every request (written out: no helper frame)
+            v = t.check(now)
+            if v is not None:
+                decision = self._bypass_fired(now, cell, inflight, t, v)
+                if decision is not None:
+                    return decision
         self._inflight = inflight + 1
         cell.admitted += 1
-        return Token(self, cell, now)
+        # Token(self, cell, now) without the __init__ frame: on a server the per-request cost is
+        # mostly memory touched, and a Python-level __init__ call costs more than these stores.
+        token = _new_token(Token)
+        token._limiter = self
+        token._cell = cell
+        token.start = now
+        token.reason = None
+        return token
 
     def _over_limit(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
         """In-flight is at this priority's limit: shed (or dry-run) if hot or in cool-off, else None."""
@@ -679,15 +704,12 @@ class Limiter:
             return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, threshold, cool)
         return None
 
-    def _bypass_triggers(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
-        """Bypass triggers shed whatever in-flight is, at ``threshold * trigger_scale`` of the priority."""
-        scale = cell.cls.trigger_scale
-        for t in self._bypass:
-            v = t.check(now)
-            if v is not None:
-                threshold = t.threshold * scale
-                if v >= threshold:
-                    return self._shed(now, cell, inflight, t.name, t.name, v, threshold, now < self._cool_off_until)
+    def _bypass_fired(self, now: float, cell: _Cell, inflight: int, t: Trigger, v: float) -> Token | Rejection | None:
+        """A bypass trigger reported ``v``: shed (whatever in-flight is) at ``threshold * trigger_scale``
+        of the request's priority, else None."""
+        threshold = t.threshold * cell.cls.trigger_scale
+        if v >= threshold:
+            return self._shed(now, cell, inflight, t.name, t.name, v, threshold, now < self._cool_off_until)
         return None
 
     def _warn_unknown_cpu(self, now: float) -> None:

@@ -186,7 +186,8 @@ def _set(family: GaugeMetricFamily, value: float | None) -> None:
 class DurationHistogram:
     """One resource's duration histogram: plain-int buckets, exported at scrape time.
 
-    ``observe`` is a bisect and two additions (no lock, no prometheus call):
+    ``observe`` is a bisect and two additions (no lock, no prometheus call);
+    ``counts`` is never replaced (the aiohttp guard keeps a reference to it):
     like the limiter, it assumes one thread (one event loop).
     """
 
