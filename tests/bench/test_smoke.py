@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bench.loadgen import LoadSpec, TrafficClass, run_load
 from bench.upstream import HANDLERS, make_app
-from tests.realenv import need_binary, need_cgroup_v1
+from tests.realenv import need, need_binary, need_cgroup_v1
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,6 +141,50 @@ def test_report_renders_synthetic_overload(tmp_path: Path) -> None:
     files = report.report_file(str(p))
     assert all(os.path.getsize(f) > 0 for f in files)
     assert any(f.endswith("-sweep-blocking.png") for f in files)
+
+
+def _run_middleware_overhead(args: list[str], tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    out = tmp_path / "mw.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.middleware_overhead", *args, "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    return proc.stdout, data
+
+
+def test_middleware_overhead_idle_reports_cpu_per_variant(tmp_path: Path) -> None:
+    need(os.path.exists("/proc/self/stat"), "needs /proc (Linux)")
+    stdout, data = _run_middleware_overhead(["--idle", "1", "--variants", "bare,flowctl"], tmp_path)
+    assert data["mode"] == "idle" and data["seconds"] == 1
+    assert set(data["idle"]) == {"bare", "flowctl"}
+    for v, r in data["idle"].items():
+        assert r["wall_s"] >= 1.0
+        assert 0.0 <= r["cores"] <= (os.cpu_count() or 1)
+        assert r["cores"] == pytest.approx(r["cpu_s"] / r["wall_s"])
+        assert f"idle {v} " in stdout and "of a core" in stdout
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_middleware_overhead_paired_smoke(tmp_path: Path) -> None:
+    need_binary("wrk")
+    need_binary("taskset", "util-linux")
+    need({0, 1} <= os.sched_getaffinity(0), "--paired needs CPUs 0 and 1")
+    stdout, data = _run_middleware_overhead(["--paired", "--variants", "bare,flowctl_middleware", "--rounds", "2",
+                                             "--duration", "1"], tmp_path)  # fmt: skip
+    assert data["mode"] == "paired" and data["variants"] == ["bare", "flowctl_middleware"]
+    runs = data["runs"]
+    assert [r["round"] for r in runs] == [1, 2]
+    assert [r["first"] for r in runs] == ["bare", "flowctl_middleware"]  # the server started first alternates
+    for r in runs:
+        for side in ("a", "b"):
+            assert r[f"requests_per_s_{side}"] > 0
+            assert r[f"server_cpu_us_per_request_{side}"] is None or r[f"server_cpu_us_per_request_{side}"] >= 0
+            assert r[f"non_2xx_{side}"] >= 0
+        assert r["ratio"] == pytest.approx(r["requests_per_s_b"] / r["requests_per_s_a"])
+    assert data["median_ratio"] == pytest.approx(sum(r["ratio"] for r in runs) / 2)
+    assert set(data["medians"]) == {"bare", "flowctl_middleware"}
+    assert stdout.count("ratio ") == 3 and "median ratio flowctl_middleware/bare over 2 rounds" in stdout
 
 
 # ---------------------------------------------------------------- real cgroups (root)
