@@ -53,9 +53,12 @@ def make_app(*, protect: bool, threshold_s: float | None = None) -> web.Applicat
     from flowctl.looplag import LoopLagMonitor
 
     counts = {"inflight": 0, "max": 0}
+    watch: LoopLagMonitor | None = None  # bare: probed here, as flowctl's limiter would
 
     @web.middleware
     async def count_inflight(request: web.Request, handler: Any) -> web.StreamResponse:
+        if watch is not None:
+            watch.check(time.monotonic())
         counts["inflight"] += 1
         if counts["inflight"] > counts["max"]:
             counts["max"] = counts["inflight"]
@@ -88,8 +91,8 @@ def make_app(*, protect: bool, threshold_s: float | None = None) -> web.Applicat
         state = flowctl.aiohttp.setup(app, **kw)
         monitor = state.loop_lag
         limiter = state.limiter
-    else:  # the same monitor, only watching, to report the lag of the bare app
-        monitor = LoopLagMonitor()
+    else:  # the same monitor, only watching (its check() queues the probes), to report the bare app's lag
+        monitor = watch = LoopLagMonitor()
         limiter = None
 
         async def run_monitor(app: web.Application) -> Any:
