@@ -86,6 +86,7 @@ __all__ = [
     "UNMATCHED_RESOURCE",
     "Flowctl",
     "priority",
+    "rejection_parts",
     "rejection_response",
     "setup",
 ]
@@ -144,10 +145,8 @@ def priority(name: str) -> Callable[[_F], _F]:
     return mark
 
 
-def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
-    """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
-    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
-    the trigger is also sent in that header. Used by the middleware and the sidecar."""
+def rejection_parts(decision: Rejection, *, reason_header: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The headers and JSON body of the shed response (see ``rejection_response``)."""
     trigger = decision.reason.trigger
     retry_after_s = float(decision.retry_after_s)
     if not math.isfinite(retry_after_s) or retry_after_s < 0:
@@ -155,7 +154,14 @@ def rejection_response(decision: Rejection, *, status: int = 503, reason_header:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
     if reason_header is not None:
         headers[reason_header] = trigger
-    body = {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
+    return headers, {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
+
+
+def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
+    """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
+    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
+    the trigger is also sent in that header. Used by the middleware and the sidecar."""
+    headers, body = rejection_parts(decision, reason_header=reason_header)
     return web.json_response(body, status=status, headers=headers)
 
 

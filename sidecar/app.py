@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.admin import SidecarCollector, build_admin_app
 from sidecar.config import SidecarConfig
+from sidecar.fastpath import FastListener
 from sidecar.probe import UpstreamProbe
 from sidecar.proxy import Admission, Proxy
 from sidecar.watch import WatchedSignal, parse_watch
@@ -98,6 +99,7 @@ class Sidecar:
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._proxy_site: web.TCPSite | None = None
+        self._fast: FastListener | None = None
         self.listen_port = 0
         self.admin_port = 0
 
@@ -150,9 +152,21 @@ class Sidecar:
         )
         self._proxy_runner = web.ServerRunner(self._proxy_server, shutdown_timeout=FLUSH_S)
         await self._proxy_runner.setup()
-        self._proxy_site = web.TCPSite(self._proxy_runner, cfg.listen.host, cfg.listen.port, backlog=1024)
-        await self._proxy_site.start()
-        self.listen_port = _bound_port(self._proxy_site)
+        if cfg.client == "fast":
+            # Plain requests skip aiohttp's server; the rest is handed to self._proxy_server.
+            self._fast = FastListener(
+                self.proxy,
+                self._proxy_server,
+                max_head_bytes=cfg.max_header_bytes,
+                max_body=cfg.max_body_bytes,
+                priority_header=cfg.priority_header,
+                clock=self._clock,
+            )
+            self.listen_port = await self._fast.start(cfg.listen.host, cfg.listen.port, backlog=1024)
+        else:
+            self._proxy_site = web.TCPSite(self._proxy_runner, cfg.listen.host, cfg.listen.port, backlog=1024)
+            await self._proxy_site.start()
+            self.listen_port = _bound_port(self._proxy_site)
         log.info(
             "sidecar listening on %s:%d -> %s; admin on %s:%d; watching %s",
             cfg.listen.host, self.listen_port, cfg.upstream, cfg.admin.host, self.admin_port, cfg.watch,
@@ -183,6 +197,8 @@ class Sidecar:
         Returns True when everything finished within the grace period.
         """
         self.draining = True
+        if self._fast is not None:
+            self._fast.stop_listening()  # new connections are refused; idle keep-alive ones close
         if self._proxy_site is not None:
             await self._proxy_site.stop()  # closes the listening socket: new connections are refused
             self._proxy_site = None
@@ -201,6 +217,9 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Close listeners, the upstream session, the probe and the CPU watch."""
+        if self._fast is not None:
+            await self._fast.close()
+            self._fast = None
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
             self._proxy_runner = None

@@ -9,7 +9,7 @@ directions. End-to-end headers (``Content-Length``, ``Content-Encoding``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, MultiMapping
 
@@ -19,6 +19,7 @@ __all__ = [
     "connection_tokens",
     "request_header_list",
     "request_headers",
+    "response_header_list",
     "response_headers",
 ]
 
@@ -53,7 +54,7 @@ _WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-we
 
 
 def request_header_list(
-    headers: MultiMapping[str],
+    headers: MultiMapping[str] | Sequence[tuple[str, str]],
     *,
     peer: str | None,
     scheme: str,
@@ -63,16 +64,20 @@ def request_header_list(
 ) -> list[tuple[str, str]]:
     """Headers to send upstream, in order: end-to-end ones plus X-Forwarded-For/Proto/Host and Via.
 
+    ``headers``: a multidict, or the (name, value) pairs as received.
+
     X-Forwarded-For gets the peer appended. X-Forwarded-Proto/Host are set from
     this hop unless ``trust_forwarded`` and the client sent them. Lower-case
     names in ``drop`` are left out too (e.g. framing headers the client library sets).
     """
-    listed = connection_tokens(headers.getall("Connection", ())) if "Connection" in headers else frozenset()
+    pairs = list(headers.items()) if isinstance(headers, MultiMapping) else headers
+    conn_values = [v for k, v in pairs if len(k) == 10 and k.lower() == "connection"]
+    listed = connection_tokens(conn_values) if conn_values else frozenset()
     out: list[tuple[str, str]] = []
     xff: list[str] = []
     via: list[str] = []
     proto = fwd_host = None
-    for k, v in headers.items():
+    for k, v in pairs:
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in listed or lk in drop or lk.startswith("proxy-"):
             continue
@@ -121,6 +126,24 @@ def request_headers(
             drop=_WS_HANDSHAKE if websocket else frozenset(),
         )  # fmt: skip
     )
+
+
+def response_header_list(headers: Iterable[tuple[str, str]], connection: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``response_headers`` as (name, value) pairs, in order, Via last (for the fast listener)."""
+    listed = connection_tokens(connection)
+    out: list[tuple[str, str]] = []
+    via: list[str] = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in listed or lk.startswith("proxy-"):
+            continue
+        if lk == "via":
+            via.append(v)
+            continue
+        out.append((k, v))
+    via.append(VIA)
+    out.append(("Via", ", ".join(via)))
+    return out
 
 
 def response_headers(headers: Iterable[tuple[str, str]], connection: Iterable[str] = ()) -> CIMultiDict[str]:

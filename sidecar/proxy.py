@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -23,18 +25,18 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from flowctl.aiohttp import rejection_response
+from flowctl.aiohttp import rejection_parts, rejection_response
 from sidecar.config import SidecarConfig
-from sidecar.headers import request_header_list, request_headers, response_headers
+from sidecar.fastpath import SMALL_BODY_BYTES, PlainRequest
+from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
 __all__ = ["Admission", "Proxy"]
 
 log = logging.getLogger("sidecar.proxy")
 
-# Responses with a known length up to this size are read whole and written once
+# Responses with a known length up to SMALL_BODY_BYTES are read whole and written once
 # (cheaper than a StreamResponse); anything else streams in chunks.
-SMALL_BODY_BYTES = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 # Set by the lean client itself from the body it sends; Expect is answered by this hop.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"})
@@ -57,7 +59,45 @@ class _BodyTooLarge(Exception):
 
 
 def _error(status: int, detail: str) -> web.Response:
-    return web.json_response({"error": web.Response(status=status).reason, "detail": detail}, status=status)
+    return web.json_response({"error": _reason(status), "detail": detail}, status=status)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _error_body(status: int, detail: str) -> bytes:
+    return json.dumps({"error": _reason(status), "detail": detail}).encode()
+
+
+def _status_line(status: int, reason: str) -> bytes:
+    return f"HTTP/1.1 {status} {reason or _reason(status)}\r\n".encode("latin-1", "replace")
+
+
+def _header_block(headers: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in headers).encode("utf-8", "surrogateescape")
+
+
+def _plain_response(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool) -> bytes:
+    """A whole small response (errors, rejections) for the fast listener."""
+    head = _status_line(status, "") + _header_block(headers)
+    head += b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body)
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+class PlainConnection(Protocol):
+    """What ``Proxy.serve_plain`` writes to (``sidecar.fastpath``'s connection)."""
+
+    peer: str | None
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:
@@ -192,10 +232,10 @@ class Proxy:
                 priority = header.lower() if header else None
             decision = self.limiter.acquire(priority, self._resource)
             if not decision.admitted:
-                self._record_rejection(request, decision)
+                self._record_rejection(request.method, request.path, decision)
                 return rejection_response(decision)
             if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
-                self._record_rejection(request, decision, counted=False)
+                self._record_rejection(request.method, request.path, decision, counted=False)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -222,12 +262,12 @@ class Proxy:
             if self._durations is not None and decision is not None:
                 self._durations.observe(self._clock() - started_s)
 
-    def _record_rejection(self, request: web.BaseRequest, decision: Any, *, counted: bool = True) -> None:
+    def _record_rejection(self, method: str, path: str, decision: Any, *, counted: bool = True) -> None:
         # Cheap on the hot path: keep the Reason object; /debug/limiter formats it (rejection_log()).
         if counted:
             self.errors_total["503"] += 1
         if self.rejections.maxlen:
-            self.rejections.append((time.time(), request.method, request.path, decision.reason))
+            self.rejections.append((time.time(), method, path, decision.reason))
 
     def rejection_log(self) -> list[dict[str, Any]]:
         """The last ``rejections_kept`` rejections (dry-run ones included), newest first, JSON-able."""
@@ -347,9 +387,14 @@ class Proxy:
         return resp, "success"
 
     def _upstream_error(self, e: BaseException) -> tuple[web.StreamResponse, str]:
+        status, detail, outcome = self._upstream_error_parts(e)
+        return _error(status, detail), outcome
+
+    def _upstream_error_parts(self, e: BaseException) -> tuple[int, str, str]:
+        """(status, detail, token outcome) for an upstream failure; counts it."""
         if isinstance(e, asyncio.TimeoutError):  # includes aiohttp.ServerTimeoutError
             self.errors_total["504"] += 1
-            return _error(504, f"upstream timed out ({type(e).__name__})"), "dropped"
+            return 504, f"upstream timed out ({type(e).__name__})", "dropped"
         self.errors_total["502"] += 1
         if isinstance(e, aiohttp.ClientConnectorError):
             detail = f"upstream unreachable: {e.os_error.strerror or e.os_error}"
@@ -357,7 +402,95 @@ class Proxy:
             detail = str(e)
         else:
             detail = f"upstream failed: {type(e).__name__}: {e}"
-        return _error(502, detail), "ignore"
+        return 502, detail, "ignore"
+
+    # -- the fast listener's path (sidecar.fastpath) -------------------------------------------
+
+    async def serve_plain(self, req: PlainRequest, conn: PlainConnection, *, close: bool) -> bool:
+        """Answer one plain request from the fast listener by writing bytes to ``conn``.
+
+        The same admission, counters, headers and error mapping as ``handle``.
+        ``close``: answer with ``Connection: close``. Returns False when the
+        connection must not be reused (the response was cut short).
+        """
+        self.requests_total += 1
+        decision = None
+        if self.limiter is not None:
+            decision = self.limiter.acquire(req.priority.lower() if req.priority else None, self._resource)
+            if not decision.admitted:
+                self._record_rejection(req.method, req.path, decision)
+                headers, body = rejection_parts(decision)
+                conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
+                return True
+            if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
+                self._record_rejection(req.method, req.path, decision, counted=False)
+        self.inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+        outcome = "ignore"
+        started_s = self._clock() if self._durations is not None else 0.0
+        try:
+            outcome = await self._exchange_plain(req, conn, close)
+            return outcome != "cut"
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._idle is not None:
+                self._idle.set()
+            if decision is not None:
+                getattr(decision, "dropped" if outcome == "cut" else outcome)()
+                if self._durations is not None:
+                    self._durations.observe(self._clock() - started_s)
+
+    async def _exchange_plain(self, req: PlainRequest, conn: PlainConnection, close: bool) -> str:
+        """Forward and write the response; returns the token outcome, or "cut" (client connection aborted)."""
+        pool = self._pool
+        assert pool is not None
+        header_list = request_header_list(
+            req.headers, peer=conn.peer, scheme="http", host=req.host, trust_forwarded=self._trust_forwarded, drop=_FRAMING_HEADERS
+        )
+        wrote_head = False
+        up: Any = None
+        try:
+            async with asyncio.timeout(self._total_timeout_s):
+                up = await pool.request(req.method, self._prefix + req.target, header_list, req.body or None)
+                head = _status_line(up.status, up.reason) + _header_block(response_header_list(up.headers, up.connection))
+                if close:
+                    head += b"Connection: close\r\n"
+                if req.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200:
+                    conn.write(head + b"\r\n")
+                    up.close()
+                    return "success"
+                length = up.content_length
+                if length is not None and length <= SMALL_BODY_BYTES:
+                    body = await up.read()
+                    conn.write(head + b"\r\n" + body)
+                    return "success"
+                chunked = length is None
+                conn.write(head + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n"))
+                wrote_head = True
+                while chunk := await up.read_chunk():
+                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await conn.drain()
+                if chunked:
+                    conn.write(b"0\r\n\r\n")
+                return "success"
+        except (UpstreamError, TimeoutError) as e:
+            if up is not None:
+                up.close()
+            if wrote_head:  # headers are gone: cut the connection rather than mark a truncated body complete
+                if isinstance(e, TimeoutError):
+                    self.errors_total["504"] += 1
+                log.warning("stream from upstream broke after headers: %s: %s", type(e).__name__, e)
+                conn.abort()
+                return "cut"
+            status, detail, outcome = self._upstream_error_parts(e)
+            conn.write(_plain_response(status, [], _error_body(status, detail), close=close))
+            return outcome
+        except BaseException:
+            if up is not None:
+                up.close()
+            conn.abort()
+            raise
 
     async def _respond(self, request: web.BaseRequest, up: aiohttp.ClientResponse) -> web.StreamResponse:
         hdrs = response_headers(up.headers.items(), up.headers.getall("Connection", ()))
