@@ -87,6 +87,7 @@ class _Conn(asyncio.Protocol):
         self.handover_pending = False
         self.handed_over = False
         self.closed = False
+        self.eof = False
         self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -126,7 +127,8 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.worker is None and not self.queue:
             return None  # nothing pending: close
-        return True  # half-closed: answer what was asked, then close (the worker sees closed/eof)
+        self.eof = True
+        return True  # half-closed: answer what was asked, then close (see _work)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -258,7 +260,9 @@ class _Conn(asyncio.Protocol):
                     return
         finally:
             self.worker = None
-        if self.handover_pending and not self.closed:
+        if self.eof and not self.closed and self.transport is not None:
+            self.transport.close()  # the client half-closed: everything it asked is answered
+        elif self.handover_pending and not self.closed:
             self.handover_pending = False
             self._handover()
         elif self.buf and not self.closed:
