@@ -196,7 +196,7 @@ def setup(
     ``LoopLagMonitor`` already among its triggers is reused, else one is added
     to it with ``limiter.add_trigger``. The monitor measures with
     ``time.monotonic``: the limiter's clock must be the same. A monitor is
-    always run by the app (one that does not tick never fires). ``registry``:
+    always run by the app (one that is not started never queues probes, so never fires). ``registry``:
     where metrics go (a new ``CollectorRegistry`` if None; never the global
     one). ``metrics_path=None`` adds no route. Priorities (``priorities``
     values, ``default_priority``, ``unmatched_priority``, ``@priority``) must
@@ -244,7 +244,7 @@ def setup(
         if monitor is None:
             monitor = LoopLagMonitor(threshold_s=loop_lag_threshold_s)
     if monitor is not None:
-        owned.append(monitor)  # a monitor that does not tick never fires: setup always runs it
+        owned.append(monitor)  # a monitor that is not started never fires: setup always runs it
     if own_signal is not None:
         owned.append(own_signal)  # type: ignore[arg-type]  # a Sampler has start/stop
     if monitor is not None and not any(t is monitor for t in limiter.triggers):
