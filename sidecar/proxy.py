@@ -230,20 +230,14 @@ class Proxy:
             if self._priority_header:
                 header = request.headers.get(self._priority_header)
                 priority = header.lower() if header else None
-            decision = self.limiter.acquire(priority, self._resource)
+            decision = self._admit(priority, request.method, request.path)
             if not decision.admitted:
-                self._record_rejection(request.method, request.path, decision)
                 return rejection_response(decision)
-            if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
-                self._record_rejection(request.method, request.path, decision, counted=False)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.inflight += 1
-        if self._idle is not None:
-            self._idle.clear()
+        started_s = self._begin()
         outcome = "ignore"
-        started_s = self._clock() if self._durations is not None else 0.0
         try:
             if _is_websocket(request):
                 resp, outcome = await self._websocket(request, decision)
@@ -254,12 +248,33 @@ class Proxy:
                 resp, outcome = await self._forward(request, length)
             return resp
         finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self._idle is not None:
-                self._idle.set()
-            if decision is not None:
-                getattr(decision, outcome)()
-            if self._durations is not None and decision is not None:
+            self._end(decision, outcome, started_s)
+
+    def _admit(self, priority: str | None, method: str, path: str) -> Any:
+        """The limiter's decision (a dry-run or real shed is recorded); the caller answers a rejection."""
+        assert self.limiter is not None
+        decision = self.limiter.acquire(priority, self._resource)
+        if not decision.admitted:
+            self._record_rejection(method, path, decision)
+        elif getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
+            self._record_rejection(method, path, decision, counted=False)
+        return decision
+
+    def _begin(self) -> float:
+        """Count a request as being forwarded; returns its start time (for the duration histogram)."""
+        self.inflight += 1
+        if self._idle is not None:
+            self._idle.clear()
+        return self._clock() if self._durations is not None else 0.0
+
+    def _end(self, decision: Any, outcome: str, started_s: float) -> None:
+        """The request is done: release its token with ``outcome`` and observe its duration."""
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+        if decision is not None:
+            getattr(decision, outcome)()
+            if self._durations is not None:
                 self._durations.observe(self._clock() - started_s)
 
     def _record_rejection(self, method: str, path: str, decision: Any, *, counted: bool = True) -> None:
@@ -416,30 +431,18 @@ class Proxy:
         self.requests_total += 1
         decision = None
         if self.limiter is not None:
-            decision = self.limiter.acquire(req.priority.lower() if req.priority else None, self._resource)
+            decision = self._admit(req.priority.lower() if req.priority else None, req.method, req.path)
             if not decision.admitted:
-                self._record_rejection(req.method, req.path, decision)
                 headers, body = rejection_parts(decision)
                 conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
-            if getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
-                self._record_rejection(req.method, req.path, decision, counted=False)
-        self.inflight += 1
-        if self._idle is not None:
-            self._idle.clear()
+        started_s = self._begin()
         outcome = "ignore"
-        started_s = self._clock() if self._durations is not None else 0.0
         try:
             outcome = await self._exchange_plain(req, conn, close)
             return outcome != "cut"
         finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self._idle is not None:
-                self._idle.set()
-            if decision is not None:
-                getattr(decision, "dropped" if outcome == "cut" else outcome)()
-                if self._durations is not None:
-                    self._durations.observe(self._clock() - started_s)
+            self._end(decision, "dropped" if outcome == "cut" else outcome, started_s)
 
     async def _exchange_plain(self, req: PlainRequest, conn: PlainConnection, close: bool) -> str:
         """Forward and write the response; returns the token outcome, or "cut" (client connection aborted)."""
