@@ -470,7 +470,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.connections = 50
 
     wrk = "wrk"
-    variants = [v for v in args.variants.split(",") if v]
     load_before = os.getloadavg()[0]
     runs: list[Run] = []
     for rnd in range(1, args.rounds + 1):
