@@ -68,8 +68,11 @@ class Periodic:
     async def _run(self) -> None:
         clock, interval_s = self._clock, self._interval_s
         due = clock() + interval_s
-        while True:
+        me = asyncio.current_task()
+        while self._task is me:  # stop() clears _task first: a swallowed cancellation still ends the loop
             await self._sleep(max(0.0, due - clock()))
+            if self._task is not me:
+                return
             try:
                 result = self._callback()
                 if inspect.isawaitable(result):
@@ -87,14 +90,17 @@ class Periodic:
     async def stop(self) -> None:
         """Cancel the task and wait for it (no-op when not running)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # our caller is being cancelled too: do not swallow that
+        if task is None:
+            return
+        task.cancel()
+        # A callback may swallow the cancellation (asyncio.wait_for on 3.11 can, when it races a
+        # completion): the task then sleeps on. Cancel again until it ends, so stop() returns.
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done():
+                task.cancel()
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("%s: ended with %r", self._name, task.exception())
 
     async def __aenter__(self) -> Periodic:
         await self.start()

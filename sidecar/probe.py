@@ -62,7 +62,10 @@ class UpstreamProbe:
                     if r.status >= 500:
                         raise RuntimeError(f"GET {self._url} -> {r.status}")
             else:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), self._timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races
+                # the connect's completion, and stop() then waited forever (seen as a hung SIGTERM drain).
+                async with asyncio.timeout(self._timeout_s):
+                    _, writer = await asyncio.open_connection(self._host, self._port)
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()

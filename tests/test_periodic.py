@@ -106,3 +106,20 @@ async def test_stop_does_not_swallow_its_callers_cancellation() -> None:
 def test_bad_interval_is_a_config_error(interval_s: float) -> None:
     with pytest.raises(ConfigError, match="interval_s"):
         Periodic(lambda: None, interval_s, name="t")
+
+
+async def test_stop_returns_when_a_callback_swallows_the_cancellation() -> None:
+    """asyncio.wait_for on 3.11 can lose a cancellation; the periodic task must still stop."""
+    swallowed = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.append(1)  # like a wait_for that returned the result instead of raising
+
+    p = Periodic(stubborn, 0.001, name="stubborn")
+    await p.start()
+    await asyncio.sleep(0.05)  # inside the callback's sleep by now
+    await asyncio.wait_for(p.stop(), 10)
+    assert swallowed and not p.running
