@@ -209,8 +209,9 @@ class Sidecar:
         n = self.proxy.inflight
         log.info("draining: %d request(s) in flight, waiting up to %.1f s", n, self.config.drain_seconds)
         try:
-            await asyncio.wait_for(self.proxy.wait_idle(), self.config.drain_seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.drain_seconds):
+                await self.proxy.wait_idle()
+        except TimeoutError:
             log.warning("drain: %d request(s) still in flight after %.1f s", self.proxy.inflight, self.config.drain_seconds)
             return False
         return True

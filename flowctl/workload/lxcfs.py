@@ -160,7 +160,8 @@ async def stop_lxcfs(mount: LxcfsMount, *, timeout_s: float = 5.0) -> None:
         _umount_lazy(mount.dir)
     if proc.returncode is None:
         try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)

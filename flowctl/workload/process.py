@@ -197,7 +197,8 @@ class LimitedProcess:
         if self._proc.returncode is None:
             self.terminate()
             try:
-                await asyncio.wait_for(self.wait(), self._stop_timeout_s if timeout_s is None else timeout_s)
+                async with asyncio.timeout(self._stop_timeout_s if timeout_s is None else timeout_s):
+                    await self.wait()
             except TimeoutError:
                 self.kill()
         return await self.wait()
