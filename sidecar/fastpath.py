@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -36,8 +35,6 @@ if TYPE_CHECKING:
     from sidecar.proxy import Proxy
 
 __all__ = ["FastListener", "PlainRequest", "SMALL_BODY_BYTES"]
-
-log = logging.getLogger("sidecar.fastpath")
 
 SMALL_BODY_BYTES = 64 * 1024
 _PLAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})

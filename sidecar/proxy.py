@@ -1,9 +1,12 @@
 """The forwarding path: one request in, one upstream exchange, streamed both ways.
 
-``Proxy.handle`` is an aiohttp low-level handler. It admits the request
-through the limiter (when one is given), forwards it over one shared
-``ClientSession`` (explicit connector limit, keep-alive, no cookie jar, no
-decompression) and streams the body back. Errors map to 502 (refused or
+``Proxy.handle`` is an aiohttp low-level handler; ``Proxy.serve_plain`` answers
+the plain requests of ``sidecar.fastpath``'s listener with the same admission,
+counters and error mapping. Both admit the request through the limiter (when
+one is given) and forward it over the lean keep-alive pool
+(``sidecar.upstream``; or, with ``client="aiohttp"``, one shared
+``ClientSession``: explicit connector limit, keep-alive, no cookie jar, no
+decompression, which also carries WebSockets), streaming the body back. Errors map to 502 (refused or
 broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
 a rejection becomes ``flowctl.aiohttp.rejection_response`` (503, Retry-After, JSON reason).
 """
