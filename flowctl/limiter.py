@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
@@ -98,6 +98,12 @@ class Trigger(Protocol):
     "hot" like the CPU signal; a bypass trigger sheds even when in-flight is
     within the limit (blocking handlers keep in-flight at 1).
     ``bypass_inflight`` is read once, when the trigger is added.
+
+    A bypass trigger may also have a ``quiet_until`` attribute (clock seconds):
+    the limiter then skips ``check(now)`` while ``now < quiet_until``, so the
+    trigger promises that such a call would return None and has nothing to do
+    (``LoopLagMonitor`` sets it after each check). Without it, ``check`` runs
+    on every ``acquire``.
     """
 
     @property
@@ -466,6 +472,34 @@ def _check_ratio(key: str, value: float | None, *, allow_none: bool) -> float | 
     return float(value)
 
 
+class _Quiet(Trigger, Protocol):
+    """A bypass trigger as ``acquire`` polls it: with ``quiet_until``."""
+
+    quiet_until: float
+
+
+class _NeverQuiet:
+    """A bypass trigger without ``quiet_until``, seen through one that is always due."""
+
+    __slots__ = ("_trigger", "bypass_inflight", "check", "name", "quiet_until")
+
+    def __init__(self, trigger: Trigger) -> None:
+        self._trigger = trigger
+        self.name = trigger.name
+        self.bypass_inflight = True
+        self.check = trigger.check
+        self.quiet_until = -math.inf
+
+    @property
+    def threshold(self) -> float:
+        return self._trigger.threshold
+
+
+def _gated(triggers: Sequence[Trigger]) -> tuple[_Quiet, ...]:
+    """Bypass triggers as ``acquire`` polls them: each with a ``quiet_until``."""
+    return tuple(cast(_Quiet, t) if hasattr(t, "quiet_until") else _NeverQuiet(t) for t in triggers)
+
+
 class Limiter:
     """BBR-style admission gated by a CPU signal, with priorities, triggers and reasons.
 
@@ -498,6 +532,7 @@ class Limiter:
         self._cool_reading: CpuReading | None = None  # a reading known not hot (see _decide)
         self._triggers: tuple[Trigger, ...] = ()
         self._bypass: tuple[Trigger, ...] = ()
+        self._bypass_gated: tuple[_Quiet, ...] = ()  # what acquire polls: each has quiet_until
         self.cpu_threshold = cpu_threshold
         self.cool_off_s = cool_off_s
         self.throttled_threshold = throttled_threshold
@@ -617,6 +652,7 @@ class Limiter:
             raise ConfigError(f"{trigger!r} does not implement the Trigger protocol")
         if trigger.bypass_inflight:
             self._bypass = (*self._bypass, trigger)
+            self._bypass_gated = _gated(self._bypass)
         else:
             self._triggers = (*self._triggers, trigger)
         self._cool_reading = None
@@ -625,6 +661,7 @@ class Limiter:
         """Remove a trigger added before (no-op when absent)."""
         self._triggers = tuple(t for t in self._triggers if t is not trigger)
         self._bypass = tuple(t for t in self._bypass if t is not trigger)
+        self._bypass_gated = _gated(self._bypass)
         self._cool_reading = None
 
     @property
@@ -665,12 +702,13 @@ class Limiter:
                 decision = self._over_limit(now, cell, inflight)
                 if decision is not None:
                     return decision
-        for t in self._bypass:  # the loop-lag trigger: checked on every request (written out: no helper frame)
-            v = t.check(now)
-            if v is not None:
-                decision = self._bypass_fired(now, cell, inflight, t, v)
-                if decision is not None:
-                    return decision
+        for t in self._bypass_gated:  # the loop-lag trigger (written out: no helper frame)
+            if now >= t.quiet_until:  # else its check would return None: no call
+                v = t.check(now)
+                if v is not None:
+                    decision = self._bypass_fired(now, cell, inflight, t, v)
+                    if decision is not None:
+                        return decision
         self._inflight = inflight + 1
         cell.admitted += 1
         # Token(self, cell, now) without the __init__ frame: on a server the per-request cost is
@@ -704,7 +742,7 @@ class Limiter:
             return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, threshold, cool)
         return None
 
-    def _bypass_fired(self, now: float, cell: _Cell, inflight: int, t: Trigger, v: float) -> Token | Rejection | None:
+    def _bypass_fired(self, now: float, cell: _Cell, inflight: int, t: _Quiet, v: float) -> Token | Rejection | None:
         """A bypass trigger reported ``v``: shed (whatever in-flight is) at ``threshold * trigger_scale``
         of the request's priority, else None."""
         threshold = t.threshold * cell.cls.trigger_scale

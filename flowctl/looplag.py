@@ -48,6 +48,7 @@ It implements the limiter's ``Trigger`` protocol: ``name``, ``threshold``
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -55,6 +56,8 @@ from types import TracebackType
 from flowctl.errors import ConfigError
 
 __all__ = ["LoopLagMonitor"]
+
+_EARLY_S = 1e-9  # quiet_until is set this much early (see check)
 
 
 class LoopLagMonitor:
@@ -85,6 +88,7 @@ class LoopLagMonitor:
         "max_lag_s",
         "name",
         "probes",
+        "quiet_until",
     )
 
     def __init__(
@@ -116,6 +120,9 @@ class LoopLagMonitor:
         self.last_lag_s = 0.0
         self.max_lag_s = 0.0
         self.probes = 0
+        #: ``check(now)`` returns None and has nothing to do while ``now < quiet_until`` (clock
+        #: seconds): the limiter skips the call until then. -inf means "ask on the next request".
+        self.quiet_until = -math.inf
 
     @property
     def threshold(self) -> float:
@@ -166,13 +173,29 @@ class LoopLagMonitor:
         last = self.last_lag_s
         if last > lag and now - self._ran_at < last:
             lag = last  # the backlog of a late iteration: requests that queued during it are still served
-        return lag if lag >= self._threshold_s else None
+        threshold = self._threshold_s
+        if lag >= threshold:
+            self.quiet_until = -math.inf
+            return lag
+        # Not firing now. The backlog only shrinks with time, so what can fire next is the live lag
+        # of the pending probe (at queued_at + threshold); with none pending, the next probe is due
+        # min_gap_s after the last one ran (never, while stopped: start() re-arms). A nanosecond
+        # early, so float rounding can only make the limiter ask once too often, never skip a firing.
+        at = self._queued_at
+        if at is not None:
+            self.quiet_until = at + threshold - _EARLY_S
+        elif self._loop is not None:
+            self.quiet_until = self._ran_at + self._min_gap_s - _EARLY_S
+        else:
+            self.quiet_until = math.inf
+        return None
 
     # -- probing ------------------------------------------------------------------
 
     def arm(self, queued_at: float) -> None:
         """Mark a probe as pending since ``queued_at`` without queuing a callback (tests, benchmarks)."""
         self._queued_at = queued_at
+        self.quiet_until = -math.inf
 
     def probe_ran(self, now: float) -> float:
         """Record that the pending probe ran at ``now``; return its measured lag (0 if none was pending)."""
@@ -183,6 +206,7 @@ class LoopLagMonitor:
             self.max_lag_s = lag
         self._ran_at = now
         self.probes += 1
+        self.quiet_until = -math.inf  # the next check re-plans (a late probe's backlog fires at once)
         return lag
 
     def _probe(self) -> None:
@@ -193,11 +217,13 @@ class LoopLagMonitor:
         """Start probing on the running loop (idempotent)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self.quiet_until = -math.inf
 
     async def stop(self) -> None:
         """Stop probing; the live lag reads 0 afterwards."""
         self._loop = None
         self._queued_at = None
+        self.quiet_until = -math.inf
 
     async def __aenter__(self) -> LoopLagMonitor:
         await self.start()

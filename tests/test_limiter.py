@@ -473,6 +473,22 @@ def test_bypass_trigger_sheds_with_one_in_flight(sig: StaticSignal, clock: FakeC
     held[0].success()
 
 
+def test_bypass_trigger_with_quiet_until_is_not_called_before_it(sig: StaticSignal, clock: FakeClock) -> None:
+    """A bypass trigger's ``quiet_until`` (LoopLagMonitor's) spares the call; without one, every acquire calls."""
+    quiet = FakeTrigger(threshold=0.05, bypass_inflight=True, value=1.0)
+    quiet.quiet_until = clock.now + 1.0  # type: ignore[attr-defined]  # promises None until then
+    plain = FakeTrigger(name="plain", threshold=10.0, bypass_inflight=True, value=0.0)
+    lim = make(sig, clock, n=100, triggers=[quiet, plain])
+    for _ in range(3):
+        lim.acquire().success()
+    assert (quiet.calls, plain.calls) == (0, 3)
+    clock.now += 1.0  # now == quiet_until: due
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "loop_lag"
+    assert (quiet.calls, plain.calls) == (1, 3)  # shed at the first trigger; the second is not asked
+    assert lim.triggers == (quiet, plain)  # the triggers as given, not the limiter's view of them
+
+
 def test_triggers_can_be_added_and_removed(sig: StaticSignal, clock: FakeClock) -> None:
     lag = FakeTrigger(bypass_inflight=True, value=1.0)
     lim = make(sig, clock)

@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from flowctl.errors import ConfigError
 from flowctl.looplag import LoopLagMonitor
@@ -129,3 +131,56 @@ async def test_probes_are_at_least_min_gap_apart() -> None:
         await asyncio.sleep(0.06)
         mon.check(time.monotonic())
         assert mon.pending
+
+
+class _ManualLoop:
+    """Stands in for the running loop: ``call_soon`` only records; the test runs the probe when it likes."""
+
+    def __init__(self) -> None:
+        self.ready: list[Any] = []
+
+    def call_soon(self, cb: Any) -> None:
+        self.ready.append(cb)
+
+
+_TICK = 1 / 1024  # a binary-exact time step: the edges below are hit exactly, with no float rounding
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 4, 5, 6, 20, 45, 47, 48, 49]), st.sampled_from(["check", "check", "check", "run", "stop", "start"])), max_size=60))
+@example([(0, "check"), (48, "check")])  # the live lag reaches the threshold exactly
+@example([(0, "check"), (1, "run"), (1, "check"), (4, "check")])  # the next probe is due exactly min_gap after the last
+@example([(0, "check"), (49, "run"), (0, "check"), (47, "check"), (1, "check"), (1, "check")])  # a backlog ends
+def test_quiet_until_skips_only_calls_that_would_do_nothing(steps: list[tuple[int, str]]) -> None:
+    """The limiter skips ``check(now)`` while ``now < quiet_until``: a monitor polled only then
+    answers every request exactly like one polled on every request, and queues the same probes."""
+    clock = FakeClock(0.0)
+    every, gated = (LoopLagMonitor(threshold_s=48 * _TICK, min_gap_s=5 * _TICK, clock=clock) for _ in range(2))
+    loops = {id(every): _ManualLoop(), id(gated): _ManualLoop()}
+
+    def start(mon: LoopLagMonitor) -> None:
+        if not mon.running:
+            asyncio.run(mon.start())  # the real start(), then its loop swapped for one the test drives
+            mon._loop = loops[id(mon)]  # type: ignore[assignment]
+
+    for mon in (every, gated):
+        start(mon)
+    for ticks, op in steps:  # steps around the 5-tick gap and the 48-tick threshold: lands on both edges
+        clock.now += ticks * _TICK
+        if op == "check":
+            want = every.check(clock.now)
+            got = gated.check(clock.now) if clock.now >= gated.quiet_until else None
+            assert got == want
+        elif op == "run":  # the loop gets to the pending probes
+            for mon in (every, gated):
+                ready, loops[id(mon)].ready = loops[id(mon)].ready, []
+                for cb in ready:
+                    cb()
+        elif op == "stop":
+            for mon in (every, gated):
+                asyncio.run(mon.stop())
+                loops[id(mon)].ready.clear()
+        else:
+            for mon in (every, gated):
+                start(mon)
+        assert (gated.pending, gated.probes, gated.last_lag_s) == (every.pending, every.probes, every.last_lag_s)
