@@ -28,12 +28,13 @@ The middleware only translates (the Limiter decides):
   seconds, at least 1) and a small JSON body
   ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``;
   ``reason_header`` (e.g. ``"X-Flowctl-Reason"``) adds the trigger as a header.
-- **timing**: RT runs from admission (``acquire``) to the handler's return,
-  on the limiter's clock; the duration histogram records the RT the token's
-  release returns (no extra clock reads). The outcome given back to the limiter:
+- **timing**: RT runs from admission (``Limiter.admit``: the slot API, no
+  Token object per request) to the handler's return, on the limiter's clock;
+  the duration histogram records the RT the release returns (no extra clock
+  reads). The outcome given back to the limiter:
 
   ====================================================  ==================
-  handler returns / raises                               token
+  handler returns / raises                               release
   ====================================================  ==================
   a response with status < 500 (2xx, 3xx, 4xx)           ``success()``
   ``web.HTTPException`` with status < 500 (e.g.          ``success()``
@@ -349,7 +350,10 @@ def _make_guard(
     extra coroutine frame. ``entry`` is the route's (resource, priority,
     histogram child, whether an exempt path can still reach it).
     """
-    acquire = state.limiter.acquire
+    from flowctl.limiter import Rejection  # noqa: F811  (at run time: the guard compares classes)
+
+    limiter = state.limiter
+    admit, success, ignore, slot_of = limiter.admit, limiter.success, limiter.ignore, limiter.slot
     exempt = state.exempt_paths
     reject_status = state.reject_status
     header = trusted_priority_header
@@ -360,39 +364,36 @@ def _make_guard(
     def guard(handler: _Handler, entry: _Entry) -> _Handler:
         resource, prio, observer, check_path = entry
         counts, bounds = observer.counts, observer.bounds
+        route_slot = slot_of(resource, prio)  # resolved once: no (resource, priority) lookup per request
 
         async def flowctl_guarded(request: web.Request) -> web.StreamResponse:
             if check_path and request.path in exempt:
                 return await handler(request)
-            p = prio
+            slot = route_slot
             if header is not None:
                 raw = request.headers.get(header)
                 if raw is not None:
-                    p = priority_by_text.get(raw.strip().lower(), prio)
-            decision = acquire(p, resource)
-            if not decision.admitted:
-                return rejection_response(cast("Rejection", decision), status=reject_status, reason_header=reason_header)
-            # The histogram records the RT the release returns (acquire to now, on the limiter's
-            # clock): no clock read here. It is None only for an already released token.
+                    slot = slot_of(resource, priority_by_text.get(raw.strip().lower(), prio))
+            # The slot API, not acquire(): no Token object per request. Every path below releases
+            # exactly once. The histogram records the RT the release returns (no clock read here).
+            start = admit(slot)
+            if start.__class__ is Rejection:
+                return rejection_response(start, status=reject_status, reason_header=reason_header)
+            start = cast(float, start)
             try:
                 response = await handler(request)
             except HTTPException as exc:
-                rt_s = decision.success() if exc.status < 500 else decision.ignore()
-                if rt_s is not None:
-                    observer.observe(rt_s)
+                observer.observe(success(slot, start) if exc.status < 500 else ignore(slot, start))
                 raise
             except CancelledError:
-                decision.ignore()
+                ignore(slot, start)
                 raise
             except BaseException:
-                rt_s = decision.ignore()
-                if rt_s is not None:
-                    observer.observe(rt_s)
+                observer.observe(ignore(slot, start))
                 raise
-            rt_s = decision.success() if response.status < 500 else decision.ignore()
-            if rt_s is not None:  # observer.observe(rt_s), written out: one frame fewer per request
-                counts[bisect_left(bounds, rt_s)] += 1
-                observer.sum_s += rt_s
+            rt_s = success(slot, start) if response.status < 500 else ignore(slot, start)
+            counts[bisect_left(bounds, rt_s)] += 1  # observer.observe(rt_s), written out: one frame fewer
+            observer.sum_s += rt_s
             return response
 
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):

@@ -45,6 +45,7 @@ __all__ = [
     "PriorityClass",
     "Reason",
     "Rejection",
+    "Slot",
     "Token",
     "Trigger",
 ]
@@ -166,7 +167,7 @@ class _Class:
 
 
 class _Cell:
-    """Counters of one (resource, priority) pair."""
+    """Counters of one (resource, priority) pair; to callers of ``Limiter.slot``, an opaque ``Slot``."""
 
     __slots__ = ("resource", "cls", "admitted", "dry_run_shed", "released", "shed", "shed_by", "dry_by")
 
@@ -233,19 +234,11 @@ class Token:
 
         Returns that RT in seconds (acquire to now, on the limiter's clock), None if already released.
         """
-        # ``_release(False)`` written out: this is the per-request path, one frame fewer.
         cell = self._cell
         if cell is None:
             return None
         self._cell = None
-        lim = self._limiter
-        now = lim._clock()
-        inflight = lim._inflight
-        lim._inflight = inflight - 1
-        cell.released += 1
-        rt_s = now - self.start
-        lim._on_sample(now, rt_s, inflight, False)
-        return rt_s
+        return self._limiter.success(cell, self.start)
 
     def ignore(self) -> float | None:
         """The request failed for its own reasons: release without feeding its RT.
@@ -256,32 +249,18 @@ class Token:
         if cell is None:
             return None
         self._cell = None
-        lim = self._limiter
-        lim._inflight -= 1
-        cell.released += 1
-        return lim._clock() - self.start
+        return self._limiter.ignore(cell, self.start)
 
     def dropped(self) -> float | None:
         """The request timed out or was dropped downstream: tell the algorithm it was dropped.
 
         Returns its RT in seconds, None if already released.
         """
-        return self._release(True)
-
-    def _release(self, dropped: bool) -> float | None:
-        """Release and feed the RT to the algorithm (``success`` / ``dropped``)."""
         cell = self._cell
         if cell is None:
             return None
         self._cell = None
-        lim = self._limiter
-        now = lim._clock()
-        inflight = lim._inflight
-        lim._inflight = inflight - 1
-        cell.released += 1
-        rt_s = now - self.start
-        lim._on_sample(now, rt_s, inflight, dropped)
-        return rt_s
+        return self._limiter.dropped(cell, self.start)
 
     def __del__(self) -> None:
         if self._cell is not None:
@@ -320,6 +299,9 @@ class Token:
 
 
 _new_token = object.__new__  # acquire's Token constructor without the __init__ frame
+
+Slot = _Cell
+"""An opaque (resource, priority) handle from ``Limiter.slot``, for ``admit`` and the slot releases."""
 
 
 class Rejection:
@@ -572,6 +554,7 @@ class Limiter:
         self._resources: set[str] = set()
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._tokens_leaked = 0
+        self._dry_reason: Reason | None = None  # the last dry-run shed's, for acquire's token
         self._warned_unknown_cpu = False
         for t in triggers:
             self.add_trigger(t)
@@ -687,10 +670,39 @@ class Limiter:
         ``priority`` None means the configured ``default_priority``; a name that is
         not a configured class is counted and limited as the default class too.
         """
-        now = self._clock()
         cell = self._lookup.get((resource, priority))
         if cell is None:
             cell = self._cell(resource, priority)
+        self._dry_reason = None
+        start = self.admit(cell)
+        if start.__class__ is Rejection:
+            return start
+        # Token(self, cell, start, reason) without the __init__ frame: on a server the per-request
+        # cost is mostly memory touched, and a Python-level __init__ call costs more than these stores.
+        token = _new_token(Token)
+        token._limiter = self
+        token._cell = cell
+        token.start = cast(float, start)
+        token.reason = self._dry_reason  # set by a dry-run "would shed" in this very admit
+        return token
+
+    def slot(self, resource: str = "default", priority: str | None = None) -> Slot:
+        """The handle ``admit`` takes for this pair, resolved once (names bounded as in ``acquire``).
+
+        For integrations that know a request's pair before it arrives (a route, a proxy).
+        """
+        cell = self._lookup.get((resource, priority))
+        return cell if cell is not None else self._cell(resource, priority)
+
+    def admit(self, slot: Slot) -> float | Rejection:
+        """``acquire`` without a Token: the admission time (a float, clock seconds) or a ``Rejection``.
+
+        An admitted request (including a dry-run "would shed") must be released exactly once
+        with ``success``, ``ignore`` or ``dropped`` given the same slot and that time: nothing
+        releases it for the caller. This is the per-request path of ``flowctl.aiohttp``.
+        """
+        cell = slot
+        now = self._clock()
         inflight = self._inflight
         if inflight:
             if now >= self._refresh_at:
@@ -711,16 +723,40 @@ class Limiter:
                         return decision
         self._inflight = inflight + 1
         cell.admitted += 1
-        # Token(self, cell, now) without the __init__ frame: on a server the per-request cost is
-        # mostly memory touched, and a Python-level __init__ call costs more than these stores.
-        token = _new_token(Token)
-        token._limiter = self
-        token._cell = cell
-        token.start = now
-        token.reason = None
-        return token
+        return now
 
-    def _over_limit(self, now: float, cell: _Cell, inflight: int) -> Token | Rejection | None:
+    def success(self, slot: Slot, start: float) -> float:
+        """Release a request ``admit`` let in at ``start``; it completed: its RT feeds the algorithm.
+
+        Returns that RT in seconds (``start`` to now, on the limiter's clock).
+        """
+        now = self._clock()
+        inflight = self._inflight
+        self._inflight = inflight - 1
+        slot.released += 1
+        rt_s = now - start
+        self._on_sample(now, rt_s, inflight, False)
+        return rt_s
+
+    def ignore(self, slot: Slot, start: float) -> float:
+        """Release a request ``admit`` let in at ``start``; it failed for its own reasons: the RT is
+        not fed to the algorithm. Returns the RT all the same (for the caller's metrics)."""
+        self._inflight -= 1
+        slot.released += 1
+        return self._clock() - start
+
+    def dropped(self, slot: Slot, start: float) -> float:
+        """Release a request ``admit`` let in at ``start``; it timed out or was dropped downstream:
+        the algorithm is told. Returns its RT in seconds."""
+        now = self._clock()
+        inflight = self._inflight
+        self._inflight = inflight - 1
+        slot.released += 1
+        rt_s = now - start
+        self._on_sample(now, rt_s, inflight, True)
+        return rt_s
+
+    def _over_limit(self, now: float, cell: _Cell, inflight: int) -> float | Rejection | None:
         """In-flight is at this priority's limit: shed (or dry-run) if hot or in cool-off, else None."""
         cool = now < self._cool_off_until
         if not self._cpu_gate:
@@ -742,7 +778,7 @@ class Limiter:
             return self._shed(now, cell, inflight, "cool_off", self._signal_name, value, threshold, cool)
         return None
 
-    def _bypass_fired(self, now: float, cell: _Cell, inflight: int, t: _Quiet, v: float) -> Token | Rejection | None:
+    def _bypass_fired(self, now: float, cell: _Cell, inflight: int, t: _Quiet, v: float) -> float | Rejection | None:
         """A bypass trigger reported ``v``: shed (whatever in-flight is) at ``threshold * trigger_scale``
         of the request's priority, else None."""
         threshold = t.threshold * cell.cls.trigger_scale
@@ -796,8 +832,9 @@ class Limiter:
         value: float | None,
         threshold: float | None,
         cool: bool,
-    ) -> Token | Rejection:
-        """Record a shed (or dry-run would-shed), restart the cool-off, build the reason."""
+    ) -> float | Rejection:
+        """Record a shed (a Rejection) or a dry-run would-shed (admitted at ``now``: its reason is
+        left in ``_dry_reason`` for ``acquire``), restart the cool-off, build the reason."""
         cls = cell.cls
         cap = cls.cap
         # Retry-After: the cool-off (shedding goes on that long after this drop), or the
@@ -843,7 +880,8 @@ class Limiter:
         by = cell.dry_by
         by[trigger] = by.get(trigger, 0) + 1
         self._inflight = inflight + 1
-        return Token(self, cell, now, reason)
+        self._dry_reason = reason
+        return now
 
     def _cell(self, resource: str, priority: str | None) -> _Cell:
         """Find or create the counters for a pair, bounding names (None or unknown priority -> default)."""

@@ -18,16 +18,18 @@ from flowctl.limit.base import LimitAlgorithm
 from flowctl.limit.bbr import Bbr
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
-from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, Limiter, Token
+from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, Limiter, Rejection, Slot, Token
 from flowctl.signal import StaticSignal
 
 RESOURCES = ("a", "b", "c")
 
 
 class LimiterMachine(RuleBasedStateMachine):
-    """Random acquires, releases (any kind, repeated), time steps, CPU and dry-run flips."""
+    """Random acquires, releases (any kind, repeated), time steps, CPU and dry-run flips; the same
+    through the slot API (``slot`` / ``admit`` / one release per admitted request) interleaved."""
 
     tokens = Bundle("tokens")
+    leases = Bundle("leases")  # (slot, start) of requests let in by admit()
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,16 +42,19 @@ class LimiterMachine(RuleBasedStateMachine):
         self.admitted = 0
         self.released = 0
 
-    @rule(target=tokens, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
-    def acquire(self, priority: str, resource: str) -> object:
-        # A reference model of the shedding rule, evaluated before the call.
+    def _expect_shed(self, priority: str) -> bool:
+        """A reference model of the shedding rule, evaluated before the call."""
         inflight = self.lim.inflight
         share = DEFAULT_PRIORITIES.get(priority, DEFAULT_PRIORITIES["default"]).share
         cap = max(1, math.ceil(share * self.algo.max_inflight(self.now) - 1e-9))
         util = self.sig.reading.utilization
         hot = util is not None and util >= self.lim.cpu_threshold
         cool_off = self.last_drop is not None and self.now < self.last_drop + self.lim.cool_off_s
-        expect_shed = inflight + 1 > cap and (hot or cool_off)
+        return inflight + 1 > cap and (hot or cool_off)
+
+    @rule(target=tokens, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
+    def acquire(self, priority: str, resource: str) -> object:
+        expect_shed = self._expect_shed(priority)
         d = self.lim.acquire(priority, resource)
         assert (d.reason is not None) == expect_shed, (inflight, cap, util, cool_off, d)
         if expect_shed:
@@ -61,6 +66,30 @@ class LimiterMachine(RuleBasedStateMachine):
             return d
         assert not d.admitted and d.reason.inflight == self.lim.inflight
         return multiple()
+
+    @rule(target=leases, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
+    def admit(self, priority: str, resource: str) -> object:
+        expect_shed = self._expect_shed(priority)
+        shed_before = self.lim.snapshot().requests
+        slot = self.lim.slot(resource, priority)
+        start = self.lim.admit(slot)
+        if expect_shed:
+            self.last_drop = self.now
+        if isinstance(start, Rejection):
+            assert expect_shed and not self.lim.dry_run
+            assert start.reason.inflight == self.lim.inflight
+            return multiple()
+        assert start == self.now and (not expect_shed or self.lim.dry_run)
+        if expect_shed:  # dry-run: admitted, counted as a would-shed
+            assert self.lim.snapshot().requests != shed_before
+        self.admitted += 1
+        return (slot, start)
+
+    @rule(lease=consumes(leases), how=st.sampled_from(("success", "ignore", "dropped")))
+    def release_lease(self, lease: tuple[Slot, float], how: str) -> None:
+        slot, start = lease
+        self.released += 1
+        assert getattr(self.lim, how)(slot, start) == self.now - start  # the RT
 
     @rule(token=tokens, how=st.sampled_from(("success", "ignore", "dropped")), times=st.integers(1, 3))
     def release(self, token: Token, how: str, times: int) -> None:
