@@ -674,7 +674,7 @@ class Limiter:
         if cell is None:
             cell = self._cell(resource, priority)
         self._dry_reason = None
-        start = self.admit(cell)
+        start: Any = self.admit(cell)  # float | Rejection (Any: no typing.cast call per request)
         if start.__class__ is Rejection:
             return start
         # Token(self, cell, start, reason) without the __init__ frame: on a server the per-request
@@ -682,7 +682,7 @@ class Limiter:
         token = _new_token(Token)
         token._limiter = self
         token._cell = cell
-        token.start = cast(float, start)
+        token.start = start
         token.reason = self._dry_reason  # set by a dry-run "would shed" in this very admit
         return token
 
