@@ -13,6 +13,9 @@ started: its reading is *held* for the measurement). Three cases:
 - ``acquire_release_ns_median_idle``: admitting with nothing else in flight;
 - ``acquire_release_ns_median_loop_lag_trigger``: the first case with an
   event-loop lag monitor attached as a bypass trigger (as flowctl.aiohttp does).
+- ``admit_success_ns_median``: the first case through the slot API
+  (``admit(slot)`` + ``success(slot, start)``, no Token: what
+  ``flowctl.aiohttp``'s guard calls per request).
 
 Time is taken over batches of ``--batch`` pairs with ``perf_counter_ns``; the
 figure is the median over all batches of the per-pair mean (robust to other
@@ -101,6 +104,14 @@ def run(*, batches: int, batch: int, held: int, warmup_s: float) -> dict[str, An
     admit_ns, admit_batches = measure(pair, batches=batches, batch=batch)
     assert limiter.inflight == held
 
+    slot, admit, success = limiter.slot(), limiter.admit, limiter.success
+
+    def slot_pair() -> None:
+        success(slot, admit(slot))  # type: ignore[arg-type]  # admitting: a float start
+
+    slot_ns, _ = measure(slot_pair, batches=batches, batch=batch)
+    assert limiter.inflight == held
+
     # The aiohttp set-up: an event-loop lag monitor as a bypass trigger, polled per acquire
     # (armed, not firing: the loop is never late here).
     from flowctl.looplag import LoopLagMonitor
@@ -127,6 +138,7 @@ def run(*, batches: int, batch: int, held: int, warmup_s: float) -> dict[str, An
         "acquire_release_ns_median_shedding": round(shed_ns, 1),
         "acquire_release_ns_median_idle": round(idle_ns, 1),
         "acquire_release_ns_median_loop_lag_trigger": round(lag_ns, 1),
+        "admit_success_ns_median": round(slot_ns, 1),
         "acquire_release_ns_p90_batch": round(statistics.quantiles(admit_batches, n=10)[-1], 1),
         "acquire_release_ns_p90_batch_shedding": round(statistics.quantiles(shed_batches, n=10)[-1], 1),
         "empty_loop_ns_per_call": round(loop_ns, 1),
@@ -161,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "acquire_release_ns_median_shedding",
         "acquire_release_ns_median_idle",
         "acquire_release_ns_median_loop_lag_trigger",
+        "admit_success_ns_median",
         "empty_loop_ns_per_call",
     ):
         print(f"{key:40s} {res[key]:10.1f} ns")
