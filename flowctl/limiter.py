@@ -1,7 +1,11 @@
 """Admission: tokens, priorities, triggers, reasons, dry-run and snapshots.
 
 ``Limiter.acquire(priority, resource)`` returns a ``Token`` (admitted) or a
-``Rejection`` (shed, with a structured ``Reason``); it never raises. The
+``Rejection`` (shed, with a structured ``Reason``); it never raises. The slot
+API does the same without a Token, for integrations that know a request's
+pair in advance: ``slot = limiter.slot(resource, priority)`` once, then per
+request ``start = limiter.admit(slot)`` (a float, or a ``Rejection``) and
+exactly one ``limiter.success / ignore / dropped(slot, start)``. The
 shedding rule, BBR-style::
 
     shed  iff  (hot  or  now < last_drop + cool_off_s)

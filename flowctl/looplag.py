@@ -42,7 +42,13 @@ Measured with ``examples/blocking_handler.py measure``. Older lag never
 fires: it says nothing about the queue now.
 
 It implements the limiter's ``Trigger`` protocol: ``name``, ``threshold``
-(seconds), ``bypass_inflight`` and ``check(now) -> float | None``.
+(seconds), ``bypass_inflight`` and ``check(now) -> float | None``, plus
+``quiet_until``: each check works out when the next one could matter (the
+pending probe's ``queued_at + threshold``, or the next probe's due time
+``ran_at + min_gap_s``), and the limiter skips the call before then. So the
+check runs about twice per probe instead of on every request; a hypothesis
+test drives a gated and an always-polled monitor through the same steps and
+requires the same answers.
 """
 
 from __future__ import annotations

@@ -189,6 +189,17 @@ async def test_admitted_success_counts_and_times(cleanup: list[Client]) -> None:
     assert len(env.algo.samples) == 1 and env.algo.samples[0][1] is False
 
 
+async def test_wrapped_routes_have_request_series_from_start_up(cleanup: list[Client], hook: str) -> None:
+    """hook="wrap" resolves each route's limiter slot at start-up, so its request counters exist at 0
+    before any request (rate() and absent() work from the first scrape); the middleware binds lazily."""
+    env = Env()
+    await start(env, cleanup)
+    expect = 0.0 if hook == "wrap" else None
+    assert env.requests("hello", "admitted") == expect
+    assert env.requests("vip", "shed", priority="critical") == expect  # at the route's own priority
+    assert env.requests("/healthz", "admitted") is None  # exempt: never wrapped, never counted
+
+
 @pytest.mark.parametrize("path", ["/", "/notfound", "/bad-gateway", "/unavailable", "/boom"])
 async def test_duration_is_the_tokens_rt(cleanup: list[Client], path: str) -> None:
     """The histogram records the RT the release returns: the limiter's two clock reads, no others."""
