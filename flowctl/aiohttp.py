@@ -346,8 +346,9 @@ def _make_guard(
     """``guard(handler, entry)``: ``handler`` behind the limiter, as one coroutine function.
 
     All per-request work happens in that one function (locals, no helper calls
-    beyond the limiter's acquire and the token's release): a request costs one
-    extra coroutine frame. ``entry`` is the route's (resource, priority,
+    beyond the limiter's slot API: ``admit`` and one release; ``slot`` too when
+    a trusted priority header names another class): a request costs one extra
+    coroutine frame. ``entry`` is the route's (resource, priority,
     histogram child, whether an exempt path can still reach it).
     """
     from flowctl.limiter import Rejection  # noqa: F811  (at run time: the guard compares classes)
@@ -384,6 +385,7 @@ def _make_guard(
                 return rejection_response(start, status=reject_status, reason_header=reason_header)
             try:
                 response = await handler(request)
+                served = response.status < 500  # in here: a handler that returns a non-response is released too
             except HTTPException as exc:
                 observer.observe(success(slot, start) if exc.status < 500 else ignore(slot, start))
                 raise
@@ -393,7 +395,7 @@ def _make_guard(
             except BaseException:
                 observer.observe(ignore(slot, start))
                 raise
-            rt_s = success(slot, start) if response.status < 500 else ignore(slot, start)
+            rt_s = success(slot, start) if served else ignore(slot, start)
             counts[bisect_left(bounds, rt_s)] += 1  # observer.observe(rt_s), written out: one frame fewer
             observer.sum_s += rt_s
             return response

@@ -104,11 +104,12 @@ class Trigger(Protocol):
     within the limit (blocking handlers keep in-flight at 1).
     ``bypass_inflight`` is read once, when the trigger is added.
 
-    A bypass trigger may also have a ``quiet_until`` attribute (clock seconds):
-    the limiter then skips ``check(now)`` while ``now < quiet_until``, so the
-    trigger promises that such a call would return None and has nothing to do
-    (``LoopLagMonitor`` sets it after each check). Without it, ``check`` runs
-    on every ``acquire``.
+    A bypass trigger may also have a numeric ``quiet_until`` attribute (clock
+    seconds; whether it has one is read when it is added): the limiter then
+    skips ``check(now)`` while ``now < quiet_until``, so the trigger promises
+    that such a call would return None and has nothing to do (``LoopLagMonitor``
+    sets it after each check; -inf means "ask"). Without it, ``check`` runs on
+    every ``acquire``.
     """
 
     @property
@@ -178,9 +179,9 @@ class _Cell:
     def __init__(self, resource: str, cls: _Class) -> None:
         self.resource = resource
         self.cls = cls
-        self.admitted = 0  # tokens handed out as admitted
-        self.dry_run_shed = 0  # tokens handed out though a dry-run limiter would have shed
-        self.released = 0  # tokens released (either kind)
+        self.admitted = 0  # admissions (tokens or slot admits)
+        self.dry_run_shed = 0  # admissions a dry-run limiter would have shed
+        self.released = 0  # releases of either kind
         self.shed = 0  # rejections
         self.shed_by: dict[str, int] = {}  # rejections by trigger
         self.dry_by: dict[str, int] = {}  # dry-run "would shed" by trigger
@@ -475,23 +476,32 @@ class _Quiet(Trigger, Protocol):
 class _NeverQuiet:
     """A bypass trigger without ``quiet_until``, seen through one that is always due."""
 
-    __slots__ = ("_trigger", "bypass_inflight", "check", "name", "quiet_until")
+    __slots__ = ("_trigger", "quiet_until")
+
+    bypass_inflight = True
 
     def __init__(self, trigger: Trigger) -> None:
         self._trigger = trigger
-        self.name = trigger.name
-        self.bypass_inflight = True
-        self.check = trigger.check
         self.quiet_until = -math.inf
+
+    @property
+    def name(self) -> str:
+        return self._trigger.name
 
     @property
     def threshold(self) -> float:
         return self._trigger.threshold
 
+    def check(self, now: float) -> float | None:
+        return self._trigger.check(now)
+
 
 def _gated(triggers: Sequence[Trigger]) -> tuple[_Quiet, ...]:
-    """Bypass triggers as ``acquire`` polls them: each with a ``quiet_until``."""
-    return tuple(cast(_Quiet, t) if hasattr(t, "quiet_until") else _NeverQuiet(t) for t in triggers)
+    """Bypass triggers as ``acquire`` polls them: each with a numeric ``quiet_until`` (read when added)."""
+    return tuple(
+        cast(_Quiet, t) if isinstance(getattr(t, "quiet_until", None), (int, float)) else _NeverQuiet(t)
+        for t in triggers
+    )
 
 
 class Limiter:
@@ -661,7 +671,7 @@ class Limiter:
 
     @property
     def inflight(self) -> int:
-        """Admitted and not yet released tokens (all priorities and resources)."""
+        """Admitted and not yet released requests, tokens and slot admits (all priorities and resources)."""
         return self._inflight
 
     @property

@@ -488,6 +488,25 @@ async def test_trusted_priority_header_is_honoured(cleanup: list[Client]) -> Non
     await held
 
 
+async def test_a_handler_returning_no_response_is_released(cleanup: list[Client]) -> None:
+    """A handler bug (returning None) fails the request with 500 and still releases its admission:
+    the guard reads the status inside its try, so nothing is left in flight (there is no Token to
+    fall back on)."""
+    env = Env(n=100)
+
+    async def broken(request: web.Request) -> web.Response:
+        return None  # type: ignore[return-value]  # the bug under test
+
+    env.app.router.add_get("/broken", broken, name="broken")
+    client = await start(env, cleanup)
+    for _ in range(3):
+        assert (await client.get("/broken")).status == 500
+    assert env.limiter.inflight == 0
+    assert env.requests("broken", "admitted") == 3
+    assert env.algo.samples == []  # released with ignore(): no RT sample
+    assert env.get("flowctl_request_duration_seconds_count", resource="broken") == 3
+
+
 # ---------------------------------------------------------------- cancellation
 
 

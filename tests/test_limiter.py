@@ -489,6 +489,23 @@ def test_bypass_trigger_with_quiet_until_is_not_called_before_it(sig: StaticSign
     assert lim.triggers == (quiet, plain)  # the triggers as given, not the limiter's view of them
 
 
+def test_bypass_trigger_without_a_numeric_quiet_until_is_asked_every_time_by_its_current_name(
+    sig: StaticSignal, clock: FakeClock
+) -> None:
+    """No quiet_until (or a non-number) means "always ask"; the trigger's name and check are read
+    per request, not copied when it was added."""
+    lag = FakeTrigger(threshold=0.05, bypass_inflight=True, value=1.0)
+    lag.quiet_until = None  # type: ignore[attr-defined]  # not a number: ignored, never a TypeError
+    lim = make(sig, clock, n=100, triggers=[lag])
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "loop_lag" and lag.calls == 1
+    lag.name = "renamed"
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "renamed" and lag.calls == 2
+    lag.value = 0.0
+    assert lim.acquire().admitted and lag.calls == 3
+
+
 def test_triggers_can_be_added_and_removed(sig: StaticSignal, clock: FakeClock) -> None:
     lag = FakeTrigger(bypass_inflight=True, value=1.0)
     lim = make(sig, clock)
