@@ -68,7 +68,7 @@ import math
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute, PlainResource
@@ -453,8 +453,8 @@ class _RouteEntries:
         return (resource, prio, self._state.durations.child(resource), not fixed and bool(exempt))
 
 
-def _wrap_routes(app: web.Application) -> int:
-    """``hook="wrap"``: put every (non-exempt) route handler of ``app`` behind the guard. Returns how many.
+def _wrap_routes(app: web.Application) -> None:
+    """``hook="wrap"``: put every (non-exempt) route handler of ``app`` behind the guard.
 
     Replaces the route's handler attribute (``_handler``: aiohttp has no public
     setter) before the first request; a handler already guarded by this app's
@@ -462,7 +462,6 @@ def _wrap_routes(app: web.Application) -> int:
     """
     state = app[FLOWCTL]
     assert state.guard is not None and state.entries is not None
-    count = 0
     for route in app.router.routes():
         handler = route.handler
         if getattr(handler, _GUARD_ATTR, None) is state:
@@ -476,8 +475,6 @@ def _wrap_routes(app: web.Application) -> int:
         if entry is None:
             continue
         setattr(route, "_handler", state.guard(handler, entry))  # noqa: B010 - aiohttp has no public setter
-        count += 1
-    return count
 
 
 def _middleware(state: Flowctl) -> Any:

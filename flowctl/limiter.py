@@ -310,7 +310,6 @@ class Token:
         return f"<Token {state} start={self.start:.6f}{' dry_run' if self.reason else ''}>"
 
 
-
 _new_token = object.__new__  # acquire's Token constructor without the __init__ frame
 
 Slot = _Cell

@@ -40,16 +40,6 @@ def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _end_to_end(headers: Iterable[tuple[str, str]], listed: frozenset[str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for k, v in headers:
-        lk = k.lower()
-        if lk in HOP_BY_HOP or lk in listed or lk.startswith("proxy-"):
-            continue
-        out.add(k, v)
-    return out
-
-
 _WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"})
 
 
@@ -129,7 +119,7 @@ def request_headers(
 
 
 def response_header_list(headers: Iterable[tuple[str, str]], connection: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """``response_headers`` as (name, value) pairs, in order, Via last (for the fast listener)."""
+    """The upstream's end-to-end response headers plus Via, as (name, value) pairs in order, Via last."""
     listed = connection_tokens(connection)
     out: list[tuple[str, str]] = []
     via: list[str] = []
@@ -148,8 +138,5 @@ def response_header_list(headers: Iterable[tuple[str, str]], connection: Iterabl
 
 def response_headers(headers: Iterable[tuple[str, str]], connection: Iterable[str] = ()) -> CIMultiDict[str]:
     """Headers to send back to the client: the upstream's end-to-end ones plus Via."""
-    out = _end_to_end(headers, connection_tokens(connection))
-    prior_via = ", ".join(out.popall("Via", ()))
-    out["Via"] = f"{prior_via}, {VIA}" if prior_via else VIA
-    return out
+    return CIMultiDict(response_header_list(headers, connection))
 
