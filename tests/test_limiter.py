@@ -274,7 +274,7 @@ def test_unknown_priority_counts_as_default(sig: StaticSignal, clock: FakeClock)
     d = lim.acquire("bogus")
     assert isinstance(d, Rejection) and d.reason.priority == "default"
     assert lim.snapshot().inflight_by_priority["default"] == 2
-    assert ("default", "bogus") not in lim._cells  # arbitrary names never grow state
+    assert ("default", "bogus") not in lim._partitions.slots  # arbitrary names never grow state
     assert ("default", "bogus") not in lim._lookup
 
 
@@ -757,7 +757,7 @@ def test_resources_beyond_the_bound_share_one_bucket(sig: StaticSignal, clock: F
     snap = lim.snapshot()
     assert set(snap.inflight_by_resource) == {"r0", "r1", "r2", OTHER_RESOURCE}
     assert snap.requests[(OTHER_RESOURCE, "default", "admitted")] == 7
-    assert len(lim._cells) == 4
+    assert len(lim._partitions.slots) == 4
 
 
 def test_snapshot_counts_and_is_json_able(sig: StaticSignal, clock: FakeClock) -> None:

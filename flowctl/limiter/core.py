@@ -1,0 +1,437 @@
+"""``Limiter``: BBR-style admission composing the partitions, the hot gate, triggers and decisions.
+
+The rule::
+
+    shed  iff  (hot  or  now < last_drop + cool_off_s)
+               and  in-flight including this request > the priority's limit
+
+``hot`` is the ``HotGate`` (CPU signal against ``Thresholds``, non-bypass
+triggers). A bypass ``Trigger`` sheds on its own, whatever the in-flight count,
+at its threshold times the priority's ``trigger_scale``. Every shed (or dry-run
+"would shed") restarts the cool-off. One admission path: ``admit(slot)``;
+``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
+limiter's ``success / ignore / dropped``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from flowctl.errors import ConfigError
+from flowctl.limit.base import LimitAlgorithm
+from flowctl.limiter.decisions import Decision, DryRunStart, Reason, Rejection, Token, new_reason
+from flowctl.limiter.gate import HotGate, Thresholds, cpu_value
+from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
+from flowctl.limiter.snapshot import LimiterSnapshot
+from flowctl.limiter.triggers import PolledTrigger, Trigger, polled
+from flowctl.signal import CpuSignal
+
+__all__ = ["Limiter"]
+
+_MIN_RETRY_AFTER_S = 0.1
+
+_new_token = object.__new__  # Token(...) without the __init__ frame, on acquire's admitted path
+_new_dry_start = float.__new__
+
+
+def _default_signal() -> CpuSignal:
+    """The container CPU signal (a Sampler), created but not started: its owner starts it."""
+    from flowctl.cpu import make_signal
+
+    return make_signal("container")
+
+
+def _default_algorithm() -> LimitAlgorithm:
+    from flowctl.limit.bbr import Bbr
+
+    return Bbr()
+
+
+class _GateSetting:
+    """A ``Thresholds`` field exposed as a settable ``Limiter`` attribute (validated, resets the gate)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, lim: Limiter | None, owner: type | None = None) -> Any:
+        return getattr(lim._gate.thresholds, self.name) if lim is not None else self
+
+    def __set__(self, lim: Limiter, value: Any) -> None:
+        lim._gate.thresholds = replace(lim._gate.thresholds, **{self.name: value})
+
+
+class Limiter:
+    """BBR-style admission gated by a CPU signal, with priorities, triggers and reasons.
+
+    ``signal=None`` creates the container CPU signal (``flowctl.cpu.make_signal``)
+    without starting it: the caller owns sampling (``async with limiter.signal``).
+    Until the signal has a reading, CPU is unknown and counts as not hot.
+    ``algorithm`` defaults to ``flowctl.limit.bbr.Bbr()``. ``cpu_gate=False``
+    makes the limiter "always hot": a plain concurrency limiter (reason
+    ``"limit"``), as the Fixed and Gradient peers run in the benchmarks.
+
+    Not thread-safe: use it from one thread (one event loop). Per-request work is a
+    few integer updates; counters are exported by reading ``snapshot()`` at scrape time.
+    """
+
+    cpu_threshold = _GateSetting()
+    """Utilization (of the effective CPU limit) at or above which the CPU is hot."""
+    throttled_threshold = _GateSetting()
+    """``throttled_ratio`` at or above which the limiter is hot; None (default) = off."""
+    pressure_threshold = _GateSetting()
+    """``pressure_ratio`` (PSI some) at or above which the limiter is hot; None (default) = off."""
+    cpu_gate = _GateSetting()
+    """False: always hot, a plain concurrency limiter (reason ``"limit"``)."""
+
+    def __init__(
+        self,
+        signal: CpuSignal | None = None,
+        algorithm: LimitAlgorithm | None = None,
+        *,
+        cpu_threshold: float = 0.8,
+        cool_off_s: float = 1.0,
+        dry_run: bool = False,
+        throttled_threshold: float | None = None,
+        pressure_threshold: float | None = None,
+        triggers: Sequence[Trigger] = (),
+        priorities: Mapping[str, PriorityClass] = DEFAULT_PRIORITIES,
+        default_priority: str = "default",
+        cpu_gate: bool = True,
+        max_resources: int = 100,
+        limit_refresh_s: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        thresholds = Thresholds(cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate)
+        self._partitions = Partitions(priorities, default_priority, max_resources)
+        self._lookup = self._partitions.lookup
+        if not (limit_refresh_s >= 0 and math.isfinite(limit_refresh_s)):
+            raise ConfigError(f"limit_refresh_s must be >= 0, got {limit_refresh_s!r}")
+        self.limit_refresh_s = float(limit_refresh_s)
+        self.cool_off_s = cool_off_s
+        self.dry_run = bool(dry_run)
+        self._clock = clock
+        self._created_at = clock()
+        self._gate = HotGate(_default_signal() if signal is None else signal, thresholds, self._created_at)
+        self.algorithm: LimitAlgorithm = _default_algorithm() if algorithm is None else algorithm
+        self._max_inflight = self.algorithm.max_inflight
+        self._on_sample = self.algorithm.on_sample
+        self._bypass: tuple[Trigger, ...] = ()
+        self._polled: tuple[PolledTrigger, ...] = ()  # what admit polls: each has quiet_until
+        self._limit = -1.0
+        self._rate: float | None = None
+        self._rate_stale = True
+        self._refresh_at = -math.inf
+        self._refresh(self._created_at)
+        self._inflight = 0
+        self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
+        self._tokens_leaked = 0
+        for t in triggers:
+            self.add_trigger(t)
+
+    # -- configuration ------------------------------------------------------------
+
+    @property
+    def signal(self) -> CpuSignal:
+        """The CPU signal the gate reads (its name is read once, when set)."""
+        return self._gate.signal
+
+    @signal.setter
+    def signal(self, signal: CpuSignal) -> None:
+        self._gate.signal = signal
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """When the limiter is hot, as one frozen value (the four settable attributes above)."""
+        return self._gate.thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: Thresholds) -> None:
+        self._gate.thresholds = value
+
+    @property
+    def cool_off_s(self) -> float:
+        """Seconds after the last drop during which in-flight above the limit is still shed."""
+        return self._cool_off_s
+
+    @cool_off_s.setter
+    def cool_off_s(self, value: float) -> None:
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"cool_off_s must be >= 0, got {value!r}")
+        self._cool_off_s = float(value)
+        self._retry_floor_s = max(self._cool_off_s, _MIN_RETRY_AFTER_S)
+
+    @property
+    def max_resources(self) -> int:
+        return self._partitions.max_resources
+
+    @property
+    def triggers(self) -> tuple[Trigger, ...]:
+        """Every configured trigger, non-bypass first."""
+        return self._gate.triggers + self._bypass
+
+    def add_trigger(self, trigger: Trigger) -> None:
+        """Add an extra shedding signal (its ``bypass_inflight`` is read now)."""
+        if not isinstance(trigger, Trigger):
+            raise ConfigError(f"{trigger!r} does not implement the Trigger protocol")
+        if trigger.bypass_inflight:
+            self._bypass = (*self._bypass, trigger)
+            self._polled = polled(self._bypass)
+        else:
+            self._gate.set_triggers((*self._gate.triggers, trigger))
+
+    def remove_trigger(self, trigger: Trigger) -> None:
+        """Remove a trigger added before (no-op when absent)."""
+        self._gate.set_triggers(tuple(t for t in self._gate.triggers if t is not trigger))
+        self._bypass = tuple(t for t in self._bypass if t is not trigger)
+        self._polled = polled(self._bypass)
+
+    @property
+    def inflight(self) -> int:
+        """Admitted and not yet released requests, tokens and slot admits (all priorities and resources)."""
+        return self._inflight
+
+    @property
+    def priorities(self) -> tuple[str, ...]:
+        """The configured priority class names (``PRIORITIES`` unless ``priorities=`` was given)."""
+        return tuple(self._partitions.by_name)
+
+    @property
+    def default_priority(self) -> str:
+        """The class a request is counted in when its priority is None or unknown."""
+        return self._partitions.default.name
+
+    # -- admission ----------------------------------------------------------------
+
+    def slot(self, resource: str = "default", priority: str | None = None) -> Slot:
+        """The handle ``admit`` takes for this pair, resolved once. ``priority`` None means the
+        ``default_priority``; a name that is not a configured class counts as the default class.
+        Names are bounded: past ``max_resources`` resources, new ones share ``OTHER_RESOURCE``."""
+        slot = self._lookup.get((resource, priority))
+        return slot if slot is not None else self._partitions.resolve(resource, priority)
+
+    def acquire(self, priority: str | None = None, resource: str = "default") -> Decision:
+        """Admit (a ``Token``) or shed (a ``Rejection`` with its ``Reason``). Never raises.
+
+        ``admit`` plus a Token: for callers that cannot keep a slot (see ``slot``).
+        """
+        slot = self._lookup.get((resource, priority))
+        if slot is None:
+            slot = self._partitions.resolve(resource, priority)
+        start = self.admit(slot)
+        if start.__class__ is float:
+            # Token(self, slot, start) without the __init__ frame
+            token = _new_token(Token)
+            token._limiter = self
+            token._slot = slot
+            token.start = start
+            token.reason = None
+            return token
+        if isinstance(start, DryRunStart):
+            return Token(self, slot, float(start), start.reason)
+        return start  # type: ignore[return-value]
+
+    def admit(self, slot: Slot) -> float | Rejection:
+        """The admission time (a float, clock seconds) or a ``Rejection``. Never raises.
+
+        An admitted request must be released exactly once with ``success``, ``ignore`` or
+        ``dropped`` given the same slot and that time: nothing releases it for the caller. A
+        dry-run "would shed" is admitted: its time is a ``DryRunStart`` carrying the reason.
+        """
+        now = self._clock()
+        inflight = self._inflight
+        if inflight:
+            if now >= self._refresh_at:
+                self._refresh(now)
+            if inflight >= slot.partition.limit and (
+                # "busy but cool" shortcut: this very reading was found not hot, and no cool-off.
+                self._gate._signal.reading is not self._gate.cool_reading or now < self._cool_off_until
+            ):
+                decision = self._over_limit(now, slot, inflight)
+                if decision is not None:
+                    return decision
+        for t in self._polled:  # the loop-lag trigger (written out: no helper frame)
+            if now >= t.quiet_until:  # else its check would return None: no call
+                v = t.check(now)
+                if v is not None:
+                    threshold = t.threshold * slot.partition.trigger_scale
+                    if v >= threshold:
+                        return self._shed(now, slot, inflight, t.name, t.name, v, threshold)
+        self._inflight = inflight + 1
+        slot.admitted += 1
+        return now
+
+    def success(self, slot: Slot, start: float) -> float:
+        """Release a request admitted at ``start``; it completed: its RT feeds the algorithm.
+
+        Returns that RT in seconds (``start`` to now, on the limiter's clock).
+        """
+        now = self._clock()
+        inflight = self._inflight
+        self._inflight = inflight - 1
+        slot.released += 1
+        rt_s = now - start
+        self._on_sample(now, rt_s, inflight, False)
+        return rt_s
+
+    def ignore(self, slot: Slot, start: float) -> float:
+        """Release a request admitted at ``start``; it failed for its own reasons: the RT is not
+        fed to the algorithm. Returns the RT all the same (for the caller's metrics)."""
+        self._inflight -= 1
+        slot.released += 1
+        return self._clock() - start
+
+    def dropped(self, slot: Slot, start: float) -> float:
+        """Release a request admitted at ``start``; it timed out or was dropped downstream: the
+        algorithm is told. Returns its RT in seconds."""
+        now = self._clock()
+        inflight = self._inflight
+        self._inflight = inflight - 1
+        slot.released += 1
+        rt_s = now - start
+        self._on_sample(now, rt_s, inflight, True)
+        return rt_s
+
+    def _over_limit(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
+        """In-flight is at this priority's limit: shed (or dry-run) if hot or in cool-off, else None."""
+        gate = self._gate
+        if not gate.thresholds.cpu_gate:
+            return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
+        hot = gate.first_hot(now)
+        if hot is not None:
+            return self._shed(now, slot, inflight, *hot)
+        if now < self._cool_off_until:
+            th = gate.thresholds.cpu_threshold
+            return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
+        return None
+
+    def _shed(
+        self,
+        now: float,
+        slot: Slot,
+        inflight: int,
+        trigger: str,
+        signal_name: str,
+        value: float | None,
+        threshold: float | None,
+    ) -> Rejection | DryRunStart:
+        """Record a shed (a Rejection) or a dry-run would-shed (admitted at ``now``, a
+        ``DryRunStart``), restart the cool-off, build the reason."""
+        part = slot.partition
+        limit = part.limit
+        # Retry-After: the cool-off (shedding goes on that long after this drop), or the
+        # time to drain the excess in-flight at the best observed rate if longer; >= 0.1 s.
+        retry = self._retry_floor_s
+        excess = inflight + 1 - limit
+        if excess > 0:
+            if self._rate_stale:  # once per limit refresh, and only when shedding
+                self._rate_stale = False
+                self._rate = self.algorithm.stats(now).max_pass_per_s
+            rate = self._rate
+            if rate and excess / rate > retry:
+                retry = excess / rate
+        dry_run = self.dry_run
+        reason = new_reason(
+            {
+                "trigger": trigger,
+                "signal_name": signal_name,
+                "signal_value": value,
+                "threshold": threshold,
+                "inflight": inflight,
+                "max_inflight": self._limit,
+                "priority": part.name,
+                "resource": slot.resource,
+                "cool_off": now < self._cool_off_until,
+                "retry_after_s": retry,
+                "dry_run": dry_run,
+                "priority_limit": limit,
+            }
+        )
+        self._cool_off_until = now + self._cool_off_s
+        if not dry_run:
+            slot.shed += 1
+            by = slot.shed_by
+            by[trigger] = by.get(trigger, 0) + 1
+            return Rejection(reason)
+        slot.dry_run_shed += 1
+        by = slot.dry_by
+        by[trigger] = by.get(trigger, 0) + 1
+        self._inflight = inflight + 1
+        start: DryRunStart = _new_dry_start(DryRunStart, now)
+        start.reason = reason
+        return start
+
+    def _refresh(self, now: float) -> None:
+        """Re-read the algorithm's limit (at most every ``limit_refresh_s``) and the class limits."""
+        self._refresh_at = now + self.limit_refresh_s
+        self._rate_stale = True
+        limit = self._max_inflight(now)
+        if limit != self._limit:
+            self._limit = limit
+            self._partitions.set_limit(limit)
+
+    # -- state --------------------------------------------------------------------
+
+    def snapshot(self) -> LimiterSnapshot:
+        """A consistent copy of the current state (O(resources x priorities), not for the hot path)."""
+        now = self._clock()
+        self._refresh(now)
+        stats = self.algorithm.stats(now)
+        by_prio = {name: 0 for name in self._partitions.by_name}
+        by_res: dict[str, int] = {}
+        requests: dict[tuple[str, str, str], int] = {}
+        shed_by: dict[tuple[str, str], int] = {}
+        dry_by: dict[tuple[str, str], int] = {}
+        for slot in self._partitions.slots.values():
+            prio = slot.partition.name
+            res = slot.resource
+            for trigger, n in slot.shed_by.items():
+                shed_by[(res, trigger)] = shed_by.get((res, trigger), 0) + n
+            for trigger, n in slot.dry_by.items():
+                dry_by[(res, trigger)] = dry_by.get((res, trigger), 0) + n
+            by_prio[prio] += slot.inflight
+            by_res[res] = by_res.get(res, 0) + slot.inflight
+            requests[(res, prio, "admitted")] = slot.admitted
+            requests[(res, prio, "shed")] = slot.shed
+            requests[(res, prio, "dry_run_shed")] = slot.dry_run_shed
+        hot = self._gate.every_hot(now)
+        trig: dict[str, float | None] = {}
+        for t in self.triggers:
+            v = t.check(now)
+            trig[t.name] = v
+            if v is not None and v >= t.threshold and t.name not in hot:
+                hot.append(t.name)
+        cool_until = None if self._cool_off_until == -math.inf else self._cool_off_until
+        return LimiterSnapshot(
+            at=now,
+            inflight=self._inflight,
+            inflight_by_priority=by_prio,
+            inflight_by_resource=by_res,
+            max_inflight=stats.max_inflight,
+            priority_limits=self._partitions.limits(),
+            min_rt_s=stats.min_rt_s,
+            max_pass_per_s=stats.max_pass_per_s,
+            warm=stats.warm,
+            algorithm=self.algorithm.name,
+            cpu=self._gate.signal.reading,
+            signal_name=self._gate.signal_name,
+            hot=bool(hot),
+            hot_triggers=tuple(hot),
+            cool_off=now < self._cool_off_until,
+            cool_off_until=cool_until,
+            requests=requests,
+            shed_by_reason=shed_by,
+            dry_run_shed_by_reason=dry_by,
+            dry_run=self.dry_run,
+            tokens_leaked=self._tokens_leaked,
+            triggers=trig,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Limiter(signal={self._gate.signal_name!r}, algorithm={self.algorithm!r}, "
+            f"cpu_threshold={self.cpu_threshold}, inflight={self._inflight}, dry_run={self.dry_run})"
+        )

@@ -1,0 +1,85 @@
+"""``LimiterSnapshot``: a consistent copy of a limiter's state, for metrics and debug endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flowctl.signal import CpuReading
+
+__all__ = ["LimiterSnapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSnapshot:
+    """The limiter's state at ``at`` (clock seconds), for metrics and debug endpoints.
+
+    ``requests`` counts each request once by ``(resource, priority, outcome)``,
+    outcome in ``"admitted" | "shed" | "dry_run_shed"``; ``shed_by_reason``
+    counts real sheds by ``(resource, trigger)`` and ``dry_run_shed_by_reason``
+    the dry-run ones. ``min_rt_s`` / ``max_pass_per_s`` are None when unknown
+    (cold window, or an algorithm that does not measure them).
+    """
+
+    at: float
+    inflight: int
+    inflight_by_priority: dict[str, int]
+    inflight_by_resource: dict[str, int]
+    max_inflight: float
+    priority_limits: dict[str, float]
+    min_rt_s: float | None
+    max_pass_per_s: float | None
+    warm: bool
+    algorithm: str
+    cpu: CpuReading
+    signal_name: str
+    hot: bool
+    hot_triggers: tuple[str, ...]
+    cool_off: bool
+    cool_off_until: float | None
+    requests: dict[tuple[str, str, str], int]
+    shed_by_reason: dict[tuple[str, str], int]
+    dry_run_shed_by_reason: dict[tuple[str, str], int]
+    dry_run: bool
+    tokens_leaked: int
+    triggers: dict[str, float | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
+        requests: dict[str, dict[str, dict[str, int]]] = {}
+        for (res, prio, outcome), n in sorted(self.requests.items()):
+            requests.setdefault(res, {}).setdefault(prio, {})[outcome] = n
+        return {
+            "at": self.at,
+            "inflight": self.inflight,
+            "inflight_by_priority": dict(self.inflight_by_priority),
+            "inflight_by_resource": dict(self.inflight_by_resource),
+            "max_inflight": self.max_inflight,
+            "priority_limits": dict(self.priority_limits),
+            "min_rt_s": self.min_rt_s,
+            "max_pass_per_s": self.max_pass_per_s,
+            "warm": self.warm,
+            "algorithm": self.algorithm,
+            "cpu": asdict(self.cpu),
+            "signal_name": self.signal_name,
+            "hot": self.hot,
+            "hot_triggers": list(self.hot_triggers),
+            "cool_off": self.cool_off,
+            "cool_off_until": self.cool_off_until,
+            "requests": requests,
+            "shed_by_reason": _nest(self.shed_by_reason),
+            "dry_run_shed_by_reason": _nest(self.dry_run_shed_by_reason),
+            "dry_run": self.dry_run,
+            "tokens_leaked": self.tokens_leaked,
+            "triggers": dict(self.triggers),
+        }
+
+
+def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (a, b), n in sorted(counts.items()):
+        out.setdefault(a, {})[b] = n
+    return out
+
+
