@@ -25,6 +25,8 @@ class CpuReading:
     - ``limit_cores``: the effective CPU budget in cores (0.5 stays 0.5).
     - ``throttled_ratio``: fraction of CFS periods throttled over the last interval.
     - ``pressure_ratio``: fraction of wall time some task waited for CPU (PSI ``some``).
+    - ``seq``: the reading's number from its signal (1, 2, ...): consecutive readings differ
+      by 1, so a consumer that skipped some can tell. 0 = not numbered.
     """
 
     at: float = 0.0
@@ -34,6 +36,7 @@ class CpuReading:
     limit_cores: float | None = None
     throttled_ratio: float | None = None
     pressure_ratio: float | None = None
+    seq: int = 0
 
 
 UNKNOWN_READING = CpuReading()
@@ -49,6 +52,7 @@ class ReadingFields(TypedDict, total=False):
     limit_cores: float | None
     throttled_ratio: float | None
     pressure_ratio: float | None
+    seq: int
 
 
 @runtime_checkable
@@ -80,5 +84,7 @@ class StaticSignal:
         return self._name
 
     def set(self, **fields: Unpack[ReadingFields]) -> None:
-        """Replace the given fields of the current reading (e.g. ``set(utilization=0.9)``)."""
+        """Publish a new reading: the current one with the given fields replaced (e.g.
+        ``set(utilization=0.9)``) and the next ``seq`` unless ``seq`` is given."""
+        fields.setdefault("seq", self.reading.seq + 1)
         self.reading = replace(self.reading, **fields)

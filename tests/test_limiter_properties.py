@@ -35,8 +35,8 @@ class LimiterMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 1000.0
         self.sig = StaticSignal("container", utilization=0.5)
-        self.algo = Bbr(window_s=1.0, buckets=10, cold_start_inflight=3)
-        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0)
+        self.algo = Bbr(window_s=1.0, buckets=10, cold_start_inflight=3, headroom=0)
+        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0, hot_samples=1, cpu_budget=None)
         self.last_drop: float | None = None
         self.live: list[Token] = []  # keeps admitted tokens referenced (no finalizer release)
         self.admitted = 0
@@ -161,7 +161,7 @@ def _churn(lim: Limiter, n: int, clock: list[float]) -> None:
 
 def _limiter(algo: LimitAlgorithm, clock: list[float]) -> Limiter:
     sig = StaticSignal("container", utilization=0.95, utilization_smoothed=0.9)  # hot: sheds too
-    return Limiter(sig, algo, clock=lambda: clock[0])
+    return Limiter(sig, algo, clock=lambda: clock[0], hot_samples=1, cpu_budget=None)
 
 
 @pytest.mark.slow
@@ -169,7 +169,7 @@ def test_memory_stays_flat_over_a_million_requests() -> None:
     """10^6 acquire/release with the default Bbr, shedding part of them: the number of
     allocated memory blocks does not grow (per-request state is O(1), nothing is kept)."""
     clock = [1000.0]
-    lim = _limiter(Bbr(), clock)
+    lim = _limiter(Bbr(headroom=0), clock)
     _churn(lim, 50_000, clock)  # warm up: every bucket, cell and cache exists
     gc.collect()
     base = sys.getallocatedblocks()

@@ -107,7 +107,7 @@ class Sampler:
         self.samples_total += 1
         limit = limits.limit_cores
         if prev is None:
-            self.reading = CpuReading(at=now, limit_cores=limit)
+            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1)
             return self.reading
         dt = now - prev_at
         du = _delta(cur.usage_s, prev.usage_s)
@@ -121,7 +121,7 @@ class Sampler:
             # counter went backwards (cgroup recreated): a delta is meaningless; drop and reset.
             self.dropped_total += 1
             self._ema.reset()
-            self.reading = CpuReading(at=now, limit_cores=limit)
+            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1)
             return self.reading
         usage_cores = None if du is None else du / dt
         utilization: float | None = None
@@ -142,6 +142,7 @@ class Sampler:
             limit_cores=limit,
             throttled_ratio=throttled,
             pressure_ratio=pressure,
+            seq=self.reading.seq + 1,
         )
         return self.reading
 

@@ -1,6 +1,7 @@
-"""BBR-style limit: Little's law over a rolling window.
+"""BBR-style limit: Little's law over a rolling window, plus queueing headroom.
 
-``max_inflight = max(1, ceil(max_pass_per_s * min_rt_s))`` where
+``max_inflight = max(1, ceil(L + headroom * sqrt(L)))`` with
+``L = max_pass_per_s * min_rt_s``, where
 ``max_pass_per_s`` is the most requests completed in one bucket of the window
 divided by the bucket length, and ``min_rt_s`` is the lowest per-bucket mean
 round-trip time (float seconds). Both come from the completed buckets of the
@@ -11,6 +12,16 @@ Rounding: up (``ceil``, after subtracting 1e-9 so that float noise such as
 concurrency at the best observed throughput; rounding up admits the
 concurrency that was actually needed to reach it, and the floor of 1 means the
 limit can never be 0 (a Kratos bug: its floored limit can be 0 and shed all).
+
+Headroom: ``L`` is the in-flight of a perfectly paced stream at the best
+observed throughput. Real arrivals are bursty: for Poisson arrivals at
+utilization rho an M/M/1 queue holds rho/(1-rho) on average, already 4 at rho
+0.8, so a limit of exactly ``L`` (often 1 for a single-threaded service) sheds
+healthy traffic whenever the limiter is engaged. The square-root staffing rule
+(servers = load + beta * sqrt(load), Halfin-Whitt) keeps the chance of waiting
+bounded as load grows; Envoy's adaptive concurrency adds the same
+``sqrt(limit)`` to its new limit. ``headroom`` is beta (default 1, Envoy's
+choice; 0 gives Kratos' bare ``L``): L 0.5 -> 2, 1 -> 2, 4 -> 6, 9 -> 12.
 
 Cold start: until the window holds at least one completed bucket with a
 sample, the limit is ``cold_start_inflight`` (default 16): a start-up overload
@@ -34,13 +45,18 @@ _ROUNDING_SLACK = 1e-9
 class Bbr:
     """Little's-law concurrency limit (``max_pass_per_s * min_rt_s``) over a rolling window."""
 
-    __slots__ = ("window", "cold_start_inflight", "on_sample", "_limit_at", "_limit")
+    __slots__ = ("window", "cold_start_inflight", "headroom", "on_sample", "_limit_at", "_limit")
 
     name = "bbr"
 
-    def __init__(self, *, window_s: float = 10.0, buckets: int = 100, cold_start_inflight: float = 16.0) -> None:
+    def __init__(
+        self, *, window_s: float = 10.0, buckets: int = 100, cold_start_inflight: float = 16.0, headroom: float = 1.0
+    ) -> None:
         if not cold_start_inflight >= 1:
             raise ConfigError(f"cold_start_inflight must be >= 1, got {cold_start_inflight!r}")
+        if not (headroom >= 0 and math.isfinite(headroom)):
+            raise ConfigError(f"headroom must be a finite number >= 0, got {headroom!r}")
+        self.headroom = float(headroom)
         self.window = RollingWindow(window_s, buckets)
         self.cold_start_inflight = float(cold_start_inflight)
         self._limit_at: int | None = None
@@ -62,8 +78,8 @@ class Bbr:
         st = self.window.stats(now)
         if st.min_rt_s is None or st.max_pass == 0:
             return self.cold_start_inflight
-        max_pass_per_s = st.max_pass / self.window.bucket_s
-        return float(max(1, math.ceil(max_pass_per_s * st.min_rt_s - _ROUNDING_SLACK)))
+        little = st.max_pass / self.window.bucket_s * st.min_rt_s
+        return float(max(1, math.ceil(little + self.headroom * math.sqrt(little) - _ROUNDING_SLACK)))
 
     def stats(self, now: float) -> LimitStats:
         st = self.window.stats(now)
@@ -76,4 +92,7 @@ class Bbr:
         )
 
     def __repr__(self) -> str:
-        return f"Bbr(window_s={self.window.window_s:g}, buckets={self.window.buckets}, cold_start_inflight={self.cold_start_inflight:g})"
+        return (
+            f"Bbr(window_s={self.window.window_s:g}, buckets={self.window.buckets}, "
+            f"cold_start_inflight={self.cold_start_inflight:g}, headroom={self.headroom:g})"
+        )

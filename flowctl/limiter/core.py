@@ -1,14 +1,16 @@
 """``Limiter``: BBR-style admission composing the partitions, the hot gate, triggers and decisions.
 
-The rule::
+The limiter is *engaged* while hot (``HotGate``: the CPU signal against
+``Thresholds``, judged once per new reading) or in its cool-off (until
+``cool_off_s`` after the last shed). While engaged it sheds::
 
-    shed  iff  (hot  or  now < last_drop + cool_off_s)
-               and  in-flight including this request > the priority's limit
+    in-flight including this request > the priority's limit   (reason: what is hot, or cool_off)
+    or the CPU budget has no token for the priority            (reason: cpu_budget)
 
-``hot`` is the ``HotGate`` (CPU signal against ``Thresholds``, non-bypass
-triggers). A bypass ``Trigger`` sheds on its own, whatever the in-flight count,
-at its threshold times the priority's ``trigger_scale``. Every shed (or dry-run
-"would shed") restarts the cool-off. One admission path: ``admit(slot)``;
+Non-bypass triggers count as hot when in-flight is over the limit. A bypass
+``Trigger`` sheds on its own, engaged or not, at its threshold times the
+priority's ``trigger_scale``. Every shed (or dry-run "would shed") restarts
+the cool-off. One admission path: ``admit(slot)``;
 ``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
 limiter's ``success / ignore / dropped``.
 """
@@ -23,8 +25,9 @@ from typing import Any
 
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
-from flowctl.limiter.decisions import Decision, DryRunStart, Reason, Rejection, Token, new_reason
-from flowctl.limiter.gate import HotGate, Thresholds, cpu_value
+from flowctl.limiter.budget import CpuBudget
+from flowctl.limiter.decisions import Decision, DryRunStart, Rejection, Token, new_reason
+from flowctl.limiter.gate import Hot, HotGate, Thresholds, cpu_value
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
 from flowctl.limiter.snapshot import LimiterSnapshot
 from flowctl.limiter.triggers import PolledTrigger, Trigger, polled
@@ -61,7 +64,7 @@ class _GateSetting:
         return getattr(lim._gate.thresholds, self.name) if lim is not None else self
 
     def __set__(self, lim: Limiter, value: Any) -> None:
-        lim._gate.thresholds = replace(lim._gate.thresholds, **{self.name: value})
+        lim.thresholds = replace(lim._gate.thresholds, **{self.name: value})
 
 
 class Limiter:
@@ -86,6 +89,8 @@ class Limiter:
     """``pressure_ratio`` (PSI some) at or above which the limiter is hot; None (default) = off."""
     cpu_gate = _GateSetting()
     """False: always hot, a plain concurrency limiter (reason ``"limit"``)."""
+    hot_samples = _GateSetting()
+    """Consecutive fast CPU readings at or over ``cpu_threshold`` that make the limiter hot."""
 
     def __init__(
         self,
@@ -101,11 +106,13 @@ class Limiter:
         priorities: Mapping[str, PriorityClass] = DEFAULT_PRIORITIES,
         default_priority: str = "default",
         cpu_gate: bool = True,
+        hot_samples: int = 2,
+        cpu_budget: float | None = 0.85,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        thresholds = Thresholds(cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate)
+        thresholds = Thresholds(cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate, hot_samples)
         self._partitions = Partitions(priorities, default_priority, max_resources)
         self._lookup = self._partitions.lookup
         if not (limit_refresh_s >= 0 and math.isfinite(limit_refresh_s)):
@@ -128,6 +135,8 @@ class Limiter:
         self._refresh(self._created_at)
         self._inflight = 0
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
+        self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
+        self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
         self._tokens_leaked = 0
         for t in triggers:
             self.add_trigger(t)
@@ -142,6 +151,7 @@ class Limiter:
     @signal.setter
     def signal(self, signal: CpuSignal) -> None:
         self._gate.signal = signal
+        self._engaged_until = self._cool_off_until
 
     @property
     def thresholds(self) -> Thresholds:
@@ -151,6 +161,12 @@ class Limiter:
     @thresholds.setter
     def thresholds(self, value: Thresholds) -> None:
         self._gate.thresholds = value
+        self._engaged_until = self._cool_off_until
+
+    @property
+    def cpu_budget(self) -> CpuBudget | None:
+        """The CPU budget pacing admissions while engaged (None: off), for its state."""
+        return self._budget
 
     @property
     def cool_off_s(self) -> float:
@@ -242,17 +258,18 @@ class Limiter:
         dry-run "would shed" is admitted: its time is a ``DryRunStart`` carrying the reason.
         """
         now = self._clock()
+        gate = self._gate
+        if gate._signal.reading is not gate.seen:
+            self._observe(now)
         inflight = self._inflight
-        if inflight:
-            if now >= self._refresh_at:
-                self._refresh(now)
-            if inflight >= slot.partition.limit and (
-                # "busy but cool" shortcut: this very reading was found not hot, and no cool-off.
-                self._gate._signal.reading is not self._gate.cool_reading or now < self._cool_off_until
-            ):
-                decision = self._over_limit(now, slot, inflight)
-                if decision is not None:
-                    return decision
+        if now < self._engaged_until:
+            decision = self._engaged(now, slot, inflight)
+            if decision is not None:
+                return decision
+        elif inflight >= slot.partition.limit and inflight and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
+            decision = self._triggered(now, slot, inflight)
+            if decision is not None:
+                return decision
         for t in self._polled:  # the loop-lag trigger (written out: no helper frame)
             if now >= t.quiet_until:  # else its check would return None: no call
                 v = t.check(now)
@@ -295,17 +312,55 @@ class Limiter:
         self._on_sample(now, rt_s, inflight, True)
         return rt_s
 
-    def _over_limit(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
-        """In-flight is at this priority's limit: shed (or dry-run) if hot or in cool-off, else None."""
+    def _observe(self, now: float) -> None:
+        """A new CPU reading: judge it (hot or not) and feed the CPU budget (once per reading)."""
         gate = self._gate
+        r = gate._signal.reading
+        hot = gate.observe(r)
         if not gate.thresholds.cpu_gate:
-            return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
-        hot = gate.first_hot(now)
+            self._engaged_until = math.inf
+        else:
+            self._engaged_until = math.inf if hot is not None else self._cool_off_until
+        budget = self._budget
+        if budget is not None:
+            done = 0
+            for slot in self._partitions.slots.values():
+                done += slot.released
+            budget.observe(r.at, r.usage_cores, r.limit_cores, done)
+
+    def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
+        """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""
+        if inflight and now >= self._refresh_at:
+            self._refresh(now)
+        part = slot.partition
+        gate = self._gate
+        if inflight >= part.limit:
+            if not gate.thresholds.cpu_gate:
+                return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
+            hot: Hot | None = gate.hot
+            if hot is None and gate.triggers:
+                hot = gate.trigger_hot(now)
+            if hot is not None:
+                return self._shed(now, slot, inflight, *hot)
+            if now < self._cool_off_until:
+                th = gate.thresholds.cpu_threshold
+                return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
+        budget = self._budget
+        if budget is not None and gate.thresholds.cpu_gate and not budget.take(now, part.budget_level):
+            return self._shed(now, slot, inflight, "cpu_budget", gate.signal_name, budget.rate_per_s, None)
+        return None
+
+    def _triggered(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
+        """Not engaged but over the limit: shed if a non-bypass trigger fires (warn if CPU is unknown)."""
+        if now >= self._refresh_at:
+            self._refresh(now)
+        if inflight < slot.partition.limit:
+            return None
+        gate = self._gate
+        gate.warn_unknown_cpu(now)
+        hot = gate.trigger_hot(now) if gate.triggers else None
         if hot is not None:
             return self._shed(now, slot, inflight, *hot)
-        if now < self._cool_off_until:
-            th = gate.thresholds.cpu_threshold
-            return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
         return None
 
     def _shed(
@@ -350,7 +405,9 @@ class Limiter:
                 "priority_limit": limit,
             }
         )
-        self._cool_off_until = now + self._cool_off_s
+        self._cool_off_until = until = now + self._cool_off_s
+        if until > self._engaged_until:
+            self._engaged_until = until
         if not dry_run:
             slot.shed += 1
             by = slot.shed_by
@@ -378,6 +435,8 @@ class Limiter:
     def snapshot(self) -> LimiterSnapshot:
         """A consistent copy of the current state (O(resources x priorities), not for the hot path)."""
         now = self._clock()
+        if self._gate._signal.reading is not self._gate.seen:
+            self._observe(now)
         self._refresh(now)
         stats = self.algorithm.stats(now)
         by_prio = {name: 0 for name in self._partitions.by_name}

@@ -42,19 +42,24 @@ class PriorityClass:
       this request) stays within ``max(1, ceil(share * max_inflight))``.
     - ``trigger_scale``: a bypass trigger sheds the class only when its value
       is at least ``threshold * trigger_scale``.
+    - ``budget_level``: while the CPU budget paces admissions, the class is
+      admitted only if the token bucket keeps ``budget_level * capacity``
+      tokens after its own (< 0: may borrow; see ``flowctl.limiter.budget``).
     """
 
     share: float
     trigger_scale: float
+    budget_level: float = 0.0
 
 
 DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
-    "critical": PriorityClass(share=1.5, trigger_scale=3.0),
-    "default": PriorityClass(share=1.0, trigger_scale=2.0),
-    "sheddable": PriorityClass(share=0.5, trigger_scale=1.0),
+    "critical": PriorityClass(share=1.5, trigger_scale=3.0, budget_level=-1.0),
+    "default": PriorityClass(share=1.0, trigger_scale=2.0, budget_level=0.0),
+    "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, budget_level=0.5),
 }
-"""Sheddable goes first (half the limit; bypass triggers at their threshold), default
-gets exactly the BBR limit (2x threshold), critical goes last (1.5x the limit; 3x threshold)."""
+"""Sheddable goes first (half the limit; bypass triggers at their threshold; CPU-budget
+tokens only from a half-full bucket), default gets exactly the BBR limit (2x threshold),
+critical goes last (1.5x the limit; 3x threshold; may borrow a whole bucket of tokens)."""
 
 PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)
 """The default class names, most important first; a limiter's own are ``Limiter.priorities``."""
@@ -63,12 +68,13 @@ PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)
 class Partition:
     """A priority class's live state: its policy and its current in-flight limit (``limit``)."""
 
-    __slots__ = ("name", "share", "trigger_scale", "limit")
+    __slots__ = ("name", "share", "trigger_scale", "budget_level", "limit")
 
     def __init__(self, name: str, policy: PriorityClass) -> None:
         self.name = name
         self.share = policy.share
         self.trigger_scale = policy.trigger_scale
+        self.budget_level = policy.budget_level
         self.limit = 1.0
 
 
@@ -97,8 +103,10 @@ def check_priorities(priorities: Mapping[str, PriorityClass], default_priority: 
     if not priorities:
         raise ConfigError("priorities must name at least one class")
     for name, pc in priorities.items():
-        if not (pc.share > 0 and pc.trigger_scale >= 1):
-            raise ConfigError(f"priorities[{name!r}] needs share > 0 and trigger_scale >= 1, got {pc!r}")
+        if not (pc.share > 0 and pc.trigger_scale >= 1 and -1 <= pc.budget_level <= 1):
+            raise ConfigError(
+                f"priorities[{name!r}] needs share > 0, trigger_scale >= 1 and budget_level in [-1, 1], got {pc!r}"
+            )
     if default_priority not in priorities:
         raise ConfigError(f"default_priority {default_priority!r} is not one of {sorted(priorities)}")
 

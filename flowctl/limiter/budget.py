@@ -1,0 +1,106 @@
+"""The CPU budget: while the limiter is engaged, pace admissions so the group stays under its quota.
+
+A concurrency limit cannot keep a CFS group out of throttling: a service that
+is busy all the time at a limit of 1 still spends its quota early in each
+period and is frozen for the rest of it (up to ``(1 - q) * 100 ms`` at ``q``
+CPUs), and every request in flight then waits. The budget admits at most
+``rate = target * limit_cores / cpu_per_request_s`` requests per second,
+where ``cpu_per_request_s`` is measured: the group's CPU time per completed
+request (the cost of shedding included, when the limiter runs in the group).
+The group then runs near ``target`` of its quota on average, with admissions
+spread evenly instead of in bursts.
+
+Admissions take tokens from a bucket refilled at ``rate`` and holding at most
+``capacity = max(2, rate * burst_s)``. A priority class is admitted while the
+bucket keeps ``budget_level * capacity`` tokens after its own: critical may
+borrow (level < 0), default needs a whole token, sheddable only takes from a
+well-filled bucket (level > 0): an admission level as in WeChat's DAGOR, which
+holds at any limit, unlike slot shares.
+
+Pure: time and measurements are passed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flowctl.errors import ConfigError
+
+__all__ = ["CpuBudget"]
+
+_MIN_COMPLETIONS = 4  # completions per cost sample: fewer is noise
+_MIN_SPAN_S = 0.05
+
+
+class CpuBudget:
+    """A token bucket whose rate keeps the group's CPU at ``target`` of its limit (see the module)."""
+
+    __slots__ = ("target", "burst_s", "tau_s", "cpu_per_request_s", "rate_per_s", "capacity", "_tokens", "_at",
+                 "_obs_at", "_obs_done", "_acc_cpu_s", "_acc_done", "_acc_s")  # fmt: skip
+
+    def __init__(self, target: float = 0.85, *, burst_s: float = 0.02, tau_s: float = 0.5) -> None:
+        if not (0 < target <= 1.5 and math.isfinite(target)):
+            raise ConfigError(f"cpu budget target must be in (0, 1.5], got {target!r}")
+        if not (burst_s >= 0 and tau_s > 0):
+            raise ConfigError(f"burst_s must be >= 0 and tau_s > 0, got {burst_s!r}, {tau_s!r}")
+        self.target = float(target)
+        self.burst_s = float(burst_s)
+        self.tau_s = float(tau_s)
+        self.cpu_per_request_s: float | None = None
+        self.rate_per_s: float | None = None  # None: unknown, admit everything
+        self.capacity = 2.0
+        self._tokens = 2.0
+        self._at = -math.inf
+        self._obs_at: float | None = None
+        self._obs_done = 0
+        self._acc_cpu_s = 0.0
+        self._acc_done = 0
+        self._acc_s = 0.0
+
+    def observe(self, at: float, usage_cores: float | None, limit_cores: float | None, completed: int) -> None:
+        """One CPU reading taken at ``at`` (usage over the interval before it) and the completions so far."""
+        prev_at, prev_done = self._obs_at, self._obs_done
+        self._obs_at, self._obs_done = at, completed
+        if prev_at is None or usage_cores is None or at <= prev_at:
+            return
+        span = at - prev_at
+        self._acc_cpu_s += usage_cores * span
+        self._acc_done += completed - prev_done
+        self._acc_s += span
+        if self._acc_done >= _MIN_COMPLETIONS and self._acc_s >= _MIN_SPAN_S:
+            sample = self._acc_cpu_s / self._acc_done
+            old = self.cpu_per_request_s
+            if old is None:
+                self.cpu_per_request_s = sample
+            else:
+                alpha = 1.0 - math.exp(-self._acc_s / self.tau_s)
+                self.cpu_per_request_s = old + alpha * (sample - old)
+            self._acc_cpu_s = 0.0
+            self._acc_done = 0
+            self._acc_s = 0.0
+        elif self._acc_s > 5 * self.tau_s:  # too few completions to learn from: forget
+            self._acc_cpu_s = 0.0
+            self._acc_done = 0
+            self._acc_s = 0.0
+        cost = self.cpu_per_request_s
+        if cost and limit_cores:
+            self.rate_per_s = self.target * limit_cores / cost
+            self.capacity = max(2.0, self.rate_per_s * self.burst_s)
+        else:
+            self.rate_per_s = None
+
+    def take(self, now: float, level: float) -> bool:
+        """Take a token for an admission at ``now`` if the bucket keeps ``level * capacity`` after it."""
+        rate = self.rate_per_s
+        if rate is None:
+            return True
+        tokens = self._tokens + (now - self._at) * rate
+        cap = self.capacity
+        if tokens > cap:
+            tokens = cap
+        self._at = now
+        if tokens - 1.0 >= level * cap:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False

@@ -1,0 +1,222 @@
+"""The shedding policy of issue 13, rule by rule, on a fake clock: a hot state one spike cannot
+start, the CPU budget (pacing while engaged), admission levels per priority, and step response."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowctl.errors import ConfigError
+from flowctl.limit.fixed import FixedLimit
+from flowctl.limiter import Limiter, Rejection, Token
+from flowctl.limiter.budget import CpuBudget
+from flowctl.signal import CpuReading, StaticSignal
+
+INTERVAL_S = 0.1
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: float) -> CpuReading:
+    return CpuReading(at=clock.now, utilization=fast, utilization_smoothed=smoothed if smoothed is not None else 0.1,
+                      seq=round(clock.now / INTERVAL_S), **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def limiter(sig: StaticSignal, clock: Clock, n: float = 1, **kw: object) -> Limiter:
+    kw.setdefault("cpu_budget", None)
+    return Limiter(sig, FixedLimit(n), clock=clock, limit_refresh_s=0.0, **kw)  # type: ignore[arg-type]
+
+
+def tick(sig: StaticSignal, clock: Clock, fast: float, smoothed: float | None = None, **kw: float) -> None:
+    """The sampler's next reading, one interval later."""
+    clock.now += INTERVAL_S
+    sig.reading = reading(clock, fast, smoothed, **kw)
+
+
+# -- a hot state needs evidence that lasts --------------------------------------------------
+
+
+def test_one_hot_reading_is_not_enough_two_in_a_row_are() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock)
+    held = lim.acquire()
+    tick(sig, clock, 0.95)  # one spike over 0.8
+    assert isinstance(lim.acquire(), Token), "a single 100 ms spike must not shed"
+    tick(sig, clock, 0.95)  # the second in a row
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu" and d.reason.signal_value == 0.95
+    assert isinstance(held, Token)
+
+
+def test_a_gap_between_hot_readings_restarts_the_streak() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100)
+    for _ in range(3):  # learn the sampling interval from consecutive readings
+        tick(sig, clock, 0.2)
+        lim.acquire().success()  # type: ignore[union-attr]
+    tick(sig, clock, 0.95)
+    lim.acquire().success()  # type: ignore[union-attr]
+    clock.now += 5 * INTERVAL_S  # readings taken meanwhile were never observed
+    tick(sig, clock, 0.95)
+    lim.acquire().success()  # type: ignore[union-attr]
+    assert not lim.snapshot().hot
+
+
+def test_the_smoothed_signal_is_hot_at_once() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock)
+    held = lim.acquire()
+    tick(sig, clock, 0.5, smoothed=0.85)
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu" and d.reason.signal_value == 0.85
+    assert isinstance(held, Token)
+
+
+def test_hot_samples_one_is_the_old_rule() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, hot_samples=1)
+    held = lim.acquire()
+    tick(sig, clock, 0.95)
+    assert isinstance(lim.acquire(), Rejection)
+    assert isinstance(held, Token)
+
+
+def test_hot_samples_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError):
+            limiter(StaticSignal(), Clock(), hot_samples=bad)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 2.0),  # fast utilization
+            st.floats(0.0, 0.79),  # smoothed: never at the threshold
+            st.lists(st.sampled_from(["acquire", "release"]), max_size=12),
+        ),
+        max_size=40,
+    ),
+    st.booleans(),
+)
+def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float, list[str]]], budget: bool) -> None:
+    """Readings whose smoothed value stays under the threshold and whose fast value never reaches it
+    twice in a row: whatever the in-flight count, nothing is shed (default policy, budget on or off)."""
+    clock, sig = Clock(), StaticSignal("container")
+    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, cpu_budget=0.85 if budget else None)
+    held: list[Token] = []
+    prev_hot = False
+    for fast, smoothed, ops in steps:
+        if prev_hot and fast >= 0.8:
+            fast = 0.5  # never two hot fast readings in a row
+        prev_hot = fast >= 0.8
+        tick(sig, clock, fast, smoothed, usage_cores=fast * 0.5, limit_cores=0.5)
+        for op in ops:
+            clock.now += 0.001
+            if op == "acquire":
+                d = lim.acquire()
+                assert isinstance(d, Token), d
+                held.append(d)
+            elif held:
+                held.pop(0).success()
+    assert lim.snapshot().shed_by_reason == {}
+
+
+# -- the CPU budget --------------------------------------------------------------------------
+
+
+def test_budget_rate_is_target_times_limit_over_cpu_per_request() -> None:
+    b = CpuBudget(0.8)
+    b.observe(10.0, 0.5, 0.5, 0)
+    b.observe(10.1, 0.5, 0.5, 10)  # 0.05 CPU-s for 10 requests: 5 ms each
+    assert b.cpu_per_request_s == pytest.approx(0.005)
+    assert b.rate_per_s == pytest.approx(0.8 * 0.5 / 0.005)  # 80/s
+
+
+def test_budget_rate_follows_a_quota_change_at_the_next_reading() -> None:
+    b = CpuBudget(0.8)
+    b.observe(10.0, 1.0, 1.0, 0)
+    b.observe(10.1, 1.0, 1.0, 20)  # 5 ms each at 1.0 CPU: 160/s
+    assert b.rate_per_s == pytest.approx(160.0)
+    b.observe(10.2, 0.5, 0.5, 30)  # quota halved: same cost per request, half the rate
+    assert b.rate_per_s == pytest.approx(80.0)
+
+
+def test_budget_paces_and_levels_order_the_classes() -> None:
+    b = CpuBudget(0.8, burst_s=0.0)  # capacity 2 tokens
+    b.observe(10.0, 0.5, 0.5, 0)
+    b.observe(10.1, 0.5, 0.5, 10)  # 80/s
+    assert b.take(10.1, 0.0) and b.take(10.1, 0.0)  # a full bucket: two tokens
+    assert not b.take(10.1, 0.0)  # empty: default waits for a token
+    assert b.take(10.1, -1.0)  # critical may borrow a bucket
+    assert not b.take(10.1125, 0.5)  # sheddable needs 1 + 0.5 * 2 tokens in the bucket
+    assert b.take(10.1 + 3 / 80, 0.0)  # refilled at 80/s
+
+
+def test_budget_without_a_cost_admits_everything() -> None:
+    b = CpuBudget()
+    assert b.rate_per_s is None and all(b.take(1.0, 0.5) for _ in range(100))
+
+
+def test_budget_target_is_checked() -> None:
+    for bad in (0, -0.5, 2.0, math.nan):
+        with pytest.raises(ConfigError):
+            CpuBudget(bad)
+
+
+def _busy(lim: Limiter, sig: StaticSignal, clock: Clock, *, n: int, fast: float, limit_cores: float = 0.5) -> None:
+    """``n`` requests of 5 ms of CPU each complete, then the reading that saw them (observed)."""
+    for _ in range(n):
+        d = lim.acquire("critical")
+        assert isinstance(d, Token)
+        d.success()
+    tick(sig, clock, fast, usage_cores=n * 0.005 / INTERVAL_S, limit_cores=limit_cores)
+    lim.snapshot()  # the limiter observes every reading, as it does under steady traffic
+
+
+def test_engaged_limiter_paces_with_the_budget_and_not_before() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100, cpu_budget=0.8)
+    for _ in range(3):
+        _busy(lim, sig, clock, n=10, fast=0.5)  # not hot: 10 per 100 ms at 5 ms = 0.5 cores
+    burst = [lim.acquire() for _ in range(20)]
+    assert all(isinstance(d, Token) for d in burst), "not engaged: the budget does not apply"
+    for d in burst:
+        d.success()
+    tick(sig, clock, 1.0, usage_cores=0.1, limit_cores=0.5)  # the 20 requests: 0.1 CPU-s
+    lim.snapshot()
+    _busy(lim, sig, clock, n=0, fast=1.0)  # hot twice in a row: engaged
+    got = [lim.acquire() for _ in range(10)]
+    admitted = [d for d in got if isinstance(d, Token)]
+    shed = [d for d in got if isinstance(d, Rejection)]
+    assert len(admitted) <= 3 and shed and shed[0].reason.trigger == "cpu_budget"
+
+
+def test_critical_holds_at_a_limit_of_one_while_sheddable_is_shed() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=1, cpu_budget=0.8)
+    for _ in range(3):
+        _busy(lim, sig, clock, n=10, fast=0.5)
+    _busy(lim, sig, clock, n=0, fast=1.0)
+    _busy(lim, sig, clock, n=0, fast=1.0)
+    crit = shed = 0
+    for i in range(400):  # 1 s of 400 req/s, alternating critical and sheddable, each done at once
+        clock.now += 0.0025
+        prio = "critical" if i % 2 == 0 else "sheddable"
+        d = lim.acquire(prio)
+        if isinstance(d, Token):
+            d.success()
+            crit += prio == "critical"
+            shed += prio == "sheddable"
+    rate = lim.cpu_budget.rate_per_s  # type: ignore[union-attr]
+    assert rate is not None and crit >= 0.95 * min(200, rate)  # critical takes the budget first
+    assert shed < crit / 4
