@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from bench.ports import free_port
 
 __all__ = ["LoadSpec", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
 
@@ -594,14 +595,6 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def selftest(rates: Sequence[float], seconds: float = 4.0, server_cpu: int = 0) -> dict[str, Any]:
     """Drive a trivial raw-asyncio server at increasing rates; report what the generator sustains.
 
@@ -609,7 +602,7 @@ def selftest(rates: Sequence[float], seconds: float = 4.0, server_cpu: int = 0) 
     lag p99 under 5 ms and no send overrun. The generator runs in this process
     (pin it with ``--cpu``); the server on ``server_cpu``.
     """
-    port = _free_port()
+    port = free_port()
     srv = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(port), str(server_cpu)], stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout is not None

@@ -57,7 +57,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from bench.ports import free_port
 
 VARIANTS = ("bare", "flowctl", "flowctl_dry")
 EXTRA_VARIANTS = ("trivial_mw", "flowctl_nolag", "flowctl_middleware")  # for attributing cost: --variants bare,trivial_mw,...
@@ -195,12 +195,6 @@ class Run:
     server_cpu_us_per_request: float | None = None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(port: int, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -285,7 +279,7 @@ def _requests_done(out: str) -> tuple[int, float] | None:
 def run_one(
     variant: str, rnd: int, *, duration_s: int, connections: int, threads: int, wrk: str, pin: bool = False
 ) -> Run:
-    port = _free_port()
+    port = free_port()
     server = _start_server(variant, port, cpu=0 if pin else None)
     wrk_pin = ["taskset", "-c", "1"] if pin else []
     stop = threading.Event()
@@ -339,7 +333,7 @@ class PairedRun:
 def paired_round(a: str, b: str, rnd: int, *, duration_s: int, connections: int, wrk: str, a_first: bool) -> PairedRun:
     """Serve ``a`` and ``b`` together on CPU 0 and load each with its own wrk on CPU 1 for ``duration_s``."""
     order = (a, b) if a_first else (b, a)
-    ports = {v: _free_port() for v in order}
+    ports = {v: free_port() for v in order}
     servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for v in order:
@@ -402,7 +396,7 @@ def paired(a: str, b: str, *, rounds: int, duration_s: int, connections: int = P
 
 def idle(variants: Sequence[str], seconds: float) -> dict[str, dict[str, float]]:
     """Per variant: the server's CPU over ``seconds`` without load, after one request (``cpu_s``, ``wall_s``, ``cores``)."""
-    ports = {v: _free_port() for v in variants}
+    ports = {v: free_port() for v in variants}
     servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for v in variants:

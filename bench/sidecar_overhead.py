@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from bench.ports import free_port
 
 __all__ = ["main", "parse_wrk"]
 
@@ -63,12 +63,6 @@ PIN = {"servers": "", "client": ""}
 def _pinned(cmd: list[str], which: str) -> list[str]:
     cpus = PIN[which]
     return ["taskset", "-c", cpus, *cmd] if cpus else cmd
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, timeout_s: float = 15.0) -> None:
@@ -277,7 +271,7 @@ def _p50_ms(result: dict[str, Any]) -> float:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     py = sys.executable
-    up_port, nginx_port, sc_port, admin_port = (_free_port() for _ in range(4))
+    up_port, nginx_port, sc_port, admin_port = (free_port() for _ in range(4))
     procs: list[subprocess.Popen[bytes]] = []
     nginx_proc: subprocess.Popen[bytes] | None = None
     prefix = tempfile.mkdtemp(prefix="flowctl-bench-nginx-")

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from bench.ports import free_port
 
 WORK_S = 0.005
 
@@ -168,12 +168,6 @@ async def load(url: str, clients: int, duration_s: float) -> dict[str, Any]:
 # ---------------------------------------------------------------- driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     import urllib.request
 
@@ -182,7 +176,7 @@ def _get_json(url: str) -> Any:
 
 
 def measure_one(path: str, protect: bool, clients: int, duration_s: float, threshold_s: float | None) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, __file__, "serve", "--port", str(port)]
     if protect:
         cmd.append("--protect")

@@ -75,8 +75,9 @@ from aiohttp.web_urldispatcher import AbstractRoute, PlainResource
 from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
+from flowctl.http import metrics_page, rejection_parts
 from flowctl.looplag import LoopLagMonitor
-from flowctl.metrics import DURATION_BUCKETS_S, DurationHistogram, FlowctlCollector, RequestDurations, metrics_handler
+from flowctl.metrics import DURATION_BUCKETS_S, DurationHistogram, FlowctlCollector, RequestDurations
 from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ __all__ = [
     "FLOWCTL",
     "UNMATCHED_RESOURCE",
     "Flowctl",
+    "metrics_handler",
     "priority",
-    "rejection_parts",
     "rejection_response",
     "setup",
 ]
@@ -146,24 +147,22 @@ def priority(name: str) -> Callable[[_F], _F]:
     return mark
 
 
-def rejection_parts(decision: Rejection, *, reason_header: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
-    """The headers and JSON body of the shed response (see ``rejection_response``)."""
-    trigger = decision.reason.trigger
-    retry_after_s = float(decision.retry_after_s)
-    if not math.isfinite(retry_after_s) or retry_after_s < 0:
-        retry_after_s = 1.0
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
-    if reason_header is not None:
-        headers[reason_header] = trigger
-    return headers, {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
-
-
 def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
     """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
     ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
-    the trigger is also sent in that header. Used by the middleware and the sidecar."""
+    the trigger is also sent in that header (``flowctl.http.rejection_parts``)."""
     headers, body = rejection_parts(decision, reason_header=reason_header)
     return web.json_response(body, status=status, headers=headers)
+
+
+def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler serving ``registry`` in the text format the scraper asks for."""
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics_page(registry, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handle_metrics
 
 
 def setup(

@@ -10,7 +10,8 @@ Nothing here touches the global registry: callers pass a ``CollectorRegistry``.
   ``flowctl_request_duration_seconds{resource}``, with one child bound per
   resource the first time it is seen (never a label lookup per request); its
   buckets are plain ints too, exported at scrape time.
-- ``metrics_handler(registry)`` is a ready aiohttp handler for ``/metrics``.
+- Serving: ``flowctl.http.metrics_page`` renders a registry; ``flowctl.aiohttp.metrics_handler``
+  is the ready aiohttp handler for ``/metrics``.
 
 Metric names are fixed (dashboards and alerts depend on them)::
 
@@ -36,13 +37,11 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 
 from flowctl.errors import ConfigError
 from flowctl.signal import CpuReading, CpuSignal
@@ -56,7 +55,6 @@ __all__ = [
     "DurationHistogram",
     "FlowctlCollector",
     "RequestDurations",
-    "metrics_handler",
 ]
 
 #: Request-duration buckets in seconds: sub-millisecond handlers up to slow ones.
@@ -259,13 +257,3 @@ class RequestDurations:
 def _le(bound: float) -> str:
     """Bucket label as prometheus_client writes it (0.005 -> "0.005", 1 -> "1.0")."""
     return repr(float(bound))
-
-
-def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """An aiohttp handler serving ``registry`` in the text format the scraper asks for."""
-
-    async def handle_metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
-
-    return handle_metrics

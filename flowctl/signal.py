@@ -20,7 +20,7 @@ class CpuReading:
 
     - ``at``: clock time (seconds) the reading was taken.
     - ``utilization``: fast signal, usage over the last interval / ``limit_cores``.
-    - ``utilization_smoothed``: slow signal, EMA of ``utilization`` (see ``flowctl.limit.ema``).
+    - ``utilization_smoothed``: slow signal, EMA of ``utilization`` (see ``flowctl.cpu.ema``).
     - ``usage_cores``: CPU cores in use over the last interval.
     - ``limit_cores``: the effective CPU budget in cores (0.5 stays 0.5).
     - ``throttled_ratio``: fraction of CFS periods throttled over the last interval.

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from flowctl.http import metrics_page
+
 if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
@@ -122,12 +124,16 @@ def _dumps(obj: Any) -> str:
 
 def build_admin_app(sidecar: Sidecar) -> web.Application:
     """The admin application; ``sidecar.registry`` backs /metrics."""
-    from flowctl.metrics import metrics_handler
-
     app = web.Application()
     app[SIDECAR_KEY] = sidecar
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", metrics_handler(sidecar.registry))
+    registry = sidecar.registry
+
+    async def metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics_page(registry, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/debug/limiter", _debug_limiter)
     return app

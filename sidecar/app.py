@@ -25,6 +25,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from flowctl.limit import make_algorithm
+from flowctl.limiter import Limiter
+from flowctl.signal import CpuSignal
 from sidecar.admin import SidecarCollector, build_admin_app
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import FastListener
@@ -40,26 +43,11 @@ log = logging.getLogger("sidecar")
 FLUSH_S = 1.0
 
 
-def build_limiter(config: SidecarConfig, signal: Any) -> Any:
+def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
     """A ``flowctl.limiter.Limiter`` on ``signal`` with the configured algorithm and thresholds."""
-    from flowctl.limiter import Limiter
-
-    algorithm: Any
-    if config.algorithm == "fixed":
-        from flowctl.limit.fixed import FixedLimit
-
-        algorithm = FixedLimit(config.fixed_limit)
-    elif config.algorithm == "gradient":
-        from flowctl.limit.gradient import Gradient
-
-        algorithm = Gradient()
-    else:
-        from flowctl.limit.bbr import Bbr
-
-        algorithm = Bbr()
     return Limiter(
         signal,
-        algorithm,
+        make_algorithm(config.algorithm, fixed_limit=config.fixed_limit),
         cpu_threshold=config.cpu_threshold,
         cool_off_s=config.cool_off_s,
         dry_run=config.dry_run,

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flowctl.errors import ConfigError
+from flowctl.limit import ALGORITHMS
 
 __all__ = [
     "ENV_PREFIX",
@@ -217,7 +218,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_seconds", "drain_seconds", _number(float, 0), "on SIGTERM, wait this long for in-flight requests", "S"),
     Option("cpu_threshold", "cpu_threshold", _number(float, 0, 1, lo_open=True), "shed above this CPU utilization (0..1]", "RATIO"),
     Option("cool_off", "cool_off_s", _number(float, 0), "keep shedding this long after the last CPU-gated rejection", "S"),
-    Option("algorithm", "algorithm", _choice("bbr", "gradient", "fixed"), "concurrency limit algorithm", "NAME"),
+    Option("algorithm", "algorithm", _choice(*ALGORITHMS), "concurrency limit algorithm", "NAME"),
     Option("fixed_limit", "fixed_limit", _number(int, 1), "limit for --algorithm fixed", "N"),
     Option("dry_run", "dry_run", _bool, "decide and count, but never shed", "BOOL"),
     Option("priority_header", "priority_header", _header_name, "trusted request header naming the priority (critical|default|sheddable)", "NAME"),

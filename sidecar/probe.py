@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from flowctl._periodic import Periodic
+from flowctl.periodic import Periodic
 
 __all__ = ["UpstreamProbe"]
 

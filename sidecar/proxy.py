@@ -8,7 +8,7 @@ one is given) and forward it over the lean keep-alive pool
 ``ClientSession``: explicit connector limit, keep-alive, no cookie jar, no
 decompression, which also carries WebSockets), streaming the body back. Errors map to 502 (refused or
 broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
-a rejection becomes ``flowctl.aiohttp.rejection_response`` (503, Retry-After, JSON reason).
+a rejection becomes a 503 from ``flowctl.http.rejection_parts`` (Retry-After, JSON reason).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from flowctl.aiohttp import rejection_parts, rejection_response
+from flowctl.http import rejection_parts
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import SMALL_BODY_BYTES, PlainRequest
 from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
@@ -235,7 +235,8 @@ class Proxy:
                 priority = header.lower() if header else None
             decision = self._admit(priority, request.method, request.path)
             if not decision.admitted:
-                return rejection_response(decision)
+                headers, body = rejection_parts(decision)
+                return web.json_response(body, status=503, headers=headers)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

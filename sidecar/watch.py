@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flowctl._periodic import Periodic
+from flowctl.periodic import Periodic
 from flowctl.signal import UNKNOWN_READING, CpuReading
 
 __all__ = [

@@ -14,7 +14,7 @@ import pytest
 
 from flowctl.errors import ConfigError
 from flowctl.limit.bbr import Bbr
-from flowctl.limit.ema import Ema
+from flowctl.cpu.ema import Ema
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
 from flowctl.limiter import (

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
 from flowctl.looplag import LoopLagMonitor
-from flowctl.metrics import FlowctlCollector, RequestDurations, metrics_handler
+from flowctl.aiohttp import metrics_handler
+from flowctl.metrics import FlowctlCollector, RequestDurations
 from flowctl.signal import CpuReading, StaticSignal
 
 

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from flowctl._periodic import Periodic, next_due
+from flowctl.periodic import Periodic, next_due
 from flowctl.errors import ConfigError
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from bench.loadgen import LoadSpec, TrafficClass, run_load_process_async
+from bench.ports import free_port as free_port  # re-exported: scenarios call c.free_port()
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
@@ -43,12 +44,6 @@ PRIORITY_HEADER = "X-Priority"
 def log(msg: str) -> None:
     """A progress line on stderr."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 BENCH_NICE = -10

@@ -1,36 +1,28 @@
-"""``flowctl sidecar``: run the adaptive-limiting reverse proxy (same options as ``python -m sidecar``)."""
+"""``flowctl sidecar``: run the adaptive-limiting reverse proxy (the same as ``python -m sidecar``).
+
+The arguments go unparsed to ``sidecar.__main__.main``, which owns the options, their
+``--help`` and the error handling: the sidecar is imported only when this command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
-
-from flowctl.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    from sidecar.config import add_arguments
-
     p: argparse.ArgumentParser = subparsers.add_parser(
         "sidecar",
-        help="run the adaptive-limiting HTTP reverse proxy in front of an app",
-        description="Reverse proxy that sheds load using the app's container CPU. "
-        "Options come from flags, then FLOWCTL_* environment variables, then a TOML file.",
+        help="run the adaptive-limiting HTTP reverse proxy in front of an app (flowctl sidecar --help)",
+        description="Reverse proxy that sheds load using the app's container CPU.",
+        add_help=False,
+        prefix_chars="\0",  # every argument, --help included, is the sidecar's
     )
-    add_arguments(p)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the sidecar's options")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sidecar.app import run
-    from sidecar.config import load_config
+    from sidecar.__main__ import main
 
-    try:
-        return run(load_config(args))
-    except ConfigError as e:
-        print(f"flowctl sidecar: invalid configuration: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"flowctl sidecar: cannot start: {e}", file=sys.stderr)
-        return 1
+    return main(args.argv, prog="flowctl sidecar")

@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from flowctl._periodic import Periodic
+from flowctl.periodic import Periodic
 from flowctl.cpu.sources import Counters, CpuSource, Limits
 from flowctl.errors import ConfigError
-from flowctl.limit.ema import Ema
+from flowctl.cpu.ema import Ema
 from flowctl.signal import CpuReading
 
 __all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_LIMITS_INTERVAL_S", "DEFAULT_TAU_S", "Sampler"]

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -41,6 +40,7 @@ from tests.deploy.artifacts import (
     substitute,
 )
 from tests.realenv import need_binary, need_cgroup_v1
+from bench.ports import free_port
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -48,13 +48,6 @@ UPSTREAM_CPUS = 0.5
 CLIENTS = 24
 RATE_INTERVAL = "15s"  # what $__rate_interval becomes; Grafana uses >= 4 x the 1 s scrape interval
 DEADLINE_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _wait_http(session: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process | None, what: str) -> None:
@@ -133,7 +126,7 @@ async def test_dashboard_rules_and_alerts_on_real_prometheus(tmp_path: Path) -> 
     need_cgroup_v1("cpu", "cpuacct")
     from flowctl.workload import launch
 
-    up_port, proxy_port, admin_port, prom_port = (_free_port() for _ in range(4))
+    up_port, proxy_port, admin_port, prom_port = (free_port() for _ in range(4))
     prom = f"http://127.0.0.1:{prom_port}"
     config = _prometheus_config(tmp_path, f"127.0.0.1:{admin_port}", f"127.0.0.1:{up_port}")
     dashboard = load_dashboard()

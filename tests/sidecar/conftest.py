@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from aiohttp import web
 
 from sidecar.app import Sidecar
 from sidecar.config import HostPort, SidecarConfig
+from bench.ports import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GZ_BODY = gzip.compress(b"compressed payload " * 100)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def upstream_app() -> web.Application:

@@ -110,11 +110,17 @@ def test_cli_fails_at_start_with_one_line(cmd: list[str]) -> None:
     assert "max_body" in lines[0] and "--max-body" in lines[0]
 
 
-def test_flowctl_sidecar_has_the_same_options() -> None:
-    from flowctl.cli import build_parser as flowctl_parser
+def test_flowctl_sidecar_is_the_sidecars_own_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``flowctl sidecar ARGS`` hands ARGS to ``python -m sidecar``'s parser: the same options and
+    help, and the same one-line configuration errors (exit 2)."""
+    from flowctl.cli import main as flowctl_main
 
-    p = flowctl_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    flowctl_flags = {s for a in sub.choices["sidecar"]._actions for s in a.option_strings}
-    sidecar_flags = {s for a in build_parser()._actions for s in a.option_strings}
-    assert flowctl_flags == sidecar_flags
+    with pytest.raises(SystemExit) as exc:
+        flowctl_main(["sidecar", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: flowctl sidecar")
+    for flag in {s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")}:
+        assert flag in out
+    assert flowctl_main(["sidecar", "--listen", "nowhere"]) == 2
+    assert capsys.readouterr().err.startswith("flowctl sidecar: invalid configuration: listen")

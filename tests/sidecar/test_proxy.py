@@ -313,15 +313,17 @@ def test_header_helpers_units() -> None:
     assert resp.getall("Set-Cookie") == ["a=1", "b=2"] and "Transfer-Encoding" not in resp
 
 
-def test_the_sidecar_sheds_with_flowctl_aiohttps_rejection_response() -> None:
+def test_the_sidecar_and_the_middleware_shed_with_the_same_rejection_parts() -> None:
     import json
     import math
     from types import SimpleNamespace
 
     import flowctl.aiohttp
+    import flowctl.http
     import sidecar.proxy
 
-    assert vars(sidecar.proxy)["rejection_response"] is flowctl.aiohttp.rejection_response  # one shared shape
+    assert vars(sidecar.proxy)["rejection_parts"] is flowctl.http.rejection_parts  # one shared shape
+    assert vars(flowctl.aiohttp)["rejection_parts"] is flowctl.http.rejection_parts
     shed = SimpleNamespace(reason=SimpleNamespace(trigger="cpu"), retry_after_s=math.inf)
     r = flowctl.aiohttp.rejection_response(shed, status=429, reason_header="X-Flowctl-Reason")
     assert r.status == 429 and r.headers["Retry-After"] == "1" and r.headers["X-Flowctl-Reason"] == "cpu"

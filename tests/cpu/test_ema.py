@@ -3,7 +3,7 @@ import math
 import pytest
 
 from flowctl.errors import ConfigError
-from flowctl.limit.ema import Ema
+from flowctl.cpu.ema import Ema
 
 
 def test_first_update_takes_the_sample() -> None:

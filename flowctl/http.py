@@ -1,0 +1,42 @@
+"""Framework-neutral HTTP pieces every integration shares: the shed response and the metrics page.
+
+The aiohttp integration (``flowctl.aiohttp``) and the sidecar (both of its
+listeners) build their responses from these, so a shed looks the same
+whichever way it was served.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from flowctl.limiter import Rejection
+
+__all__ = ["metrics_page", "rejection_parts"]
+
+
+def rejection_parts(decision: Rejection, *, reason_header: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """The headers and JSON body of a shed response.
+
+    Headers: ``Retry-After`` (whole seconds, at least 1) and, with ``reason_header``, the
+    trigger under that name. Body: ``{"error": "overloaded", "reason": <trigger>,
+    "retry_after_s": <float>}``. The status (503 or 429) is the integration's choice.
+    """
+    trigger = decision.reason.trigger
+    retry_after_s = float(decision.retry_after_s)
+    if not math.isfinite(retry_after_s) or retry_after_s < 0:
+        retry_after_s = 1.0
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    if reason_header is not None:
+        headers[reason_header] = trigger
+    return headers, {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
+
+
+def metrics_page(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """``registry`` rendered in the exposition format the scraper's ``Accept`` header asks for,
+    and that format's Content-Type."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
