@@ -77,7 +77,7 @@ class Env:
         self.entered = 0
         limiter_kw = setup_kw.pop("limiter_kw", {})
         # integration tests: one hot reading is hot, no CPU budget (the policy is tested in test_limiter*)
-        limiter_kw = {"hot_samples": 1, "cpu_budget": None, **limiter_kw}
+        limiter_kw = {"hot_samples": 1, "cool_fraction": 0.0, "cpu_budget": None, **limiter_kw}
         self.limiter = Limiter(self.signal, self.algo, cool_off_s=0.0, **limiter_kw)
         self.app = web.Application()
         r = self.app.router

@@ -64,9 +64,9 @@ def sig() -> StaticSignal:
     return StaticSignal("container", utilization=0.3, utilization_smoothed=0.3)
 
 
-# The concurrency rules below are tested on their own: any single hot reading counts (hot_samples=1)
-# and no CPU budget. tests/limiter/test_policy.py tests those two rules.
-RULES: dict[str, object] = {"hot_samples": 1, "cpu_budget": None}
+# The concurrency rules below are tested on their own: any single hot reading counts (hot_samples=1),
+# a cool-off always runs its course (cool_fraction=0) and no CPU budget. tests/limiter/test_policy.py tests those two rules.
+RULES: dict[str, object] = {"hot_samples": 1, "cool_fraction": 0.0, "cpu_budget": None}
 
 
 def make(sig: StaticSignal, clock: FakeClock, n: float = 4, **kw: object) -> Limiter:

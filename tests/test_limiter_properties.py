@@ -36,7 +36,7 @@ class LimiterMachine(RuleBasedStateMachine):
         self.now = 1000.0
         self.sig = StaticSignal("container", utilization=0.5)
         self.algo = Bbr(window_s=1.0, buckets=10, cold_start_inflight=3, headroom=0)
-        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0, hot_samples=1, cpu_budget=None)
+        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0, hot_samples=1, cool_fraction=0.0, cpu_budget=None)
         self.last_drop: float | None = None
         self.live: list[Token] = []  # keeps admitted tokens referenced (no finalizer release)
         self.admitted = 0
@@ -161,7 +161,7 @@ def _churn(lim: Limiter, n: int, clock: list[float]) -> None:
 
 def _limiter(algo: LimitAlgorithm, clock: list[float]) -> Limiter:
     sig = StaticSignal("container", utilization=0.95, utilization_smoothed=0.9)  # hot: sheds too
-    return Limiter(sig, algo, clock=lambda: clock[0], hot_samples=1, cpu_budget=None)
+    return Limiter(sig, algo, clock=lambda: clock[0], hot_samples=1, cool_fraction=0.0, cpu_budget=None)
 
 
 @pytest.mark.slow

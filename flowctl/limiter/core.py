@@ -10,7 +10,9 @@ The limiter is *engaged* while hot (``HotGate``: the CPU signal against
 Non-bypass triggers count as hot when in-flight is over the limit. A bypass
 ``Trigger`` sheds on its own, engaged or not, at its threshold times the
 priority's ``trigger_scale``. Every shed (or dry-run "would shed") restarts
-the cool-off. One admission path: ``admit(slot)``;
+the cool-off. The cool-off ends early at a clearly cool reading
+(``Thresholds.cool_fraction``): shedding that began on a spike, or pacing
+that outlived the overload, stops at the next reading that shows it. One admission path: ``admit(slot)``;
 ``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
 limiter's ``success / ignore / dropped``.
 """
@@ -91,6 +93,8 @@ class Limiter:
     """False: always hot, a plain concurrency limiter (reason ``"limit"``)."""
     hot_samples = _GateSetting()
     """Consecutive fast CPU readings at or over ``cpu_threshold`` that make the limiter hot."""
+    cool_fraction = _GateSetting()
+    """A reading under this fraction of ``cpu_threshold`` (and smoothed under it) ends a cool-off."""
 
     def __init__(
         self,
@@ -107,12 +111,15 @@ class Limiter:
         default_priority: str = "default",
         cpu_gate: bool = True,
         hot_samples: int = 2,
+        cool_fraction: float = 0.75,
         cpu_budget: float | None = 0.85,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        thresholds = Thresholds(cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate, hot_samples)
+        thresholds = Thresholds(
+            cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate, hot_samples, cool_fraction
+        )
         self._partitions = Partitions(priorities, default_priority, max_resources)
         self._lookup = self._partitions.lookup
         if not (limit_refresh_s >= 0 and math.isfinite(limit_refresh_s)):
@@ -319,8 +326,12 @@ class Limiter:
         hot = gate.observe(r)
         if not gate.thresholds.cpu_gate:
             self._engaged_until = math.inf
+        elif hot is not None:
+            self._engaged_until = math.inf
         else:
-            self._engaged_until = math.inf if hot is not None else self._cool_off_until
+            if now < self._cool_off_until and gate.clearly_cool(r):
+                self._cool_off_until = now  # no longer saturated: stop shedding now, not a second later
+            self._engaged_until = self._cool_off_until
         budget = self._budget
         if budget is not None:
             done = 0

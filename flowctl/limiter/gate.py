@@ -50,6 +50,9 @@ class Thresholds:
     - ``cpu_gate``: False makes the limiter always hot: a plain concurrency limiter.
     - ``hot_samples``: consecutive fast readings at or over ``cpu_threshold`` that make
       the CPU hot (1 = any single reading, the old rule; the smoothed signal counts at once).
+    - ``cool_fraction``: a reading whose fast utilization is under ``cool_fraction *
+      cpu_threshold`` (0.6 at the defaults) and whose smoothed one is under the threshold is
+      clearly cool: it ends a cool-off early. 0 = the cool-off always runs its course.
     """
 
     cpu_threshold: float = 0.8
@@ -57,6 +60,7 @@ class Thresholds:
     pressure_threshold: float | None = None
     cpu_gate: bool = True
     hot_samples: int = 2
+    cool_fraction: float = 0.75
 
     def __post_init__(self) -> None:
         _ratio("cpu_threshold", self.cpu_threshold, allow_none=False)
@@ -68,6 +72,8 @@ class Thresholds:
             if v is not None:
                 object.__setattr__(self, key, float(v))
         object.__setattr__(self, "cpu_gate", bool(self.cpu_gate))
+        if not (isinstance(self.cool_fraction, (int, float)) and 0 <= self.cool_fraction < 1):
+            raise ConfigError(f"cool_fraction must be in [0, 1), got {self.cool_fraction!r}")
         if not (isinstance(self.hot_samples, int) and self.hot_samples >= 1):
             raise ConfigError(f"hot_samples must be an integer >= 1, got {self.hot_samples!r}")
 
@@ -160,6 +166,13 @@ class HotGate:
                 hot = ("pressure", self.signal_name, r.pressure_ratio, pt)
         self.hot = hot
         return hot
+
+    def clearly_cool(self, r: CpuReading) -> bool:
+        """The reading is well under the threshold (see ``Thresholds.cool_fraction``): a cool-off
+        that began on a spike need not run its course."""
+        th = self._thresholds
+        fast, slow = r.utilization, r.utilization_smoothed
+        return fast is not None and fast < th.cool_fraction * th.cpu_threshold and (slow is None or slow < th.cpu_threshold)
 
     def trigger_hot(self, now: float) -> Hot | None:
         """The first non-bypass trigger firing at ``now``, or None."""

@@ -220,3 +220,64 @@ def test_critical_holds_at_a_limit_of_one_while_sheddable_is_shed() -> None:
     rate = lim.cpu_budget.rate_per_s  # type: ignore[union-attr]
     assert rate is not None and crit >= 0.95 * min(200, rate)  # critical takes the budget first
     assert shed < crit / 4
+
+
+# -- the cool-off ------------------------------------------------------------------------------
+
+
+def test_a_clearly_cool_reading_ends_the_cool_off() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock)
+    held = lim.acquire()
+    tick(sig, clock, 0.95)
+    lim.snapshot()
+    tick(sig, clock, 0.95)
+    assert isinstance(lim.acquire(), Rejection)  # hot: shed over the limit, cool-off started
+    tick(sig, clock, 0.7)  # under the threshold but not clearly cool: the cool-off holds
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cool_off"
+    tick(sig, clock, 0.3)  # clearly cool (< 0.75 * 0.8): the cool-off ends now
+    assert isinstance(lim.acquire(), Token)
+    assert isinstance(held, Token)
+
+
+def test_cool_fraction_zero_keeps_the_whole_cool_off() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, cool_fraction=0.0)
+    held = lim.acquire()
+    tick(sig, clock, 0.95)
+    lim.snapshot()
+    tick(sig, clock, 0.95)
+    assert isinstance(lim.acquire(), Rejection)
+    tick(sig, clock, 0.1)
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cool_off"
+    assert isinstance(held, Token)
+
+
+def _flood(lim: Limiter, clock: Clock, n: int) -> int:
+    """``n`` requests 1 ms apart, each done at once; returns how many the budget shed."""
+    shed = 0
+    for _ in range(n):
+        clock.now += 0.001
+        d = lim.acquire()
+        if isinstance(d, Token):
+            d.success()
+        else:
+            assert d.reason.trigger == "cpu_budget"
+            shed += 1
+    return shed
+
+
+def test_budget_pacing_ends_at_a_clearly_cool_reading() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100, cpu_budget=0.8)
+    for _ in range(3):
+        _busy(lim, sig, clock, n=10, fast=0.5)
+    _busy(lim, sig, clock, n=0, fast=1.0)
+    _busy(lim, sig, clock, n=0, fast=1.0)  # hot: engaged, nothing over the limit of 100
+    assert _flood(lim, clock, 90) > 50  # 1000/s against a budget of 80/s
+    tick(sig, clock, 0.7, usage_cores=0.35, limit_cores=0.5)  # not hot, not clearly cool: the cool-off holds
+    assert _flood(lim, clock, 90) > 50
+    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # clearly cool: pacing stops now
+    assert _flood(lim, clock, 90) == 0
