@@ -4,6 +4,10 @@ An algorithm is pure: it is fed completed requests (``on_sample``) and asked
 for the current concurrency limit (``max_inflight``), always with ``now`` in
 seconds passed in. No clock, no asyncio, no I/O. Both calls are on the
 limiter's hot path and must be O(1) amortized.
+
+Optional: ``rescale(ratio)``. The limiter calls it when the CPU limit moves by
+more than 10% (``ratio`` = new / old), so an algorithm whose history belongs
+to the old quota can start over (``Bbr`` does).
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ bounded as load grows; Envoy's adaptive concurrency adds the same
 ``sqrt(limit)`` to its new limit. ``headroom`` is beta (default 1, Envoy's
 choice; 0 gives Kratos' bare ``L``): L 0.5 -> 2, 1 -> 2, 4 -> 6, 9 -> 12.
 
+Quota changes: ``rescale(ratio)`` (called by the limiter when the CPU limit
+moves by more than 10%) forgets the window, whose throughput belongs to the
+old quota, and stands on ``ratio`` times the last limit until the first bucket
+at the new quota completes (100 ms), instead of waiting out the 10 s window.
+
 Cold start: until the window holds at least one completed bucket with a
 sample, the limit is ``cold_start_inflight`` (default 16): a start-up overload
 is capped instead of admitted unbounded, and nothing is shed while in-flight
@@ -45,7 +50,7 @@ _ROUNDING_SLACK = 1e-9
 class Bbr:
     """Little's-law concurrency limit (``max_pass_per_s * min_rt_s``) over a rolling window."""
 
-    __slots__ = ("window", "cold_start_inflight", "headroom", "on_sample", "_limit_at", "_limit")
+    __slots__ = ("window", "cold_start_inflight", "headroom", "on_sample", "_limit_at", "_limit", "_bridge")
 
     name = "bbr"
 
@@ -61,6 +66,7 @@ class Bbr:
         self.cold_start_inflight = float(cold_start_inflight)
         self._limit_at: int | None = None
         self._limit = self.cold_start_inflight
+        self._bridge: float | None = None  # the limit after a rescale, until data at the new quota
         # LimitAlgorithm.on_sample: feed one completed request to the window; dropped
         # requests are not counted. The window's own method, bound: one call per request.
         self.on_sample = self.window.add_sample
@@ -77,9 +83,16 @@ class Bbr:
     def _compute(self, now: float) -> float:
         st = self.window.stats(now)
         if st.min_rt_s is None or st.max_pass == 0:
-            return self.cold_start_inflight
+            return self.cold_start_inflight if self._bridge is None else self._bridge
+        self._bridge = None
         little = st.max_pass / self.window.bucket_s * st.min_rt_s
         return float(max(1, math.ceil(little + self.headroom * math.sqrt(little) - _ROUNDING_SLACK)))
+
+    def rescale(self, ratio: float) -> None:
+        """The CPU limit changed by ``ratio`` (new / old): forget the window, bridge on ``ratio`` x the limit."""
+        self._bridge = max(1.0, math.floor(self._limit * ratio + _ROUNDING_SLACK))
+        self.window.reset()
+        self._limit_at = None
 
     def stats(self, now: float) -> LimitStats:
         st = self.window.stats(now)

@@ -38,6 +38,7 @@ from flowctl.signal import CpuSignal
 __all__ = ["Limiter"]
 
 _MIN_RETRY_AFTER_S = 0.1
+_RESCALE_FRACTION = 0.1  # a CPU limit change beyond this tells the algorithm (rescale)
 
 _new_token = object.__new__  # Token(...) without the __init__ frame, on acquire's admitted path
 _new_dry_start = float.__new__
@@ -133,6 +134,8 @@ class Limiter:
         self.algorithm: LimitAlgorithm = _default_algorithm() if algorithm is None else algorithm
         self._max_inflight = self.algorithm.max_inflight
         self._on_sample = self.algorithm.on_sample
+        self._rescale: Callable[[float], None] | None = getattr(self.algorithm, "rescale", None)
+        self._limit_cores: float | None = None  # the last reading's, to see quota changes
         self._bypass: tuple[Trigger, ...] = ()
         self._polled: tuple[PolledTrigger, ...] = ()  # what admit polls: each has quiet_until
         self._limit = -1.0
@@ -332,6 +335,13 @@ class Limiter:
             if now < self._cool_off_until and gate.clearly_cool(r):
                 self._cool_off_until = now  # no longer saturated: stop shedding now, not a second later
             self._engaged_until = self._cool_off_until
+        limit_cores = r.limit_cores
+        if limit_cores:
+            last = self._limit_cores
+            if last and abs(limit_cores / last - 1.0) > _RESCALE_FRACTION and self._rescale is not None:
+                self._rescale(limit_cores / last)
+                self._refresh_at = -math.inf
+            self._limit_cores = limit_cores
         budget = self._budget
         if budget is not None:
             done = 0

@@ -116,3 +116,14 @@ def test_headroom_must_be_a_finite_non_negative_number() -> None:
     for bad in (-0.1, math.inf, math.nan):
         with pytest.raises(ConfigError):
             Bbr(headroom=bad)
+
+
+def test_rescale_bridges_on_the_scaled_limit_then_learns_the_new_quota() -> None:
+    bbr = Bbr(headroom=0)
+    feed(bbr, 10.0, 50, 0.040)  # 500/s at 40 ms: 20
+    assert bbr.max_inflight(10.15) == 20
+    bbr.rescale(0.5)  # quota halved
+    assert bbr.max_inflight(10.15) == 10  # at once, not after the 10 s window
+    assert bbr.max_inflight(12.0) == 10  # still no data at the new quota
+    feed(bbr, 12.0, 20, 0.040)  # 200/s at 40 ms
+    assert bbr.max_inflight(12.15) == 8

@@ -281,3 +281,25 @@ def test_budget_pacing_ends_at_a_clearly_cool_reading() -> None:
     assert _flood(lim, clock, 90) > 50
     tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # clearly cool: pacing stops now
     assert _flood(lim, clock, 90) == 0
+
+
+# -- step response ------------------------------------------------------------------------------
+
+
+def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
+    from flowctl.limit.bbr import Bbr
+
+    clock, sig = Clock(), StaticSignal("container")
+    bbr = Bbr(headroom=0)
+    lim = Limiter(sig, bbr, clock=clock, limit_refresh_s=0.0, cpu_budget=None)
+    for _ in range(30):  # 3 s at 100/s of 40 ms requests at 1.0 CPU: limit 4
+        tick(sig, clock, 0.5, usage_cores=0.5, limit_cores=1.0)
+        for _ in range(10):
+            d = lim.acquire()
+            assert isinstance(d, Token)
+            clock.now += 0.004
+            d.start = clock.now - 0.040
+            d.success()
+    assert lim.snapshot().max_inflight == 4
+    tick(sig, clock, 1.0, usage_cores=0.5, limit_cores=0.5)  # resized to 0.5 CPU
+    assert lim.snapshot().max_inflight == 2
