@@ -18,7 +18,7 @@ from flowctl.limit.base import LimitAlgorithm
 from flowctl.limit.bbr import Bbr
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
-from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, Limiter, Rejection, Slot, Token
+from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, DryRunStart, Limiter, Rejection, Slot, Token
 from flowctl.signal import StaticSignal
 
 RESOURCES = ("a", "b", "c")
@@ -42,21 +42,22 @@ class LimiterMachine(RuleBasedStateMachine):
         self.admitted = 0
         self.released = 0
 
-    def _expect_shed(self, priority: str) -> bool:
-        """A reference model of the shedding rule, evaluated before the call."""
+    def _expect_shed(self, priority: str) -> tuple[bool, dict[str, object]]:
+        """A reference model of the shedding rule, evaluated before the call, and its inputs."""
         inflight = self.lim.inflight
         share = DEFAULT_PRIORITIES.get(priority, DEFAULT_PRIORITIES["default"]).share
         cap = max(1, math.ceil(share * self.algo.max_inflight(self.now) - 1e-9))
         util = self.sig.reading.utilization
         hot = util is not None and util >= self.lim.cpu_threshold
         cool_off = self.last_drop is not None and self.now < self.last_drop + self.lim.cool_off_s
-        return inflight + 1 > cap and (hot or cool_off)
+        model = {"inflight": inflight, "cap": cap, "util": util, "cool_off": cool_off}
+        return inflight + 1 > cap and (hot or cool_off), model
 
     @rule(target=tokens, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
     def acquire(self, priority: str, resource: str) -> object:
-        expect_shed = self._expect_shed(priority)
+        expect_shed, model = self._expect_shed(priority)
         d = self.lim.acquire(priority, resource)
-        assert (d.reason is not None) == expect_shed, (inflight, cap, util, cool_off, d)
+        assert (d.reason is not None) == expect_shed, (model, d)
         if expect_shed:
             self.last_drop = self.now
         assert d.admitted == (not expect_shed or self.lim.dry_run)
@@ -69,17 +70,18 @@ class LimiterMachine(RuleBasedStateMachine):
 
     @rule(target=leases, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
     def admit(self, priority: str, resource: str) -> object:
-        expect_shed = self._expect_shed(priority)
+        expect_shed, model = self._expect_shed(priority)
         shed_before = self.lim.snapshot().requests
         slot = self.lim.slot(resource, priority)
         start = self.lim.admit(slot)
         if expect_shed:
             self.last_drop = self.now
         if isinstance(start, Rejection):
-            assert expect_shed and not self.lim.dry_run
+            assert expect_shed and not self.lim.dry_run, (model, start)
             assert start.reason.inflight == self.lim.inflight
             return multiple()
         assert start == self.now and (not expect_shed or self.lim.dry_run)
+        assert isinstance(start, DryRunStart) == expect_shed, (model, start)  # a would-shed carries its reason
         if expect_shed:  # dry-run: admitted, counted as a would-shed
             assert self.lim.snapshot().requests != shed_before
         self.admitted += 1
