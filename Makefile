@@ -14,7 +14,7 @@ demo: setup
 inspect: setup
 	.venv/bin/flowctl inspect --interval 1
 
-# mypy --strict first (flowctl/ and sidecar/), then the suite.
+# mypy --strict first (flowctl/, sidecar/, bench/, tests/, examples/), then the suite.
 # pytest exit code 5 means "no tests collected": treat it as a failure, never a pass.
 test: setup typecheck
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \

@@ -415,9 +415,9 @@ def test_throttled_and_pressure_triggers_when_configured(
 ) -> None:
     lim = make(sig, clock, n=1, cool_off_s=0.0, throttled_threshold=0.2, pressure_threshold=0.3)
     fill(lim, 1)
-    sig.set(**{field: 0.19})
+    sig.set(**{field: 0.19})  # type: ignore[arg-type]
     assert lim.acquire().admitted
-    sig.set(**{field: 0.5})
+    sig.set(**{field: 0.5})  # type: ignore[arg-type]
     d = lim.acquire()
     assert isinstance(d, Rejection)
     assert (d.reason.trigger, d.reason.signal_value, d.reason.signal_name) == (trigger, 0.5, "container")

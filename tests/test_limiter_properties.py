@@ -50,8 +50,8 @@ class LimiterMachine(RuleBasedStateMachine):
         util = self.sig.reading.utilization
         hot = util is not None and util >= self.lim.cpu_threshold
         cool_off = self.last_drop is not None and self.now < self.last_drop + self.lim.cool_off_s
-        model = {"inflight": inflight, "cap": cap, "util": util, "cool_off": cool_off}
-        return inflight + 1 > cap and (hot or cool_off), model
+        model: dict[str, object] = {"inflight": inflight, "cap": cap, "util": util, "cool_off": cool_off}
+        return bool(inflight + 1 > cap and (hot or cool_off)), model
 
     @rule(target=tokens, priority=st.sampled_from((*PRIORITIES, "bogus")), resource=st.sampled_from(RESOURCES))
     def acquire(self, priority: str, resource: str) -> object:

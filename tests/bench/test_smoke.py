@@ -128,7 +128,7 @@ async def test_upstream_variants_expose_limiter_state(variant: str) -> None:
 def test_report_renders_synthetic_overload(tmp_path: Path) -> None:
     from bench import report
 
-    row = {f: 1.0 for f in OVERLOAD_FIELDS}
+    row: dict[str, object] = {f: 1.0 for f in OVERLOAD_FIELDS}
     row.update(variant="none", timeouts=0, admitted_p99_over_unloaded=1.0, timeline=[
         {"t_s": 0, "sent": 1, "good": 1, "rejected": 0, "timeouts": 0, "errors": 0, "admitted_p99_ms": 2.0}],
         samples=[{"t_s": 0.5, "host_cpu_utilization": 0.3, "container_cpu_utilization": 0.9, "inflight": 1, "max_inflight": 2}],

@@ -31,8 +31,8 @@ def test_json_keys_on_fixture(capsys: pytest.CaptureFixture[str]) -> None:
     code, r = _json(capsys, "--root", str(FIXTURES / "lxcfs-dir"), "--interval", "0")
     assert code == 0
     for section, keys in KEYS.items():
-        assert keys <= set(r[section])  # type: ignore[arg-type]
-    assert r["lxcfs"] == r["lxcfs"] and {"cpus", "utilization", "mem_total_bytes"} <= set(r["lxcfs"])  # type: ignore[arg-type]
+        assert keys <= set(r[section])  # type: ignore[call-overload]
+    assert r["lxcfs"] == r["lxcfs"] and {"cpus", "utilization", "mem_total_bytes"} <= set(r["lxcfs"])  # type: ignore[call-overload]
     assert isinstance(r["errors"], list)
     assert r["cgroup"]["utilization"] is None  # type: ignore[index]  # --interval 0: limits only
     assert r["effective"] == r["effective"] and r["effective"]["source"] == "quota"  # type: ignore[index]

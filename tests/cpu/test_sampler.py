@@ -174,7 +174,7 @@ def test_nothing_starts_without_an_owner() -> None:
 ])
 def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, float], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        Sampler(FakeSource(), **kw)
+        Sampler(FakeSource(), **kw)  # type: ignore[arg-type]
 
 
 def test_limits_interval_zero_rereads_every_sample() -> None:

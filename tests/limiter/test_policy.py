@@ -28,7 +28,7 @@ class Clock:
 
 def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: float) -> CpuReading:
     return CpuReading(at=clock.now, utilization=fast, utilization_smoothed=smoothed if smoothed is not None else 0.1,
-                      seq=round(clock.now / INTERVAL_S), **kw)  # type: ignore[arg-type]  # fmt: skip
+                      seq=round(clock.now / INTERVAL_S), **kw)  # fmt: skip
 
 
 def limiter(sig: StaticSignal, clock: Clock, n: float = 1, **kw: object) -> Limiter:
@@ -60,14 +60,14 @@ def test_one_hot_reading_is_not_enough_two_in_a_row_are() -> None:
 def test_a_gap_between_hot_readings_restarts_the_streak() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock, n=100)
-    for _ in range(3):  # learn the sampling interval from consecutive readings
+    for _ in range(3):  # a few consecutive readings first
         tick(sig, clock, 0.2)
-        lim.acquire().success()  # type: ignore[union-attr]
+        lim.acquire().success()
     tick(sig, clock, 0.95)
-    lim.acquire().success()  # type: ignore[union-attr]
+    lim.acquire().success()
     clock.now += 5 * INTERVAL_S  # readings taken meanwhile were never observed
     tick(sig, clock, 0.95)
-    lim.acquire().success()  # type: ignore[union-attr]
+    lim.acquire().success()
     assert not lim.snapshot().hot
 
 

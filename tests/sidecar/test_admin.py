@@ -9,7 +9,8 @@ import aiohttp
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
-from tests.sidecar.conftest import MakeSidecar, Upstream, admin_url, config_for, free_port, url
+from bench.ports import free_port
+from tests.sidecar.conftest import MakeSidecar, Upstream, admin_url, config_for, url
 
 
 async def test_hot_cpu_sheds_with_503_retry_after_and_json_reason(

@@ -8,6 +8,8 @@ import signal
 import socket
 import time
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import pytest
 
@@ -29,7 +31,7 @@ async def test_50mb_streams_both_ways_with_bounded_memory(upstream_proc: Proc) -
             total = 50 * MB
             h = hashlib.sha256()
 
-            async def body():  # type: ignore[no-untyped-def]
+            async def body() -> AsyncIterator[bytes]:
                 sent = 0
                 while sent < total:
                     h.update(block)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
-from tests.sidecar.conftest import free_port
+from bench.ports import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
