@@ -1,4 +1,4 @@
-# flowctl sidecar: an adaptive-limiting HTTP reverse proxy (see README, "The sidecar").
+# flowctl sidecar: an adaptive-limiting HTTP reverse proxy (see docs/sidecar.md).
 #   docker build -t flowctl:0.1.0 .
 #   docker run --rm -p 8000:8000 flowctl:0.1.0 --upstream=http://app:8080 --watch=process:myapp
 # Arguments go to `flowctl sidecar` (flags, or FLOWCTL_* environment variables).

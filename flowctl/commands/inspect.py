@@ -1,7 +1,7 @@
 """``flowctl inspect``: the host, cgroup and lxcfs CPU views side by side.
 
-``collect()`` builds the JSON object (keys documented in the README section
-"Reading the container CPU"); ``register()`` adds the subcommand. Exit code
+``collect()`` builds the JSON object (keys documented in docs/cpu.md,
+"flowctl inspect"); ``register()`` adds the subcommand. Exit code
 0 whenever something could be reported (problems are listed under
 ``errors``), 1 with a one-line message when nothing at all could be read.
 """

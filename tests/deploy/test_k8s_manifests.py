@@ -307,7 +307,7 @@ def test_lxcfs_views_are_mounted_from_the_daemonset(docs: list[tuple[Path, Doc]]
 def test_locally_built_images_have_build_instructions(docs: list[tuple[Path, Doc]]) -> None:
     """Every flowctl image a manifest names is built by a documented `docker build -t` line."""
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    documented = (ROOT / "README.md").read_text() + (K8S_DIR / "lxcfs" / "Dockerfile").read_text()
+    documented = (ROOT / "docs" / "deploying.md").read_text() + (K8S_DIR / "lxcfs" / "Dockerfile").read_text()
     built = set(re.findall(r"docker build -t (\S+)", documented))
     images = {c["image"] for d in _of(docs, "Deployment") + _of(docs, "DaemonSet") for c in _pod(d)["containers"]}
     ours = {i for i in images if i.startswith("flowctl")}
