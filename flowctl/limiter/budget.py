@@ -10,8 +10,16 @@ request (the cost of shedding included, when the limiter runs in the group).
 The group then runs near ``target`` of its quota on average, with admissions
 spread evenly instead of in bursts.
 
+The group's own throttling steers it too: an average under the quota can
+still spend a period's quota early (a burst of work, a cost estimate that
+lags), and ``nr_throttled`` says so. Each reading in which the group was
+throttled (``throttled_ratio >= 0.5``: most periods of the interval) cuts the
+rate's ``scale`` by ``THROTTLE_CUT``; each unthrottled one gives back
+``THROTTLE_GIVE`` (down to ``MIN_SCALE``, up to 1). The ratio of the two sets
+the throttled share this feedback settles at: about 1% of readings.
+
 Admissions take tokens from a bucket refilled at ``rate`` and holding at most
-``capacity = max(2, rate * burst_s)``. A priority class is admitted while the
+``capacity = max(2, rate * burst_s)`` (50 ms of admissions by default). A priority class is admitted while the
 bucket keeps ``budget_level * capacity`` tokens after its own: critical may
 borrow (level < 0), default needs a whole token, sheddable only takes from a
 well-filled bucket (level > 0): an admission level as in WeChat's DAGOR, which
@@ -30,15 +38,18 @@ __all__ = ["CpuBudget"]
 
 _MIN_COMPLETIONS = 4  # completions per cost sample: fewer is noise
 _MIN_SPAN_S = 0.05
+THROTTLE_CUT = 0.1  # scale *= 1 - THROTTLE_CUT per throttled reading
+THROTTLE_GIVE = 0.001  # scale += THROTTLE_GIVE per unthrottled reading (10 s to give back 0.1)
+MIN_SCALE = 0.5
 
 
 class CpuBudget:
     """A token bucket whose rate keeps the group's CPU at ``target`` of its limit (see the module)."""
 
-    __slots__ = ("target", "burst_s", "tau_s", "cpu_per_request_s", "rate_per_s", "capacity", "_tokens", "_at",
-                 "_obs_at", "_obs_done", "_acc_cpu_s", "_acc_done", "_acc_s")  # fmt: skip
+    __slots__ = ("target", "burst_s", "tau_s", "cpu_per_request_s", "rate_per_s", "capacity", "scale", "_tokens",
+                 "_at", "_obs_at", "_obs_done", "_acc_cpu_s", "_acc_done", "_acc_s")  # fmt: skip
 
-    def __init__(self, target: float = 0.85, *, burst_s: float = 0.02, tau_s: float = 0.5) -> None:
+    def __init__(self, target: float = 0.85, *, burst_s: float = 0.05, tau_s: float = 0.5) -> None:
         if not (0 < target <= 1.5 and math.isfinite(target)):
             raise ConfigError(f"cpu budget target must be in (0, 1.5], got {target!r}")
         if not (burst_s >= 0 and tau_s > 0):
@@ -49,6 +60,7 @@ class CpuBudget:
         self.cpu_per_request_s: float | None = None
         self.rate_per_s: float | None = None  # None: unknown, admit everything
         self.capacity = 2.0
+        self.scale = 1.0  # throttling feedback, in [MIN_SCALE, 1]
         self._tokens = 2.0
         self._at = -math.inf
         self._obs_at: float | None = None
@@ -57,12 +69,25 @@ class CpuBudget:
         self._acc_done = 0
         self._acc_s = 0.0
 
-    def observe(self, at: float, usage_cores: float | None, limit_cores: float | None, completed: int) -> None:
-        """One CPU reading taken at ``at`` (usage over the interval before it) and the completions so far."""
+    def observe(
+        self,
+        at: float,
+        usage_cores: float | None,
+        limit_cores: float | None,
+        completed: int,
+        throttled_ratio: float | None = None,
+    ) -> None:
+        """One CPU reading taken at ``at`` (usage and throttling over the interval before it) and the
+        completions so far."""
         prev_at, prev_done = self._obs_at, self._obs_done
         self._obs_at, self._obs_done = at, completed
         if prev_at is None or usage_cores is None or at <= prev_at:
             return
+        if throttled_ratio is not None:
+            if throttled_ratio >= 0.5:
+                self.scale = max(MIN_SCALE, self.scale * (1.0 - THROTTLE_CUT))
+            else:
+                self.scale = min(1.0, self.scale + THROTTLE_GIVE)
         span = at - prev_at
         self._acc_cpu_s += usage_cores * span
         self._acc_done += completed - prev_done
@@ -84,7 +109,7 @@ class CpuBudget:
             self._acc_s = 0.0
         cost = self.cpu_per_request_s
         if cost and limit_cores:
-            self.rate_per_s = self.target * limit_cores / cost
+            self.rate_per_s = self.scale * self.target * limit_cores / cost
             self.capacity = max(2.0, self.rate_per_s * self.burst_s)
         else:
             self.rate_per_s = None

@@ -347,7 +347,7 @@ class Limiter:
             done = 0
             for slot in self._partitions.slots.values():
                 done += slot.released
-            budget.observe(r.at, r.usage_cores, r.limit_cores, done)
+            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""

@@ -303,3 +303,19 @@ def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
     assert lim.snapshot().max_inflight == 4
     tick(sig, clock, 1.0, usage_cores=0.5, limit_cores=0.5)  # resized to 0.5 CPU
     assert lim.snapshot().max_inflight == 2
+
+
+def test_throttled_readings_cut_the_budget_and_quiet_ones_give_it_back() -> None:
+    from flowctl.limiter.budget import MIN_SCALE, THROTTLE_CUT, THROTTLE_GIVE
+
+    b = CpuBudget(0.8)
+    b.observe(10.0, 0.5, 0.5, 0, 0.0)
+    b.observe(10.1, 0.5, 0.5, 10, 0.0)  # 5 ms each: 80/s
+    assert b.rate_per_s == pytest.approx(80.0)
+    b.observe(10.2, 0.5, 0.5, 20, 1.0)  # throttled in this interval's period
+    assert b.scale == pytest.approx(1 - THROTTLE_CUT) and b.rate_per_s == pytest.approx(80.0 * (1 - THROTTLE_CUT))
+    b.observe(10.3, 0.5, 0.5, 30, 0.0)
+    assert b.scale == pytest.approx(1 - THROTTLE_CUT + THROTTLE_GIVE)
+    for i in range(100):
+        b.observe(10.4 + i / 10, 0.5, 0.5, 40 + 10 * i, 1.0)
+    assert b.scale == MIN_SCALE  # a group throttled whatever we admit: paced at half the budget, not zero
