@@ -38,6 +38,7 @@ __all__ = ["CpuBudget"]
 
 _MIN_COMPLETIONS = 4  # completions per cost sample: fewer is noise
 _MIN_SPAN_S = 0.05
+_MAX_SPAN_S = 2.0  # a longer interval between readings is a gap, not a sample
 THROTTLE_CUT = 0.1  # scale *= 1 - THROTTLE_CUT per throttled reading
 THROTTLE_GIVE = 0.001  # scale += THROTTLE_GIVE per unthrottled reading (10 s to give back 0.1)
 MIN_SCALE = 0.5
@@ -76,12 +77,18 @@ class CpuBudget:
         limit_cores: float | None,
         completed: int,
         throttled_ratio: float | None = None,
+        *,
+        consecutive: bool = True,
     ) -> None:
-        """One CPU reading taken at ``at`` (usage and throttling over the interval before it) and the
-        completions so far."""
+        """One CPU reading taken at ``at`` (usage and throttling over the interval since the reading
+        before) and the completions so far. ``consecutive`` False: readings in between were not
+        observed, so this one's usage does not cover the completions since the last: not a sample."""
         prev_at, prev_done = self._obs_at, self._obs_done
+        if usage_cores is None:  # an unknown reading starts nothing: the next one is a baseline
+            self._obs_at = None
+            return
         self._obs_at, self._obs_done = at, completed
-        if prev_at is None or usage_cores is None or at <= prev_at:
+        if prev_at is None or not (0 < at - prev_at <= _MAX_SPAN_S) or not consecutive:
             return
         if throttled_ratio is not None:
             if throttled_ratio >= 0.5:

@@ -11,8 +11,9 @@ Non-bypass triggers count as hot when in-flight is over the limit. A bypass
 ``Trigger`` sheds on its own, engaged or not, at its threshold times the
 priority's ``trigger_scale``. Every shed (or dry-run "would shed") restarts
 the cool-off. The cool-off ends early at a clearly cool reading
-(``Thresholds.cool_fraction``): shedding that began on a spike, or pacing
-that outlived the overload, stops at the next reading that shows it. One admission path: ``admit(slot)``;
+(``Thresholds.cool_fraction``) unless the CPU budget shed since the reading
+before: shedding that began on a spike stops at the next reading that shows
+it, while pacing that keeps the CPU cool does not switch itself off. One admission path: ``admit(slot)``;
 ``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
 limiter's ``success / ignore / dropped``.
 """
@@ -146,6 +147,8 @@ class Limiter:
         self._inflight = 0
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
+        self._budget_shed_at = -math.inf  # the last CPU-budget shed
+        self._observed_at = -math.inf  # when the last new reading was observed
         self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
         self._tokens_leaked = 0
         for t in triggers:
@@ -332,9 +335,12 @@ class Limiter:
         elif hot is not None:
             self._engaged_until = math.inf
         else:
-            if now < self._cool_off_until and gate.clearly_cool(r):
-                self._cool_off_until = now  # no longer saturated: stop shedding now, not a second later
+            if now < self._cool_off_until and self._budget_shed_at < self._observed_at and gate.clearly_cool(r):
+                # Cool, and the budget shed nothing since the last reading: the load fits. (While
+                # the budget sheds, a cool reading is its own work: pacing must not end itself.)
+                self._cool_off_until = now
             self._engaged_until = self._cool_off_until
+        self._observed_at = now
         limit_cores = r.limit_cores
         if limit_cores:
             last = self._limit_cores
@@ -347,7 +353,7 @@ class Limiter:
             done = 0
             for slot in self._partitions.slots.values():
                 done += slot.released
-            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio)
+            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""
@@ -426,6 +432,8 @@ class Limiter:
                 "priority_limit": limit,
             }
         )
+        if trigger == "cpu_budget":
+            self._budget_shed_at = now
         self._cool_off_until = until = now + self._cool_off_s
         if until > self._engaged_until:
             self._engaged_until = until

@@ -125,6 +125,7 @@ class HotGate:
         self._streak_at = -math.inf
         self._streak_seq = -1
         self._min_gap_s = math.inf
+        self.consecutive = False
 
     def set_triggers(self, triggers: tuple[Trigger, ...]) -> None:
         self.triggers = triggers
@@ -145,6 +146,7 @@ class HotGate:
             consecutive = 0 < gap <= 1.5 * self._min_gap_s
             if 0 < gap < self._min_gap_s and prev_at > -math.inf:
                 self._min_gap_s = gap
+        self.consecutive = consecutive  # this reading directly follows the last one observed
         if fast is not None and fast >= limit:
             self._streak = self._streak + 1 if consecutive else 1
         else:

@@ -198,7 +198,7 @@ def test_engaged_limiter_paces_with_the_budget_and_not_before() -> None:
     got = [lim.acquire() for _ in range(10)]
     admitted = [d for d in got if isinstance(d, Token)]
     shed = [d for d in got if isinstance(d, Rejection)]
-    assert len(admitted) <= 3 and shed and shed[0].reason.trigger == "cpu_budget"
+    assert len(admitted) <= lim.cpu_budget.capacity and shed and shed[0].reason.trigger == "cpu_budget"  # type: ignore[union-attr]
 
 
 def test_critical_holds_at_a_limit_of_one_while_sheddable_is_shed() -> None:
@@ -279,7 +279,12 @@ def test_budget_pacing_ends_at_a_clearly_cool_reading() -> None:
     assert _flood(lim, clock, 90) > 50  # 1000/s against a budget of 80/s
     tick(sig, clock, 0.7, usage_cores=0.35, limit_cores=0.5)  # not hot, not clearly cool: the cool-off holds
     assert _flood(lim, clock, 90) > 50
-    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # clearly cool: pacing stops now
+    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # cool because it paces: pacing goes on
+    assert _flood(lim, clock, 90) > 50
+    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)
+    clock.now += 0.05
+    assert _flood(lim, clock, 2) == 0  # demand within the budget: nothing shed in this interval
+    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # clearly cool, and the load fits: pacing stops
     assert _flood(lim, clock, 90) == 0
 
 
@@ -319,3 +324,16 @@ def test_throttled_readings_cut_the_budget_and_quiet_ones_give_it_back() -> None
     for i in range(100):
         b.observe(10.4 + i / 10, 0.5, 0.5, 40 + 10 * i, 1.0)
     assert b.scale == MIN_SCALE  # a group throttled whatever we admit: paced at half the budget, not zero
+
+
+def test_budget_learns_only_from_consecutive_readings() -> None:
+    """Usage covers one sampler interval: after a gap (readings not observed, or the very first
+    one), the completions since the last observation are not a cost sample."""
+    b = CpuBudget(0.8)
+    b.observe(0.0, None, None, 0)  # the unknown first reading
+    b.observe(1000.0, 0.5, 0.5, 10)  # 1000 s later: not a sample (it was: 50 CPU-s per request)
+    assert b.cpu_per_request_s is None
+    b.observe(1000.1, 0.5, 0.5, 20, consecutive=False)
+    assert b.cpu_per_request_s is None
+    b.observe(1000.2, 0.5, 0.5, 30)
+    assert b.cpu_per_request_s == pytest.approx(0.005)
