@@ -7,8 +7,9 @@
 - ``inprocess``: a ``bench.upstream`` with flowctl's aiohttp integration (``bbr-container``).
 
 Each gets an open-loop load (``bench.loadgen``) at ``overload`` (default 2) x its capacity,
-where capacity is ``1000 / work_ms`` requests per second (one core's worth of the handler's
-CPU). Every ``--every`` seconds it records, per target, the RSS and open fds of the limiting
+measured first with both running: its 200s per second under 8 closed-loop clients for
+5 s (an open-loop probe past capacity would measure a collapse instead), so "2x" holds on
+a machine that others share (``--capacity`` fixes it instead). Every ``--every`` seconds it records, per target, the RSS and open fds of the limiting
 process (the sidecar; the app) and the in-flight count from its ``/metrics``
 (``flowctl_inflight``). After the load stops it waits up to ``--settle`` s for in-flight to
 reach 0.
@@ -105,6 +106,24 @@ def _upstream_cmd(port: int, variant: str, work_iters: int) -> list[str]:
             "--work-iters", str(work_iters), "--io-ms", "0", "--backlog", "1024"]  # fmt: skip
 
 
+async def _measure_capacity(url: str, seconds: float = 5.0, clients: int = 8) -> float:
+    """Completions per second of ``url`` under ``clients`` closed-loop clients (each sends when answered)."""
+    done = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as s:
+        deadline = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                async with s.get(url) as r:
+                    await r.read()
+                    done += r.status == 200
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return done / (time.monotonic() - t0)
+
+
 @contextlib.asynccontextmanager
 async def _targets(work_ms: float) -> AsyncIterator[list[_Target]]:
     started: list[asyncio.subprocess.Process] = []
@@ -169,18 +188,24 @@ def growth(series: Sequence[dict[str, float | None]], seconds: float, warmup_s: 
 
 
 async def run_soak(seconds: float, *, every_s: float = 5.0, work_ms: float = 2.0, overload: float = 2.0,
-                   settle_s: float = 10.0, warmup_s: float | None = None) -> dict[str, Any]:
+                   settle_s: float = 10.0, warmup_s: float | None = None, capacity_rps: float = 0.0) -> dict[str, Any]:
     """Run both targets under load for ``seconds`` and return the result (see the module docstring)."""
     warm = warmup_s if warmup_s is not None else min(60.0, seconds / 6)
-    rate = overload * 1000.0 / work_ms
     out: dict[str, Any] = {"machine": machine_info(), "seconds": seconds, "work_ms": work_ms, "overload": overload,
-                           "rate_rps": rate, "every_s": every_s, "targets": {}}  # fmt: skip
+                           "every_s": every_s, "targets": {}}  # fmt: skip
     async with _targets(work_ms) as targets, aiohttp.ClientSession() as session:
+        if capacity_rps:
+            capacities = [capacity_rps] * len(targets)
+        else:  # both at once, as they will run: each one's share of the machine
+            capacities = list(await asyncio.gather(*(_measure_capacity(t.url) for t in targets)))
+        rates = [overload * max(c, 1.0) for c in capacities]
+        out.update(capacity_measured=not capacity_rps, capacity_rps={t.name: c for t, c in zip(targets, capacities)},
+                   rate_rps={t.name: r for t, r in zip(targets, rates)})  # fmt: skip
         t0 = time.monotonic()
         loads = [
             asyncio.create_task(run_load_process_async(LoadSpec(url=t.url, rate_rps=rate, duration_s=seconds,
                                                                 timeout_s=2.0, seed=i + 1)))
-            for i, t in enumerate(targets)
+            for i, (t, rate) in enumerate(zip(targets, rates))
         ]  # fmt: skip
         done = asyncio.gather(*loads)
         while not done.done():
@@ -229,7 +254,8 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
     axes[2].set_xlabel("seconds")
-    fig.suptitle(f"soak: {result['seconds']:g} s at {result['overload']:g}x ({result['rate_rps']:.0f} req/s each), "
+    rates = ", ".join(f"{n} {r:.0f}" for n, r in result["rate_rps"].items())
+    fig.suptitle(f"soak: {result['seconds']:g} s at {result['overload']:g}x capacity (req/s: {rates}), "
                  f"{result['machine']['date']}")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -243,10 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="PNG of RSS, fds and in-flight over time")
     p.add_argument("--every", type=float, default=5.0, help="recording interval, seconds")
     p.add_argument("--work-ms", type=float, default=2.0, help="CPU per request of the app's handler")
-    p.add_argument("--overload", type=float, default=2.0, help="offered load / capacity (1000 / work_ms req/s)")
+    p.add_argument("--overload", type=float, default=2.0, help="offered load / capacity")
+    p.add_argument("--capacity", type=float, default=0.0, help="capacity in req/s (0: measure it first)")
     p.add_argument("--settle", type=float, default=10.0, help="after the load, wait this long for in-flight 0")
     a = p.parse_args(argv)
-    result = asyncio.run(run_soak(a.seconds, every_s=a.every, work_ms=a.work_ms, overload=a.overload, settle_s=a.settle))
+    result = asyncio.run(run_soak(a.seconds, every_s=a.every, work_ms=a.work_ms, overload=a.overload, settle_s=a.settle,
+                                  capacity_rps=a.capacity))
     summary = {n: {k: b[k] for k in ("rss_growth_ratio", "fd_growth", "inflight_after", "crashed")}
                for n, b in result["targets"].items()}  # fmt: skip
     print(json.dumps(summary, indent=1))
