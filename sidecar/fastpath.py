@@ -50,6 +50,7 @@ SMALL_BODY_BYTES = 64 * 1024
 _PLAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _MAX_QUEUED = 16  # pipelined requests buffered per connection before reading pauses
 _SWEEP_S = 5.0
+_LINGER_S = 1.0  # after a 408: read and drop what the client still sends, so our close is not a reset
 
 
 class _NotPlain(Exception):
@@ -101,6 +102,7 @@ class _Conn(asyncio.Protocol):
         self.last_active = 0.0
         self.head_started: float | None = None  # when the head being awaited was first waited for
         self.refused = False
+        self.lingering = False  # answered 408 and half-closed: dropping input until the close
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class _Conn(asyncio.Protocol):
             w.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
+        if self.refused or self.lingering:
             return
         if not self.buf and self.want < 0 and self.head_started is None:
             self.head_started = self.listener.clock()  # the first byte of the next head
@@ -145,7 +147,7 @@ class _Conn(asyncio.Protocol):
             self._frame()
 
     def eof_received(self) -> bool | None:
-        if self.worker is None and not self.queue:
+        if self.lingering or (self.worker is None and not self.queue):
             return None  # nothing pending: close
         self.eof = True
         return True  # half-closed: answer what was asked, then close (see _work)
@@ -313,8 +315,9 @@ class _Conn(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """The sweep: 408 and close a too-slow head or body; close an idle keep-alive connection."""
-        if self.worker is not None or self.queue or self.handover_pending or self.closed or self.transport is None:
-            return  # busy answering: the client waits for us
+        if (self.worker is not None or self.queue or self.handover_pending or self.closed or self.lingering
+                or self.transport is None):
+            return  # busy answering (the client waits for us), or closing already
         listener = self.listener
         if self.want >= 0:
             if now - self.last_active >= listener.body_timeout_s:
@@ -327,9 +330,18 @@ class _Conn(asyncio.Protocol):
 
     def _time_out(self, kind: str) -> None:
         self.listener.guard.timed_out(kind, self.peer)
-        if self.transport is not None:
-            self.transport.write(timeout_response())
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        t.write(timeout_response())
+        if t.can_write_eof():
+            # Half-close and drop further input for a moment: closing with unread input would send a
+            # reset, and the client could lose the 408 (a slowloris client keeps writing).
+            self.lingering = True
+            t.write_eof()
+            asyncio.get_running_loop().call_later(_LINGER_S, t.close)
+        else:
+            t.close()
 
 
 class FastListener:

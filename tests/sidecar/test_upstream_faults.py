@@ -129,10 +129,12 @@ async def test_pool_survives_restarts_resets_idle_closes_and_slow_answers(make_s
         for c in statuses.values():
             everything.update(c)
         assert set(everything) <= {200, 502, 504}, statuses
+        print(f"\nwith restarts: {dict(everything)}")
         # Phase 2: no restarts, so each fault maps to its documented status alone.
         statuses.clear()
         await asyncio.gather(*(client(40) for _ in range(24)))
         assert sc.proxy.inflight == 0
+        print(f"without restarts: { {p: dict(c) for p, c in statuses.items()} }")
         assert set(statuses["/ok"]) == {200}, statuses
         assert set(statuses["/close-idle"]) == {200}, statuses  # the reused dead connection is retried
         assert set(statuses["/reset-mid"]) == {502}, statuses  # a response cut before its body ended
