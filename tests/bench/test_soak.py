@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_growth_compares_the_last_window_with_the_one_after_warm_up() -> None:
-    series = [{"t_s": float(t), "rss_bytes": 100.0 + (t if t >= 100 else 0), "fds": 10.0 + (t >= 110), "inflight": 0.0}
-              for t in range(0, 121, 5)]  # fmt: skip
+    series: list[dict[str, float | None]] = [
+        {"t_s": float(t), "rss_bytes": 100.0 + (t if t >= 100 else 0), "fds": 10.0 + (t >= 110), "inflight": 0.0}
+        for t in range(0, 121, 5)
+    ]
     g = growth(series, 120, warmup_s=10)
     assert g["window_s"] == 55
     # base: t in [10, 65) -> 11 rows of 100; last: t in [65, 120] -> 7 rows of 100 and 200..220

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -172,7 +173,7 @@ def test_nothing_starts_without_an_owner() -> None:
     ({"limits_interval_s": -1.0}, "limits_interval_s"), ({"limits_interval_s": float("nan")}, "limits_interval_s"),
     ({"limits_interval_s": float("inf")}, "limits_interval_s"),
 ])
-def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, float], name: str) -> None:
+def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, Any], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Sampler(FakeSource(), **kw)
 

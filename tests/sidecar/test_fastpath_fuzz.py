@@ -170,7 +170,7 @@ def test_fast_listener_survives_generated_streams(rig: Rig, segments: list[tuple
     # What must be answered 200, in order: the complete plain requests before the first fault.
     expected: list[str] = []
     pos, clean_end, fault = 0, True, False
-    for kind, raw, path in parts:
+    for kind, raw, maybe_path in parts:
         if pos + len(raw) > end:
             clean_end = pos == end
             fault = fault or pos < end  # a cut request: a timeout, or EOF if half-closed
@@ -179,8 +179,8 @@ def test_fast_listener_survives_generated_streams(rig: Rig, segments: list[tuple
         if kind == "bad":
             fault = True
             break
-        assert path is not None
-        expected.append(path)
+        assert maybe_path is not None
+        expected.append(maybe_path)
     cuts = [int(f * len(stream)) for f in cut_fracs]
     expect_idle = clean_end and not fault and not half_close
 

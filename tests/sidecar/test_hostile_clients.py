@@ -107,8 +107,10 @@ async def test_a_stalled_body_is_cut_on_both_paths(recorder: Recorder, make_side
     w.close()
 
 
-async def test_connections_beyond_the_cap_are_closed_and_counted(recorder: Recorder, make_sidecar: MakeSidecar) -> None:
-    sc = await make_sidecar(config_for(recorder.url, max_clients=5), limit=False)
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
+async def test_connections_beyond_the_cap_are_closed_and_counted(client: str, recorder: Recorder,
+                                                                 make_sidecar: MakeSidecar) -> None:  # fmt: skip
+    sc = await make_sidecar(config_for(recorder.url, max_clients=5, client=client), limit=False)
     held = [await _connect(sc) for _ in range(5)]
     r, w = await _connect(sc)
     assert await _until_closed(r) == b""  # closed at once, nothing read
@@ -136,7 +138,7 @@ def test_bad_request_logs_are_rate_limited() -> None:
     logger = logging.getLogger("sidecar.clients")
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     logger.addHandler(handler)
     try:
         for _ in range(50):
@@ -168,10 +170,12 @@ ATTACKS = {
 SMUGGLED = b"GET /SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
+@pytest.mark.parametrize("client", ["fast", "aiohttp"])
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-async def test_framing_attacks_get_a_fixed_400(name: str, recorder: Recorder, make_sidecar: MakeSidecar,
+async def test_framing_attacks_get_a_fixed_400(name: str, client: str, recorder: Recorder, make_sidecar: MakeSidecar,
                                                caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
-    sc = await make_sidecar(config_for(recorder.url), limit=False)
+    """On the fast listener and on aiohttp's server alone (``--client aiohttp``)."""
+    sc = await make_sidecar(config_for(recorder.url, client=client), limit=False)
     r, w = await _connect(sc)
     w.write(ATTACKS[name] + SMUGGLED)
     data = await _until_closed(r)
