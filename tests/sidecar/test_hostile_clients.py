@@ -92,6 +92,33 @@ async def test_slowloris_heads_are_cut_at_the_header_timeout(recorder: Recorder,
         w.close()
 
 
+async def test_slowloris_on_aiohttps_server_alone_is_cut_by_its_keepalive(recorder: Recorder,
+                                                                         make_sidecar: MakeSidecar) -> None:  # fmt: skip
+    """``--client aiohttp``: aiohttp's keep-alive timeout (min(75, header_timeout)) also ends a partial head."""
+    sc = await make_sidecar(config_for(recorder.url, client="aiohttp", header_timeout_s=0.5), limit=False)
+    r, w = await _connect(sc)
+    w.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+
+    async def drip() -> None:
+        for i in range(40):
+            if w.is_closing():
+                return
+            w.write(b"X-%d: y\r\n" % i)
+            await asyncio.sleep(0.1)
+
+    t0 = time.monotonic()
+    task = asyncio.create_task(drip())
+    try:
+        answer = await _until_closed(r)
+    except ConnectionResetError:
+        answer = b""
+    elapsed = time.monotonic() - t0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    w.close()
+    assert answer == b"" and elapsed < 4.0 and recorder.paths == []  # closed silently, long before the drip ends
+
+
 async def test_a_stalled_body_is_cut_on_both_paths(recorder: Recorder, make_sidecar: MakeSidecar) -> None:
     sc = await make_sidecar(config_for(recorder.url, body_timeout_s=0.5), limit=False)
     r, w = await _connect(sc)  # the fast listener: a small Content-Length body
