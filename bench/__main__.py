@@ -20,6 +20,7 @@ SCENARIOS: dict[str, str] = {
     "report": "bench.report",
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",
+    "soak": "bench.soak",
 }
 
 

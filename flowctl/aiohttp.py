@@ -253,7 +253,7 @@ def setup(
         views[signal.name] = signal
     for name in compare_views:
         if name not in views:
-            extra = _make_signal(name)
+            extra = _make_signal(name, fallback=False)  # a comparison shows its own view or nothing
             views[name] = extra
             owned.append(extra)  # type: ignore[arg-type]
 
@@ -290,10 +290,10 @@ def setup(
     return state
 
 
-def _make_signal(view: str) -> CpuSignal:
+def _make_signal(view: str, *, fallback: bool = True) -> CpuSignal:
     from flowctl.cpu import make_signal
 
-    sig: CpuSignal = make_signal(view)
+    sig: CpuSignal = make_signal(view, fallback=fallback)
     return sig
 
 

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flowctl.commands.run",
     "flowctl.commands.demo",
     "flowctl.commands.sidecar",
+    "flowctl.commands.gc",
 )
 
 

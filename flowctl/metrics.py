@@ -28,6 +28,8 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_tokens_leaked_total                         tokens never released (a bug if it grows)
     flowctl_event_loop_lag_seconds                      when a loop-lag monitor is attached
     flowctl_request_duration_seconds{resource}          histogram, admission to handler return
+    flowctl_signal_view{configured,active}              1 per CPU signal: the view asked for, the one read
+    flowctl_signal_view_switches_total{configured}      fallbacks to another view and returns to it
 
 A value that is unknown (no second CPU sample yet, PSI unavailable) is left
 out of the scrape rather than reported as 0.
@@ -38,7 +40,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -53,8 +55,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DURATION_BUCKETS_S",
     "DurationHistogram",
+    "FallbackSignal",
     "FlowctlCollector",
     "RequestDurations",
+    "signal_view_families",
 ]
 
 #: Request-duration buckets in seconds: sub-millisecond handlers up to slow ones.
@@ -93,7 +97,7 @@ class FlowctlCollector:
 
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (so registering does not take a snapshot)."""
-        return _Families(with_loop_lag=self._loop_lag is not None).all()
+        return [*_Families(with_loop_lag=self._loop_lag is not None).all(), *signal_view_families(())]
 
     def collect(self) -> Iterable[Metric]:
         """Take one limiter snapshot and return every family with its current samples."""
@@ -132,7 +136,7 @@ class FlowctlCollector:
         _set(g["flowctl_cpu_throttled_ratio"], cpu.throttled_ratio)
         if self._loop_lag is not None:
             _set(g["flowctl_event_loop_lag_seconds"], self._loop_lag.lag_s(self._clock()))
-        return f.all()
+        return [*f.all(), *signal_view_families(self._views.values())]
 
 
 class _Families:
@@ -257,3 +261,35 @@ class RequestDurations:
 def _le(bound: float) -> str:
     """Bucket label as prometheus_client writes it (0.005 -> "0.005", 1 -> "1.0")."""
     return repr(float(bound))
+
+
+# -- which CPU view a signal reads (fallback when the configured one fails) ----------------------
+
+
+@runtime_checkable
+class FallbackSignal(Protocol):
+    """A CPU signal that may read another view than the configured one (``flowctl.cpu.Sampler``)."""
+
+    @property
+    def configured_view(self) -> str: ...
+
+    @property
+    def active_view(self) -> str: ...
+
+    @property
+    def switches_total(self) -> int: ...
+
+
+def signal_view_families(signals: Iterable[object]) -> list[Metric]:
+    """``flowctl_signal_view{configured,active}`` (1) and the switch counter for each fallback signal."""
+    view = GaugeMetricFamily("flowctl_signal_view", "1 for each CPU signal: the view configured and the view "
+                             "read now (another one while the configured view fails).", labels=["configured", "active"])
+    switches = CounterMetricFamily("flowctl_signal_view_switches", "Switches of a CPU signal to a fallback view "
+                                   "and back.", labels=["configured"])
+    seen: set[str] = set()
+    for sig in signals:
+        if isinstance(sig, FallbackSignal) and sig.configured_view not in seen:
+            seen.add(sig.configured_view)
+            view.add_metric([sig.configured_view, sig.active_view], 1.0)
+            switches.add_metric([sig.configured_view], sig.switches_total)
+    return [view, switches]

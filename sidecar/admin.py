@@ -47,17 +47,30 @@ class SidecarCollector:
         draining = GaugeMetricFamily("flowctl_draining", "1 after SIGTERM while in-flight requests drain.")
         errors = CounterMetricFamily(
             "flowctl_sidecar_errors",
-            "Responses the sidecar made itself, by status (413 body too large, 502, 503 shed, 504).",
+            "Responses the sidecar made itself, by status (408 body too slow, 413 body too large, 502, 503 shed, "
+            "504).",
             labels=["status"],
         )
+        clients = GaugeMetricFamily("flowctl_sidecar_client_connections", "Client connections open now.")
+        refused = CounterMetricFamily("flowctl_sidecar_client_connections_refused",
+                                      "Client connections closed at once: max_clients were open.")
+        bad = CounterMetricFamily("flowctl_sidecar_bad_requests", "Requests answered 400: they could not be parsed.")
+        slow = CounterMetricFamily("flowctl_sidecar_client_timeouts", "Clients closed for a head (header_timeout) "
+                                   "or a body (body_timeout) too slow.", labels=["kind"])
         if live:
             sc = self._sc
+            guard = sc.clients
+            clients.add_metric([], guard.open)
+            refused.add_metric([], guard.refused_total)
+            bad.add_metric([], guard.bad_requests_total)
+            for kind in ("header", "body"):
+                slow.add_metric([kind], guard.timeouts_total[kind])
             ready.add_metric([], 1.0 if sc.probe is not None and sc.probe.ready else 0.0)
             draining.add_metric([], 1.0 if sc.draining else 0.0)
             counts = sc.proxy.errors_total if sc.proxy is not None else {}
-            for status in ("413", "502", "503", "504"):
+            for status in ("408", "413", "502", "503", "504"):
                 errors.add_metric([status], counts.get(status, 0))
-        return [ready, draining, errors]
+        return [ready, draining, errors, clients, refused, bad, slow]
 
 
 def jsonable(value: Any) -> Any:

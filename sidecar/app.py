@@ -29,6 +29,7 @@ from flowctl.limit import make_algorithm
 from flowctl.limiter import Limiter
 from flowctl.signal import CpuSignal
 from sidecar.admin import SidecarCollector, build_admin_app
+from sidecar.clients import ClientGuard, GuardedServer
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import FastListener
 from sidecar.probe import UpstreamProbe
@@ -83,7 +84,8 @@ class Sidecar:
         self.probe: UpstreamProbe | None = None
         self.draining = False
         self._owned: list[Any] = []  # things with async stop(), stopped in reverse order
-        self._proxy_server: web.Server | None = None
+        self._proxy_server: GuardedServer | None = None
+        self.clients = ClientGuard(max_clients=config.max_clients)
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self._proxy_site: web.TCPSite | None = None
@@ -130,13 +132,16 @@ class Sidecar:
         await admin_site.start()
         self.admin_port = _bound_port(admin_site)
 
-        self._proxy_server = web.Server(
+        # aiohttp closes a connection whose next head is not whole within keepalive_timeout
+        # (a partial head does not restart it): on that path it is also the header timeout.
+        self._proxy_server = GuardedServer(
             self.proxy.handle,
+            guard=self.clients,
             access_log=None,
             max_line_size=cfg.max_header_bytes,
             max_field_size=cfg.max_header_bytes,
             auto_decompress=False,
-            keepalive_timeout=75.0,
+            keepalive_timeout=min(75.0, cfg.header_timeout_s),
         )
         self._proxy_runner = web.ServerRunner(self._proxy_server, shutdown_timeout=FLUSH_S)
         await self._proxy_runner.setup()
@@ -144,7 +149,10 @@ class Sidecar:
             # Plain requests skip aiohttp's server; the rest is handed to self._proxy_server.
             self._fast = FastListener(
                 self.proxy,
-                self._proxy_server,
+                self._proxy_server.handover_protocol,
+                header_timeout_s=cfg.header_timeout_s,
+                body_timeout_s=cfg.body_timeout_s,
+                guard=self.clients,
                 max_head_bytes=cfg.max_header_bytes,
                 max_body=cfg.max_body_bytes,
                 priority_header=cfg.priority_header,

@@ -61,6 +61,9 @@ class SidecarConfig:
     max_body_bytes: int = 100 * 1024 * 1024
     max_header_bytes: int = 8190
     max_connections: int = 1024
+    max_clients: int = 10000
+    header_timeout_s: float = 20.0
+    body_timeout_s: float = 30.0
     upstream_keepalive_s: float = 30.0
     drain_seconds: float = 25.0
     cpu_threshold: float = 0.8
@@ -214,6 +217,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body", "max_body_bytes", parse_bytes, "largest request body, e.g. 10M (0: unlimited); larger -> 413", "SIZE"),
     Option("max_header", "max_header_bytes", _number(int, 256, 1 << 20), "largest request line / header field, bytes", "N"),
     Option("max_connections", "max_connections", _number(int, 1), "upstream connection pool size (TCPConnector limit)", "N"),
+    Option("max_clients", "max_clients", _number(int, 1), "open client connections at most; more are closed at once (counted)", "N"),
+    Option("header_timeout", "header_timeout_s", _number(float, 0, 3600, lo_open=True), "a request head must arrive whole within this, seconds; else 408 and close", "S"),
+    Option("body_timeout", "body_timeout_s", _number(float, 0, 3600, lo_open=True), "close a request body with no new byte for this long, seconds", "S"),
     Option("upstream_keepalive", "upstream_keepalive_s", _number(float, 0), "idle upstream keep-alive, seconds", "S"),
     Option("drain_seconds", "drain_seconds", _number(float, 0), "on SIGTERM, wait this long for in-flight requests", "S"),
     Option("cpu_threshold", "cpu_threshold", _number(float, 0, 1, lo_open=True), "shed above this CPU utilization (0..1]", "RATIO"),

@@ -19,6 +19,14 @@ heads, HTTP/1.0 keep the behaviour (and the tests) of the aiohttp path.
 Pipelined requests are answered in order; a hand-over waits until the
 requests before it are answered. Idle keep-alive connections are closed
 after ``keepalive_s`` by a sweep every few seconds (no timer per request).
+
+Hostile clients (``sidecar.clients``): a head split over reads is buffered here
+(up to ``max_head_bytes``) until it is whole, and a head not whole within
+``header_timeout_s`` of the connection or of its first byte is answered 408 and
+closed (slowloris); so is a body with no new byte for ``body_timeout_s``. The
+same sweep enforces both. Beyond the guard's ``max_clients`` a new connection is
+closed at once. A request line that is not ``... HTTP/1.x``, a bare-LF head or an
+oversized head is handed to aiohttp at once, which answers the fixed 400.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from sidecar.clients import ClientGuard, timeout_response
+
 if TYPE_CHECKING:
     from sidecar.proxy import Proxy
 
@@ -40,6 +50,7 @@ SMALL_BODY_BYTES = 64 * 1024
 _PLAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 _MAX_QUEUED = 16  # pipelined requests buffered per connection before reading pauses
 _SWEEP_S = 5.0
+_LINGER_S = 1.0  # after a 408: read and drop what the client still sends, so our close is not a reset
 
 
 class _NotPlain(Exception):
@@ -89,18 +100,28 @@ class _Conn(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.last_active = 0.0
+        self.head_started: float | None = None  # when the head being awaited was first waited for
+        self.refused = False
+        self.lingering = False  # answered 408 and half-closed: dropping input until the close
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if not self.listener.guard.admit():
+            self.refused = self.closed = True
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else None
-        self.last_active = self.listener.clock()
+        self.last_active = self.head_started = self.listener.clock()
         self.listener.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.closed = True
+        self.listener.guard.release()
         self.listener.conns.discard(self)
         w, self.drain_waiter = self.drain_waiter, None
         if w is not None and not w.done():
@@ -116,13 +137,17 @@ class _Conn(asyncio.Protocol):
             w.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused or self.lingering:
+            return
+        if not self.buf and self.want < 0 and self.head_started is None:
+            self.head_started = self.listener.clock()  # the first byte of the next head
         self.buf += data
         self.last_active = self.listener.clock()
         if not self.handover_pending:
             self._frame()
 
     def eof_received(self) -> bool | None:
-        if self.worker is None and not self.queue:
+        if self.lingering or (self.worker is None and not self.queue):
             return None  # nothing pending: close
         self.eof = True
         return True  # half-closed: answer what was asked, then close (see _work)
@@ -176,9 +201,13 @@ class _Conn(asyncio.Protocol):
         while buf and not self.closed:
             if self.want < 0:
                 end = buf.find(b"\r\n\r\n")
-                if end < 0:  # a head split over reads (or not HTTP at all): aiohttp parses it incrementally
-                    self._handover()
-                    return
+                if end < 0:
+                    if len(buf) > self.listener.max_head_bytes or not _may_become_plain(buf):
+                        self._handover()  # aiohttp answers it (400, 431, HTTP/1.0 ...)
+                    elif self.head_started is None:
+                        self.head_started = self.listener.clock()
+                    return  # a head split over reads: wait for the rest (the sweep times it out)
+                self.head_started = None
                 head_len = end + 4
                 if head_len > self.listener.max_head_bytes:
                     self._handover()
@@ -284,6 +313,36 @@ class _Conn(asyncio.Protocol):
         if self.worker is None and not self.queue and self.transport is not None and now - self.last_active >= idle_s:
             self.transport.close()
 
+    def check_timeouts(self, now: float) -> None:
+        """The sweep: 408 and close a too-slow head or body; close an idle keep-alive connection."""
+        if (self.worker is not None or self.queue or self.handover_pending or self.closed or self.lingering
+                or self.transport is None):
+            return  # busy answering (the client waits for us), or closing already
+        listener = self.listener
+        if self.want >= 0:
+            if now - self.last_active >= listener.body_timeout_s:
+                self._time_out("body")
+        elif self.head_started is not None and (self.buf or self.last_active <= self.head_started):
+            if now - self.head_started >= listener.header_timeout_s:
+                self._time_out("header")
+        elif now - self.last_active >= listener.keepalive_s:
+            self.transport.close()
+
+    def _time_out(self, kind: str) -> None:
+        self.listener.guard.timed_out(kind, self.peer)
+        t = self.transport
+        if t is None:
+            return
+        t.write(timeout_response())
+        if t.can_write_eof():
+            # Half-close and drop further input for a moment: closing with unread input would send a
+            # reset, and the client could lose the 408 (a slowloris client keeps writing).
+            self.lingering = True
+            t.write_eof()
+            asyncio.get_running_loop().call_later(_LINGER_S, t.close)
+        else:
+            t.close()
+
 
 class FastListener:
     """Accepts client connections, serves plain requests, hands the rest to ``make_fallback()``.
@@ -302,6 +361,9 @@ class FastListener:
         max_body: int = 0,
         priority_header: str | None = None,
         keepalive_s: float = 75.0,
+        header_timeout_s: float = 20.0,
+        body_timeout_s: float = 30.0,
+        guard: ClientGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proxy = proxy
@@ -310,6 +372,10 @@ class FastListener:
         self.max_body = max_body
         self.priority_header = priority_header.lower() if priority_header else None
         self.keepalive_s = keepalive_s
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.guard = guard if guard is not None else ClientGuard()
+        self.sweep_s = max(0.01, min(_SWEEP_S, header_timeout_s / 4, body_timeout_s / 4))
         self.clock = clock
         self.conns: set[_Conn] = set()
         self.draining = False
@@ -328,10 +394,10 @@ class FastListener:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_S)
+            await asyncio.sleep(self.sweep_s)
             now = self.clock()
             for conn in list(self.conns):
-                conn.close_if_idle(now, self.keepalive_s)
+                conn.check_timeouts(now)
 
     def stop_listening(self) -> None:
         """Refuse new connections; busy ones close after their current response, idle ones now."""
@@ -352,3 +418,17 @@ class FastListener:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+def _may_become_plain(buf: bytearray) -> bool:
+    """False once a partial head cannot be a plain HTTP/1.1 request (hand it to aiohttp now)."""
+    if b"\n\n" in buf:  # a bare-LF end of head
+        return False
+    sp = buf.find(b" ")
+    method = bytes(buf[: sp if sp >= 0 else 24])
+    if len(method) > 20 or not (method.isalpha() and method.isupper()):  # TLS, binary, lower-case noise
+        return False
+    eol = buf.find(b"\r\n")
+    if eol < 0:
+        return b"\n" not in buf  # a bare LF inside the request line
+    return buf[:eol].endswith((b" HTTP/1.1", b" HTTP/1.0"))

@@ -32,6 +32,7 @@ from flowctl.http import rejection_parts
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import SMALL_BODY_BYTES, PlainRequest
 from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
+from sidecar.clients import ClientBodyTimeout, idle_limited
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
 __all__ = ["Admission", "Proxy"]
@@ -131,6 +132,7 @@ class Proxy:
         self._clock = clock
         self._base = config.upstream
         self._max_body = config.max_body_bytes
+        self._body_timeout_s = config.body_timeout_s
         self._priority_header = config.priority_header
         self._resource = config.resource
         self._trust_forwarded = config.trust_forwarded
@@ -304,7 +306,7 @@ class Proxy:
 
     async def _limited_body(self, content: aiohttp.StreamReader, limit_bytes: int, state: list[bool]) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in content.iter_any():
+        async for chunk in idle_limited(content.iter_any(), self._body_timeout_s):
             seen += len(chunk)
             if seen > limit_bytes:
                 state[0] = True
@@ -344,6 +346,8 @@ class Proxy:
             if too_large[0] or isinstance(e, _BodyTooLarge) or isinstance(e.__cause__, _BodyTooLarge):
                 self.errors_total["413"] += 1
                 return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
+            if isinstance(e, ClientBodyTimeout) or isinstance(e.__cause__, ClientBodyTimeout):
+                return self._client_body_timeout(e)
             return self._upstream_error(e)
         try:
             return await self._respond(request, up), "success"
@@ -369,7 +373,7 @@ class Proxy:
             elif self._max_body and length is None:
                 body = self._limited_body(request.content, self._max_body, too_large)
             else:
-                body = request.content.iter_any()
+                body = idle_limited(request.content.iter_any(), self._body_timeout_s)
         started: list[web.StreamResponse] = []
         if self._total_timeout_s is None:
             return await self._exchange_fast(request, header_list, body, length, started)
@@ -396,6 +400,8 @@ class Proxy:
         except _BodyTooLarge:
             self.errors_total["413"] += 1
             return _error(413, f"request body exceeds max_body {self._max_body}"), "ignore"
+        except ClientBodyTimeout as e:
+            return self._client_body_timeout(e)
         except UpstreamError as e:
             return self._upstream_error(e)
         try:
@@ -404,6 +410,12 @@ class Proxy:
         finally:
             up.close()
         return resp, "success"
+
+    def _client_body_timeout(self, e: Exception) -> tuple[web.StreamResponse, str]:
+        self.errors_total["408"] += 1
+        resp = _error(408, str(e))
+        resp.force_close()
+        return resp, "ignore"
 
     def _upstream_error(self, e: BaseException) -> tuple[web.StreamResponse, str]:
         status, detail, outcome = self._upstream_error_parts(e)

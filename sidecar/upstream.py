@@ -434,11 +434,20 @@ class UpstreamPool:
     async def _connect(self) -> _Connection:
         try:
             async with asyncio.timeout(self.connect_timeout_s or None):
-                _, proto = await self.loop.create_connection(lambda: _Connection(self), self.host, self.port, ssl=self._ssl)
+                transport, proto = await self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self._ssl
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"connect to {self.host}:{self.port} timed out after {self.connect_timeout_s:g} s") from None
         except OSError as e:
             raise UpstreamConnectError(f"upstream unreachable: {e.strerror or e}") from e
+        except RuntimeError as e:  # uvloop: "closed Transport handle and unset waiter" (closed while connecting)
+            raise UpstreamConnectError(f"upstream connection closed while it was made: {e}") from e
+        if proto.transport is None:
+            # The transport was closed between the connect and connection_made (uvloop skips
+            # connection_made then, and so never calls connection_lost): nothing will _forget it.
+            transport.abort()
+            raise UpstreamConnectError("upstream connection closed while it was made")
         self.connections_made += 1
         return proto
 
@@ -502,7 +511,8 @@ class UpstreamPool:
             conn.reset_for_request(head_only)
             try:
                 transport = conn.transport
-                assert transport is not None
+                if transport is None or conn.closed:  # lost between _acquire and here (reset as it connected)
+                    raise conn.exc or UpstreamError("upstream closed the connection before the request was sent")
                 if body is None:
                     transport.write(head)
                 elif isinstance(body, (bytes, bytearray)):
@@ -529,7 +539,8 @@ class UpstreamPool:
 
     async def _send_stream(self, conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
         transport = conn.transport
-        assert transport is not None
+        if transport is None:
+            raise UpstreamError("upstream connection has no transport")
         async for chunk in body:
             if conn.closed:
                 raise conn.exc or UpstreamError("upstream closed the connection while the body was sent")

@@ -193,6 +193,19 @@ class WatchedSignal:
         return self.view if self.target.kind != "cgroup" else "container"
 
     @property
+    def configured_view(self) -> str:
+        return self.name
+
+    @property
+    def active_view(self) -> str:
+        """The view the current sampler reads (its fallback while the configured view fails)."""
+        return str(getattr(self._sampler, "active_view", self.name))
+
+    @property
+    def switches_total(self) -> int:
+        return int(getattr(self._sampler, "switches_total", 0))
+
+    @property
     def sampler(self) -> Any:
         """The current flowctl.cpu Sampler (None while unresolved)."""
         return self._sampler

@@ -166,3 +166,38 @@ async def test_metrics_handler_text_and_openmetrics() -> None:
         r = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         assert r.headers["Content-Type"].startswith("application/openmetrics-text")
         assert (await r.text()).rstrip().endswith("# EOF")
+
+
+def test_signal_view_says_which_view_is_read() -> None:
+    from flowctl.cpu.sampler import Sampler
+    from flowctl.cpu.sources import Counters, Limits
+
+    class View:
+        def __init__(self, name: str) -> None:
+            self.name, self.alive = name, True
+
+        def read_limits(self) -> Limits:
+            return Limits(limit_cores=1.0 if self.alive else None, source="x")
+
+        def read_counters(self) -> Counters:
+            return Counters(usage_s=1.0) if self.alive else Counters()
+
+        def errors(self) -> list[str]:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    lx, ct = View("lxcfs"), View("container")
+    sampler = Sampler(lx, fallbacks=[ct])
+    reg = CollectorRegistry()
+    reg.register(FlowctlCollector(FakeLimiter(), views={"lxcfs": sampler, "host": StaticSignal("host")}))
+    get = reg.get_sample_value
+    sampler.sample(now=0.0)
+    assert get("flowctl_signal_view", {"configured": "lxcfs", "active": "lxcfs"}) == 1
+    lx.alive = False
+    sampler.sample(now=0.1)
+    assert get("flowctl_signal_view", {"configured": "lxcfs", "active": "lxcfs"}) is None
+    assert get("flowctl_signal_view", {"configured": "lxcfs", "active": "container"}) == 1
+    assert get("flowctl_signal_view_switches_total", {"configured": "lxcfs"}) == 1
+    assert get("flowctl_signal_view", {"configured": "host", "active": "host"}) is None  # not a fallback signal

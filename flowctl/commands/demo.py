@@ -197,7 +197,7 @@ async def run_cpu_demo(
         assert w.process.stdout is not None
         reader = asyncio.create_task(_read_inside(w.process.stdout, latest))
         host = make_signal("host", interval_s=interval_s)
-        cgroup = make_signal("container", cgroup_path=w.cgroup_paths["cpu"], interval_s=interval_s)
+        cgroup = make_signal("container", cgroup_path=w.cgroup_paths["cpu"], interval_s=interval_s, fallback=False)
         try:
             if lxcfs:  # warm-up: let the inside reader start (it is throttled with the burner)
                 deadline = loop.time() + 15.0

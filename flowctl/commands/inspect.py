@@ -23,8 +23,9 @@ __all__ = ["collect", "format_table", "register", "run"]
 
 
 def _samplers(root: str, pid: int | str, lxcfs_dir: str | None) -> dict[str, Sampler]:
-    out = {"host": make_signal("host", root=root), "container": make_signal("container", root=root, pid=pid)}
-    lx = make_signal("lxcfs", root=root, lxcfs_dir=lxcfs_dir)
+    out = {"host": make_signal("host", root=root, fallback=False),
+           "container": make_signal("container", root=root, pid=pid, fallback=False)}
+    lx = make_signal("lxcfs", root=root, lxcfs_dir=lxcfs_dir, fallback=False)
     assert isinstance(lx.source, LxcfsSource)
     if lx.source.present:
         out["lxcfs"] = lx

@@ -5,7 +5,8 @@ Exit status: the command's own status; 128+N when it was killed by signal N;
 (the ``docker run`` convention). SIGINT, SIGTERM, SIGHUP and SIGQUIT are
 forwarded to the command; after a forwarded SIGTERM it gets ``--stop-timeout``
 seconds before SIGKILL. The group (and an lxcfs we started) is removed when
-the command ends, unless ``--keep``.
+the command ends, unless ``--keep``. Before it starts, what killed launchers
+left behind is removed as ``flowctl gc`` does (never a live launcher's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from typing import Any
 
 from flowctl.errors import ConfigError, FlowctlError
+from flowctl.workload.leftovers import collect
 from flowctl.workload.process import LimitedProcess
 
 __all__ = ["register", "run_command", "status_to_exit_code"]
@@ -66,6 +68,10 @@ def run_command(args: argparse.Namespace) -> int:
     if not cmd:
         print("flowctl run: error: no command given (flowctl run [options] -- CMD ARGS...)", file=sys.stderr)
         return 2
+    stale = collect()
+    if args.verbose:
+        for d in stale.removed_groups + stale.unmounted + stale.removed_dirs:
+            print(f"flowctl run: removed a killed launcher's {d}", file=sys.stderr)
     try:
         return asyncio.run(_run(args, cmd))
     except ConfigError as exc:

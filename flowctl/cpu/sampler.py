@@ -16,13 +16,24 @@ drops the sample and resets the smoothing.
 ``tau_s`` (default 1.0 s: a step reaches 63% after 1 s and 95% after 3 s,
 whatever ``interval_s`` is). Limits are re-read every ``limits_interval_s``
 (default 1 s) so an in-place resize is seen within about a second.
+
+Fallback: given ``fallbacks`` (``make_signal`` passes lxcfs -> container -> host),
+a sample whose view gives no limit or no usage (ENOTCONN/EIO from a dead lxcfs,
+vanished cgroup files, a group removed under us) switches to the next view that
+gives both, in the same sample, and logs that once. While on a fallback the
+configured view is retried every ``limits_interval_s``; when it works again the
+sampler returns to it (logged once too). ``name`` stays the configured view;
+``active_view`` says which one is read. Across a switch the reading keeps the last
+utilization (no rate exists yet across two views) and the new view's limit, so a
+limit and a utilization are known throughout.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from flowctl.periodic import Periodic
@@ -33,9 +44,16 @@ from flowctl.signal import CpuReading
 
 __all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_LIMITS_INTERVAL_S", "DEFAULT_TAU_S", "Sampler"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_INTERVAL_S = 0.1
 DEFAULT_TAU_S = 1.0
 DEFAULT_LIMITS_INTERVAL_S = 1.0
+
+
+def _usable(limits: Limits, counters: Counters) -> bool:
+    """A view works when it gives a CPU budget and a usage counter."""
+    return limits.limit_cores is not None and counters.usage_s is not None
 
 
 def _delta(cur: float | None, prev: float | None) -> float | None:
@@ -59,6 +77,7 @@ class Sampler:
         tau_s: float = DEFAULT_TAU_S,
         limits_interval_s: float = DEFAULT_LIMITS_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        fallbacks: Sequence[CpuSource] = (),
     ) -> None:
         if not 0 < interval_s < math.inf:
             raise ConfigError(f"interval_s: must be > 0 and finite, got {interval_s!r}")
@@ -77,6 +96,11 @@ class Sampler:
         self._limits_at = float("-inf")
         self._prev: Counters | None = None
         self._prev_at = 0.0
+        self._chain: tuple[CpuSource, ...] = (source, *fallbacks)
+        self._active = 0  # index in _chain of the view being read
+        self._retry_at = float("-inf")
+        self._blind = False  # no view works (logged once)
+        self.switches_total = 0
         self._periodic = Periodic(self.sample, interval_s, name=f"flowctl-sampler-{source.name}")
 
     @property
@@ -85,23 +109,76 @@ class Sampler:
         return self.source.name
 
     @property
+    def configured_view(self) -> str:
+        """The view asked for (the same as ``name``)."""
+        return self.source.name
+
+    @property
+    def active_view(self) -> str:
+        """The view being read now: the configured one, or the fallback that works."""
+        return self._chain[self._active].name
+
+    @property
     def tau_s(self) -> float:
         return self._ema.tau_s
 
     def refresh_limits(self, now: float | None = None) -> Limits:
-        """Re-read the source's limits now."""
-        self.limits = self.source.read_limits()
+        """Re-read the active view's limits now."""
+        self.limits = self._chain[self._active].read_limits()
         self._limits_at = self.clock() if now is None else now
         return self.limits
+
+    def _switch(self, index: int, limits: Limits, cur: Counters, now: float, why: str) -> CpuReading:
+        """Read ``_chain[index]`` from now on; its counters are the base of the next rate."""
+        old = self.active_view
+        self._active = index
+        self.switches_total += 1
+        self._blind = False
+        self.limits, self._limits_at = limits, now
+        self._prev, self._prev_at, self.counters = cur, now, cur
+        self._retry_at = now
+        if index == 0:
+            log.warning("cpu view %s works again; back from %s", self.active_view, old)
+        else:
+            log.warning("cpu view %s failed (%s); falling back to %s", old, why, self.active_view)
+        r = self.reading
+        self.reading = CpuReading(at=now, utilization=r.utilization, utilization_smoothed=r.utilization_smoothed,
+                                  usage_cores=r.usage_cores, limit_cores=limits.limit_cores)
+        return self.reading
+
+    def _fall_back(self, limits: Limits, cur: Counters, now: float) -> CpuReading | None:
+        """The active view gave no limit or usage: switch to the next view that works, if any."""
+        src = self._chain[self._active]
+        why = "; ".join(list(limits.errors) + src.errors()) or "no limit or usage"
+        for i in range(self._active + 1, len(self._chain)):
+            nxt = self._chain[i]
+            lim, c = nxt.read_limits(), nxt.read_counters()
+            if _usable(lim, c):
+                return self._switch(i, lim, c, now, why)
+        if not self._blind:
+            self._blind = True
+            log.warning("cpu view %s failed (%s) and no fallback view works", src.name, why)
+        return None
 
     def sample(self, now: float | None = None) -> CpuReading:
         """Take one sample synchronously, update and return ``reading``; never raises on bad input."""
         if now is None:
             now = self.clock()
+        if self._active and now - self._retry_at >= self.limits_interval_s:
+            self._retry_at = now  # on a fallback: is the configured view back?
+            lim, c = self.source.read_limits(), self.source.read_counters()
+            if _usable(lim, c):
+                return self._switch(0, lim, c, now, "")
         limits = self.limits
         if limits is None or now - self._limits_at >= self.limits_interval_s:
             limits = self.refresh_limits(now)
-        cur = self.source.read_counters()
+        cur = self._chain[self._active].read_counters()
+        if len(self._chain) > 1 and not _usable(limits, cur):
+            switched = self._fall_back(limits, cur, now)
+            if switched is not None:
+                return switched
+        elif self._blind:
+            self._blind = False
         prev, prev_at = self._prev, self._prev_at
         self._prev, self._prev_at, self.counters = cur, now, cur
         self.samples_total += 1
@@ -152,6 +229,8 @@ class Sampler:
         r = self.reading
         return {
             "name": self.name,
+            "active_view": self.active_view,
+            "switches_total": self.switches_total,
             "limit_cores": lim.limit_cores if lim else None,
             "limit_source": lim.source if lim else None,
             "limit_file": lim.source_file if lim else None,
@@ -180,7 +259,7 @@ class Sampler:
     def errors(self) -> list[str]:
         """Reasons some values are unknown (limit reads and counter reads), deduplicated."""
         out = list(self.limits.errors) if self.limits else []
-        for e in self.source.errors():
+        for e in self._chain[self._active].errors():
             if e not in out:
                 out.append(e)
         return out
@@ -200,11 +279,12 @@ class Sampler:
     async def stop(self) -> None:
         """Stop the periodic task and close the source's files."""
         await self._periodic.stop()
-        self.source.close()
+        self.close()
 
     def close(self) -> None:
-        """Close the source's files (for synchronous users); sampling reopens them if needed."""
-        self.source.close()
+        """Close every view's files (for synchronous users); sampling reopens them if needed."""
+        for src in self._chain:
+            src.close()
 
     async def __aenter__(self) -> Sampler:
         await self.start()

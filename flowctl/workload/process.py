@@ -26,6 +26,7 @@ from typing import IO, Any
 from flowctl.cpu.lxcfs import LXCFS_VIEW_FILES
 from flowctl.errors import ConfigError, FlowctlError, WorkloadError
 from flowctl.workload.cgroupfs import Group, Version, create_group, set_child_subreaper
+from flowctl.workload.leftovers import remove_record, write_record
 from flowctl.workload.lxcfs import LxcfsMount, is_lxcfs_mount, start_lxcfs, stop_lxcfs, system_lxcfs
 from flowctl.workload.spec import WorkloadSpec, parse_cpus, parse_size
 
@@ -85,7 +86,9 @@ class LimitedProcess:
         *,
         keep: bool,
         stop_timeout_s: float,
+        record: str | None = None,
     ) -> None:
+        self._record = record  # what a `flowctl gc` would clean up if this launcher were killed
         self._proc = proc
         self._group = group
         self._lxcfs = lxcfs
@@ -218,6 +221,7 @@ class LimitedProcess:
         finally:
             if self._lxcfs is not None:
                 await stop_lxcfs(self._lxcfs)
+            remove_record(self._record)
 
     def _close_now(self) -> None:
         """Best effort without awaiting (we are being cancelled): kill everything, try the rmdirs."""
@@ -273,6 +277,7 @@ class LimitedProcess:
             set_child_subreaper()
 
         group = create_group(spec, version=cgroup_version, need_lxcfs_layout=lxcfs)
+        record = write_record(group.name, group.dirs, None, None)
         lx: LxcfsMount | None = None
         proc: asyncio.subprocess.Process | None = None
         try:
@@ -284,6 +289,8 @@ class LimitedProcess:
                 else:
                     found = system_lxcfs()
                     lx = LxcfsMount(dir=found) if found else await start_lxcfs()
+                    if lx.owned:
+                        record = write_record(group.name, group.dirs, lx.workdir, lx.dir)
             proc = await cls._spawn(prefix, bash, mount_bin, lx, argv, stdin, stdout, stderr, env, cwd, group)
         except BaseException:
             if proc is not None and proc.returncode is None:
@@ -294,8 +301,9 @@ class LimitedProcess:
                 await group.remove(main_pid=proc.pid if proc else None)
             if lx is not None:
                 await stop_lxcfs(lx)
+            remove_record(record)
             raise
-        return cls(proc, group, lx, keep=keep, stop_timeout_s=stop_timeout_s)
+        return cls(proc, group, lx, keep=keep, stop_timeout_s=stop_timeout_s, record=record)
 
     @staticmethod
     async def _spawn(

@@ -294,8 +294,11 @@ def test_lxcfs_view_of_a_limited_container_and_dead_mount(tmp_path: Path) -> Non
         # lxcfs dies without unmounting: reads fail with ENOTCONN; the reader must not raise.
         lxcfs_proc.kill()
         lxcfs_proc.wait(timeout=10)
-        s = make_signal("lxcfs", lxcfs_dir=str(mnt))
+        s = make_signal("lxcfs", lxcfs_dir=str(mnt), fallback=False)
         s.sample()
         r = s.sample()
         assert r.limit_cores is None and r.utilization is None
         assert any("Transport endpoint is not connected" in e for e in s.errors()), s.errors()
+        s = make_signal("lxcfs", lxcfs_dir=str(mnt))  # with the fallback: the cgroup view instead
+        s.sample()
+        assert s.active_view == "container" and s.sample().limit_cores is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -172,9 +173,9 @@ def test_nothing_starts_without_an_owner() -> None:
     ({"limits_interval_s": -1.0}, "limits_interval_s"), ({"limits_interval_s": float("nan")}, "limits_interval_s"),
     ({"limits_interval_s": float("inf")}, "limits_interval_s"),
 ])
-def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, float], name: str) -> None:
+def test_bad_arguments_are_config_errors_naming_the_parameter(kw: dict[str, Any], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        Sampler(FakeSource(), **kw)  # type: ignore[arg-type]
+        Sampler(FakeSource(), **kw)
 
 
 def test_limits_interval_zero_rereads_every_sample() -> None:
@@ -183,3 +184,85 @@ def test_limits_interval_zero_rereads_every_sample() -> None:
     s.sample(now=0.0)
     s.sample(now=0.0)
     assert src.limit_reads == 2
+
+
+# -- fallback between views -------------------------------------------------------------------
+
+
+class DyingSource(FakeSource):
+    """A view that can die (no limit, no usage: what a dead lxcfs gives) and come back."""
+
+    def __init__(self, name: str, limit: float) -> None:
+        super().__init__(limit=limit, name=name)
+        self.alive = True
+        self.usage_s = 0.0
+
+    def read_limits(self) -> Limits:
+        self.limit_reads += 1
+        return Limits(limit_cores=self.limit if self.alive else None, source="x",
+                      errors=() if self.alive else ("ENOTCONN",))
+
+    def read_counters(self) -> Counters:
+        return Counters(usage_s=self.usage_s) if self.alive else Counters()
+
+
+def test_a_failing_view_falls_back_in_order_and_returns(caplog: pytest.LogCaptureFixture) -> None:
+    lx, ct, host = DyingSource("lxcfs", 1.0), DyingSource("container", 0.5), DyingSource("host", 2.0)
+    s = Sampler(lx, fallbacks=[ct, host], limits_interval_s=1.0)
+    seen: list[tuple[str, float | None, float | None]] = []
+
+    def step(now: float, used: float) -> None:
+        for src in (lx, ct, host):
+            src.usage_s += used
+        r = s.sample(now=now)
+        seen.append((s.active_view, r.limit_cores, r.utilization_smoothed))
+
+    step(0.0, 0.0)
+    step(0.1, 0.04)
+    assert seen[-1][0] == "lxcfs" and seen[-1][1] == 1.0
+    lx.alive = False
+    caplog.clear()
+    for i in range(2, 20):  # 1.7 s dead: one warning, the container view, a limit and a utilization throughout
+        step(i / 10, 0.04)
+    assert all(v == "container" and lim == 0.5 and u is not None for v, lim, u in seen[2:]), seen
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "falling back to container" in caplog.text
+    assert s.name == "lxcfs" and s.configured_view == "lxcfs" and s.switches_total == 1
+    ct.alive = False  # the fallback fails too: the next one
+    step(2.0, 0.04)
+    assert s.active_view == "host" and s.reading.limit_cores == 2.0 and s.reading.utilization_smoothed is not None
+    lx.alive = True
+    caplog.clear()
+    step(2.1, 0.04)  # retried at most once per limits_interval_s: 2.1 - 2.0 < 1
+    assert s.active_view == "host"
+    step(3.0, 0.04)
+    assert s.active_view == "lxcfs" and s.reading.limit_cores == 1.0 and s.switches_total == 3
+    assert "works again" in caplog.text and len(caplog.records) == 1
+    step(3.1, 0.04)
+    assert s.reading.utilization == pytest.approx(0.4)  # a rate on the configured view again
+
+
+def test_no_view_works_logs_once_and_reads_unknown(caplog: pytest.LogCaptureFixture) -> None:
+    lx, ct = DyingSource("lxcfs", 1.0), DyingSource("container", 0.5)
+    lx.alive = ct.alive = False
+    s = Sampler(lx, fallbacks=[ct])
+    for i in range(5):
+        r = s.sample(now=i / 10)
+    assert r.limit_cores is None and r.utilization is None and s.active_view == "lxcfs"
+    assert len(caplog.records) == 1 and "no fallback view works" in caplog.text
+
+
+def test_without_fallbacks_a_dead_view_stays_unknown() -> None:
+    lx = DyingSource("lxcfs", 1.0)
+    lx.alive = False
+    s = Sampler(lx)
+    s.sample(now=0.0)
+    assert s.sample(now=0.1).limit_cores is None and s.active_view == "lxcfs" and s.switches_total == 0
+
+
+def test_make_signal_chains_views_in_fallback_order() -> None:
+    from flowctl.cpu import make_signal
+
+    assert [v.name for v in make_signal("lxcfs")._chain] == ["lxcfs", "container", "host"]  # noqa: SLF001
+    assert [v.name for v in make_signal("container")._chain] == ["container", "host"]  # noqa: SLF001
+    assert [v.name for v in make_signal("host")._chain] == ["host"]  # noqa: SLF001
+    assert [v.name for v in make_signal("lxcfs", fallback=False)._chain] == ["lxcfs"]  # noqa: SLF001

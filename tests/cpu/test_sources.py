@@ -96,7 +96,7 @@ def test_usage_rate_and_recreated_group(tmp_path: Path) -> None:
 def test_group_removed_then_back(tmp_path: Path) -> None:
     root = _copy("v1-separate", tmp_path)
     leaf = root / "sys/fs/cgroup/cpuacct/docker/abc"
-    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    s = make_signal("container", root=str(root), limits_interval_s=1.0, fallback=False)
     s.sample(now=0.0)
     shutil.rmtree(leaf)
     r = s.sample(now=1.0)  # limits re-read reopens the files: never raises; unknown, reason recorded
@@ -110,12 +110,29 @@ def test_group_removed_then_back(tmp_path: Path) -> None:
     s.close()
 
 
+def test_group_removed_falls_back_to_host_and_returns(tmp_path: Path) -> None:
+    root = _copy("v1-separate", tmp_path)
+    leaf = root / "sys/fs/cgroup/cpuacct/docker/abc"
+    s = make_signal("container", root=str(root), limits_interval_s=1.0)
+    s.sample(now=0.0)
+    shutil.rmtree(leaf)
+    r = s.sample(now=1.0)
+    assert s.active_view == "host" and r.limit_cores is not None
+    leaf.mkdir()
+    (leaf / "cpuacct.usage").write_text("10\n")
+    s.sample(now=2.0)  # the configured view is retried once per limits interval
+    assert s.active_view == "container" and s.reading.limit_cores == 0.5
+    (leaf / "cpuacct.usage").write_text("20000010\n")
+    assert s.sample(now=2.1).usage_cores == pytest.approx(0.2)
+    s.close()
+
+
 def test_dead_lxcfs_enotconn_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     def dead(path: str) -> bytes:
         raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN), path)
 
     monkeypatch.setattr(lxcfs_mod, "read_file", dead)
-    s = make_signal("lxcfs", root=str(FIXTURES / "lxcfs-dir"))
+    s = make_signal("lxcfs", root=str(FIXTURES / "lxcfs-dir"), fallback=False)
     s.sample(now=0.0)
     r = s.sample(now=0.1)
     assert r.utilization is None and r.limit_cores is None
