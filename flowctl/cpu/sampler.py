@@ -143,7 +143,7 @@ class Sampler:
             log.warning("cpu view %s failed (%s); falling back to %s", old, why, self.active_view)
         r = self.reading
         self.reading = CpuReading(at=now, utilization=r.utilization, utilization_smoothed=r.utilization_smoothed,
-                                  usage_cores=r.usage_cores, limit_cores=limits.limit_cores)
+                                  usage_cores=r.usage_cores, limit_cores=limits.limit_cores, seq=r.seq + 1)
         return self.reading
 
     def _fall_back(self, limits: Limits, cur: Counters, now: float) -> CpuReading | None:

@@ -266,3 +266,14 @@ def test_make_signal_chains_views_in_fallback_order() -> None:
     assert [v.name for v in make_signal("container")._chain] == ["container", "host"]  # noqa: SLF001
     assert [v.name for v in make_signal("host")._chain] == ["host"]  # noqa: SLF001
     assert [v.name for v in make_signal("lxcfs", fallback=False)._chain] == ["lxcfs"]  # noqa: SLF001
+
+
+def test_readings_are_numbered_in_order() -> None:
+    """CpuReading.seq grows by one per published reading (the limiter counts hot readings in a row by it)."""
+    clock = [100.0]
+    s = Sampler(FakeSource(), clock=lambda: clock[0])
+    seqs = []
+    for _ in range(5):
+        clock[0] += 0.1
+        seqs.append(s.sample().seq)
+    assert seqs == [1, 2, 3, 4, 5]
