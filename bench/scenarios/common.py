@@ -542,11 +542,15 @@ async def measure_capacity(
     unloaded_s: float | None = None,
     max_probes: int = 9,
     start_in_s: float = 1.5,
+    unloaded_rps: float | None = None,
 ) -> Capacity:
-    """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter)."""
+    """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter).
+
+    The unloaded figures come from ``unloaded_s`` at ``unloaded_rps`` (default 10% of the estimate).
+    """
     unloaded_s = unloaded_s if unloaded_s is not None else max(3.0, 2.0 * probe_s)
     est = max(1.0, cpus * 1000.0 / max(work_ms, 0.1))
-    low_rate = max(5.0, 0.1 * est)
+    low_rate = unloaded_rps if unloaded_rps is not None else max(5.0, 0.1 * est)
     lg, _ = await drive(run, path, low_rate, unloaded_s, start_in_s=start_in_s)
     unloaded_p99 = lg["admitted_p99_ms"] or 1.0
     unloaded_p50 = lg["admitted_p50_ms"] or 1.0
