@@ -423,6 +423,39 @@ def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """The verdict table as Markdown, headed by the date, the machine load and the command."""
+    rows = out["rows"]
+    m = out["machine"]
+    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
+    cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
+    shown = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+    lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s']:.0f} s; {m['cpus']} CPUs ({m['cpu_model']}), "
+             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs ran).",
+             "", "| scenario | metric | target | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
+    for s, metric in keys:
+        first = cells.get((s, metric, next(v for v in shown if (s, metric, v) in cells)))
+        assert first is not None
+        op = "<=" if first["better"] == "lower" else (">" if metric.startswith("sheddable") else ">=")
+        vals = []
+        for v in shown:
+            r = cells.get((s, metric, v))
+            if r is None:
+                vals.append("")
+            else:
+                val = "never" if r["value"] is None else f"{r['value']:.3g}"
+                vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}")
+        lines.append(f"| {s} | {metric} | {op} {first['target']:g} | " + " | ".join(vals) + " |")
+    refs = out.get("references", {})
+    if refs:
+        lines += ["", "| reference (unprotected upstream) | capacity rps | saturation answers/s | unloaded p50 ms | unloaded p99 ms | nginx limit_conn |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for k, ref in refs.items():
+            lines.append(f"| {k} | {ref['capacity_rps']:.1f} | {ref['saturation_rps']:.0f} | {ref['unloaded_p50_ms']:.1f} | "
+                         f"{ref['unloaded_p99_ms']:.1f} | {out.get('nginx_limit_conn', {}).get(k, '')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict[str, Any]], variants: Sequence[str], path: str, title: str) -> None:
     """One panel per (scenario, metric): a bar per variant (green pass, red fail), the target as a dashed line."""
     import matplotlib
@@ -531,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{m['loadavg'][0]:.2f} -> {m['loadavg_after'][0]:.2f}, {out['wall_s']:.0f} s")  # fmt: skip
     plot(out["rows"], ALL_VARIANTS, png, title)
     c.log(f"wrote {png}")
+    md = os.path.splitext(a.json_out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown(out))
+    c.log(f"wrote {md}")
     print(f"\n== {title} ==")
     print(table(out["rows"], ALL_VARIANTS))
     flow = [row for row in out["rows"] if row["variant"] in FLOWCTL_VARIANTS]
