@@ -484,6 +484,7 @@ def plot(rows: list[dict[str, Any]], variants: Sequence[str], path: str, title: 
                    hatch="//" if val is None else None, edgecolor="black", linewidth=1.5 if v in FLOWCTL_VARIANTS else 0.3)  # fmt: skip
             ax.text(i, (top if val is None else val), "never" if val is None else f"{val:.2g}", ha="center", va="bottom", fontsize=7)
         ax.axhline(target, color="black", linestyle="--", linewidth=1)
+        ax.set_ylim(0, top * 1.12)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([n.replace("flowctl-", "fc-").replace("nginx-limit-conn", "nginx") for n in names], fontsize=7, rotation=20)
         ax.set_title(f"{s}: {m}", fontsize=8)
@@ -491,7 +492,7 @@ def plot(rows: list[dict[str, Any]], variants: Sequence[str], path: str, title: 
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
