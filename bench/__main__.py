@@ -17,6 +17,7 @@ SCENARIOS: dict[str, str] = {
     "priority": "bench.scenarios.priority",
     "overhead": "bench.scenarios.overhead",
     "demo": "bench.scenarios.demo",
+    "scorecard": "bench.scenarios.scorecard",
     "report": "bench.report",
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from bench.ports import free_port
 
-__all__ = ["LoadSpec", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
+__all__ = ["WARMUP", "LoadSpec", "Phase", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
 
 _HIST_MAX_US = 120_000_000  # 120 s, far above any timeout
 
@@ -48,6 +48,21 @@ class TrafficClass:
     name: str = "all"
     weight: float = 1.0
     headers: tuple[tuple[str, str], ...] = ()
+
+
+WARMUP = "warmup"  # phases with this label are left out of the ``measured`` totals
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``seconds`` of arrivals at ``multiplier`` x the spec's ``rate_rps``, counted under ``label``.
+
+    Phases run in order; several phases may share a label (their counts are summed).
+    """
+
+    seconds: float
+    multiplier: float
+    label: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,11 @@ class LoadSpec:
     progress: bool = False
     events: tuple[tuple[float, str], ...] = ()  # (offset_s, label) lines printed in progress only
     start_at: float | None = None  # wall-clock (time.time()) instant of the first intended send; None = now
+    phases: tuple[Phase, ...] = ()  # a rate schedule; empty = one phase of duration_s at rate_rps
+
+    def schedule(self) -> tuple[Phase, ...]:
+        """The phases in force: ``phases``, or one phase labelled "all" at 1x for ``duration_s``."""
+        return self.phases or (Phase(self.duration_s, 1.0, "all"),)
 
 
 def _new_hist() -> HdrHistogram:
@@ -270,8 +290,13 @@ def _raise_nofile() -> None:
             pass
 
 
-def _arrivals(spec: LoadSpec) -> list[tuple[float, int]]:
-    """Intended send offsets (seconds from start) and class index, drawn up front."""
+def _arrivals(spec: LoadSpec) -> list[tuple[float, int, int]]:
+    """Intended send offsets (seconds from start), class index and phase index, drawn up front.
+
+    The rate is piecewise constant over the phases; a Poisson draw that crosses a
+    phase boundary restarts at the boundary (exact, the process is memoryless).
+    Without phases the draws are the same as a single-rate run with that seed.
+    """
     rng = random.Random(spec.seed)
     weights = [c.weight for c in spec.classes]
     total_w = sum(weights)
@@ -280,16 +305,21 @@ def _arrivals(spec: LoadSpec) -> list[tuple[float, int]]:
     for w in weights:
         acc += w / total_w
         cum.append(acc)
-    out: list[tuple[float, int]] = []
+    out: list[tuple[float, int, int]] = []
     t = 0.0
-    mean = 1.0 / spec.rate_rps
-    while True:
-        t += rng.expovariate(spec.rate_rps) if spec.arrival == "poisson" else mean
-        if t >= spec.duration_s:
-            break
-        u = rng.random()
-        idx = next((i for i, c in enumerate(cum) if u <= c), len(cum) - 1)
-        out.append((t, idx))
+    phase_start = 0.0
+    for pi, ph in enumerate(spec.schedule()):
+        end = min(phase_start + ph.seconds, spec.duration_s)
+        rate = spec.rate_rps * ph.multiplier
+        while rate > 0:
+            nxt = t + (rng.expovariate(rate) if spec.arrival == "poisson" else 1.0 / rate)
+            if nxt >= end:
+                break
+            t = nxt
+            u = rng.random()
+            idx = next((i for i, c in enumerate(cum) if u <= c), len(cum) - 1)
+            out.append((t, idx, pi))
+        t = phase_start = end
     return out
 
 
@@ -307,6 +337,16 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         extra = "".join(f"{k}: {v}\r\n" for k, v in c.headers)
         requests.append(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: flowctl-loadgen\r\n{extra}\r\n".encode())
     arrivals = _arrivals(spec)
+    schedule = spec.schedule()
+    labels = list(dict.fromkeys(ph.label for ph in schedule))
+    label_seconds = {lb: sum(ph.seconds for ph in schedule if ph.label == lb) for lb in labels}
+    phase_label = [labels.index(ph.label) for ph in schedule]
+    per_phase = [_Stats() for _ in labels]
+    per_phase_class = [[_Stats() for _ in spec.classes] for _ in labels]
+    measured = _Stats()
+    measured_classes = [_Stats() for _ in spec.classes]
+    measured_s = sum(ph.seconds for ph in schedule if ph.label != WARMUP)
+    answered: dict[int, int] = {}  # 2xx answers by whole second of *completion* time (saturation throughput)
     pool = _Pool(host, port, spec.max_connections)
     loop = asyncio.get_running_loop()
     per_class = [_Stats() for _ in spec.classes]
@@ -326,10 +366,14 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     t0 = loop.time() + lead_s
     wall0 = time.time() + lead_s
 
-    async def one(offset: float, cls: int) -> None:
+    async def one(offset: float, cls: int, phase: int) -> None:
         nonlocal inflight, peak_inflight
         intended = t0 + offset
-        stats = (per_class[cls], total, buckets[min(int(offset), nbuckets - 1)])
+        lb = phase_label[phase]
+        stats: tuple[_Stats, ...] = (per_class[cls], total, buckets[min(int(offset), nbuckets - 1)], per_phase[lb],
+                                     per_phase_class[lb][cls])  # fmt: skip
+        if schedule[phase].label != WARMUP:
+            stats += (measured, measured_classes[cls])
         for s in stats:
             s.sent += 1
         inflight += 1
@@ -358,6 +402,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             latency_s = loop.time() - intended
             us = max(1, int(latency_s * 1e6))
             if 200 <= status < 300:
+                done_s = int(loop.time() - t0)
+                answered[done_s] = answered.get(done_s, 0) + 1
                 for s in stats:
                     s.ok += 1
                     s.admitted.record_value(us)
@@ -393,12 +439,12 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             )
 
     prog = asyncio.create_task(progress()) if spec.progress else None
-    for offset, cls in arrivals:
+    for offset, cls, phase in arrivals:
         intended = t0 + offset
         delay = intended - loop.time()
         if delay > 0.0005:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(one(offset, cls))
+        task = asyncio.create_task(one(offset, cls, phase))
         pending.add(task)
         task.add_done_callback(pending.discard)
     send_end = loop.time()
@@ -425,12 +471,19 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             "good_latency_s": spec.good_latency_s,
             "classes": [{"name": c.name, "weight": c.weight, "headers": dict(c.headers)} for c in spec.classes],
             "seed": spec.seed,
+            "phases": [{"seconds": ph.seconds, "multiplier": ph.multiplier, "label": ph.label} for ph in spec.phases],
         },
         "started_at": wall0,
         "start_delay_s": start_delay_s,
         **total.as_dict(seconds),
         "classes": {c.name: per_class[i].as_dict(seconds) for i, c in enumerate(spec.classes)},
         "timeline": [{"t_s": i, **{k: v for k, v in b.as_dict(1.0).items() if not k.endswith("_rps")}} for i, b in enumerate(buckets)],
+        "phases": {lb: {**per_phase[i].as_dict(label_seconds[lb]),
+                        "classes": {c.name: per_phase_class[i][j].as_dict(label_seconds[lb]) for j, c in enumerate(spec.classes)}}
+                   for i, lb in enumerate(labels)},  # fmt: skip
+        "measured": {**measured.as_dict(measured_s),
+                     "classes": {c.name: measured_classes[j].as_dict(measured_s) for j, c in enumerate(spec.classes)}},  # fmt: skip
+        "answered_by_second": [answered.get(i, 0) for i in range(max(answered, default=-1) + 1)],
         "errors_by_kind": errors_by_kind,
         "loadgen": {
             "send_lag_p50_ms": _pct_ms(lag, 50),
@@ -470,6 +523,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cpu", type=int, action="append", help="pin this process to CPU N (repeatable)")
     p.add_argument("--event", action="append", default=[], help="OFFSET:LABEL shown in the progress lines")
+    p.add_argument("--phase", action="append", default=[], help="SECONDS:MULTIPLIER:LABEL, repeatable: a rate schedule (x --rate)")
     p.add_argument("--start-at", type=float, default=None, help="wall-clock time (epoch s) of the first send")
     p.add_argument("--progress", action="store_true", help="print a line per second to stderr")
     p.add_argument("--json", dest="json_out", help="write the result here ('-' = stdout)")
@@ -484,6 +538,10 @@ def spec_from_args(a: argparse.Namespace) -> LoadSpec:
     for e in a.event:
         at, _, label = e.partition(":")
         events.append((float(at), label))
+    phases = []
+    for ph in a.phase:
+        secs, mult, label = ph.split(":", 2)
+        phases.append(Phase(float(secs), float(mult), label))
     return LoadSpec(
         url=a.url,
         rate_rps=a.rate,
@@ -496,6 +554,7 @@ def spec_from_args(a: argparse.Namespace) -> LoadSpec:
         progress=a.progress,
         events=tuple(events),
         start_at=a.start_at,
+        phases=tuple(phases),
     )
 
 
@@ -509,6 +568,8 @@ def _process_cmd(spec: LoadSpec, out: str, cpus: Sequence[int] | None, python: s
         cmd += ["--mix", ",".join(f"{c.name}:{c.weight}" for c in spec.classes)]
     for at, label in spec.events:
         cmd += ["--event", f"{at}:{label}"]
+    for ph in spec.phases:
+        cmd += ["--phase", f"{ph.seconds!r}:{ph.multiplier!r}:{ph.label}"]
     if spec.progress:
         cmd.append("--progress")
     for c in cpus or ():

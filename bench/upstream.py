@@ -7,10 +7,16 @@ Handlers (resources):
 - ``/cpu-yielding``: the same work in ``--slices`` awaited slices, then a short
   awaited I/O wait (``--io-ms``), as real services do.
 - ``/io``: an awaited wait of ``--io-bound-ms`` with almost no CPU.
+- ``/ws``: a WebSocket held open until the client closes it (echoes text).
+- ``/sse``: a Server-Sent Events stream, one ``data: tick`` event a second,
+  until the client goes away.
 
 Variants (``--variant``): ``none`` (no limiter), ``fixed`` (a fixed concurrency
 limit), ``bbr-host``, ``bbr-container``, ``bbr-lxcfs`` (BBR fed the host /proc,
 the cgroup, or the lxcfs view), ``gradient`` (latency-only Gradient2-style).
+``flowctl`` is ``flowctl.aiohttp.setup(app)`` with its defaults (no
+hand-built limiter). ``kratos`` is a Kratos-style peer: CPU-gated BBR with a
+1 s cool-off and no loop-lag trigger (:func:`kratos_limiter`).
 ``/_bench/state`` (never limited) returns the limiter snapshot and every CPU
 view's latest reading as JSON, for the harness's time series.
 
@@ -30,11 +36,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
-__all__ = ["VARIANTS", "HANDLERS", "burn", "calibrate_iters_per_ms", "make_app", "main"]
+__all__ = ["VARIANTS", "HANDLERS", "burn", "calibrate_iters_per_ms", "kratos_limiter", "make_app", "main"]
 
-VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient")
+VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "flowctl", "kratos")
+EXEMPT_PATHS = ("/healthz", "/metrics", "/_bench/state")
 HANDLERS = {"blocking": "/cpu-blocking", "yielding": "/cpu-yielding", "io": "/io"}
 PRIORITY_HEADER = "X-Priority"
 
@@ -84,6 +91,21 @@ def _hot_signal() -> Any:
     return StaticSignal(name="static", utilization=1.0, utilization_smoothed=1.0, usage_cores=1.0, limit_cores=1.0)
 
 
+def kratos_limiter() -> Any:
+    """The Kratos-style peer: BBR gated by the container CPU as Kratos' rule has it, on flowctl's parts.
+
+    Bare Little's law (no headroom), any single reading over 0.8 is hot, a 1 s cool-off
+    that always runs its course, no CPU budget, no loop-lag trigger. (Kinder to it than Kratos
+    itself is: the CPU is the cgroup's, re-read every second, and RT is not rounded to ms.)
+    """
+    from flowctl.cpu import make_signal
+    from flowctl.limit.bbr import Bbr
+    from flowctl.limiter import Limiter
+
+    return Limiter(make_signal("container"), Bbr(headroom=0.0), cool_off_s=1.0, hot_samples=1, cool_fraction=0.0,
+                   cpu_budget=None)  # fmt: skip
+
+
 def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any]]:
     """The Limiter for ``variant`` and the CPU views (name -> Sampler) to sample beside it.
 
@@ -93,6 +115,9 @@ def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any
     from flowctl.cpu import make_signal
     from flowctl.limiter import Limiter
 
+    if variant == "kratos":
+        lim = kratos_limiter()
+        return lim, {"container": lim.signal, "host": make_signal("host")}
     views: dict[str, Any] = {"container": make_signal("container"), "host": make_signal("host")}
     if variant == "bbr-lxcfs":
         views["lxcfs"] = make_signal("lxcfs")
@@ -143,6 +168,25 @@ def make_app(
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def websocket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"data: tick\n\n")
+                await asyncio.sleep(1.0)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
     async def state(request: web.Request) -> web.Response:
         out: dict[str, Any] = {"variant": variant, "pid": os.getpid(), "at": time.monotonic()}
         limiter = request.app.get(_LIMITER)
@@ -164,9 +208,22 @@ def make_app(
     app.router.add_get("/io", io_bound, name="io")
     app.router.add_get("/_bench/state", state, name="bench-state")
     app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/ws", websocket, name="ws")
+    app.router.add_get("/sse", sse, name="sse")
 
     if variant == "none":
         _setup_views_only(app)
+        return app
+
+    import flowctl.aiohttp as fa
+
+    if variant == "flowctl":
+        # The library's defaults: setup builds and runs the signal, limiter and loop-lag trigger.
+        fc = fa.setup(app, exempt_paths=EXEMPT_PATHS, trusted_priority_header=PRIORITY_HEADER)
+        app[_LIMITER] = fc.limiter
+        app[_VIEWS] = dict(fc.views)
+        if fc.loop_lag is not None:
+            app[_LAG] = fc.loop_lag
         return app
 
     limiter, views = build_limiter(variant, fixed_limit=fixed_limit)
@@ -185,14 +242,12 @@ def make_app(
                 await v.stop()
 
     app.cleanup_ctx.append(lifetime)
-    import flowctl.aiohttp as fa
-
     # The loop-lag trigger (the asyncio blind spot, issue 4) belongs to flowctl's BBR
     # set-up; the fixed and gradient peers run as those algorithms do elsewhere, without it.
     fc = fa.setup(
         app,
         limiter=limiter,
-        exempt_paths=("/healthz", "/metrics", "/_bench/state"),
+        exempt_paths=EXEMPT_PATHS,
         trusted_priority_header=PRIORITY_HEADER,
         loop_lag=loop_lag and variant.startswith("bbr-"),
     )

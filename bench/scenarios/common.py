@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadgen import LoadSpec, TrafficClass, run_load_process_async
+from bench.loadgen import LoadSpec, Phase, TrafficClass, run_load_process_async
 from bench.ports import free_port as free_port  # re-exported: scenarios call c.free_port()
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -390,17 +390,19 @@ async def drive(
     at_offset: Sequence[tuple[float, Callable[[], Any]]] = (),
     monitor_interval_s: float = 0.5,
     seed: int = 1,
+    phases: tuple[Phase, ...] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the load generator (a separate process on the aux CPU) while monitoring.
 
     ``at_offset`` callbacks run at those offsets from the first intended send
-    (the step scenario's quota change). Returns (loadgen result, monitor
+    (the step scenario's quota change). ``phases``: a rate schedule (multiples
+    of ``rate_rps``; ``seconds`` should be their sum). Returns (loadgen result, monitor
     samples with ``t_s`` relative to the first send).
     """
     start_at = time.time() + start_in_s
     spec = LoadSpec(url=run.base_url + path, rate_rps=rate_rps, duration_s=seconds, classes=classes,
                     progress=progress, timeout_s=timeout_s, start_at=start_at, seed=seed,
-                    events=tuple((off, "quota change") for off, _ in at_offset))  # fmt: skip
+                    events=tuple((off, "quota change") for off, _ in at_offset), phases=phases)  # fmt: skip
 
     fired_at: list[float] = []
 
@@ -534,12 +536,17 @@ async def measure_capacity(
     probe_s: float = 4.0,
     unloaded_s: float | None = None,
     max_probes: int = 9,
+    start_in_s: float = 1.5,
+    unloaded_rps: float | None = None,
 ) -> Capacity:
-    """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter)."""
+    """Capacity: the highest rate whose p99 stays under 3x the unloaded p99 (upstream with no limiter).
+
+    The unloaded figures come from ``unloaded_s`` at ``unloaded_rps`` (default 10% of the estimate).
+    """
     unloaded_s = unloaded_s if unloaded_s is not None else max(3.0, 2.0 * probe_s)
     est = max(1.0, cpus * 1000.0 / max(work_ms, 0.1))
-    low_rate = max(5.0, 0.1 * est)
-    lg, _ = await drive(run, path, low_rate, unloaded_s)
+    low_rate = unloaded_rps if unloaded_rps is not None else max(5.0, 0.1 * est)
+    lg, _ = await drive(run, path, low_rate, unloaded_s, start_in_s=start_in_s)
     unloaded_p99 = lg["admitted_p99_ms"] or 1.0
     unloaded_p50 = lg["admitted_p50_ms"] or 1.0
     bound = 3.0 * unloaded_p99
@@ -549,7 +556,7 @@ async def measure_capacity(
 
     async def probe(rate: float) -> tuple[bool, float]:
         await asyncio.sleep(0.5)
-        r, _ = await drive(run, path, rate, probe_s)
+        r, _ = await drive(run, path, rate, probe_s, start_in_s=start_in_s)
         p99 = r["admitted_p99_ms"] or float("inf")
         ok_ratio = r["ok"] / max(1, r["sent"])
         ok = p99 <= bound and ok_ratio >= 0.99 and r["timeouts"] == 0

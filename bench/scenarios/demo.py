@@ -3,16 +3,15 @@
 The same limiter, fed the host's /proc numbers or the container's cgroup
 numbers, in front of the same 0.5-CPU upstream, at 4x its capacity. Prints a
 verdict table and writes JSON, Markdown and plots (default
-``bench/results/demo.*``). Reuses the capacity of a committed overload
-result when it was measured with the same settings on a machine with the
-same CPU count; else measures it quickly.
+``bench/results/demo.*``). The capacity and unloaded p99 the verdicts are
+relative to are measured in the same run, on this machine (a short search:
+2 s probes), never read from an earlier result.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -22,29 +21,16 @@ from bench.scenarios import common as c
 from bench.scenarios import overload
 
 
-def _capacity_source(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return path if data.get("machine", {}).get("cpus") == os.cpu_count() else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench demo", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--handler", default="yielding")
     p.add_argument("--json", dest="json_out", default=os.path.join(c.RESULTS_DIR, "demo.json"))
-    p.add_argument("--capacity-from", default=os.path.join(c.RESULTS_DIR, "overload.json"))
     a = p.parse_args(argv)
     # CPU-gated BBR only (as Kratos / go-zero ship it): the loop-lag trigger, which flowctl's
     # middleware adds by default, also sees a CFS-throttled loop and would hide the difference.
     args = ["--seconds", str(a.seconds), "--multiplier", "4", "--variants", "bbr-host,bbr-container", "--handler", a.handler,
             "--probe-seconds", "2", "--json", a.json_out, "--no-loop-lag", "--quiet"]  # fmt: skip
-    src = _capacity_source(a.capacity_from)
-    if src:
-        args += ["--capacity-from", src]
     oa = overload.build_parser("python -m bench demo").parse_args(args)
     try:
         out = asyncio.run(overload.run(oa))
@@ -64,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def print_verdict(out: dict[str, Any]) -> None:
     cap = out["capacity"]
     print(f"\n== The same BBR limiter, fed the host's /proc/stat or the container's cgroup CPU ==\n"
-          f"{out['cpus']} CPU upstream, {out['handler']} handler, capacity {cap['capacity_rps']:.0f} rps "
+          f"{out['cpus']} CPU upstream, {out['handler']} handler, capacity {cap['capacity_rps']:.0f} rps measured in this run "
           f"(unloaded p99 {cap['unloaded_p99_ms']:.1f} ms), offered 4x for {out['seconds']:g} s; "
           f"load average before {out['machine']['loadavg'][0]:.2f}")  # fmt: skip
     print(f"{'variant':15s} {'goodput/cap':>11s} {'admitted p99':>13s} {'x unloaded':>10s} {'timeouts':>8s} {'shed':>6s} "

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.loadgen import LoadSpec, TrafficClass, run_load
+from bench.loadgen import WARMUP, LoadSpec, Phase, TrafficClass, run_load
 from bench.upstream import HANDLERS, make_app
 from tests.realenv import need, need_binary, need_cgroup_v1
 
@@ -88,6 +88,27 @@ async def test_loadgen_counts_every_request_against_a_real_server() -> None:
         assert r2["shed_ratio"] == 1.0
 
 
+async def test_loadgen_phases_count_each_phase_and_leave_warmup_out_of_measured() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    phases = (Phase(0.5, 1.0, WARMUP), Phase(0.5, 4.0, "burst"), Phase(0.5, 0.0, "idle"), Phase(0.5, 4.0, "burst"))
+    classes = (TrafficClass("critical", 0.5, (("X-Priority", "critical"),)), TrafficClass("sheddable", 0.5, ()))
+    async with TestServer(app) as srv:
+        r = await run_load(LoadSpec(url=f"http://127.0.0.1:{srv.port}/", rate_rps=100, duration_s=2.0, arrival="constant",
+                                    phases=phases, classes=classes))  # fmt: skip
+    ph = r["phases"]
+    assert set(ph) == {WARMUP, "burst", "idle"}
+    assert 48 <= ph[WARMUP]["sent"] <= 50 and ph["idle"]["sent"] == 0
+    assert 396 <= ph["burst"]["sent"] <= 400  # two 0.5 s phases at 400/s, summed under one label
+    assert ph["burst"]["offered_rps"] == pytest.approx(ph["burst"]["sent"] / 1.0)
+    assert r["measured"]["sent"] == ph["burst"]["sent"] == sum(cl["sent"] for cl in ph["burst"]["classes"].values())
+    assert r["sent"] == ph[WARMUP]["sent"] + ph["burst"]["sent"]
+    assert sum(r["answered_by_second"]) == r["ok"] == r["sent"]
+
+
 async def test_loadgen_counts_timeouts_from_intended_send_time() -> None:
     async def slow(request: web.Request) -> web.Response:
         import asyncio
@@ -113,7 +134,7 @@ async def test_upstream_handlers_answer(handler: str) -> None:
         assert state["variant"] == "none"
 
 
-@pytest.mark.parametrize("variant", ["fixed", "bbr-host", "bbr-container", "gradient"])
+@pytest.mark.parametrize("variant", ["fixed", "bbr-host", "bbr-container", "gradient", "flowctl", "kratos"])
 async def test_upstream_variants_expose_limiter_state(variant: str) -> None:
     app = make_app(variant, work_iters=1000, io_ms=1, io_bound_ms=1)
     async with TestClient(TestServer(app)) as client:
@@ -123,6 +144,19 @@ async def test_upstream_variants_expose_limiter_state(variant: str) -> None:
         snap = state["snapshot"]
         assert snap["inflight"] == 0
         assert "max_inflight" in snap
+
+
+async def test_upstream_holds_websockets_and_sse_streams() -> None:
+    app = make_app("flowctl", work_iters=1000, io_ms=1, io_bound_ms=1)
+    async with TestClient(TestServer(app)) as client:
+        ws = await client.ws_connect("/ws")
+        await ws.send_str("ping")
+        assert (await ws.receive_str()) == "ping"
+        resp = await client.get("/sse")
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+        assert (await resp.content.readuntil(b"\n\n")) == b"data: tick\n\n"
+        resp.close()
+        await ws.close()
 
 
 def test_report_renders_synthetic_overload(tmp_path: Path) -> None:
@@ -246,3 +280,37 @@ def test_overhead_smoke(tmp_path: Path) -> None:
     assert data["scenario"] == "overhead"
     assert set(data["parts"]) == {"middleware", "sidecar"}
     assert all(part.get("exit_code") == 0 for part in data["parts"].values())
+
+
+SCORECARD_ROW_FIELDS = {"scenario", "variant", "metric", "value", "target", "better", "pass"}
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_scorecard_quick_writes_rows_for_every_scenario(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset")
+    out = tmp_path / "scorecard.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "scorecard", "--quick", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["quick"] is True and data["machine"]["cpus"] >= 1 and data["started"]
+    assert set(data["scenarios"]) == {"false_shed", "overload", "tight_quota", "bursts", "step", "priority", "long_lived"}
+    assert {r["scenario"] for r in data["rows"]} == set(data["scenarios"])
+    for row in data["rows"]:
+        assert SCORECARD_ROW_FIELDS <= set(row), row
+        assert row["better"] in ("lower", "higher")
+        assert isinstance(row["pass"], bool)
+        assert row["value"] is None or math.isfinite(row["value"])
+        if row["value"] is None:
+            assert row["pass"] is False
+        else:
+            assert row["pass"] == (row["value"] <= row["target"] if row["better"] == "lower" else row["value"] >= row["target"]) \
+                or row["metric"].startswith("sheddable")  # strict ">" there
+    assert {r["variant"] for r in data["rows"]} == {"flowctl-inprocess", "flowctl-sidecar"}
+    for ref in data["references"].values():
+        assert ref["capacity_rps"] > 0 and ref["unloaded_p99_ms"] > 0 and ref["saturation_rps"] >= 0
+    for run in data["runs"]:
+        assert "warmup" in run["phases"] and run["measured"]["sent"] > 0
+    assert (tmp_path / "scorecard.png").stat().st_size > 0
+    assert "flowctl rows passing" in proc.stdout

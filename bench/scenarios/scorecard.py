@@ -1,0 +1,580 @@
+"""``python -m bench scorecard``: flowctl and its peers on one fixed matrix, one verdict table.
+
+Variants under test: ``flowctl-inprocess`` (the upstream app with
+``flowctl.aiohttp.setup(app)`` defaults) and ``flowctl-sidecar`` (the sidecar
+with its defaults, watching the upstream). Peers, measured in the same run:
+``none`` (no limiter), ``kratos`` (CPU-gated BBR, 1 s cool-off, no loop-lag
+trigger: ``bench.upstream.kratos_limiter``) and ``nginx-limit-conn``.
+
+Every reference figure is measured in this run, never read from a file: per
+(quota, work, handler) the unprotected upstream's *capacity* (highest rate with
+p99 <= 3x the unloaded p99, ``common.measure_capacity``), its unloaded p50/p99,
+and its *saturation* throughput: the median of 2xx answers per second of
+completion time while it is offered 2x capacity (a long client timeout, so the
+backlog is answered, not abandoned).
+
+nginx tuning rule (no extra runs): ``limit_conn = ceil(capacity_rps x
+unloaded_p50_s) + 1`` at the old quota (0.5 CPU for ``overload``, 1.0 CPU for
+``step``): Little's law gives the concurrency the service holds at capacity
+without queueing; one more keeps a request waiting in the upstream's socket
+while the proxy hop turns the previous one around.
+
+Each run is one load-generator process with a rate schedule: a 1 s ``warmup``
+phase at 0.5x (left out of every figure), then the measured phases. Scenarios
+and their targets are in ``TARGETS`` below and in docs/scorecard.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bench.loadgen import WARMUP, Phase, TrafficClass
+from bench.scenarios import common as c
+from bench.scenarios.step import front, recovery
+from bench.upstream import HANDLERS
+
+FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")
+PEERS = ("none", "kratos", "nginx-limit-conn")
+ALL_VARIANTS = FLOWCTL_VARIANTS + PEERS
+SCENARIOS = ("false_shed", "overload", "tight_quota", "bursts", "step", "priority", "long_lived")
+PRIORITY_CLASSES = (
+    TrafficClass("critical", 0.5, ((c.PRIORITY_HEADER, "critical"),)),
+    TrafficClass("sheddable", 0.5, ((c.PRIORITY_HEADER, "sheddable"),)),
+)
+SESSIONS = 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and the handler/peer matrix of one scorecard run."""
+
+    seconds: float  # each measured steady phase
+    bursts_s: float
+    step_before_s: float
+    step_after_s: float
+    probe_s: float
+    unloaded_s: float
+    max_probes: int
+    saturation_s: float
+    warmup_s: float = 1.0
+    handlers: tuple[str, ...] = ("blocking", "yielding")
+    tight_handlers: tuple[str, ...] = ("blocking",)
+    step_loads: tuple[float, ...] = (1.5, 2.0)
+    variants: tuple[str, ...] = ALL_VARIANTS  # unless --variants
+    start_in_s: float = 0.6
+    timeout_s: float = 2.0
+
+
+FULL = Plan(seconds=4.0, bursts_s=16.0, step_before_s=3.0, step_after_s=6.0, probe_s=1.5, unloaded_s=2.5, max_probes=5,
+            saturation_s=2.0)  # fmt: skip
+QUICK = Plan(seconds=1.5, bursts_s=4.0, step_before_s=1.5, step_after_s=2.0, probe_s=0.8, unloaded_s=1.5, max_probes=2,
+             saturation_s=1.0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,), variants=FLOWCTL_VARIANTS)  # fmt: skip
+
+
+# ------------------------------------------------------------------ verdict rows
+
+
+def verdict_row(scenario: str, variant: str, metric: str, value: float | None, target: float, better: str,
+                *, strict: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One row of the table; ``pass`` is False when the value is unknown (None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        ok = False
+    elif better == "lower":
+        ok = value < target if strict else value <= target
+    else:
+        ok = value > target if strict else value >= target
+    return {"scenario": scenario, "variant": variant, "metric": metric, "value": value, "target": target, "better": better,
+            "pass": ok}  # fmt: skip
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+# ------------------------------------------------------------------ references (measured here)
+
+
+@dataclass
+class Reference:
+    """The unprotected service at one (quota, work, handler): capacity, unloaded latency, saturation."""
+
+    cpus: float
+    work_ms: float
+    handler: str
+    capacity: c.Capacity
+    saturation_rps: float
+    answered_by_second: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "work_ms": self.work_ms, "handler": self.handler, **self.capacity.as_dict(),
+                "saturation_rps": self.saturation_rps, "saturation_answered_by_second": self.answered_by_second,
+                "saturation_rule": "median 2xx answers per completion second, offered 2x capacity, timeout 30 s"}  # fmt: skip
+
+
+class Run:
+    """One scorecard run: the plan, the work size, the references, the rows and the raw detail."""
+
+    def __init__(self, plan: Plan, iters_per_ms: float, variants: Sequence[str]) -> None:
+        self.plan = plan
+        self.iters_per_ms = iters_per_ms
+        self.variants = list(variants)
+        self.refs: dict[tuple[float, float, str], Reference] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+
+    def iters(self, work_ms: float) -> int:
+        return int(self.iters_per_ms * work_ms)
+
+    def log(self, msg: str) -> None:
+        c.log(f"[{time.monotonic() - self.t0:5.0f} s] {msg}")
+
+    async def reference(self, cpus: float, work_ms: float, handler: str) -> Reference:
+        key = (cpus, work_ms, handler)
+        if key in self.refs:
+            return self.refs[key]
+        p = self.plan
+        self.log(f"reference: {handler} {work_ms:g} ms at {cpus:g} CPU (capacity search, then 2x for saturation)")
+        path = HANDLERS[handler]
+        async with c.upstream("none", cpus=cpus, work_iters=self.iters(work_ms)) as up:
+            # a second of light traffic first: the first requests of a fresh process are slow (imports, caches)
+            await c.drive(up, path, 20.0, 1.0, start_in_s=p.start_in_s)
+            cap = await c.measure_capacity(up, path, cpus=cpus, work_ms=work_ms, handler=handler, probe_s=p.probe_s,
+                                           unloaded_s=p.unloaded_s, max_probes=p.max_probes, start_in_s=p.start_in_s,
+                                           unloaded_rps=0.2 * cpus * 1000.0 / work_ms)  # fmt: skip
+            await asyncio.sleep(0.5)
+            lg, _ = await c.drive(up, path, 2.0 * cap.capacity_rps, p.saturation_s, timeout_s=30.0, start_in_s=p.start_in_s)
+        answered = list(lg["answered_by_second"])
+        # whole seconds while the backlog lasted: from the second one to the one before the last answer
+        busy = answered[1:-1] or answered
+        sat = float(sorted(busy)[len(busy) // 2]) if busy else 0.0
+        ref = Reference(cpus, work_ms, handler, cap, sat, answered)
+        self.refs[key] = ref
+        self.log(f"  capacity {cap.capacity_rps:.1f} rps, saturation {sat:.1f} answers/s, unloaded p50 "
+                 f"{cap.unloaded_p50_ms:.1f} ms p99 {cap.unloaded_p99_ms:.1f} ms")  # fmt: skip
+        return ref
+
+    def nginx_limit(self, ref: Reference) -> int:
+        """The tuning rule of the module docstring."""
+        return max(1, math.ceil(ref.capacity.capacity_rps * ref.capacity.unloaded_p50_ms / 1000.0)) + 1
+
+    @contextlib.asynccontextmanager
+    async def serve(self, variant: str, cpus: float, work_ms: float, limit_conn: int = 1) -> AsyncIterator[c.Running]:
+        """What the load hits for ``variant``, on a fresh upstream at ``cpus``."""
+        in_process = {"flowctl-inprocess": "flowctl", "kratos": "kratos"}.get(variant, "none")
+        async with c.upstream(in_process, cpus=cpus, work_iters=self.iters(work_ms)) as up:
+            if variant == "flowctl-sidecar":
+                async with c.sidecar(up) as sc:
+                    yield sc
+            elif variant == "nginx-limit-conn":
+                async with front("nginx-limit-conn", up, limit_conn) as fr:
+                    yield fr
+            else:
+                yield up
+
+    async def load(self, run: c.Running, path: str, base_rps: float, phases: Sequence[Phase], *,
+                   classes: tuple[TrafficClass, ...] = (TrafficClass(),),
+                   at_offset: Sequence[tuple[float, Any]] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+        p = self.plan
+        seconds = sum(ph.seconds for ph in phases)
+        return await c.drive(run, path, base_rps, seconds, classes=classes, timeout_s=p.timeout_s, start_in_s=p.start_in_s,
+                             at_offset=at_offset, phases=tuple(phases))  # fmt: skip
+
+    def keep(self, scenario: str, variant: str, cond: dict[str, Any], lg: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+        """Raw detail of one load run, for the JSON (per-phase stats, timeline, monitor samples)."""
+        keys = ("t_s", "container_cpu_utilization", "container_throttled_ratio", "host_cpu_utilization", "inflight",
+                "max_inflight", "shed_total", "hot", "limiter_cpu_utilization", "limit_cores", "shed_by_reason")  # fmt: skip
+        self.runs.append({
+            "scenario": scenario, "variant": variant, **cond,
+            "phases": lg["phases"], "measured": lg["measured"], "timeline": lg["timeline"],
+            "events_at_s": lg.get("events_at_s", []), "loadgen": lg["loadgen"], "errors_by_kind": lg.get("errors_by_kind", {}),
+            "samples": [{k: s[k] for k in keys if k in s} for s in samples],
+        })  # fmt: skip
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        v = row["value"]
+        shown = "-" if v is None else f"{v:.3g}"
+        self.log(f"  {row['scenario']:11s} {row['variant']:18s} {row['metric']:34s} {shown:>8s} "
+                 f"({'<=' if row['better'] == 'lower' else '>='} {row['target']:g}) {'PASS' if row['pass'] else 'fail'}")  # fmt: skip
+
+    def pick(self, allowed: Sequence[str]) -> list[str]:
+        return [v for v in self.variants if v in allowed]
+
+
+def _warm(p: Plan) -> Phase:
+    return Phase(p.warmup_s, 0.5, WARMUP)
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+async def false_shed(r: Run) -> None:
+    """Poisson at 0.5x then 0.9x capacity (one service lifetime), yielding and blocking: shed ratio <= 0.01."""
+    p = r.plan
+    for handler in p.handlers:
+        ref = await r.reference(0.5, 5.0, handler)
+        cap = ref.capacity.capacity_rps
+        for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "kratos")):
+            r.log(f"false_shed {handler} {v}: 0.5x then 0.9x of {cap:.0f} rps, {p.seconds:g} s each")
+            async with r.serve(v, 0.5, 5.0) as run:
+                lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 0.5, "0.5x"),
+                                                                          Phase(p.seconds, 0.9, "0.9x")])  # fmt: skip
+            r.keep("false_shed", v, {"handler": handler, "capacity_rps": cap}, lg, samples)
+            for lb in ("0.5x", "0.9x"):
+                r.add(verdict_row("false_shed", v, f"shed_ratio {lb} {handler}", lg["phases"][lb]["shed_ratio"], 0.01, "lower"))
+
+
+async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, handlers: Sequence[str], peers: Sequence[str]) -> None:
+    """4x capacity: goodput/saturation >= 0.75 and admitted p99 <= 4x unloaded p99."""
+    p = r.plan
+    for handler in handlers:
+        ref = await r.reference(cpus, work_ms, handler)
+        cap = ref.capacity.capacity_rps
+        for v in r.pick(FLOWCTL_VARIANTS + tuple(peers)):
+            limit = r.nginx_limit(ref)
+            r.log(f"{scenario} {handler} {v}: 4x of {cap:.0f} rps at {cpus:g} CPU, {work_ms:g} ms, {p.seconds:g} s"
+                  + (f" (limit_conn {limit})" if v == "nginx-limit-conn" else ""))  # fmt: skip
+            async with r.serve(v, cpus, work_ms, limit) as run:
+                lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 4.0, "4x")])
+            r.keep(scenario, v, {"handler": handler, "cpus": cpus, "work_ms": work_ms, "capacity_rps": cap,
+                                 "limit_conn": limit if v == "nginx-limit-conn" else None}, lg, samples)  # fmt: skip
+            m = lg["phases"]["4x"]
+            r.add(verdict_row(scenario, v, f"goodput/saturation 4x {handler}", _ratio(m["goodput_rps"], ref.saturation_rps),
+                              0.75, "higher"))  # fmt: skip
+            r.add(verdict_row(scenario, v, f"p99/unloaded_p99 4x {handler}",
+                              _ratio(m["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
+
+
+async def overload(r: Run) -> None:
+    await _overload_like(r, "overload", 0.5, 5.0, r.plan.handlers, ("none", "kratos", "nginx-limit-conn"))
+
+
+async def tight_quota(r: Run) -> None:
+    await _overload_like(r, "tight_quota", 0.3, 2.0, r.plan.tight_handlers, ("none", "kratos"))
+
+
+async def bursts(r: Run) -> None:
+    """2 s at 4x then 2 s at 0.5x, repeated: admitted p99 <= 4x unloaded; shed in the 0.5x phases <= 0.05."""
+    p = r.plan
+    handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
+    ref = await r.reference(0.5, 5.0, handler)
+    cap = ref.capacity.capacity_rps
+    cycles = max(1, int(p.bursts_s // 4))
+    phases = [_warm(p)] + [Phase(2.0, 4.0, "burst"), Phase(2.0, 0.5, "calm")] * cycles
+    for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "none", "kratos")):
+        r.log(f"bursts {handler} {v}: {cycles} x (2 s at 4x, 2 s at 0.5x) of {cap:.0f} rps")
+        async with r.serve(v, 0.5, 5.0) as run:
+            lg, samples = await r.load(run, HANDLERS[handler], cap, phases)
+        r.keep("bursts", v, {"handler": handler, "capacity_rps": cap, "cycles": cycles}, lg, samples)
+        r.add(verdict_row("bursts", v, f"p99/unloaded_p99 {handler}",
+                          _ratio(lg["measured"]["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
+        r.add(verdict_row("bursts", v, f"shed_ratio calm phases {handler}", lg["phases"]["calm"]["shed_ratio"], 0.05, "lower"))
+
+
+async def step(r: Run) -> None:
+    """Quota 1.0 -> 0.5 mid-run at 1.5x and 2x the post-step capacity: recovery <= 5 s, shed before <= 0.01."""
+    p = r.plan
+    handler = "blocking"
+    after = await r.reference(0.5, 5.0, handler)
+    bound_ms = 4.0 * after.capacity.unloaded_p99_ms
+    limit = r.nginx_limit(await r.reference(1.0, 5.0, handler)) if "nginx-limit-conn" in r.variants else 1
+    step_at = p.warmup_s + p.step_before_s
+    seconds = step_at + p.step_after_s
+    for load in p.step_loads:
+        rate = load * after.capacity.capacity_rps
+        # the unprotected service never recovers at either load: measured once, at the highest
+        for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "nginx-limit-conn") + (("none",) if load == max(p.step_loads) else ())):
+            r.log(f"step {v}: {rate:.0f} rps ({load:g}x post-step capacity), quota 1.0 -> 0.5 at {step_at:g} s of {seconds:g} s"
+                  + (f" (limit_conn {limit})" if v == "nginx-limit-conn" else ""))  # fmt: skip
+            async with r.serve(v, 1.0, 5.0, limit) as run:
+                w = run.workload
+                lg, samples = await r.load(run, HANDLERS[handler], rate,
+                                           [Phase(p.warmup_s, 1.0, WARMUP), Phase(p.step_before_s, 1.0, "before"),
+                                            Phase(p.step_after_s, 1.0, "after")],
+                                           at_offset=[(step_at, lambda w=w: w.set_cpus(0.5))])  # fmt: skip
+            r.keep("step", v, {"handler": handler, "load": load, "rate_rps": rate, "step_at_s": step_at, "bound_ms": bound_ms,
+                               "limit_conn": limit if v == "nginx-limit-conn" else None}, lg, samples)  # fmt: skip
+            step_s = lg["events_at_s"][0] if lg.get("events_at_s") else step_at
+            rec = recovery(lg["timeline"], step_s, seconds, bound_ms)
+            r.add(verdict_row("step", v, f"recovery_s {load:g}x", rec, 5.0, "lower"))
+            r.add(verdict_row("step", v, f"shed_ratio before step {load:g}x", lg["phases"]["before"]["shed_ratio"], 0.01, "lower"))
+
+
+async def priority(r: Run) -> None:
+    """50/50 critical/sheddable at 1x then 3x (one lifetime): critical goodput/offered, sheddable shed first."""
+    p = r.plan
+    handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
+    ref = await r.reference(0.5, 5.0, handler)
+    cap = ref.capacity.capacity_rps
+    for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "none")):
+        r.log(f"priority {handler} {v}: 50/50 critical/sheddable at 1x then 3x of {cap:.0f} rps")
+        async with r.serve(v, 0.5, 5.0) as run:
+            lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 1.0, "1x"),
+                                                                      Phase(p.seconds, 3.0, "3x")], classes=PRIORITY_CLASSES)  # fmt: skip
+        r.keep("priority", v, {"handler": handler, "capacity_rps": cap}, lg, samples)
+        for lb, target in (("3x", 0.95), ("1x", 0.99)):
+            crit = lg["phases"][lb]["classes"]["critical"]
+            r.add(verdict_row("priority", v, f"critical goodput/offered {lb}", _ratio(crit["goodput_rps"], crit["offered_rps"]),
+                              target, "higher"))  # fmt: skip
+        cl = lg["phases"]["3x"]["classes"]
+        r.add(verdict_row("priority", v, "sheddable minus critical shed 3x", cl["sheddable"]["shed_ratio"] - cl["critical"]["shed_ratio"],
+                          0.0, "higher", strict=True))  # fmt: skip
+
+
+async def _hold_sessions(base_url: str, kind: str, n: int, opened: list[int], stop: asyncio.Event) -> None:
+    """Open ``n`` WebSockets (``/ws``) or SSE streams (``/sse``) and hold them until ``stop``; count the opened ones."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            try:
+                if kind == "ws":
+                    async with session.ws_connect(base_url + "/ws", timeout=aiohttp.ClientWSTimeout(ws_close=1.0)) as ws:
+                        opened.append(1)
+                        await stop.wait()
+                        await ws.close()
+                else:
+                    async with session.get(base_url + "/sse", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                        if resp.status != 200:
+                            return
+                        opened.append(1)
+                        reader = asyncio.create_task(_drain(resp))
+                        await stop.wait()
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await reader
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                return
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        async for _ in resp.content.iter_any():
+            pass
+
+
+async def long_lived(r: Run) -> None:
+    """50 WebSockets (in-process) or SSE streams (sidecar) held open plus 0.9x plain traffic: shed <= 0.01."""
+    p = r.plan
+    handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
+    ref = await r.reference(0.5, 5.0, handler)
+    cap = ref.capacity.capacity_rps
+    for v, kind in (("flowctl-inprocess", "ws"), ("flowctl-sidecar", "sse")):
+        if v not in r.variants:
+            continue
+        r.log(f"long_lived {handler} {v}: {SESSIONS} {kind} sessions held, plain traffic at 0.9x of {cap:.0f} rps")
+        async with r.serve(v, 0.5, 5.0) as run:
+            opened: list[int] = []
+            stop = asyncio.Event()
+            holder = asyncio.create_task(_hold_sessions(run.base_url, kind, SESSIONS, opened, stop))
+            await asyncio.sleep(1.0)
+            try:
+                lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 0.9, "0.9x")])
+            finally:
+                stop.set()
+                await holder
+        r.keep("long_lived", v, {"handler": handler, "capacity_rps": cap, "sessions": kind, "sessions_opened": len(opened)},
+               lg, samples)  # fmt: skip
+        r.log(f"  {len(opened)} of {SESSIONS} {kind} sessions were open")
+        r.add(verdict_row("long_lived", v, f"shed_ratio plain 0.9x +{SESSIONS} {kind}", lg["phases"]["0.9x"]["shed_ratio"],
+                          0.01, "lower"))  # fmt: skip
+
+
+RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_quota, "bursts": bursts, "step": step,
+           "priority": priority, "long_lived": long_lived}  # fmt: skip
+
+
+# ------------------------------------------------------------------ output
+
+
+def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
+    """The verdict table: one line per (scenario, metric), one column per variant (value and PASS/fail)."""
+    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
+    cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
+    shown = [v for v in variants if any(r["variant"] == v for r in rows)]
+    width = max([len(f"{s} {m}") for s, m in keys] + [10])
+    head = f"{'scenario metric':{width}s}  {'target':>8s}  " + "  ".join(f"{v:>18s}" for v in shown)
+    lines = [head, "-" * len(head)]
+    for s, m in keys:
+        first = next(r for r in rows if r["scenario"] == s and r["metric"] == m)
+        tgt = f"{'<=' if first['better'] == 'lower' else ('>' if m.startswith('sheddable') else '>=')}{first['target']:g}"
+        out = []
+        for v in shown:
+            r = cells.get((s, m, v))
+            if r is None:
+                out.append(f"{'':>18s}")
+            else:
+                val = "never" if r["value"] is None else f"{r['value']:.3g}"
+                out.append(f"{val + (' PASS' if r['pass'] else ' fail'):>18s}")
+        lines.append(f"{s + ' ' + m:{width}s}  {tgt:>8s}  " + "  ".join(out))
+    return "\n".join(lines)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The verdict table as Markdown, headed by the date, the machine load and the command."""
+    rows = out["rows"]
+    m = out["machine"]
+    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
+    cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
+    shown = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+    lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s']:.0f} s; {m['cpus']} CPUs ({m['cpu_model']}), "
+             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs ran).",
+             "", "| scenario | metric | target | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
+    for s, metric in keys:
+        first = cells.get((s, metric, next(v for v in shown if (s, metric, v) in cells)))
+        assert first is not None
+        op = "<=" if first["better"] == "lower" else (">" if metric.startswith("sheddable") else ">=")
+        vals = []
+        for v in shown:
+            r = cells.get((s, metric, v))
+            if r is None:
+                vals.append("")
+            else:
+                val = "never" if r["value"] is None else f"{r['value']:.3g}"
+                vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}")
+        lines.append(f"| {s} | {metric} | {op} {first['target']:g} | " + " | ".join(vals) + " |")
+    refs = out.get("references", {})
+    if refs:
+        lines += ["", "| reference (unprotected upstream) | capacity rps | saturation answers/s | unloaded p50 ms | unloaded p99 ms | nginx limit_conn |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for k, ref in refs.items():
+            lines.append(f"| {k} | {ref['capacity_rps']:.1f} | {ref['saturation_rps']:.0f} | {ref['unloaded_p50_ms']:.1f} | "
+                         f"{ref['unloaded_p99_ms']:.1f} | {out.get('nginx_limit_conn', {}).get(k, '')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], variants: Sequence[str], path: str, title: str) -> None:
+    """One panel per (scenario, metric): a bar per variant (green pass, red fail), the target as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
+    if not keys:
+        return
+    ncol = 4
+    nrow = math.ceil(len(keys) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.9 * nrow), squeeze=False)
+    shown = [v for v in variants if any(r["variant"] == v for r in rows)]
+    for ax, (s, m) in zip(axes.flat, keys):
+        sel = {r["variant"]: r for r in rows if r["scenario"] == s and r["metric"] == m}
+        names = [v for v in shown if v in sel]
+        vals = [sel[v]["value"] for v in names]
+        finite = [x for x in vals if x is not None]
+        target = sel[names[0]]["target"]
+        top = max(finite + [target]) * 1.15 or 1.0
+        for i, v in enumerate(names):
+            val = vals[i]
+            color = "tab:green" if sel[v]["pass"] else "tab:red"
+            ax.bar(i, top if val is None else val, color=color, alpha=0.35 if val is None else 0.85,
+                   hatch="//" if val is None else None, edgecolor="black", linewidth=1.5 if v in FLOWCTL_VARIANTS else 0.3)  # fmt: skip
+            ax.text(i, (top if val is None else val), "never" if val is None else f"{val:.2g}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(target, color="black", linestyle="--", linewidth=1)
+        ax.set_ylim(0, top * 1.12)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("flowctl-", "fc-").replace("nginx-limit-conn", "nginx") for n in names], fontsize=7, rotation=20)
+        ax.set_title(f"{s}: {m}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench scorecard", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--json", dest="json_out", default=os.path.join(c.RESULTS_DIR, "scorecard.json"))
+    p.add_argument("--plot", help="PNG path (default: the JSON path with .png)")
+    p.add_argument("--quick", action="store_true", help="smoke mode: tiny durations, blocking handler only (about 2 min)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of: " + ",".join(SCENARIOS))
+    p.add_argument("--variants", help="comma list of: " + ",".join(ALL_VARIANTS) + " (default: all; --quick: the flowctl ones)")
+    return p
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    c.pin_self()
+    plan = QUICK if a.quick else FULL
+    scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else list(plan.variants)
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
+    for v in variants:
+        if v not in ALL_VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(ALL_VARIANTS)}")
+    nginx = "nginx-limit-conn" in variants and bool({"overload", "step"} & set(scenarios))
+    c.check_environment(nginx=nginx)
+    machine = c.machine_info()
+    started = time.time()
+    from bench.upstream import calibrate_iters_per_ms
+
+    r = Run(plan, calibrate_iters_per_ms(), variants)
+    r.log(f"scorecard{' --quick' if a.quick else ''}: scenarios {scenarios}, variants {variants}; load average {machine['loadavg']}")
+    for s in scenarios:
+        await RUNNERS[s](r)
+    wall_s = time.monotonic() - r.t0
+    machine["loadavg_after"] = list(os.getloadavg())
+    return {
+        "scenario": "scorecard",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": wall_s,
+        "quick": bool(a.quick),
+        "command": "python -m bench scorecard" + (" --quick" if a.quick else ""),
+        "machine": machine,
+        "plan": plan.__dict__,
+        "scenarios": scenarios,
+        "variants": variants,
+        "iters_per_ms": r.iters_per_ms,
+        "references": {f"{cpus:g}cpu/{work:g}ms/{h}": ref.as_dict() for (cpus, work, h), ref in r.refs.items()},
+        "nginx_limit_conn": {f"{cpus:g}cpu/{work:g}ms/{h}": r.nginx_limit(ref) for (cpus, work, h), ref in r.refs.items()},
+        "rows": r.rows,
+        "runs": r.runs,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        out = asyncio.run(run(a))
+    except c.EnvironmentMissing as exc:
+        print(f"bench scorecard: {exc}", file=sys.stderr)
+        return 2
+    c.write_json(out, a.json_out)
+    png = a.plot or os.path.splitext(a.json_out)[0] + ".png"
+    m = out["machine"]
+    title = (f"flowctl scorecard {out['started']} ({'quick' if out['quick'] else 'full'}), load average "
+             f"{m['loadavg'][0]:.2f} -> {m['loadavg_after'][0]:.2f}, {out['wall_s']:.0f} s")  # fmt: skip
+    plot(out["rows"], ALL_VARIANTS, png, title)
+    c.log(f"wrote {png}")
+    md = os.path.splitext(a.json_out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown(out))
+    c.log(f"wrote {md}")
+    print(f"\n== {title} ==")
+    print(table(out["rows"], ALL_VARIANTS))
+    flow = [row for row in out["rows"] if row["variant"] in FLOWCTL_VARIANTS]
+    print(f"\nflowctl rows passing: {sum(row['pass'] for row in flow)} of {len(flow)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
