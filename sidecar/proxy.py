@@ -69,6 +69,13 @@ class Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+class Sessions(Protocol):
+    """Where sessions are counted (``flowctl.metrics.SessionMetrics``)."""
+
+    def begin(self, resource: str) -> None: ...
+    def end(self, resource: str, duration_s: float) -> None: ...
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -76,13 +83,14 @@ class _BodyTooLarge(Exception):
 class _Held:
     """One request's admission until it is released: at the end, or at a stream's response headers."""
 
-    __slots__ = ("decision", "started_s", "stream_path", "session")
+    __slots__ = ("decision", "started_s", "stream_path", "session", "session_at_s")
 
     def __init__(self, decision: Any, started_s: float, stream_path: bool) -> None:
         self.decision = decision
         self.started_s = started_s
         self.stream_path = stream_path  # under a configured stream_paths prefix
         self.session = False  # past its headers as a stream: counted in Proxy.sessions_active
+        self.session_at_s = 0.0  # time.monotonic() when it became a session
 
 
 def _is_event_stream(content_type: str | None) -> bool:
@@ -158,11 +166,13 @@ class Proxy:
         *,
         limiter: Admission | None = None,
         durations: Observer | None = None,
+        sessions: Sessions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.limiter = limiter
         self._durations = durations
+        self._sessions = sessions
         self._clock = clock
         self._base = config.upstream
         self._max_body = config.max_body_bytes
@@ -315,6 +325,8 @@ class Proxy:
             self._idle.set()
         if held.session:
             self.sessions_active -= 1
+            if self._sessions is not None:
+                self._sessions.end(self._resource, time.monotonic() - held.session_at_s)
         decision = held.decision
         if decision is not None:
             held.decision = None
@@ -336,9 +348,12 @@ class Proxy:
         if held.session:
             return
         held.session = True
+        held.session_at_s = time.monotonic()
         decision, held.decision = held.decision, None
         self.sessions_active += 1
         self.sessions_total += 1
+        if self._sessions is not None:
+            self._sessions.begin(self._resource)
         if decision is not None:
             decision.success()
             if self._durations is not None:

@@ -161,6 +161,7 @@ async def test_sse_streams_leave_inflight_at_zero_and_do_not_starve_plain_reques
         async with client.get(admin_url(sc, "/metrics")) as m:
             text = await m.text()
         assert 'flowctl_inflight{resource="default"} 0.0' in text
+        assert 'flowctl_sessions_active{resource="default"} 30.0' in text
         assert await _plain_answered(client, url(sc, "/plain"), 20) == baseline == 20
 
         # The admission decision still applies at a stream's start: with the one slot held, it is shed.
@@ -186,6 +187,10 @@ async def test_sse_streams_leave_inflight_at_zero_and_do_not_starve_plain_reques
         await asyncio.sleep(0.01)
     assert sc.proxy.sessions_active == 0 and sc.proxy.sessions_total == 30
     assert limiter.snapshot().inflight == 0
+    async with client.get(admin_url(sc, "/metrics")) as m:
+        text = await m.text()
+    assert 'flowctl_sessions_active{resource="default"} 0.0' in text
+    assert 'flowctl_session_duration_seconds_count{resource="default"} 30.0' in text
 
 
 async def test_configured_stream_path_is_released_at_headers(
