@@ -53,9 +53,20 @@ async def hello(request: web.Request) -> web.Response:
     return web.Response(text=f"hello from worker {os.getpid()}\n")
 
 
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket: admitted like a request, then a session (flowctl_sessions_active{resource="ws"})."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is web.WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+    return ws
+
+
 async def app() -> web.Application:
     """gunicorn's aiohttp worker calls this once per worker, after the fork."""
     application = web.Application()
     application.router.add_get("/", hello, name="hello")
+    application.router.add_get("/ws", echo, name="ws")
     flowctl.aiohttp.setup(application)  # multiprocess metrics because PROMETHEUS_MULTIPROC_DIR is set
     return application

@@ -104,3 +104,54 @@ def test_every_scrape_counts_the_same_totals_under_two_workers(gunicorn: str) ->
     assert len(worker_pids) == 1 and len(next(iter(worker_pids))) == 2
     assert all(re.search(r'^flowctl_inflight\{resource="hello"\} 0\.0$', s, re.M) for s in scrapes)
     assert len(pids) == 2, f"requests were served by {pids}, not by both workers"
+
+
+@pytest.mark.slow
+def test_sessions_are_summed_over_workers(gunicorn: str) -> None:
+    """WebSockets held open in the workers: every scrape shows them in flowctl_sessions_active
+    (summed over live workers) and none in flowctl_inflight; closed, their durations are summed."""
+    import asyncio
+
+    import aiohttp
+
+    def scrape_until(cond: str, value: float) -> None:
+        deadline = time.monotonic() + 15
+        while _total(_get(gunicorn + "/metrics"), cond, resource="ws") != value:
+            assert time.monotonic() < deadline, f"{cond} never reached {value}"
+            time.sleep(0.2)
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            socks = [await session.ws_connect(gunicorn + "/ws") for _ in range(6)]
+            try:
+                await socks[0].send_str("hi")
+                assert await socks[0].receive_str() == "hi"
+                await asyncio.to_thread(scrape_until, "flowctl_sessions_active", 6)
+                scrapes = [await asyncio.to_thread(_get, gunicorn + "/metrics") for _ in range(10)]
+                assert {_total(s, "flowctl_sessions_active", resource="ws") for s in scrapes} == {6}
+                assert {_total(s, "flowctl_inflight", resource="ws") for s in scrapes} == {0}
+            finally:
+                for ws in socks:
+                    await ws.close()
+        await asyncio.to_thread(scrape_until, "flowctl_session_duration_seconds_count", 6)
+
+    asyncio.run(run())
+
+
+def test_multiprocess_mode_needs_the_directory_before_prometheus_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process prometheus_client was imported without the variable: asking for multiprocess
+    mode fails with a message that says why, rather than silently exporting one worker."""
+    from aiohttp import web
+
+    import flowctl.aiohttp as fa
+    from flowctl.errors import ConfigError
+    from flowctl.limiter import Limiter
+    from flowctl.signal import StaticSignal
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
+    with pytest.raises(ConfigError, match="need PROMETHEUS_MULTIPROC_DIR"):
+        fa.setup(web.Application(), limiter=Limiter(StaticSignal()), loop_lag=False, multiprocess=True)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="set after prometheus_client was imported"):
+        fa.setup(web.Application(), limiter=Limiter(StaticSignal()), loop_lag=False)  # None: follows the variable
