@@ -466,7 +466,7 @@ def _make_guard(
         hook = request._prepare_hook
 
         async def prepare_hook(response: web.StreamResponse) -> None:  # headers about to go out
-            to_session(True)
+            to_session(response.status < 500)
             await hook(response)
 
         # aiohttp calls request._prepare_hook(response) in StreamResponse.prepare (3.9-3.14): this
