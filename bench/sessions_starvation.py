@@ -4,6 +4,7 @@ One command (root; it creates a cgroup, so take the machine lock on a shared hos
 
     flock /run/flowctl-machine.lock .venv/bin/python -m bench.sessions_starvation
     flock /run/flowctl-machine.lock .venv/bin/python -m bench.sessions_starvation --code /path/to/other/checkout
+    flock /run/flowctl-machine.lock .venv/bin/python -m bench.sessions_starvation --sidecar
 
 An aiohttp app (``/plain``, ``/ws``, ``flowctl.aiohttp.setup(app)`` with its
 defaults: container CPU, BBR, loop lag) runs in a new 0.5-CPU cgroup
@@ -17,6 +18,12 @@ process inside the same group. The client runs outside the group:
 3. burner off, 3 s, open ``--websockets`` idle WebSockets (cool CPU: all
    admitted), burner on, 3 s, the same 40 requests;
 4. ``/metrics`` is read after each phase: in-flight, sessions, hot.
+
+``--sidecar``: the app runs without flowctl, and the sidecar (``python -m
+sidecar`` from ``--code``, outside the group, ``--watch pid:<app>``) is in
+front of it; the long-lived sessions are ``--streams`` SSE streams
+(``text/event-stream``) opened through it instead of WebSockets, and the
+metrics are the sidecar's admin ``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +43,7 @@ from typing import Any
 import aiohttp
 
 APP = r"""
-import subprocess, sys
+import asyncio, os, subprocess, sys
 from aiohttp import web
 import flowctl.aiohttp
 
@@ -51,6 +59,13 @@ async def ws(request):
         pass
     return sock
 
+async def events(request):
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"data: hello\n\n")
+    while True:
+        await asyncio.sleep(3600)
+
 async def burn(request):
     if request.query.get("on") == "1" and not burner:
         burner.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
@@ -64,8 +79,10 @@ async def burn(request):
 app = web.Application()
 app.router.add_get("/plain", plain, name="plain")
 app.router.add_get("/ws", ws, name="ws")
+app.router.add_get("/events", events, name="events")
 app.router.add_get("/burn", burn)
-flowctl.aiohttp.setup(app, exempt_paths=("/healthz", "/metrics", "/burn"))
+if not os.environ.get("NO_FLOWCTL"):
+    flowctl.aiohttp.setup(app, exempt_paths=("/healthz", "/metrics", "/burn"))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
 """
 
@@ -93,62 +110,106 @@ async def _answered(session: aiohttp.ClientSession, base: str, n: int) -> dict[s
     return out
 
 
-async def _state(session: aiohttp.ClientSession, base: str) -> dict[str, float | None]:
-    async with session.get(base + "/metrics") as r:
+async def _state(session: aiohttp.ClientSession, metrics_url: str, resource: str) -> dict[str, float | None]:
+    async with session.get(metrics_url) as r:
         text = await r.text()
     return {
         "hot": _sample(text, "flowctl_hot"),
         "max_inflight": _sample(text, "flowctl_max_inflight"),
-        "inflight_ws": _sample(text, "flowctl_inflight", resource="ws"),
-        "sessions_active_ws": _sample(text, "flowctl_sessions_active", resource="ws"),
+        "inflight": _sample(text, "flowctl_inflight", resource=resource),
+        "sessions_active": _sample(text, "flowctl_sessions_active", resource=resource),
         "utilization": _sample(text, "flowctl_cpu_utilization_ratio", view="container"),
     }
 
 
-async def run(code: str, websockets: int, cpus: float, settle_s: float) -> dict[str, Any]:
+async def _wait_up(session: aiohttp.ClientSession, url: str, alive: Any) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            async with session.get(url) as r:
+                await r.read()
+                return
+        except aiohttp.ClientError:
+            if time.monotonic() > deadline or not alive():
+                raise RuntimeError(f"{url} did not come up") from None
+            await asyncio.sleep(0.1)
+
+
+async def _open_sessions(session: aiohttp.ClientSession, base: str, n: int, sse: bool) -> tuple[list[Any], dict[str, int]]:
+    held: list[Any] = []
+    opened: dict[str, int] = {}
+    for _ in range(n):
+        if sse:
+            r = await session.get(base + "/events")
+            if r.status == 200:
+                await r.content.readany()  # the first event: the headers are out
+                held.append(r)
+            else:
+                r.release()
+            opened[str(r.status)] = opened.get(str(r.status), 0) + 1
+            continue
+        try:
+            held.append(await session.ws_connect(base + "/ws"))
+            opened["101"] = opened.get("101", 0) + 1
+        except aiohttp.WSServerHandshakeError as e:
+            opened[str(e.status)] = opened.get(str(e.status), 0) + 1
+    return held, opened
+
+
+async def run(code: str, sessions_n: int, cpus: float, settle_s: float, via_sidecar: bool) -> dict[str, Any]:
     from flowctl.workload import launch
 
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    app_base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": code}
-    result: dict[str, Any] = {"code": code, "cpus": cpus, "websockets": websockets}
+    if via_sidecar:
+        env["NO_FLOWCTL"] = "1"
+    kind = "sse_streams" if via_sidecar else "websockets"
+    result: dict[str, Any] = {"code": code, "cpus": cpus, kind: sessions_n, "via_sidecar": via_sidecar}
+    sidecar: subprocess.Popen[bytes] | None = None
     async with launch([sys.executable, "-c", APP, str(port)], cpus=cpus, env=env, cwd=code) as w:
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    async with session.get(base + "/metrics") as r:
-                        await r.read()
-                    break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline or w.returncode is not None:
-                        raise RuntimeError("the app did not come up") from None
-                    await asyncio.sleep(0.1)
-            result["warmup"] = await _answered(session, base, 20)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await _wait_up(session, app_base + "/plain", lambda: w.returncode is None)
+                base, metrics_url, resource = app_base, app_base + "/metrics", "ws"
+                if via_sidecar:
+                    sp, admin = _free_port(), _free_port()
+                    sidecar = subprocess.Popen(
+                        [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{admin}",
+                         "--upstream", app_base, "--watch", f"pid:{w.pid}", "--log-level", "warning"],
+                        cwd=code, env={**os.environ, "PYTHONPATH": code},
+                    )  # fmt: skip
+                    base, metrics_url, resource = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{admin}/metrics", "default"
+                    await _wait_up(session, metrics_url, lambda: sidecar is not None and sidecar.poll() is None)
+                result["warmup"] = await _answered(session, base, 20)
 
-            await (await session.get(base + "/burn?on=1")).read()
-            await asyncio.sleep(settle_s)
-            result["without_websockets"] = await _answered(session, base, 40)
-            result["without_websockets_state"] = await _state(session, base)
-            await (await session.get(base + "/burn?on=0")).read()
-            await asyncio.sleep(settle_s)
+                await (await session.get(app_base + "/burn?on=1")).read()
+                await asyncio.sleep(settle_s)
+                result["without_sessions"] = await _answered(session, base, 40)
+                result["without_sessions_state"] = await _state(session, metrics_url, resource)
+                await (await session.get(app_base + "/burn?on=0")).read()
+                await asyncio.sleep(settle_s)
 
-            socks = []
-            opened: dict[str, int] = {}
-            for _ in range(websockets):
+                held, opened = await _open_sessions(session, base, sessions_n, via_sidecar)
+                result["sessions_opened"] = opened
+                await (await session.get(app_base + "/burn?on=1")).read()
+                await asyncio.sleep(settle_s)
+                result["with_sessions"] = await _answered(session, base, 40)
+                result["with_sessions_state"] = await _state(session, metrics_url, resource)
+                await (await session.get(app_base + "/burn?on=0")).read()
+                for h in held:
+                    if via_sidecar:
+                        h.release()
+                    else:
+                        await h.close()
+        finally:
+            if sidecar is not None:
+                sidecar.terminate()
                 try:
-                    socks.append(await session.ws_connect(base + "/ws"))
-                    opened["101"] = opened.get("101", 0) + 1
-                except aiohttp.WSServerHandshakeError as e:
-                    opened[str(e.status)] = opened.get(str(e.status), 0) + 1
-            result["websockets_opened"] = opened
-            await (await session.get(base + "/burn?on=1")).read()
-            await asyncio.sleep(settle_s)
-            result["with_websockets"] = await _answered(session, base, 40)
-            result["with_websockets_state"] = await _state(session, base)
-            await (await session.get(base + "/burn?on=0")).read()
-            for s in socks:
-                await s.close()
+                    sidecar.wait(30)
+                except subprocess.TimeoutExpired:
+                    sidecar.kill()
+                    sidecar.wait()
     return result
 
 
@@ -157,11 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--code", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                    help="checkout whose flowctl the app imports (default: this one)")  # fmt: skip
     p.add_argument("--websockets", type=int, default=50)
+    p.add_argument("--sidecar", action="store_true", help="SSE streams through the sidecar instead (see above)")
+    p.add_argument("--streams", type=int, default=30, help="SSE streams with --sidecar")
     p.add_argument("--cpus", type=float, default=0.5)
     p.add_argument("--settle", type=float, default=3.0, help="seconds after switching the burner")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    result = asyncio.run(run(args.code, args.websockets, args.cpus, args.settle))
+    n = args.streams if args.sidecar else args.websockets
+    result = asyncio.run(run(args.code, n, args.cpus, args.settle, args.sidecar))
     result["at_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     result["loadavg"] = os.getloadavg()
     print(json.dumps(result, indent=2))
