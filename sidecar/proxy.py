@@ -521,7 +521,7 @@ class Proxy:
                 headers, body = rejection_parts(decision)
                 conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
-        held = _Held(decision, self._begin(), self._is_stream_path(req.target))
+        held = _Held(decision, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
         outcome = "ignore"
         try:
             outcome = await self._exchange_plain(req, conn, close, held)
