@@ -31,7 +31,8 @@ def _free_port() -> int:
 
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as r:  # a new connection each time: any worker may answer
-        return r.read().decode()
+        body: bytes = r.read()
+        return body.decode()
 
 
 def _total(text: str, name: str, **labels: str) -> float:

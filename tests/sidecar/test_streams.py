@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -224,3 +225,16 @@ async def test_unconfigured_chunked_stream_keeps_its_admission(
         assert await asyncio.wait_for(r.content.read(), WAIT_S) == b"1]"
     finally:
         r.release()
+
+
+def test_stream_paths_config_from_env_and_toml(tmp_path: Path) -> None:
+    from flowctl.errors import ConfigError
+    from sidecar.config import load_config
+
+    assert load_config(env={"FLOWCTL_STREAM_PATHS": "/events, /poll/"}).stream_paths == ("/events", "/poll/")
+    assert load_config(env={}).stream_paths == ()
+    toml = tmp_path / "sidecar.toml"
+    toml.write_text('stream_paths = ["/a", "/b"]\n')
+    assert load_config(env={"FLOWCTL_CONFIG": str(toml)}).stream_paths == ("/a", "/b")
+    with pytest.raises(ConfigError, match="stream_paths"):
+        load_config(env={"FLOWCTL_STREAM_PATHS": "events"})
