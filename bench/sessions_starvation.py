@@ -176,7 +176,7 @@ async def run(code: str, sessions_n: int, cpus: float, settle_s: float, via_side
                     sp, admin = _free_port(), _free_port()
                     sidecar = subprocess.Popen(
                         [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{sp}", "--admin", f"127.0.0.1:{admin}",
-                         "--upstream", app_base, "--watch", f"pid:{w.pid}", "--log-level", "warning"],
+                         "--upstream", app_base, "--watch", f"pid:{w.pid}", "--log-level", "warning", "--drain-seconds", "1"],
                         cwd=code, env={**os.environ, "PYTHONPATH": code},
                     )  # fmt: skip
                     base, metrics_url, resource = f"http://127.0.0.1:{sp}", f"http://127.0.0.1:{admin}/metrics", "default"
