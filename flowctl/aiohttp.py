@@ -49,6 +49,30 @@ The middleware only translates (the Limiter decides):
   same request mix. 5xx and exceptions are failures whose RT says nothing
   about capacity (fast fails would pull min RT down), so they only release.
 
+- **requests and sessions**: a plain request holds its admission until the
+  handler returns. A long-lived one holds it only until its response headers
+  are sent, then it is a *session*:
+
+  - a **WebSocket** (any route; the request asks for ``Connection: upgrade``)
+    ends its admission when the handshake response is prepared: ``success()``,
+    the RT sample is the handshake;
+  - a **long-lived route** (``@long_lived`` on the handler, or its resource in
+    ``setup(long_lived=...)``: SSE, long-poll, large downloads) ends it when
+    its response is prepared (``prepare()``: headers out), ``success()`` with
+    the RT to the headers;
+  - either of them that has not sent headers ``session_after_s`` (1 s) after
+    admission ends it then with ``ignore()`` (a long-poll's wait says nothing
+    about capacity).
+
+  The admission decision still applies at the start (a shed session gets the
+  same 503/429, at its route's priority). From then on the session counts in
+  ``flowctl_sessions_active{resource}`` and, when the handler returns, its
+  whole life (admission to return) in ``flowctl_session_duration_seconds``;
+  never in ``flowctl_inflight`` or the limiter's RT window. A long-lived
+  route whose handler returns before sending headers is a plain request. The
+  per-request cost for plain requests is one attribute test (the upgrade flag
+  aiohttp's parser already set).
+
 - **the asyncio blind spot**: a handler that blocks the loop hides the queue
   from the middleware (in-flight stays 1). A ``LoopLagMonitor`` trigger with
   ``bypass_inflight=True`` sheds requests that reach the middleware after the
@@ -65,6 +89,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +102,15 @@ from prometheus_client import CollectorRegistry
 from flowctl.errors import ConfigError
 from flowctl.http import metrics_page, rejection_parts
 from flowctl.looplag import LoopLagMonitor
-from flowctl.metrics import DURATION_BUCKETS_S, DurationHistogram, FlowctlCollector, RequestDurations
+from flowctl.metrics import (
+    DURATION_BUCKETS_S,
+    DurationHistogram,
+    FlowctlCollector,
+    MultiprocessPublisher,
+    RequestDurations,
+    SessionMetrics,
+    multiprocess_dir,
+)
 from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
@@ -87,7 +120,9 @@ __all__ = [
     "FLOWCTL",
     "UNMATCHED_RESOURCE",
     "Flowctl",
+    "long_lived",
     "metrics_handler",
+    "multiprocess_metrics_handler",
     "priority",
     "rejection_response",
     "setup",
@@ -96,11 +131,13 @@ __all__ = [
 UNMATCHED_RESOURCE = "__unmatched__"
 _PRIORITY_ATTR = "__flowctl_priority__"
 _GUARD_ATTR = "__flowctl_guard__"
+_LONG_LIVED_ATTR = "__flowctl_long_lived__"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _F = TypeVar("_F")
-#: per route: resource label, priority (None: the default), histogram child, whether to check exempt paths
-_Entry = tuple[str, "str | None", DurationHistogram, bool]
+#: per route: resource label, priority (None: the default), histogram child, whether to check exempt
+#: paths, whether the route is long-lived (its admission ends at its response headers)
+_Entry = tuple[str, "str | None", DurationHistogram, bool, bool]
 
 
 class _Lifetime(Protocol):
@@ -116,6 +153,7 @@ class Flowctl:
     registry: CollectorRegistry
     collector: FlowctlCollector
     durations: RequestDurations
+    sessions: SessionMetrics
     loop_lag: LoopLagMonitor | None
     views: dict[str, CpuSignal]
     exempt_paths: frozenset[str]
@@ -126,6 +164,8 @@ class Flowctl:
     entries: _RouteEntries | None = None
     #: things setup created and therefore starts and stops (samplers, the lag monitor)
     owned: list[_Lifetime] = field(default_factory=list)
+    #: multiprocess mode (PROMETHEUS_MULTIPROC_DIR): publishes this worker's state for /metrics
+    publisher: MultiprocessPublisher | None = None
 
 
 FLOWCTL = web.AppKey("flowctl", Flowctl)
@@ -147,6 +187,14 @@ def priority(name: str) -> Callable[[_F], _F]:
     return mark
 
 
+def long_lived(handler: _F) -> _F:
+    """Decorator marking a handler (function or ``web.View`` class) as long-lived: SSE, long-poll,
+    large downloads. Its admission ends when its response headers are sent (or ``session_after_s``
+    after admission); the rest of its life is a session (see the module docstring)."""
+    setattr(getattr(handler, "__func__", handler), _LONG_LIVED_ATTR, True)
+    return handler
+
+
 def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
     """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
     ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
@@ -159,6 +207,20 @@ def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awai
     """An aiohttp handler serving ``registry`` in the text format the scraper asks for."""
 
     async def handle_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics_page(registry, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return handle_metrics
+
+
+def multiprocess_metrics_handler(publisher: MultiprocessPublisher) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp ``/metrics`` handler serving every worker's metrics (this one's published first)."""
+    from prometheus_client import multiprocess
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        publisher.publish()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body, content_type = metrics_page(registry, request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -186,6 +248,9 @@ def setup(
     duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
     limiter_options: Mapping[str, Any] | None = None,
     hook: str = "wrap",
+    long_lived: Iterable[str] = (),
+    session_after_s: float | None = 1.0,
+    multiprocess: bool | None = None,
 ) -> Flowctl:
     """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
 
@@ -203,7 +268,15 @@ def setup(
     be classes of the limiter (``limiter.priorities``); ``default_priority``
     None is the limiter's ``default_priority``, ``unmatched_priority`` None is
     ``"sheddable"`` when the limiter has that class, else its default.
-    Raises ``ConfigError`` for invalid options.
+    ``long_lived``: resources (route names or patterns) whose requests are
+    sessions, like ``@long_lived`` handlers; ``session_after_s``: a session
+    that has not sent headers by then ends its admission anyway (None: only
+    at its headers). ``multiprocess``: export through prometheus_client's
+    multiprocess mode (several worker processes, e.g. gunicorn; see
+    ``flowctl.metrics.MultiprocessPublisher``); None: when
+    ``PROMETHEUS_MULTIPROC_DIR`` is set. ``/metrics`` then serves every
+    worker's metrics merged; ``registry`` still holds this worker's live
+    collectors. Raises ``ConfigError`` for invalid options.
     """
     if hook not in ("wrap", "middleware"):
         raise ConfigError(f"hook must be 'wrap' or 'middleware', got {hook!r}")
@@ -213,6 +286,9 @@ def setup(
         raise ConfigError("pass either limiter= or signal=/limiter_options=, not both")
     if FLOWCTL in app:
         raise ConfigError("flowctl.aiohttp.setup was already called on this app")
+    if session_after_s is not None and not (isinstance(session_after_s, (int, float)) and session_after_s > 0):
+        raise ConfigError(f"session_after_s must be a positive number of seconds or None, got {session_after_s!r}")
+    long_lived_resources = frozenset([long_lived] if isinstance(long_lived, str) else long_lived)
 
     owned: list[_Lifetime] = []
     views: dict[str, CpuSignal] = {}
@@ -261,27 +337,41 @@ def setup(
     collector = FlowctlCollector(limiter, views=views, loop_lag=monitor)
     registry.register(collector)
     durations = RequestDurations(registry, buckets=duration_buckets)
+    sessions = SessionMetrics(registry)
+    publisher: MultiprocessPublisher | None = None
+    if multiprocess or (multiprocess is None and multiprocess_dir() is not None):
+        publisher = MultiprocessPublisher(limiter, durations=durations, sessions=sessions, views=views, loop_lag=monitor)
+        owned.append(publisher)
 
     exempt = set(exempt_paths)
     if metrics_path is not None:
         exempt.add(metrics_path)
-        app.router.add_get(metrics_path, metrics_handler(registry), name="flowctl_metrics")
+        handle_metrics = metrics_handler(registry) if publisher is None else multiprocess_metrics_handler(publisher)
+        app.router.add_get(metrics_path, handle_metrics, name="flowctl_metrics")
 
     state = Flowctl(
         limiter=limiter,
         registry=registry,
         collector=collector,
         durations=durations,
+        sessions=sessions,
         loop_lag=monitor,
         views=views,
         exempt_paths=frozenset(exempt),
         reject_status=reject_status,
         hook=hook,
         owned=owned,
+        publisher=publisher,
     )
-    state.guard = _make_guard(state, trusted_priority_header=trusted_priority_header, reason_header=reason_header)
+    state.guard = _make_guard(
+        state, trusted_priority_header=trusted_priority_header, reason_header=reason_header, session_after_s=session_after_s
+    )
     state.entries = _RouteEntries(
-        state, route_priorities=route_priorities, default_priority=default_priority, unmatched_priority=unmatched_priority
+        state,
+        route_priorities=route_priorities,
+        default_priority=default_priority,
+        unmatched_priority=unmatched_priority,
+        long_lived=long_lived_resources,
     )
     app[FLOWCTL] = state
     if hook == "middleware":
@@ -341,6 +431,7 @@ def _make_guard(
     *,
     trusted_priority_header: str | None,
     reason_header: str | None,
+    session_after_s: float | None = 1.0,
 ) -> Callable[[_Handler, _Entry], _Handler]:
     """``guard(handler, entry)``: ``handler`` behind the limiter, as one coroutine function.
 
@@ -348,7 +439,9 @@ def _make_guard(
     beyond the limiter's slot API: ``admit`` and one release; ``slot`` too when
     a trusted priority header names another class): a request costs one extra
     coroutine frame. ``entry`` is the route's (resource, priority,
-    histogram child, whether an exempt path can still reach it).
+    histogram child, whether an exempt path can still reach it, long-lived).
+    Sessions (a WebSocket upgrade, a long-lived route) go to ``serve_session``
+    after admission; a plain request pays one attribute test for that.
     """
     from flowctl.limiter import Rejection  # noqa: F811  (at run time: the guard compares classes)
 
@@ -363,9 +456,56 @@ def _make_guard(
     priority_by_text = {name.lower(): name for name in state.limiter.priorities}
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
+    sessions = state.sessions
+
+    async def serve_session(
+        handler: _Handler, request: web.Request, slot: Any, start: float, resource: str, observer: DurationHistogram
+    ) -> web.StreamResponse:
+        """Run a long-lived request: its admission ends at its response headers (or after
+        ``session_after_s``); from then on it is a session in ``state.sessions``."""
+        began_s = time.monotonic()
+        held = True
+
+        def to_session(served: bool) -> None:
+            nonlocal held
+            if held:
+                held = False
+                rt_s = success(slot, start) if served else ignore(slot, start)
+                if served:
+                    observer.observe(rt_s)
+                sessions.begin(resource)
+
+        hook = request._prepare_hook
+
+        async def prepare_hook(response: web.StreamResponse) -> None:  # headers about to go out
+            to_session(response.status < 500)
+            await hook(response)
+
+        # aiohttp calls request._prepare_hook(response) in StreamResponse.prepare (3.9-3.14): this
+        # request only; plain requests never reach here. object.__setattr__: no DEBUG-mode warning.
+        object.__setattr__(request, "_prepare_hook", prepare_hook)
+        timer = None
+        if session_after_s is not None:
+            timer = asyncio.get_running_loop().call_later(session_after_s, to_session, False)
+        served = False
+        try:
+            response = await handler(request)
+            served = response.status < 500
+            return response
+        except HTTPException as exc:
+            served = exc.status < 500
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if held:  # no headers sent while it ran: it was a plain request after all
+                held = False
+                observer.observe(success(slot, start) if served else ignore(slot, start))
+            else:
+                sessions.end(resource, time.monotonic() - began_s)
 
     def guard(handler: _Handler, entry: _Entry) -> _Handler:
-        resource, prio, observer, check_path = entry
+        resource, prio, observer, check_path, is_long_lived = entry
         counts, bounds = observer.counts, observer.bounds
         route_slot = slot_of(resource, prio)  # resolved once: no (resource, priority) lookup per request
 
@@ -382,6 +522,8 @@ def _make_guard(
             start = admit(slot)
             if start.__class__ is Rejection:
                 return rejection_response(start, status=reject_status, reason_header=reason_header)
+            if is_long_lived or request._message.upgrade:  # a WebSocket handshake, or a long-lived route
+                return await serve_session(handler, request, slot, start, resource, observer)
             try:
                 response = await handler(request)
                 served = response.status < 500  # in here: a handler that returns a non-response is released too
@@ -406,6 +548,8 @@ def _make_guard(
         marked = getattr(handler, _PRIORITY_ATTR, None)
         if marked is not None:
             setattr(flowctl_guarded, _PRIORITY_ATTR, marked)
+        if getattr(handler, _LONG_LIVED_ATTR, False):
+            setattr(flowctl_guarded, _LONG_LIVED_ATTR, True)
         setattr(flowctl_guarded, _GUARD_ATTR, state)
         return flowctl_guarded
 
@@ -422,8 +566,10 @@ class _RouteEntries:
         route_priorities: Mapping[str, str],
         default_priority: str | None,
         unmatched_priority: str,
+        long_lived: frozenset[str] = frozenset(),
     ) -> None:
         self._state = state
+        self._long_lived = long_lived
         self._route_priorities = route_priorities
         self._default_priority = default_priority
         self._unmatched_priority = unmatched_priority
@@ -434,7 +580,7 @@ class _RouteEntries:
         """The entry shared by requests that match no route (bound on first use: middleware hook only)."""
         if self._unmatched is None:
             durations = self._state.durations
-            self._unmatched = (UNMATCHED_RESOURCE, self._unmatched_priority, durations.child(UNMATCHED_RESOURCE), True)
+            self._unmatched = (UNMATCHED_RESOURCE, self._unmatched_priority, durations.child(UNMATCHED_RESOURCE), True, False)
         return self._unmatched
 
     def entry(self, route: AbstractRoute, handler: Any = None) -> _Entry | None:
@@ -449,7 +595,8 @@ class _RouteEntries:
         resource = res.name or res.canonical
         handler = route.handler if handler is None else handler
         prio = self._route_priorities.get(resource) or getattr(handler, _PRIORITY_ATTR, None) or self._default_priority
-        return (resource, prio, self._state.durations.child(resource), not fixed and bool(exempt))
+        lived = resource in self._long_lived or bool(getattr(handler, _LONG_LIVED_ATTR, False))
+        return (resource, prio, self._state.durations.child(resource), not fixed and bool(exempt), lived)
 
 
 def _wrap_routes(app: web.Application) -> None:

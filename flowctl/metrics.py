@@ -30,6 +30,8 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_request_duration_seconds{resource}          histogram, admission to handler return
     flowctl_signal_view{configured,active}              1 per CPU signal: the view asked for, the one read
     flowctl_signal_view_switches_total{configured}      fallbacks to another view and returns to it
+    flowctl_sessions_active{resource}                   long-lived sessions past their admission (SessionMetrics)
+    flowctl_session_duration_seconds{resource}          histogram, a session's whole life
 
 A value that is unknown (no second CPU sample yet, PSI unavailable) is left
 out of the scrape rather than reported as 0.
@@ -37,10 +39,11 @@ out of the scrape rather than reported as 0.
 
 from __future__ import annotations
 
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -57,7 +60,13 @@ __all__ = [
     "DurationHistogram",
     "FallbackSignal",
     "FlowctlCollector",
+    "MULTIPROCESS_PUBLISH_S",
+    "MultiprocessPublisher",
     "RequestDurations",
+    "SESSION_BUCKETS_S",
+    "SessionMetrics",
+    "check_multiprocess",
+    "multiprocess_dir",
     "signal_view_families",
 ]
 
@@ -226,6 +235,15 @@ class RequestDurations:
         self._children: dict[str, DurationHistogram] = {}
         registry.register(self)
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The bucket upper bounds in seconds (without +Inf)."""
+        return self._bounds
+
+    def children(self) -> Mapping[str, DurationHistogram]:
+        """Every bound child, by resource (read-only view for exporters)."""
+        return self._children
+
     def child(self, resource: str) -> DurationHistogram:
         """The bound child for ``resource`` (bound once, then cached)."""
         c = self._children.get(resource)
@@ -293,3 +311,274 @@ def signal_view_families(signals: Iterable[object]) -> list[Metric]:
             view.add_metric([sig.configured_view, sig.active_view], 1.0)
             switches.add_metric([sig.configured_view], sig.switches_total)
     return [view, switches]
+
+
+# -- long-lived sessions (WebSockets, SSE, streams past their admission) ---------------------------
+
+#: Session-duration buckets in seconds: a short download up to an hour-long WebSocket.
+SESSION_BUCKETS_S: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+
+
+class SessionMetrics:
+    """``flowctl_sessions_active{resource}`` and ``flowctl_session_duration_seconds{resource}``.
+
+    A session is a long-lived request after its admission ended (a WebSocket
+    after its handshake, a stream after its headers): it no longer counts in
+    the limiter's in-flight or RT window, only here. Plain ints, exported at
+    scrape time; one event loop (no lock). ``begin``/``end`` are called once
+    per session, never per plain request.
+    """
+
+    active_name = "flowctl_sessions_active"
+    duration_name = "flowctl_session_duration_seconds"
+
+    def __init__(self, registry: CollectorRegistry | None, *, buckets: Sequence[float] = SESSION_BUCKETS_S) -> None:
+        self._bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
+        self.bounds = self._bounds
+        self.active: dict[str, int] = {}
+        self.durations: dict[str, DurationHistogram] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def begin(self, resource: str) -> None:
+        """A session of ``resource`` started (its admission just ended)."""
+        self.active[resource] = self.active.get(resource, 0) + 1
+        if resource not in self.durations:
+            self.durations[resource] = DurationHistogram(self._bounds)
+
+    def end(self, resource: str, duration_s: float) -> None:
+        """A session of ``resource`` that ``begin`` counted ended after ``duration_s`` (admission to end)."""
+        self.active[resource] -= 1
+        self.durations[resource].observe(duration_s)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        active, hist = self._families()
+        for resource, n in sorted(self.active.items()):
+            active.add_metric([resource], n)
+        les = [_le(b) for b in self._bounds] + ["+Inf"]
+        for resource, h in sorted(self.durations.items()):
+            total, cumulative = 0, []
+            for le, n in zip(les, h.counts):
+                total += n
+                cumulative.append((le, float(total)))
+            hist.add_metric([resource], cumulative, h.sum_s)
+        return [active, hist]
+
+    def _families(self) -> tuple[GaugeMetricFamily, HistogramMetricFamily]:
+        return (
+            GaugeMetricFamily(self.active_name, "Long-lived sessions (WebSockets, streams) past their admission, "
+                              "by resource: not in flowctl_inflight.", labels=["resource"]),
+            HistogramMetricFamily(self.duration_name, "Whole life of a session, admission to end (never in the "
+                                  "limiter's RT window).", labels=["resource"]),
+        )  # fmt: skip
+
+
+# -- prometheus_client multiprocess mode (gunicorn and other pre-fork servers) ----------------------
+
+#: How often each worker copies its live state into the multiprocess files (and at each of its scrapes).
+MULTIPROCESS_PUBLISH_S = 1.0
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``), or None when unset."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+def check_multiprocess() -> str:
+    """The multiprocess directory; ConfigError when it is unset or was set too late to take effect."""
+    from prometheus_client import values
+
+    path = multiprocess_dir()
+    if path is None:
+        raise ConfigError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR (an empty directory) in the environment")
+    if values.ValueClass is values.MutexValue:
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported, so this process writes no "
+            "multiprocess files: set it in the shell (or gunicorn's environment) that starts the workers"
+        )
+    if not os.path.isdir(path):
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR={path!r} is not a directory")
+    return path
+
+
+class MultiprocessPublisher:
+    """One worker's flowctl state, published to prometheus_client's multiprocess files.
+
+    Custom collectors (``FlowctlCollector``, the duration and session
+    collectors) read live objects of one process, so under several workers a
+    scrape would see only the worker that answered it. This copies the same
+    numbers into multiprocess metrics, under the same names, on every
+    ``publish()`` (the owner calls it every ``MULTIPROCESS_PUBLISH_S`` and
+    before each scrape it answers). A ``MultiProcessCollector`` then merges
+    every worker's files:
+
+    - counters and histograms (requests, sheds, leaked tokens, request and
+      session durations) are **summed** over workers, dead ones included;
+    - ``flowctl_inflight`` and ``flowctl_sessions_active`` are summed over
+      live workers (``livesum``);
+    - each worker's own limit (``flowctl_max_inflight``, ``flowctl_min_rt_seconds``,
+      ``flowctl_max_pass_per_second``) and loop lag keep one series per live
+      worker, with the ``pid`` label prometheus_client adds (``liveall``);
+    - shared readings (the CPU views, ``flowctl_hot``, ``flowctl_cool_off``,
+      ``flowctl_dry_run``) are the largest over live workers (``livemax``).
+
+    A value that is unknown keeps its last published value. Values of other
+    workers are as fresh as their last publish (at most about a second old).
+    """
+
+    def __init__(
+        self,
+        limiter: SnapshotSource,
+        *,
+        durations: RequestDurations | None = None,
+        sessions: SessionMetrics | None = None,
+        views: Mapping[str, CpuSignal] | None = None,
+        loop_lag: LoopLagMonitor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        check_multiprocess()
+        self._limiter = limiter
+        self._durations = durations
+        self._sessions = sessions
+        self._views: dict[str, CpuSignal] = dict(views or {})
+        self._loop_lag = loop_lag
+        self._clock = clock
+        C, G = Counter, Gauge
+        self._requests = C("flowctl_requests", "Admission decisions by resource, priority and outcome.",
+                           ["resource", "priority", "outcome"], registry=None)
+        self._shed = C("flowctl_shed", "Requests shed, by resource and reason.", ["resource", "reason"], registry=None)
+        self._leaked = C("flowctl_tokens_leaked", "Admitted tokens garbage-collected unreleased.", registry=None)
+        self._inflight = G("flowctl_inflight", "Admitted requests not yet finished, by resource (sum over workers).",
+                           ["resource"], registry=None, multiprocess_mode="livesum")
+        self._sessions_active = G(SessionMetrics.active_name, "Long-lived sessions past their admission, by resource "
+                                  "(sum over workers).", ["resource"], registry=None, multiprocess_mode="livesum")
+        per_worker = {
+            "flowctl_max_inflight": "This worker's in-flight limit.",
+            "flowctl_min_rt_seconds": "Lowest recent response time this worker's limit is based on.",
+            "flowctl_max_pass_per_second": "Highest recent completion rate this worker's limit is based on.",
+        }
+        if loop_lag is not None:
+            per_worker["flowctl_event_loop_lag_seconds"] = "How late this worker's event loop runs a due timer."
+        self._per_worker = {n: G(n, h, registry=None, multiprocess_mode="liveall") for n, h in per_worker.items()}
+        shared = {
+            "flowctl_hot": "1 while a shedding signal is over its threshold in some worker.",
+            "flowctl_cool_off": "1 while some worker is in its cool-off.",
+            "flowctl_dry_run": "1 when the limiter only reports what it would shed.",
+            "flowctl_cpu_usage_cores": "CPU cores in use over the last interval (limiter's signal).",
+            "flowctl_cpu_limit_cores": "Effective CPU budget in cores (limiter's signal).",
+            "flowctl_cpu_throttled_ratio": "Fraction of CFS periods throttled over the last interval.",
+        }
+        self._shared = {n: G(n, h, registry=None, multiprocess_mode="livemax") for n, h in shared.items()}
+        self._per_view = {
+            n: G(n, h, ["view"], registry=None, multiprocess_mode="livemax")
+            for n, h in (
+                ("flowctl_cpu_utilization_ratio", "CPU used over the last interval / the view's CPU budget."),
+                ("flowctl_cpu_utilization_smoothed_ratio", "EMA of flowctl_cpu_utilization_ratio."),
+                ("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some)."),
+            )
+        }  # fmt: skip
+        self._request_hist: Histogram | None = None
+        if durations is not None:
+            self._request_hist = Histogram(durations.name, "Time from admission to the handler's return, for admitted "
+                                           "requests.", ["resource"], buckets=durations.bounds, registry=None)
+        self._session_hist: Histogram | None = None
+        if sessions is not None:
+            self._session_hist = Histogram(SessionMetrics.duration_name, "Whole life of a session, admission to end.",
+                                           ["resource"], buckets=sessions.bounds, registry=None)
+        self._last: dict[object, float] = {}  # published cumulative values, by key
+        self._inflight_seen: set[str] = set()
+        self._sessions_seen: set[str] = set()
+        from flowctl.periodic import Periodic
+
+        self._periodic = Periodic(self.publish, MULTIPROCESS_PUBLISH_S, name="flowctl-multiprocess-publish", clock=clock)
+
+    async def start(self) -> None:
+        """Publish now, then every ``MULTIPROCESS_PUBLISH_S`` (owned by ``flowctl.aiohttp.setup``'s cleanup_ctx)."""
+        self.publish()
+        await self._periodic.start()
+
+    async def stop(self) -> None:
+        """Stop the periodic publish and publish a last time (a worker's final counts stay in the sum)."""
+        await self._periodic.stop()
+        self.publish()
+
+    def publish(self) -> None:
+        """Copy the current snapshot into the multiprocess files (counters as deltas since the last call)."""
+        snap = self._limiter.snapshot()
+        for key, n in snap.requests.items():
+            self._add(self._requests.labels(*key), ("req", key), n)
+        for shed_key, n in snap.shed_by_reason.items():
+            self._add(self._shed.labels(*shed_key), ("shed", shed_key), n)
+        self._add(self._leaked, "leaked", snap.tokens_leaked)
+        self._set_by_label(self._inflight, snap.inflight_by_resource, self._inflight_seen)
+        if self._sessions is not None:
+            self._set_by_label(self._sessions_active, self._sessions.active, self._sessions_seen)
+        values: dict[str, float | None] = {
+            "flowctl_max_inflight": snap.max_inflight,
+            "flowctl_min_rt_seconds": snap.min_rt_s,
+            "flowctl_max_pass_per_second": snap.max_pass_per_s,
+            "flowctl_hot": 1.0 if snap.hot else 0.0,
+            "flowctl_cool_off": 1.0 if snap.cool_off else 0.0,
+            "flowctl_dry_run": 1.0 if snap.dry_run else 0.0,
+            "flowctl_cpu_usage_cores": snap.cpu.usage_cores,
+            "flowctl_cpu_limit_cores": snap.cpu.limit_cores,
+            "flowctl_cpu_throttled_ratio": snap.cpu.throttled_ratio,
+        }
+        if self._loop_lag is not None:
+            values["flowctl_event_loop_lag_seconds"] = self._loop_lag.lag_s(self._clock())
+        for name, value in values.items():
+            gauge = self._per_worker.get(name) or self._shared[name]
+            if value is not None:
+                gauge.set(float(value))
+        readings: dict[str, CpuReading] = {snap.signal_name: snap.cpu}
+        for name, sig in self._views.items():
+            readings.setdefault(name, sig.reading)
+        for view, reading in readings.items():
+            for metric, value in (
+                ("flowctl_cpu_utilization_ratio", reading.utilization),
+                ("flowctl_cpu_utilization_smoothed_ratio", reading.utilization_smoothed),
+                ("flowctl_cpu_pressure_ratio", reading.pressure_ratio),
+            ):
+                if value is not None:
+                    self._per_view[metric].labels(view).set(value)
+        if self._request_hist is not None and self._durations is not None:
+            self._add_histograms(self._request_hist, "rt", self._durations.children())
+        if self._session_hist is not None and self._sessions is not None:
+            self._add_histograms(self._session_hist, "session", self._sessions.durations)
+
+    def _add(self, counter: Any, key: object, total: float) -> None:
+        delta = total - self._last.get(key, 0.0)
+        if delta > 0:
+            counter.inc(delta)
+            self._last[key] = total
+
+    @staticmethod
+    def _set_by_label(gauge: Any, current: Mapping[str, int], seen: set[str]) -> None:
+        for label in seen - current.keys():
+            gauge.labels(label).set(0)  # no longer in flight here: 0, not its last value
+        for label, n in current.items():
+            gauge.labels(label).set(n)
+        seen.update(current)
+
+    def _add_histograms(self, hist: Any, kind: str, children: Mapping[str, DurationHistogram]) -> None:
+        for resource, h in children.items():
+            child = hist.labels(resource)
+            buckets = getattr(child, "_buckets", None)  # prometheus_client keeps per-bucket counts here
+            if buckets is None or len(buckets) != len(h.counts):
+                raise ConfigError("this prometheus_client version's Histogram cannot be published in bulk")
+            for i, n in enumerate(h.counts):
+                key = (kind, resource, i)
+                delta = n - self._last.get(key, 0.0)
+                if delta > 0:
+                    buckets[i].inc(delta)
+                    self._last[key] = n
+            key_sum = (kind, resource, "sum")
+            delta_s = h.sum_s - self._last.get(key_sum, 0.0)
+            if delta_s != 0:
+                child._sum.inc(delta_s)
+                self._last[key_sum] = h.sum_s

@@ -112,8 +112,11 @@ class Sidecar:
             self.registry.register(FlowctlCollector(self.limiter, views=self.views))
             durations = RequestDurations(self.registry).child(cfg.resource)
         self.registry.register(SidecarCollector(self))
+        from flowctl.metrics import SessionMetrics
 
-        self.proxy = Proxy(cfg, limiter=self.limiter, durations=durations, clock=self._clock)
+        sessions = SessionMetrics(self.registry)  # streams and WebSockets past their admission
+
+        self.proxy = Proxy(cfg, limiter=self.limiter, durations=durations, sessions=sessions, clock=self._clock)
         await self.proxy.start()
         self._owned.append(self.proxy)
         self.probe = UpstreamProbe(

@@ -78,6 +78,7 @@ class SidecarConfig:
     probe_interval_s: float = 1.0
     health_path: str = ""
     trust_forwarded: bool = False
+    stream_paths: tuple[str, ...] = ()
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
@@ -179,6 +180,15 @@ def _header_name(text: str) -> str:
     return v
 
 
+def _path_prefixes(text: str) -> tuple[str, ...]:
+    """Comma-separated path prefixes, each starting with '/' (empty: none)."""
+    out = tuple(p.strip() for p in text.split(",") if p.strip())
+    for p in out:
+        if not p.startswith("/"):
+            raise ValueError(f"each prefix must start with '/', got {p!r}")
+    return out
+
+
 def _path(text: str) -> str:
     v = text.strip()
     if v and not v.startswith("/"):
@@ -234,6 +244,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("probe_interval", "probe_interval_s", _number(float, 0.05, 3600), "upstream readiness probe interval, seconds", "S"),
     Option("health_path", "health_path", _path, "probe GET upstream+PATH for readiness (default: a TCP connect)", "PATH"),
     Option("trust_forwarded", "trust_forwarded", _bool, "keep incoming X-Forwarded-Proto/Host instead of overwriting", "BOOL"),
+    Option("stream_paths", "stream_paths", _path_prefixes, "path prefixes whose responses are streams: the admission "
+           "ends at the response headers (text/event-stream is detected anyway)", "P1,P2"),
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
     Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
@@ -263,6 +275,8 @@ def _toml_text(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)  # a list option (stream_paths)
     raise ValueError(f"expected a string or number, got {type(value).__name__}")
 
 

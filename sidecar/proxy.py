@@ -9,6 +9,18 @@ one is given) and forward it over the lean keep-alive pool
 decompression, which also carries WebSockets), streaming the body back. Errors map to 502 (refused or
 broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
 a rejection becomes a 503 from ``flowctl.http.rejection_parts`` (Retry-After, JSON reason).
+
+Requests and sessions: a request's admission (and its RT sample) normally lasts
+until its response body ends. A **stream** ends its admission when the
+response headers are out: a ``text/event-stream`` response (detected), any
+response under a ``stream_paths`` prefix (configured), and a WebSocket at its
+handshake. The rest of a stream's life is a session: counted in
+``sessions_active``, never in the limiter's in-flight or RT window.
+
+Streaming fidelity: the status and headers go out as soon as the upstream sent
+them. A small sized body (up to ``SMALL_BODY_BYTES``) is written together with
+the head only when all of it had already arrived; otherwise the head and the
+bytes so far go out at once and the rest follows as it arrives.
 """
 
 from __future__ import annotations
@@ -58,8 +70,39 @@ class Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+class Sessions(Protocol):
+    """Where sessions are counted (``flowctl.metrics.SessionMetrics``)."""
+
+    def begin(self, resource: str) -> None: ...
+    def end(self, resource: str, duration_s: float) -> None: ...
+
+
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Held:
+    """One request's admission until it is released: at the end, or at a stream's response headers."""
+
+    __slots__ = ("decision", "started_s", "stream_path", "session", "session_at_s")
+
+    def __init__(self, decision: Any, started_s: float, stream_path: bool) -> None:
+        self.decision = decision
+        self.started_s = started_s
+        self.stream_path = stream_path  # under a configured stream_paths prefix
+        self.session = False  # past its headers as a stream: counted in Proxy.sessions_active
+        self.session_at_s = 0.0  # time.monotonic() when it became a session
+
+
+def _is_event_stream(content_type: str | None) -> bool:
+    return content_type is not None and content_type.lstrip()[:17].lower() == "text/event-stream"
+
+
+def _content_type(headers: list[tuple[str, str]]) -> str | None:
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == "content-type":
+            return value
+    return None
 
 
 def _error(status: int, detail: str) -> web.Response:
@@ -124,11 +167,13 @@ class Proxy:
         *,
         limiter: Admission | None = None,
         durations: Observer | None = None,
+        sessions: Sessions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.limiter = limiter
         self._durations = durations
+        self._sessions = sessions
         self._clock = clock
         self._base = config.upstream
         self._max_body = config.max_body_bytes
@@ -140,7 +185,11 @@ class Proxy:
         self._pool: UpstreamPool | None = None
         self._prefix = ""
         self._total_timeout_s = config.total_timeout_s or None
+        self._stream_paths = config.stream_paths
         self.inflight = 0
+        #: streams (SSE, configured paths, WebSockets) past their headers: no longer admissions
+        self.sessions_active = 0
+        self.sessions_total = 0
         self._idle: asyncio.Event | None = None
         # Plain counters (exported at scrape time by the admin collector).
         self.requests_total = 0
@@ -242,19 +291,18 @@ class Proxy:
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        started_s = self._begin()
+        held = _Held(decision, self._begin(), self._is_stream_path(request.path))
         outcome = "ignore"
         try:
             if _is_websocket(request):
-                resp, outcome = await self._websocket(request, decision)
-                decision = None  # released at handshake
+                resp, outcome = await self._websocket(request, held)
             elif self._pool is not None:
-                resp, outcome = await self._forward_fast(request, length)
+                resp, outcome = await self._forward_fast(request, length, held)
             else:
-                resp, outcome = await self._forward(request, length)
+                resp, outcome = await self._forward(request, length, held)
             return resp
         finally:
-            self._end(decision, outcome, started_s)
+            self._end(held, outcome)
 
     def _admit(self, priority: str | None, method: str, path: str) -> Any:
         """The limiter's decision (a dry-run or real shed is recorded); the caller answers a rejection."""
@@ -273,15 +321,46 @@ class Proxy:
             self._idle.clear()
         return self._clock() if self._durations is not None else 0.0
 
-    def _end(self, decision: Any, outcome: str, started_s: float) -> None:
-        """The request is done: release its token with ``outcome`` and observe its duration."""
+    def _end(self, held: _Held, outcome: str) -> None:
+        """The request (or session) is done: release its token with ``outcome`` and observe its duration."""
         self.inflight -= 1
         if self.inflight == 0 and self._idle is not None:
             self._idle.set()
+        if held.session:
+            self.sessions_active -= 1
+            if self._sessions is not None:
+                self._sessions.end(self._resource, time.monotonic() - held.session_at_s)
+        decision = held.decision
         if decision is not None:
+            held.decision = None
             getattr(decision, outcome)()
             if self._durations is not None:
-                self._durations.observe(self._clock() - started_s)
+                self._durations.observe(self._clock() - held.started_s)
+
+    def _is_stream_path(self, path: str) -> bool:
+        prefixes = self._stream_paths
+        return bool(prefixes) and any(path.startswith(p) for p in prefixes)
+
+    def _headers_out(self, held: _Held | None, content_type: str | None) -> None:
+        """The response headers were sent: a stream becomes a session (its admission ends here)."""
+        if held is not None and (held.stream_path or _is_event_stream(content_type)):
+            self._to_session(held)
+
+    def _to_session(self, held: _Held) -> None:
+        """End the admission as a success (RT = admission to headers); the rest is a session."""
+        if held.session:
+            return
+        held.session = True
+        held.session_at_s = time.monotonic()
+        decision, held.decision = held.decision, None
+        self.sessions_active += 1
+        self.sessions_total += 1
+        if self._sessions is not None:
+            self._sessions.begin(self._resource)
+        if decision is not None:
+            decision.success()
+            if self._durations is not None:
+                self._durations.observe(self._clock() - held.started_s)
 
     def _record_rejection(self, method: str, path: str, decision: Any, *, counted: bool = True) -> None:
         # Cheap on the hot path: keep the Reason object; /debug/limiter formats it (rejection_log()).
@@ -324,7 +403,7 @@ class Proxy:
             websocket=websocket,
         )
 
-    async def _forward(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
+    async def _forward(self, request: web.BaseRequest, length: int | None, held: _Held | None = None) -> tuple[web.StreamResponse, str]:
         """Returns (response, token outcome: "success" | "ignore" | "dropped")."""
         url = URL(self._base + request.raw_path, encoded=True)
         headers = self._aiohttp_headers(request)
@@ -350,11 +429,11 @@ class Proxy:
                 return self._client_body_timeout(e)
             return self._upstream_error(e)
         try:
-            return await self._respond(request, up), "success"
+            return await self._respond(request, up, held), "success"
         finally:
             up.release()
 
-    async def _forward_fast(self, request: web.BaseRequest, length: int | None) -> tuple[web.StreamResponse, str]:
+    async def _forward_fast(self, request: web.BaseRequest, length: int | None, held: _Held | None = None) -> tuple[web.StreamResponse, str]:
         """The hot path on the lean client (``client = "fast"``)."""
         assert self._pool is not None
         header_list = request_header_list(
@@ -376,10 +455,10 @@ class Proxy:
                 body = idle_limited(request.content.iter_any(), self._body_timeout_s)
         started: list[web.StreamResponse] = []
         if self._total_timeout_s is None:
-            return await self._exchange_fast(request, header_list, body, length, started)
+            return await self._exchange_fast(request, header_list, body, length, started, held)
         try:
             async with asyncio.timeout(self._total_timeout_s):
-                return await self._exchange_fast(request, header_list, body, length, started)
+                return await self._exchange_fast(request, header_list, body, length, started, held)
         except TimeoutError as e:
             if started:  # the total timeout hit mid-stream: the client connection is already cut
                 self.errors_total["504"] += 1
@@ -393,6 +472,7 @@ class Proxy:
         body: bytes | AsyncIterator[bytes] | None,
         length: int | None,
         started: list[web.StreamResponse],
+        held: _Held | None,
     ) -> tuple[web.StreamResponse, str]:
         assert self._pool is not None
         try:
@@ -406,7 +486,9 @@ class Proxy:
             return self._upstream_error(e)
         try:
             out = response_headers(up.headers, up.connection)
-            resp = await self._respond_with(request, up.status, up.reason, out, up.content_length, up.read_chunk, up.close, started)
+            resp = await self._respond_with(
+                request, up.status, up.reason, out, up.content_length, up.read_chunk, up.read_ready, up.close, started, held
+            )
         finally:
             up.close()
         return resp, "success"
@@ -452,15 +534,15 @@ class Proxy:
                 headers, body = rejection_parts(decision)
                 conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
-        started_s = self._begin()
+        held = _Held(decision, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
         outcome = "ignore"
         try:
-            outcome = await self._exchange_plain(req, conn, close)
+            outcome = await self._exchange_plain(req, conn, close, held)
             return outcome != "cut"
         finally:
-            self._end(decision, "dropped" if outcome == "cut" else outcome, started_s)
+            self._end(held, "dropped" if outcome == "cut" else outcome)
 
-    async def _exchange_plain(self, req: PlainRequest, conn: PlainConnection, close: bool) -> str:
+    async def _exchange_plain(self, req: PlainRequest, conn: PlainConnection, close: bool, held: _Held) -> str:
         """Forward and write the response; returns the token outcome, or "cut" (client connection aborted)."""
         pool = self._pool
         assert pool is not None
@@ -480,13 +562,16 @@ class Proxy:
                     up.close()
                     return "success"
                 length = up.content_length
+                first = b""
                 if length is not None and length <= SMALL_BODY_BYTES:
-                    body = await up.read()
-                    conn.write(head + b"\r\n" + body)
-                    return "success"
+                    first, complete = up.read_ready()  # only bytes already here: never wait for more
+                    if complete:
+                        conn.write(head + b"\r\n" + first)
+                        return "success"
                 chunked = length is None
-                conn.write(head + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n"))
+                conn.write(head + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n") + first)
                 wrote_head = True
+                self._headers_out(held, _content_type(up.headers))
                 while chunk := await up.read_chunk():
                     conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                     await conn.drain()
@@ -511,9 +596,20 @@ class Proxy:
             conn.abort()
             raise
 
-    async def _respond(self, request: web.BaseRequest, up: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _respond(self, request: web.BaseRequest, up: aiohttp.ClientResponse, held: _Held | None) -> web.StreamResponse:
         hdrs = response_headers(up.headers.items(), up.headers.getall("Connection", ()))
-        return await self._respond_with(request, up.status, up.reason or "", hdrs, up.content_length, up.content.readany, up.close)
+        content = up.content
+
+        def read_ready() -> tuple[bytes, bool]:
+            try:
+                data = content.read_nowait()
+            except Exception:  # noqa: BLE001 - a broken body: incomplete; the next readany raises
+                return b"", False
+            return data, content.at_eof()
+
+        return await self._respond_with(
+            request, up.status, up.reason or "", hdrs, up.content_length, content.readany, read_ready, up.close, None, held
+        )
 
     async def _respond_with(
         self,
@@ -523,25 +619,33 @@ class Proxy:
         hdrs: CIMultiDict[str],
         length: int | None,
         read_chunk: Callable[[], Awaitable[bytes]],
+        read_ready: Callable[[], tuple[bytes, bool]],
         abort_upstream: Callable[[], None],
         started: list[web.StreamResponse] | None = None,
+        held: _Held | None = None,
     ) -> web.StreamResponse:
-        """Send the upstream's response: whole when small and sized, else streamed chunk by chunk."""
+        """Send the upstream's response: whole when small, sized and already here, else streamed chunk by chunk.
+
+        ``read_ready()`` returns the body bytes that already arrived and whether that is all of it.
+        """
         if request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
             resp = web.StreamResponse(status=status, reason=reason or None, headers=hdrs)
             await resp.prepare(request)
             await resp.write_eof()
             return resp
+        first = b""
         if length is not None and length <= SMALL_BODY_BYTES:
-            parts = []
-            while chunk := await read_chunk():
-                parts.append(chunk)
-            return web.Response(status=status, reason=reason or None, headers=hdrs, body=b"".join(parts))
+            first, complete = read_ready()  # only bytes already here: never wait for more
+            if complete:
+                return web.Response(status=status, reason=reason or None, headers=hdrs, body=first)
         resp = web.StreamResponse(status=status, reason=reason or None, headers=hdrs)
         await resp.prepare(request)
         if started is not None:
             started.append(resp)
+        self._headers_out(held, hdrs.get("Content-Type"))
         try:
+            if first:
+                await resp.write(first)
             while chunk := await read_chunk():
                 await resp.write(chunk)
         except (aiohttp.ClientError, UpstreamError, asyncio.TimeoutError, asyncio.CancelledError, ConnectionError) as e:
@@ -559,7 +663,7 @@ class Proxy:
         await resp.write_eof()
         return resp
 
-    async def _websocket(self, request: web.BaseRequest, decision: Any) -> tuple[web.StreamResponse, str]:
+    async def _websocket(self, request: web.BaseRequest, held: _Held) -> tuple[web.StreamResponse, str]:
         url = URL(self._base + request.raw_path, encoded=True)
         headers = self._aiohttp_headers(request, websocket=True)
         protocols = tuple(
@@ -574,8 +678,7 @@ class Proxy:
             return _error(502, f"upstream refused the WebSocket upgrade: {e.status}"), "ignore"
         except Exception as e:  # noqa: BLE001
             return self._upstream_error(e)
-        if decision is not None:
-            decision.success()  # a WebSocket holds no limiter slot beyond its handshake
+        self._to_session(held)  # a WebSocket holds no limiter slot beyond its handshake
         ws = web.WebSocketResponse(
             protocols=(up_ws.protocol,) if up_ws.protocol else (), autoclose=False, autoping=True, max_msg_size=0
         )

@@ -87,6 +87,24 @@ class UpstreamResponse:
             self._finish(reuse=True)
         return chunk
 
+    def read_ready(self) -> tuple[bytes, bool]:
+        """The body bytes that already arrived, without waiting, and whether that was the whole body.
+
+        Never raises: a broken body shows as incomplete, and the next ``read_chunk`` raises.
+        """
+        conn = self._conn
+        if conn is None:
+            return b"", True
+        data = b"".join(conn._drain_all()) if conn.body else b""
+        conn.body_bytes -= len(data)
+        if conn.paused and conn.body_bytes < LOW_WATER_BYTES and conn.transport is not None:
+            conn.paused = False
+            conn.transport.resume_reading()
+        if conn.body_done and conn.exc is None:
+            self._finish(reuse=True)
+            return data, True
+        return data, False
+
     async def read(self) -> bytes:
         parts = []
         while chunk := await self.read_chunk():
