@@ -3,7 +3,7 @@
 # for tests/containers and for docs/containers.md. Idempotent; a re-run with the images present
 # takes about a second.
 #
-#   1. installs podman, runc and debootstrap (Debian packages; as root);
+#   1. installs podman, runc, catatonit (pods' infra container) and debootstrap (Debian packages; as root);
 #   2. writes flowctl's own containers.conf (the machine's /etc/containers files are not edited):
 #      point podman at it with  export CONTAINERS_CONF=/var/lib/flowctl/containers.conf
 #   3. builds two local base images without a registry:
@@ -48,6 +48,8 @@ missing=()
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+# catatonit: the init of a pod's infra container (podman builds its pause image from it).
+command -v catatonit >/dev/null 2>&1 || missing+=(catatonit)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     policy=/usr/sbin/policy-rc.d

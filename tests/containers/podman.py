@@ -75,9 +75,9 @@ def exec_status(container: str, url: str) -> tuple[int, str]:
     code = (
         "import sys, urllib.request, urllib.error\n"
         "try:\n"
-        f"    r = urllib.request.urlopen({url!r}, timeout=5); print(r.status); print(r.read().decode())\n"
+        f"    r = urllib.request.urlopen({url!r}, timeout=5); print(r.status); sys.stdout.write(r.read().decode())\n"
         "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); print(e.read().decode())\n"
+        "    print(e.code); sys.stdout.write(e.read().decode())\n"
         "except OSError as e:\n"
         "    print(0); print(e)\n"
     )
