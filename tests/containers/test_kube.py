@@ -54,14 +54,18 @@ def played(flowctl_image: str, app_image: str, lxcfs_dir: str, tmp_path_factory:
     path = tmp_path_factory.mktemp("kube") / "deployment.yaml"
     path.write_text(yaml.safe_dump(doc))
     os.chmod(path.parent, 0o755)
-    pod = f"{name}-pod"
+    pods: list[str] = []
     try:
-        podman("kube", "play", str(path), timeout_s=300)
-        containers = {c["name"]: f"{pod}-{c['name']}" for c in spec["containers"]}
-        yield Played(pod, containers, spec)
+        out = podman("kube", "play", str(path), timeout_s=300).stdout
+        pod_id = out.split("Pod:", 1)[1].split()[0]
+        pods.append(pod_id)
+        members = podman("ps", "-a", "--filter", f"pod={pod_id}", "--format", "{{.Names}}").stdout.split()
+        # podman names a kube container "<pod name>-<container name>"
+        containers = {c["name"]: next(m for m in members if m.endswith("-" + c["name"])) for c in spec["containers"]}
+        yield Played(pod_id, containers, spec)
     finally:
         podman("kube", "down", str(path), check=False, timeout_s=120)
-        remove("pod", pod)
+        remove("pod", *pods)
 
 
 def _wait_ready(played: Played, timeout_s: float = 30.0) -> tuple[int, str]:
