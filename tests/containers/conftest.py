@@ -27,9 +27,20 @@ BUILD_SECONDS: dict[str, float] = {}
 
 @pytest.fixture(autouse=True)
 def _empty_parent_groups() -> Iterator[None]:
-    """After every test: podman's empty libpod_parent groups go (the cgroup v2 tests need an empty v1 cpu)."""
+    """After every test: podman's empty libpod_parent groups go (the cgroup v2 tests need an empty v1 cpu).
+
+    Module- and session-scoped fixtures remove theirs in ``remove()`` after the pods and containers go.
+    """
     yield
     remove_empty_parent_groups()
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _no_parent_groups_left() -> Iterator[None]:
+    """When the last container test is done (before the rest of the suite runs): none left."""
+    yield
+    left = remove_empty_parent_groups()
+    assert not left, f"podman parent groups still hold tasks after the container tests: {left}"
 
 
 @pytest.fixture(scope="session")

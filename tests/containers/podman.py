@@ -106,6 +106,8 @@ def remove(kind: str, *names: str) -> None:
         return
     args = {"container": ["rm", "-f", "-t", "0"], "pod": ["pod", "rm", "-f", "-t", "0"], "image": ["rmi", "-f"]}[kind]
     podman(*args, *names, check=False, timeout_s=120)
+    if kind != "image":
+        remove_empty_parent_groups()
 
 
 def remove_empty_parent_groups() -> list[str]:
