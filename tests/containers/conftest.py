@@ -1,4 +1,4 @@
-"""Fixtures for the real-container tests: images built once per session, lxcfs, cleanup after every test.
+"""Fixtures for the real-container tests: images built once for the package, lxcfs, cleanup after every test.
 
 Run them under the machine lock (they create cgroups through podman):
     flock /run/flowctl-machine.lock .venv/bin/python -m pytest -q tests/containers
@@ -43,7 +43,7 @@ def _no_parent_groups_left() -> Iterator[None]:
     assert not left, f"podman parent groups still hold tasks after the container tests: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def flowctl_image() -> Iterator[str]:
     """The project's Dockerfile built on the local python stand-in (``--format docker`` keeps HEALTHCHECK)."""
     need_podman()
@@ -55,7 +55,7 @@ def flowctl_image() -> Iterator[str]:
         remove("image", tag)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def app_image() -> Iterator[str]:
     """Stand-in for the manifest's nginx app: ``python3 -m http.server 8080`` with argv[0] ``nginx``.
 
@@ -92,7 +92,7 @@ def _mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lxcfs_dir() -> Iterator[str]:
     """A private ``lxcfs --enable-cfs`` mount, as the DaemonSet in deploy/k8s runs it; unmounted afterwards."""
     need_podman()
