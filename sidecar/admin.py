@@ -2,8 +2,13 @@
 
 - ``/healthz``: 200 while the process serves (liveness).
 - ``/readyz``: 200 when the upstream answers the probe and we are not draining, else 503.
-- ``/metrics``: the flowctl metrics plus ``flowctl_upstream_ready``, ``flowctl_draining``
-  and ``flowctl_sidecar_errors_total{status}``.
+  While the watched cgroup cannot be read it stays 200 but says ``degraded`` and why:
+  readiness decides whether the Pod gets traffic, and a sidecar that cannot read
+  the app's CPU still proxies; failing it would turn a lost protection into an
+  outage of every replica that shares the mistake (usually all of them). The loud
+  parts are the ERROR log line, ``flowctl_signal_ok 0`` and ``/debug/limiter``.
+- ``/metrics``: the flowctl metrics plus ``flowctl_upstream_ready``, ``flowctl_draining``,
+  ``flowctl_signal_ok{view}`` and ``flowctl_sidecar_errors_total{status}``.
 - ``/debug/limiter``: JSON with the limiter snapshot, every CPU view, the watch
   target and the last N rejections with their reasons.
 """
@@ -31,7 +36,7 @@ SIDECAR_KEY: web.AppKey[Sidecar] = web.AppKey("flowctl_sidecar")
 
 
 class SidecarCollector:
-    """Sidecar-only state at scrape time: upstream readiness, draining, error counts."""
+    """Sidecar-only state at scrape time: upstream readiness, draining, whether the watch reads, error counts."""
 
     def __init__(self, sidecar: Sidecar) -> None:
         self._sc = sidecar
@@ -45,6 +50,12 @@ class SidecarCollector:
     def _families(self, live: bool = False) -> list[Metric]:
         ready = GaugeMetricFamily("flowctl_upstream_ready", "1 when the upstream answers the readiness probe.")
         draining = GaugeMetricFamily("flowctl_draining", "1 after SIGTERM while in-flight requests drain.")
+        signal_ok = GaugeMetricFamily(
+            "flowctl_signal_ok",
+            "1 while the watched cgroup is read; 0 when it cannot be (the limiter then does not shed on CPU: "
+            "see /debug/limiter watch.last_error).",
+            labels=["view"],
+        )
         errors = CounterMetricFamily(
             "flowctl_sidecar_errors",
             "Responses the sidecar made itself, by status (408 body too slow, 413 body too large, 502, 503 shed, "
@@ -67,10 +78,19 @@ class SidecarCollector:
                 slow.add_metric([kind], guard.timeouts_total[kind])
             ready.add_metric([], 1.0 if sc.probe is not None and sc.probe.ready else 0.0)
             draining.add_metric([], 1.0 if sc.draining else 0.0)
+            ok = _signal_ok(sc)
+            if ok is not None:
+                signal_ok.add_metric([str(getattr(sc.signal, "name", "container"))], 1.0 if ok else 0.0)
             counts = sc.proxy.errors_total if sc.proxy is not None else {}
             for status in ("408", "413", "502", "503", "504"):
                 errors.add_metric([status], counts.get(status, 0))
-        return [ready, draining, errors, clients, refused, bad, slow]
+        return [ready, draining, signal_ok, errors, clients, refused, bad, slow]
+
+
+def _signal_ok(sc: Sidecar) -> bool | None:
+    """Whether the watched signal is being read (None for an injected signal that does not say)."""
+    ok = getattr(sc.signal, "signal_ok", None)
+    return ok if isinstance(ok, bool) else None
 
 
 def jsonable(value: Any) -> Any:
@@ -101,6 +121,9 @@ async def _readyz(request: web.Request) -> web.Response:
     if sc.probe is None or not sc.probe.ready:
         err = sc.probe.last_error if sc.probe is not None else "not started"
         return web.Response(status=503, text=f"upstream not ready: {err}\n")
+    if _signal_ok(sc) is False:
+        why = getattr(sc.signal, "last_error", None)
+        return web.Response(text=f"ready, degraded: CPU signal unavailable ({why}); not shedding on CPU\n")
     return web.Response(text="ready\n")
 
 

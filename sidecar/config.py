@@ -219,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen", "listen", parse_host_port, "proxy listen address (HOST:PORT)", "HOST:PORT"),
     Option("upstream", "upstream", _parse_upstream, "the app's URL, e.g. http://127.0.0.1:8080", "URL"),
     Option("admin", "admin", parse_host_port, "admin listener: /metrics /healthz /readyz /debug/limiter", "HOST:PORT"),
-    Option("watch", "watch", _parse_watch, "whose CPU: self | pid:N | process:NAME | cgroup:PATH", "TARGET"),
+    Option("watch", "watch", _parse_watch, "whose CPU: self | pid:N | process:NAME | cmdline:REGEX | cgroup:PATH", "TARGET"),
     Option("view", "view", _choice("container", "host", "lxcfs"), "CPU view that gates shedding", "VIEW"),
     Option("connect_timeout", "connect_timeout_s", _number(float, 0, lo_open=True), "upstream connect timeout, seconds", "S"),
     Option("read_timeout", "read_timeout_s", _number(float, 0, lo_open=True), "upstream socket read timeout, seconds", "S"),
