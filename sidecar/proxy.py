@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from flowctl.http import rejection_parts
+from flowctl.limiter import DryRunStart, Reason, Rejection, Slot
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import SMALL_BODY_BYTES, PlainRequest
 from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
@@ -59,9 +60,13 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "expect"})
 
 
 class Admission(Protocol):
-    """What the proxy needs from ``flowctl.limiter.Limiter``."""
+    """What the proxy needs from ``flowctl.limiter.Limiter``: the slot API, one admission path."""
 
-    def acquire(self, priority: str | None = None, resource: str = "default") -> Any: ...
+    def slot(self, resource: str = "default", priority: str | None = None) -> Slot: ...
+    def admit(self, slot: Slot) -> float | Rejection: ...
+    def success(self, slot: Slot, start: float) -> float: ...
+    def ignore(self, slot: Slot, start: float) -> float: ...
+    def dropped(self, slot: Slot, start: float) -> float: ...
 
 
 class Observer(Protocol):
@@ -82,12 +87,16 @@ class _BodyTooLarge(Exception):
 
 
 class _Held:
-    """One request's admission until it is released: at the end, or at a stream's response headers."""
+    """One request's admission until it is released: at the end, or at a stream's response headers.
 
-    __slots__ = ("decision", "started_s", "stream_path", "session", "session_at_s")
+    ``slot`` / ``start``: the admission (``Limiter.admit``); ``slot`` None once released or without a limiter.
+    """
 
-    def __init__(self, decision: Any, started_s: float, stream_path: bool) -> None:
-        self.decision = decision
+    __slots__ = ("slot", "start", "started_s", "stream_path", "session", "session_at_s")
+
+    def __init__(self, admission: tuple[Slot, float] | None, started_s: float, stream_path: bool) -> None:
+        self.slot: Slot | None = admission[0] if admission is not None else None
+        self.start = admission[1] if admission is not None else 0.0
         self.started_s = started_s
         self.stream_path = stream_path  # under a configured stream_paths prefix
         self.session = False  # past its headers as a stream: counted in Proxy.sessions_active
@@ -277,21 +286,22 @@ class Proxy:
         if self._max_body and length is not None and length > self._max_body:
             self.errors_total["413"] += 1
             return _error(413, f"request body of {length} bytes exceeds max_body {self._max_body}")
-        decision = None
+        admission: tuple[Slot, float] | None = None
         if self.limiter is not None:
             # None means the limiter's default class; so does a name it does not know.
             priority = None
             if self._priority_header:
                 header = request.headers.get(self._priority_header)
                 priority = header.lower() if header else None
-            decision = self._admit(priority, request.method, request.path)
-            if not decision.admitted:
-                headers, body = rejection_parts(decision)
+            got = self._admit(priority, request.method, request.path)
+            if isinstance(got, Rejection):
+                headers, body = rejection_parts(got)
                 return web.json_response(body, status=503, headers=headers)
+            admission = got
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        held = _Held(decision, self._begin(), self._is_stream_path(request.path))
+        held = _Held(admission, self._begin(), self._is_stream_path(request.path))
         outcome = "ignore"
         try:
             if _is_websocket(request):
@@ -304,15 +314,19 @@ class Proxy:
         finally:
             self._end(held, outcome)
 
-    def _admit(self, priority: str | None, method: str, path: str) -> Any:
-        """The limiter's decision (a dry-run or real shed is recorded); the caller answers a rejection."""
-        assert self.limiter is not None
-        decision = self.limiter.acquire(priority, self._resource)
-        if not decision.admitted:
-            self._record_rejection(method, path, decision)
-        elif getattr(decision, "reason", None) is not None:  # a dry-run shed: admitted, but recorded
-            self._record_rejection(method, path, decision, counted=False)
-        return decision
+    def _admit(self, priority: str | None, method: str, path: str) -> tuple[Slot, float] | Rejection:
+        """The admission ``(slot, start)`` or a Rejection (a dry-run or real shed is recorded);
+        the caller answers a rejection."""
+        limiter = self.limiter
+        assert limiter is not None
+        slot = limiter.slot(self._resource, priority)
+        start = limiter.admit(slot)
+        if isinstance(start, Rejection):
+            self._record_rejection(method, path, start.reason)
+            return start
+        if isinstance(start, DryRunStart):  # a dry-run shed: admitted, but recorded
+            self._record_rejection(method, path, start.reason, counted=False)
+        return slot, start
 
     def _begin(self) -> float:
         """Count a request as being forwarded; returns its start time (for the duration histogram)."""
@@ -330,10 +344,10 @@ class Proxy:
             self.sessions_active -= 1
             if self._sessions is not None:
                 self._sessions.end(self._resource, time.monotonic() - held.session_at_s)
-        decision = held.decision
-        if decision is not None:
-            held.decision = None
-            getattr(decision, outcome)()
+        slot = held.slot
+        if slot is not None:
+            held.slot = None
+            getattr(self.limiter, outcome)(slot, held.start)
             if self._durations is not None:
                 self._durations.observe(self._clock() - held.started_s)
 
@@ -352,22 +366,22 @@ class Proxy:
             return
         held.session = True
         held.session_at_s = time.monotonic()
-        decision, held.decision = held.decision, None
+        slot, held.slot = held.slot, None
         self.sessions_active += 1
         self.sessions_total += 1
         if self._sessions is not None:
             self._sessions.begin(self._resource)
-        if decision is not None:
-            decision.success()
+        if slot is not None and self.limiter is not None:
+            self.limiter.success(slot, held.start)
             if self._durations is not None:
                 self._durations.observe(self._clock() - held.started_s)
 
-    def _record_rejection(self, method: str, path: str, decision: Any, *, counted: bool = True) -> None:
+    def _record_rejection(self, method: str, path: str, reason: Reason, *, counted: bool = True) -> None:
         # Cheap on the hot path: keep the Reason object; /debug/limiter formats it (rejection_log()).
         if counted:
             self.errors_total["503"] += 1
         if self.rejections.maxlen:
-            self.rejections.append((time.time(), method, path, decision.reason))
+            self.rejections.append((time.time(), method, path, reason))
 
     def rejection_log(self) -> list[dict[str, Any]]:
         """The last ``rejections_kept`` rejections (dry-run ones included), newest first, JSON-able."""
@@ -527,14 +541,15 @@ class Proxy:
         connection must not be reused (the response was cut short).
         """
         self.requests_total += 1
-        decision = None
+        admission: tuple[Slot, float] | None = None
         if self.limiter is not None:
-            decision = self._admit(req.priority.lower() if req.priority else None, req.method, req.path)
-            if not decision.admitted:
-                headers, body = rejection_parts(decision)
+            got = self._admit(req.priority.lower() if req.priority else None, req.method, req.path)
+            if isinstance(got, Rejection):
+                headers, body = rejection_parts(got)
                 conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
-        held = _Held(decision, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
+            admission = got
+        held = _Held(admission, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
         outcome = "ignore"
         try:
             outcome = await self._exchange_plain(req, conn, close, held)
