@@ -80,8 +80,9 @@ class _Terminated(BaseException):
 
 
 @contextmanager
-def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[None]:
-    """cpu (and cpuset) on the cgroup2 mount for the body; v1 restored and the mounts compared after."""
+def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountKey]]:
+    """cpu (and cpuset) on the cgroup2 mount for the body (yields the mounts from before); v1 restored
+    and the mounts compared after."""
     before = cgroup_mounts()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -93,7 +94,7 @@ def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[None]:
         r = run_script("on", *controllers)
         if r.returncode != 0:
             raise RuntimeError(f"scripts/cgroup2.sh on failed (exit {r.returncode}): {r.stdout}{r.stderr}")
-        yield
+        yield before
     finally:
         try:
             restore()

@@ -17,11 +17,12 @@ from tests import cgroup2, realenv
 
 
 @pytest.fixture(scope="package", autouse=True)
-def cgroup_v2_live() -> Iterator[None]:
-    """The machine with cpu and cpuset on cgroup v2 for this package; v1 restored and mounts compared after."""
+def cgroup_v2_live() -> Iterator[list[cgroup2.MountKey]]:
+    """The machine with cpu and cpuset on cgroup v2 for this package (the value: the cgroup mounts from
+    before the switch); v1 restored and mounts compared after."""
     realenv.need_root()
     realenv.need(cgroup2.live_enabled(), f"switching the cpu controller to cgroup v2 is opt-in: set {cgroup2.LIVE_ENV}=1")
     realenv.need(os.path.exists(os.path.join(cgroup2.UNIFIED, "cgroup.controllers")),
                  f"needs a cgroup2 mount at {cgroup2.UNIFIED} (a hybrid host)")
-    with cgroup2.switched_to_v2():
-        yield
+    with cgroup2.switched_to_v2() as before:
+        yield before
