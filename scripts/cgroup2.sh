@@ -7,8 +7,8 @@
 #
 # CTRL is cpu and/or cpuset (default: cpu cpuset). memory is never moved: the machine's supervisor
 # has a group in the v1 memory hierarchy. `on` refuses (exit 2, nothing changed) when not root, when a
-# v1 hierarchy it would unmount has child groups (an EMPTY libpod_parent left by podman is removed
-# first, and the message says so), or when a controller shares its v1 mount with another controller.
+# v1 hierarchy it would unmount has child groups (an empty libpod_parent left by podman, with no
+# process in it or in its empty sub-groups such as conmon, is removed first, and the message says so), or when a controller shares its v1 mount with another controller.
 # A v1 hierarchy cannot be unmounted while any process has a file open in it (a running flowctl
 # sampler keeps cpu.stat open): `on` retries for FLOWCTL_CGROUP2_BUSY_WAIT_S (90) seconds, then fails
 # naming those processes. If `on` fails half-way it restores what it changed. `off` works from any state (it is also what
@@ -155,8 +155,10 @@ on() {
         ctrls=$(v1_mount_controllers "$c")
         [[ $ctrls == "$c " ]] || die "$c is co-mounted with other controllers at $mp ($ctrls): refusing to move them all"
         d=$mp/libpod_parent
-        if [[ -d $d ]] && [[ -z $(find "$d" -mindepth 1 -type d -print -quit) ]] && [[ -z $(cat "$d/cgroup.procs") ]]; then
-            rmdir "$d" && echo "cgroup2.sh: removed the empty $d (left by podman)"
+        if [[ -d $d ]] && [[ -z $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null) ]]; then
+            # no process anywhere under it: rmdir deepest first (rmdir itself refuses a non-empty group)
+            find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+            [[ -d $d ]] || echo "cgroup2.sh: removed the empty $d (left by podman; no process in it or below)"
         fi
         children=$(find "$mp" -mindepth 1 -type d | head -5)
         [[ -z $children ]] || die "the v1 $c hierarchy at $mp has child groups, so $c cannot be moved (nothing changed):
