@@ -53,7 +53,8 @@ def cpu_on_v2() -> bool:
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     """Run scripts/cgroup2.sh with ``args``; output captured, never raises on a non-zero exit."""
-    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=60, check=False)
+    # on waits up to FLOWCTL_CGROUP2_BUSY_WAIT_S (90 s) for open files in the v1 hierarchy to close
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=180, check=False)
 
 
 def restore() -> None:
