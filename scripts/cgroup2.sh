@@ -6,15 +6,17 @@
 #   scripts/cgroup2.sh status         where each of cpu, cpuset is bound now (exit 0: all on v1, 3: switched)
 #
 # CTRL is cpu and/or cpuset (default: cpu cpuset). memory is never moved: the machine's supervisor
-# has a group in the v1 memory hierarchy. `on` refuses (exit 2, nothing changed) when not root, when a
-# v1 hierarchy it would unmount has child groups (an empty libpod_parent left by podman, with no
-# process in it or in its empty sub-groups such as conmon, is removed first, and the message says so), or when a controller shares its v1 mount with another controller.
+# has a group in the v1 memory hierarchy. `on` refuses (exit 2, nothing changed) when not root, when
+# a v1 hierarchy it would unmount has child groups, or when a controller shares its v1 mount with
+# another one. An empty libpod_parent left by podman (no process in it or in its empty sub-groups
+# such as conmon) is removed first, and the message says so.
 # A v1 hierarchy cannot be unmounted while any process has a file open in it (a running flowctl
-# sampler keeps cpu.stat open): `on` retries for FLOWCTL_CGROUP2_BUSY_WAIT_S (90) seconds, then fails
-# naming those processes. If `on` fails half-way it restores what it changed. `off` works from any state (it is also what
-# recovers a machine left switched by a crash): it disables the controllers in every cgroup2 group's
-# cgroup.subtree_control (deepest first, removing no group), then remounts each v1 hierarchy, retrying
-# for a while because the kernel frees a controller a little after its last cgroup2 group goes.
+# sampler keeps cpu.stat open): `on` retries for FLOWCTL_CGROUP2_BUSY_WAIT_S (90) seconds, then
+# fails naming those processes. If `on` fails half-way it restores what it changed.
+# `off` works from any state (it is also what recovers a machine left switched by a crash): it
+# disables the controllers in every cgroup2 group's cgroup.subtree_control (deepest first, removing
+# no group), then remounts each v1 hierarchy at /sys/fs/cgroup/CTRL, retrying for a while because
+# the kernel frees a controller a little after its last cgroup2 group goes.
 #
 # Only a development convention, not enforced here: run it under `flock /run/flowctl-machine.lock`.
 set -euo pipefail
