@@ -20,6 +20,7 @@
 #
 # Only a development convention, not enforced here: run it under `flock /run/flowctl-machine.lock`.
 set -euo pipefail
+trap 'echo "cgroup2.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
 CG=/sys/fs/cgroup
 UNIFIED=${FLOWCTL_CGROUP2_UNIFIED:-$CG/unified}
