@@ -94,6 +94,22 @@ remount_v1() {
     return 1
 }
 
+# How many cgroups the v1 hierarchy of controller $1 still counts (/proc/cgroups; 1 = only its root).
+# A removed group is counted until the kernel frees it, a moment after rmdir.
+v1_num_cgroups() { awk -v c="$1" '$1 == c { print $3 }' /proc/cgroups; }
+
+# Wait (up to 10 s) until the hierarchy of $1 counts only its root. Unmounting it while a just-removed
+# group is still being freed leaves the hierarchy alive with no mount, holding the controller: the
+# kernel only destroys a hierarchy at umount when its root has no children, dying ones included.
+wait_no_dying_groups() {
+    local i
+    for ((i = 0; i < 200; i++)); do
+        [[ $(v1_num_cgroups "$1") == 1 ]] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
 # umount $1, retrying while it is busy (another process has a file open in it) for BUSY_WAIT_S.
 umount_when_free() {
     local deadline=$((SECONDS + BUSY_WAIT_S)) err
@@ -166,6 +182,8 @@ on() {
         children=$(find "$mp" -mindepth 1 -type d | head -5)
         [[ -z $children ]] || die "the v1 $c hierarchy at $mp has child groups, so $c cannot be moved (nothing changed):
 $children"
+        wait_no_dying_groups "$c" || die "the v1 $c hierarchy still counts $(v1_num_cgroups "$c") cgroups in /proc/cgroups \
+(removed groups not yet freed by the kernel), so $c cannot be moved yet (nothing changed)"
     done
     local -a moved=()
     for c in "${wanted[@]}"; do
