@@ -47,8 +47,10 @@ def _machine_line(data: dict[str, Any]) -> str:
     m = data.get("machine", {})
     la = m.get("loadavg") or []
     la2 = m.get("loadavg_after") or []
+    cg = m.get("cgroup_cpu_version")
     return (f"{m.get('date', '?')} on {m.get('hostname', '?')}: {m.get('cpus', '?')} CPUs ({m.get('cpu_model', '?')}), "
-            f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}; load average before "
+            f"kernel {m.get('kernel', '?')}, Python {m.get('python', '?')}"
+            + (f", cpu controller on cgroup v{cg}" if cg else "") + "; load average before "
             f"{' '.join(f'{x:.2f}' for x in la)}" + (f", after {' '.join(f'{x:.2f}' for x in la2)}" if la2 else ""))  # fmt: skip
 
 
@@ -66,8 +68,8 @@ def _reasons(row: dict[str, Any]) -> str:
 
 def overload_table(rows: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | offered rps | goodput rps | goodput / capacity | admitted p99 ms | p99 / unloaded | rejected p99 ms | shed | timeouts | host CPU | container CPU | throttled | shed reasons | targets |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| variant | offered rps | goodput rps | goodput / capacity | admitted p99 ms | p99 / unloaded | rejected p99 ms | shed | timeouts | host CPU | container CPU | throttled | PSI some | shed reasons | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
@@ -75,7 +77,7 @@ def overload_table(rows: dict[str, Any]) -> list[str]:
             f"{_f(r['admitted_p99_ms'])} | {_f(r.get('admitted_p99_over_unloaded'))}x | {_f(r['rejected_p99_ms'])} | "
             f"{_pct(r['shed_ratio'])} | {r['timeouts']} | {_pct(r['host_cpu_utilization_mean'])} | "
             f"{_pct(r['container_cpu_utilization_mean'])} | {_pct(r.get('container_throttled_ratio_mean'))} | "
-            f"{_reasons(r)} | {_verdict(r)} |"
+            f"{_pct(r.get('container_pressure_ratio_mean'))} | {_reasons(r)} | {_verdict(r)} |"
         )
     return lines
 
@@ -185,7 +187,9 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
         ax = axes[i][0]
         for key, lab, st in (("host_cpu_utilization", "host /proc/stat", "r-"),
                              ("container_cpu_utilization", "container (cgroup)", "g-"),
-                             ("limiter_cpu_utilization", "limiter's signal", "b:")):  # fmt: skip
+                             ("limiter_cpu_utilization", "limiter's signal", "b:"),
+                             ("container_throttled_ratio", "periods throttled", "c--"),
+                             ("container_pressure_ratio", "cpu.pressure some (v2)", "m-.")):  # fmt: skip
             xs, ys = _series(s, key)
             if xs:
                 ax.plot(xs, ys, st, label=lab, lw=1.2)
@@ -193,7 +197,7 @@ def plot_timeseries(rows: dict[str, Any], path: str, title: str, *, event_s: flo
         ax.axhline(0.8, color="k", lw=0.6, ls="--")
         ax.set_ylabel(name, fontsize=9, fontweight="bold")
         if i == 0:
-            ax.set_title("CPU utilization views")
+            ax.set_title("CPU views, throttling, PSI (ratios)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
         ax = axes[i][1]

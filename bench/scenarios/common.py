@@ -97,6 +97,7 @@ def machine_info() -> dict[str, Any]:
                 break
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cgroup_cpu_version": cgroup_cpu_version(),
         "hostname": socket.gethostname(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
@@ -104,6 +105,13 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg": list(os.getloadavg()),
     }
+
+
+def cgroup_cpu_version() -> int | None:
+    """The cgroup version whose hierarchy has this process's cpu controller (1, 2, or None if unknown)."""
+    from flowctl.cpu.mounts import discover
+
+    return discover().version
 
 
 def calibrate_work_iters(work_ms: float) -> int:
@@ -177,6 +185,9 @@ async def upstream(
         if shares_dir and os.path.exists(os.path.join(shares_dir, "cpu.shares")):
             with contextlib.suppress(OSError), open(os.path.join(shares_dir, "cpu.shares"), "w") as f:
                 f.write(str(UPSTREAM_CPU_SHARES))
+        elif shares_dir and os.path.exists(os.path.join(shares_dir, "cpu.weight")):  # v2: the kernel's shares->weight map
+            with contextlib.suppress(OSError), open(os.path.join(shares_dir, "cpu.weight"), "w") as f:
+                f.write(str(1 + (UPSTREAM_CPU_SHARES - 2) * 9999 // 262142))
         yield Running(url, url, url + "/_bench/state", "upstream", w.pid, w, paths)
     finally:
         await cm.__aexit__(None, None, None)
@@ -251,6 +262,10 @@ class Monitor:
         out: dict[str, Any] = {"wall": time.time(), "mono": time.monotonic(), "_host": (busy, total)}
         cpu = _cg_dir(self.run.cgroup_paths, "cpu")
         acct = _cg_dir(self.run.cgroup_paths, "cpuacct")
+        if cpu and os.path.exists(os.path.join(cpu, "cpu.max")):  # v2 group (also on a hybrid host)
+            acct = None
+            self._v2_sample(cpu, out)
+            return out
         if acct:
             out["_usage_ns"] = _read_int(os.path.join(acct, "cpuacct.usage"))
         if cpu:
@@ -264,15 +279,23 @@ class Monitor:
         if not acct and not cpu and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
             d = self.run.cgroup_paths.get("unified") or next(iter(self.run.cgroup_paths.values()), None)
             if d:
-                with contextlib.suppress(OSError), open(os.path.join(d, "cpu.stat")) as f:
-                    st = dict(line.split() for line in f if line.strip())
-                    out["_usage_ns"] = int(st.get("usage_usec", 0)) * 1000
-                    out["_periods"] = int(st.get("nr_periods", 0))
-                    out["_throttled"] = int(st.get("nr_throttled", 0))
-                with contextlib.suppress(OSError, ValueError), open(os.path.join(d, "cpu.max")) as f:
-                    mx, per = f.read().split()
-                    out["limit_cores"] = None if mx == "max" else int(mx) / int(per)
+                self._v2_sample(d, out)
         return out
+
+    @staticmethod
+    def _v2_sample(d: str, out: dict[str, Any]) -> None:
+        """usage, periods and throttling from cpu.stat, the limit from cpu.max, PSI some from cpu.pressure."""
+        with contextlib.suppress(OSError), open(os.path.join(d, "cpu.stat")) as f:
+            st = dict(line.split() for line in f if line.strip())
+            out["_usage_ns"] = int(st.get("usage_usec", 0)) * 1000
+            out["_periods"] = int(st.get("nr_periods", 0))
+            out["_throttled"] = int(st.get("nr_throttled", 0))
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(d, "cpu.max")) as f:
+            mx, per = f.read().split()
+            out["limit_cores"] = None if mx == "max" else int(mx) / int(per)
+        with contextlib.suppress(OSError, ValueError, IndexError), open(os.path.join(d, "cpu.pressure")) as f:
+            some = f.readline().split()
+            out["_pressure_us"] = int(dict(kv.split("=") for kv in some[1:])["total"])
 
     async def _state(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         if not self.run.state_url:
@@ -303,6 +326,8 @@ class Monitor:
                 if "_periods" in cur and "_periods" in prev:
                     dp = cur["_periods"] - prev["_periods"]
                     row["container_throttled_ratio"] = (cur["_throttled"] - prev["_throttled"]) / dp if dp > 0 else 0.0
+                if "_pressure_us" in cur and "_pressure_us" in prev and dt > 0:
+                    row["container_pressure_ratio"] = (cur["_pressure_us"] - prev["_pressure_us"]) / 1e6 / dt
                 row.update(await self._state(session))
                 self.samples.append(row)
                 prev = cur
@@ -494,6 +519,7 @@ def variant_row(
         "errors_by_kind": lg.get("errors_by_kind", {}),
         "container_usage_cores_mean": _mean([s.get("container_usage_cores") for s in win]),
         "container_throttled_ratio_mean": _mean([s.get("container_throttled_ratio") for s in win]),
+        "container_pressure_ratio_mean": _mean([s.get("container_pressure_ratio") for s in win]),
         "limit_cores": _mean([s.get("limit_cores") for s in win]),
         "limiter_cpu_utilization_mean": _mean([s.get("limiter_cpu_utilization") for s in win]),
         "max_inflight_mean": _mean([s.get("max_inflight") for s in win]),

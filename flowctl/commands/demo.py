@@ -48,6 +48,7 @@ class DemoSample:
     cgroup_throttled_ratio: float | None
     lxcfs_utilization: float | None = None
     lxcfs_cpus: float | None = None
+    cgroup_pressure_ratio: float | None = None
 
 
 @dataclass(slots=True)
@@ -60,13 +61,14 @@ class DemoResult:
     lxcfs: bool
     lxcfs_note: str
     samples: list[DemoSample] = field(default_factory=list)
+    cgroup_version: int | None = None
     summary: dict[str, float | None] = field(default_factory=dict)
     inside: list[InsideView] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "cpus": self.cpus, "memory_bytes": self.memory_bytes, "seconds": self.seconds,
-            "lxcfs": self.lxcfs, "lxcfs_note": self.lxcfs_note,
+            "lxcfs": self.lxcfs, "lxcfs_note": self.lxcfs_note, "cgroup_version": self.cgroup_version,
             "summary": self.summary,
             "samples": [asdict(s) for s in self.samples],
             "inside": [asdict(v) for v in self.inside],
@@ -217,10 +219,13 @@ async def run_cpu_demo(
                     cgroup_utilization=c.utilization, cgroup_usage_cores=c.usage_cores,
                     cgroup_limit_cores=c.limit_cores, cgroup_throttled_ratio=c.throttled_ratio,
                     lxcfs_utilization=_num(lx.get("utilization")), lxcfs_cpus=_num(lx.get("cpus")),
+                    cgroup_pressure_ratio=c.pressure_ratio,
                 )
                 result.samples.append(sample)
                 if progress:
                     progress(sample)
+            version = cgroup.limits.details.get("version") if cgroup.limits else None
+            result.cgroup_version = version if isinstance(version, int) else None
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +241,7 @@ async def run_cpu_demo(
         "cgroup_usage_cores": _mean([x.cgroup_usage_cores for x in s]),
         "cgroup_limit_cores": _mean([x.cgroup_limit_cores for x in s]),
         "cgroup_throttled_ratio": _mean([x.cgroup_throttled_ratio for x in s]),
+        "cgroup_pressure_ratio": _mean([x.cgroup_pressure_ratio for x in s]),
         "lxcfs_utilization": _mean([x.lxcfs_utilization for x in s]),
         "lxcfs_cpus": _mean([x.lxcfs_cpus for x in s]),
     }
@@ -258,7 +264,8 @@ def _cores(x: float | None) -> str:
 
 def _progress(s: DemoSample, cpus: float, tty: bool) -> None:
     line = (f"[{s.t_s:5.1f}s] host {_pct(s.host_utilization)} of {_cores(s.host_cpus)} CPUs | "
-            f"cgroup {_pct(s.cgroup_utilization)} of {cpus:g} CPU, throttled {_pct(s.cgroup_throttled_ratio)} | "
+            f"cgroup {_pct(s.cgroup_utilization)} of {cpus:g} CPU, throttled {_pct(s.cgroup_throttled_ratio)}"
+            f"{'' if s.cgroup_pressure_ratio is None else ', PSI ' + _pct(s.cgroup_pressure_ratio)} | "
             f"lxcfs {_pct(s.lxcfs_utilization)} of {_cores(s.lxcfs_cpus)} CPU")
     print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
@@ -269,7 +276,9 @@ def verdict_text(r: DemoResult) -> str:
     parts = [
         f"host says {_pct(m['host_utilization'])} busy on {_cores(m['host_cpus'])} CPUs",
         f"cgroup says {_pct(m['cgroup_utilization'])} of {_cores(m['cgroup_limit_cores'])} CPU, "
-        f"throttled in {_pct(m['cgroup_throttled_ratio'])} of periods",
+        f"throttled in {_pct(m['cgroup_throttled_ratio'])} of periods"
+        + ("" if m.get("cgroup_pressure_ratio") is None else
+           f", and its own cpu.pressure has some task waiting {_pct(m['cgroup_pressure_ratio'])} of the time"),
     ]
     if r.lxcfs and m["lxcfs_cpus"] is not None:
         parts.append(f"lxcfs says {_cores(m['lxcfs_cpus'])} CPU ({_pct(m['lxcfs_utilization'])} busy)")
@@ -293,13 +302,16 @@ def format_report(r: DemoResult) -> str:
     """The verdict table, the verdict sentence and the inside-view table."""
     m = r.summary
     rows = [
-        ["view", "reads", "CPUs", "utilization", "throttled", "what a CPU-gated limiter (80%) does"],
-        ["host", "/proc/stat (cgroup-blind tools)", _cores(m["host_cpus"]), _pct(m["host_utilization"]), "-",
+        ["view", "reads", "CPUs", "utilization", "throttled", "PSI some", "what a CPU-gated limiter (80%) does"],
+        ["host", "/proc/stat (cgroup-blind tools)", _cores(m["host_cpus"]), _pct(m["host_utilization"]), "-", "-",
          _decision(m["host_utilization"])],
-        ["cgroup", "cpu.cfs_quota_us, cpuacct.usage, cpu.stat", _cores(m["cgroup_limit_cores"]),
-         _pct(m["cgroup_utilization"]), _pct(m["cgroup_throttled_ratio"]), _decision(m["cgroup_utilization"])],
+        ["cgroup", "cpu.max, cpu.stat, cpu.pressure (v2)" if r.cgroup_version == 2 else
+         "cpu.cfs_quota_us, cpuacct.usage, cpu.stat", _cores(m["cgroup_limit_cores"]),
+         _pct(m["cgroup_utilization"]), _pct(m["cgroup_throttled_ratio"]),
+         "n/a" if m.get("cgroup_pressure_ratio") is None else _pct(m["cgroup_pressure_ratio"]),
+         _decision(m["cgroup_utilization"])],
         ["lxcfs", "lxcfs /proc seen inside the group", _cores(m["lxcfs_cpus"]) if r.lxcfs else "n/a",
-         _pct(m["lxcfs_utilization"]) if r.lxcfs else "n/a", "-",
+         _pct(m["lxcfs_utilization"]) if r.lxcfs else "n/a", "-", "-",
          _decision(m["lxcfs_utilization"]) if r.lxcfs else "-"],
     ]
     out = [
@@ -392,6 +404,9 @@ def plot(r: DemoResult, path: str) -> None:
                 label=f"lxcfs view inside (% of {_cores(r.summary.get('lxcfs_cpus'))} CPU)")
     ax.plot(t, pct([s.cgroup_throttled_ratio for s in r.samples]), ls="--", lw=1.5, color="grey",
             label="cgroup: periods throttled")
+    if any(s.cgroup_pressure_ratio is not None for s in r.samples):
+        ax.plot(t, pct([s.cgroup_pressure_ratio for s in r.samples]), ls="-.", lw=1.5, color="purple",
+                label="cgroup cpu.pressure: some waiting (v2 PSI)")
     ax.axhline(80, color="red", lw=1, ls=":")
     ax.text(1.0, 80, " 80%\n threshold", color="red", fontsize=8, va="center", transform=ax.get_yaxis_transform())
     ax.set_ylim(0, 110)

@@ -7,8 +7,11 @@ the reason is appended to ``Discovery.errors``. Rules (REFERENCE.md §1):
   options and in the cgroup line (``cpu,cpuacct`` == ``cpuacct,cpu``);
 - v2 is the ``0::`` line and an ``cgroup2`` mount;
 - the cgroup path is made relative to the mount's root by whole path
-  components; a path outside the mount root (or with ``..``) falls back to
-  the mount point itself, with a warning;
+  components. A path outside the mount root (or with ``..``: a private cgroup
+  namespace that still sees the host's mount, where mountinfo's root is
+  ``/../../..`` and /proc/PID/cgroup says ``0::/``) is found exactly by
+  looking for the pid in ``cgroup.procs`` under the mount; only when it is
+  not there does it fall back to the mount point, with a warning;
 - hybrid hosts: the CPU version is that of the hierarchy that has ``cpu``.
 
 ``pid`` other than ``"self"`` reads ``ROOT/proc/PID/{mountinfo,cgroup}`` and
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 from flowctl.cpu.parse import CgroupLine, MountEntry, parse_cgroup_file, parse_mountinfo
 from flowctl.errors import ParseError
 
-__all__ = ["CONTROLLERS", "CgroupDir", "Discovery", "discover", "discover_path", "read_file", "under_root"]
+__all__ = ["CONTROLLERS", "CgroupDir", "Discovery", "discover", "discover_path", "find_pid_group", "read_file", "under_root"]
 
 CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "cpuset", "memory")
 UNIFIED = "unified"
@@ -112,7 +115,38 @@ def _relative(path: str, mount_root: str) -> str | None:
     return None
 
 
-def _resolve(mounts: list[MountEntry], cg_path: str, version: int, fs_root: str, errors: list[str], what: str) -> CgroupDir | None:
+def find_pid_group(base: str, pid: int) -> str | None:
+    """The directory under ``base`` whose ``cgroup.procs`` lists ``pid`` (a process is in one group per hierarchy)."""
+    want = str(pid).encode()
+    for dirpath, _dirs, files in os.walk(base):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            procs = read_file(os.path.join(dirpath, "cgroup.procs"))
+        except OSError:
+            continue
+        if want in procs.split():
+            return os.path.normpath(dirpath)
+    return None
+
+
+def _search_pid(root: str, pid: int | str) -> int | None:
+    """The pid to look for in ``cgroup.procs`` (as the reader's pid namespace numbers it), or None."""
+    if pid != "self":
+        try:
+            return int(pid)
+        except ValueError:
+            return None
+    if root in ("", "/"):
+        return os.getpid()
+    try:  # a fixture tree says who "self" is in proc/self/stat
+        return int(read_file(os.path.join(root, "proc", "self", "stat")).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _resolve(mounts: list[MountEntry], cg_path: str, version: int, fs_root: str, errors: list[str], what: str,
+             search_pid: int | None = None) -> CgroupDir | None:
     if not mounts:
         return None
     best: tuple[MountEntry, str] | None = None
@@ -121,9 +155,19 @@ def _resolve(mounts: list[MountEntry], cg_path: str, version: int, fs_root: str,
         if rel is not None and (best is None or len(m.root) > len(best[0].root)):
             best = (m, rel)
     if best is None:
+        # Outside the mount root: our group is somewhere under the mount; the kernel's
+        # cgroup.procs says exactly where.
+        for m in mounts:
+            base = os.path.normpath(under_root(fs_root, m.mount_point))
+            found = find_pid_group(base, search_pid) if search_pid is not None else None
+            if found is not None:
+                return CgroupDir(version=version, path=found, base=base, cgroup_path=cg_path,
+                                 mount_point=m.mount_point, mount_root=m.root)
         m = mounts[0]
+        looked = f"pid {search_pid} is in no cgroup.procs under it" if search_pid is not None else "no pid to look for"
         errors.append(
-            f"{what}: cgroup path {cg_path!r} is outside the mount root {m.root!r} of {m.mount_point!r}; using the mount point"
+            f"{what}: cgroup path {cg_path!r} is outside the mount root {m.root!r} of {m.mount_point!r} "
+            f"and {looked}; using the mount point"
         )
         best = (m, "/")
     m, rel = best
@@ -184,6 +228,7 @@ def discover(root: str = "/", pid: int | str = "self", cache: dict[str, object] 
         disc.errors.append(f"{cg_file}: {exc}")
         return disc
     fs_root = fs_root_of(root, pid)
+    search_pid = _search_pid(root, pid)
     v1_mounts = [m for m in disc.mounts if m.fstype == "cgroup"]
     v2_mounts = [m for m in disc.mounts if m.fstype == "cgroup2"]
     v2_line: CgroupLine | None = next((ln for ln in lines if ln.hierarchy_id == 0 and not ln.controllers), None)
@@ -196,13 +241,13 @@ def discover(root: str = "/", pid: int | str = "self", cache: dict[str, object] 
         if not mounts:
             disc.errors.append(f"cgroup v1 controller {ctrl} is in {cg_file} but not mounted")
             continue
-        d = _resolve(mounts, line.path, 1, fs_root, disc.errors, f"v1 {ctrl}")
+        d = _resolve(mounts, line.path, 1, fs_root, disc.errors, f"v1 {ctrl}", search_pid)
         if d is not None:
             disc.dirs[ctrl] = d
 
     v2_dir: CgroupDir | None = None
     if v2_line is not None and v2_mounts:
-        v2_dir = _resolve(v2_mounts, v2_line.path, 2, fs_root, disc.errors, "v2")
+        v2_dir = _resolve(v2_mounts, v2_line.path, 2, fs_root, disc.errors, "v2", search_pid)
     elif v2_line is not None and not any(d.version == 1 for d in disc.dirs.values()):
         disc.errors.append(f"{cg_file} has a v2 line but no cgroup2 filesystem is mounted")
 

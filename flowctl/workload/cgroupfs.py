@@ -3,7 +3,9 @@
 v1: one same-named group in each of cpu, cpuacct, cpuset and memory (as container
 runtimes do, and as lxcfs needs: it looks up the cpuset path and reads the quota
 at that same path in the cpu hierarchy). v2: one group, with the controllers it
-needs enabled in the parent's ``cgroup.subtree_control``.
+needs enabled in the parent's ``cgroup.subtree_control``; on a hybrid host whose
+memory controller is still bound to v1, a memory limit goes to a same-named v1
+memory group beside it.
 
 Groups are created under the launcher's own cgroup in each hierarchy, so limits
 that apply to the launcher keep applying to the workload.
@@ -86,7 +88,8 @@ def set_child_subreaper() -> bool:
 
 @dataclass(slots=True)
 class Group:
-    """A cgroup we created. ``paths`` maps each controller to its directory (v2: all the same one)."""
+    """A cgroup we created. ``paths`` maps each controller to its directory (v2: all the same one, but
+    memory in a v1 group on a hybrid host whose memory controller is bound to v1)."""
 
     name: str
     version: Literal[1, 2]
@@ -129,7 +132,7 @@ class Group:
         if "memory" not in self.paths:
             raise ControllerMissingError(f"group {self.name} has no memory controller")
         d = self.paths["memory"]
-        if self.version == 1:
+        if self.version == 1 or os.path.exists(os.path.join(d, "memory.limit_in_bytes")):  # v1 (or hybrid) memory
             _write(os.path.join(d, "memory.limit_in_bytes"), "-1" if size_bytes is None else str(size_bytes))
         else:
             _write(os.path.join(d, "memory.max"), "max" if size_bytes is None else str(size_bytes))
@@ -306,6 +309,10 @@ def _create_v2(spec: WorkloadSpec, h: Hierarchies) -> Group:
         enabled = _read(os.path.join(parent, "cgroup.subtree_control")).split()
     except OSError as exc:
         raise CgroupError(f"cannot read the cgroup2 controller files in {parent}: {exc.strerror}") from exc
+    # Hybrid host with cpu on v2 but memory still bound to v1: the memory limit goes to a same-named v1 group.
+    v1_memory = "memory" in needed and "memory" not in available and "memory" in h.v1
+    if v1_memory:
+        needed.remove("memory")
     missing = [c for c in needed if c not in available]
     if missing:
         raise ControllerMissingError(
@@ -314,7 +321,12 @@ def _create_v2(spec: WorkloadSpec, h: Hierarchies) -> Group:
         )
     enable_controllers(parent, [c for c in needed if c not in enabled])
     d = _mkdir_group(parent, spec.name, parent in h.read_only)
+    created = [d]
+    paths = {c: d for c in V1_CONTROLLERS}
     try:
+        if v1_memory:
+            paths["memory"] = _mkdir_group(h.v1["memory"], spec.name, h.v1["memory"] in h.read_only)
+            created.append(paths["memory"])
         if spec.cpuset is not None:
             eff_path = os.path.join(parent, "cpuset.cpus.effective")
             if os.path.exists(eff_path):
@@ -323,9 +335,9 @@ def _create_v2(spec: WorkloadSpec, h: Hierarchies) -> Group:
         if spec.cpus is not None:
             _write(os.path.join(d, "cpu.max"), f"{quota_us_for(spec.cpus)} {CFS_PERIOD_US}")
         if spec.memory_bytes is not None:
-            _write(os.path.join(d, "memory.max"), str(spec.memory_bytes))
+            name = "memory.limit_in_bytes" if v1_memory else "memory.max"
+            _write(os.path.join(paths["memory"], name), str(spec.memory_bytes))
     except BaseException:
-        _undo([d])
+        _undo(created)
         raise
-    paths = {c: d for c in V1_CONTROLLERS}
     return Group(name=spec.name, version=2, paths=paths)

@@ -8,9 +8,10 @@ What this machine allows (hybrid host: cpu, cpuset and memory are bound to v1;
   controller is not available, and controller delegation through
   ``cgroup.subtree_control`` (with hugetlb, the one controller v2 has here),
   including the kernel's refusal for a group that has processes in it;
-- NOT exercised on a real kernel here: writing ``cpu.max``, ``memory.max`` and
-  ``cpuset.cpus`` and their effect (throttling, MemTotal) on v2; those writes are
-  checked against a fixture tree only (file names and formats).
+- NOT exercised here on a real kernel: writing ``cpu.max``, ``memory.max`` and
+  ``cpuset.cpus`` and their effect on v2; those writes are checked against a fixture
+  tree only. ``cpu.max`` and its effect are exercised live in tests/v2, which moves
+  the cpu controller to cgroup2 (``memory.max`` stays fixture-only: memory is v1 here).
 """
 
 from __future__ import annotations
@@ -71,6 +72,30 @@ def test_fixture_tree_missing_controller_and_bad_cpuset(tmp_path: Path) -> None:
     assert not (root2 / "w").exists()
     with pytest.raises(ControllerMissingError, match="no cgroup2"):
         create_group(WorkloadSpec.build(name="w"), version="v2", hierarchies=Hierarchies())
+
+
+def test_fixture_tree_hybrid_memory_limit_goes_to_a_v1_group(tmp_path: Path) -> None:
+    """cpu on v2, memory still on v1 (this machine with the cpu controller switched): one group in each."""
+    root = _fake_v2(tmp_path, controllers="cpuset cpu")
+    mem = tmp_path / "memory"
+    mem.mkdir()
+    h = Hierarchies(v1={"memory": str(mem), "cpuacct": str(tmp_path / "cpuacct")}, v2=str(root))
+    group = create_group(WorkloadSpec.build(name="w", cpus=0.5, memory="256M"), version="v2", hierarchies=h)
+    assert group.version == 2 and group.paths["cpu"] == str(root / "w") and group.paths["memory"] == str(mem / "w")
+    assert set(group.dirs) == {str(root / "w"), str(mem / "w")}
+    assert (root / "w" / "cpu.max").read_text() == "50000 100000"
+    assert (mem / "w" / "memory.limit_in_bytes").read_text() == str(256 << 20)
+    assert not (root / "w" / "memory.max").exists()
+    group.set_memory(None)
+    assert (mem / "w" / "memory.limit_in_bytes").read_text() == "-1"
+    # a failure after the v1 group was made leaves nothing behind
+    (tmp_path / "b").mkdir()
+    root2, mem2 = _fake_v2(tmp_path / "b", controllers="cpuset cpu"), tmp_path / "b" / "memory"
+    mem2.mkdir()
+    with pytest.raises(ConfigError, match="CPU 5 not available"):
+        create_group(WorkloadSpec.build(name="w", memory="1G", cpuset="5"), version="v2",
+                     hierarchies=Hierarchies(v1={"memory": str(mem2)}, v2=str(root2)))
+    assert not (root2 / "w").exists() and not (mem2 / "w").exists()
 
 
 def _need_v2() -> None:

@@ -1,0 +1,106 @@
+"""Switching this hybrid host's cpu and cpuset controllers to cgroup v2 for the live v2 tests.
+
+Opt-in only: nothing here changes the machine unless ``FLOWCTL_CGROUP2_LIVE=1``
+(``.ci/run`` sets it); a developer's plain ``pytest`` skips the live v2 tests.
+``switched_to_v2()`` always restores v1 on the way out (test failure, pytest-timeout,
+Ctrl-C, SIGTERM) and checks the cgroup mounts are what they were before.
+``recover_at_session_start()`` (called from tests/conftest.py) restores a machine a
+crashed session (SIGKILL) left switched. The work is done by scripts/cgroup2.sh.
+By convention run these under ``flock /run/flowctl-machine.lock``: other agents'
+tests need the v1 cpu hierarchy. The code never takes that lock itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from flowctl.cpu.parse import parse_mountinfo
+
+LIVE_ENV = "FLOWCTL_CGROUP2_LIVE"
+UNIFIED = "/sys/fs/cgroup/unified"
+SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "cgroup2.sh")
+MOVED = ("cpu", "cpuset")
+
+MountKey = tuple[str, str, str, str, str, str]
+
+
+def live_enabled() -> bool:
+    """True when the environment opts in to switching the machine (``FLOWCTL_CGROUP2_LIVE=1``)."""
+    return os.environ.get(LIVE_ENV) == "1"
+
+
+def cgroup_mounts() -> list[MountKey]:
+    """Every cgroup/cgroup2 mount as ``(mount_point, root, options, fstype, source, super_options)``, sorted.
+
+    Mount ids and device numbers are left out: a remounted hierarchy gets new ones.
+    """
+    with open("/proc/self/mountinfo", "rb") as f:
+        mounts, _bad = parse_mountinfo(f.read())
+    return sorted((m.mount_point, m.root, ",".join(m.options), m.fstype, m.source, ",".join(m.super_options))
+                  for m in mounts if m.fstype in ("cgroup", "cgroup2"))
+
+
+def cpu_on_v2() -> bool:
+    """True when no v1 hierarchy carries ``cpu`` (it is on the cgroup2 mount, or being freed)."""
+    return not any(fstype == "cgroup" and "cpu" in sup.split(",") for _mp, _r, _o, fstype, _s, sup in cgroup_mounts())
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run scripts/cgroup2.sh with ``args``; output captured, never raises on a non-zero exit."""
+    # on waits up to FLOWCTL_CGROUP2_BUSY_WAIT_S (90 s) for open files in the v1 hierarchy to close
+    return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=180, check=False)
+
+
+def restore() -> None:
+    """Put cpu and cpuset back on v1 (``scripts/cgroup2.sh off``); RuntimeError if the script fails."""
+    r = run_script("off")
+    if r.returncode != 0 or cpu_on_v2():
+        raise RuntimeError(f"scripts/cgroup2.sh off failed (exit {r.returncode}): {r.stdout}{r.stderr}")
+
+
+def recover_at_session_start(say: Callable[[str], None]) -> None:
+    """Restore a machine a crashed session left on v2 (only with the opt-in; otherwise just say so)."""
+    if not cpu_on_v2() or os.geteuid() != 0 or not os.path.exists(os.path.join(UNIFIED, "cgroup.controllers")):
+        return
+    if not live_enabled():
+        say(f"the cpu controller is on cgroup v2 (a crashed live v2 session?): v1 tests will fail; "
+            f"restore with `bash {SCRIPT} off`, or run with {LIVE_ENV}=1")
+        return
+    restore()
+    say("restored the cpu/cpuset controllers to cgroup v1 (left switched to v2 by an earlier session)")
+
+
+class _Terminated(BaseException):
+    """SIGTERM while switched: unwinds like Ctrl-C so the restore runs."""
+
+
+@contextmanager
+def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountKey]]:
+    """cpu (and cpuset) on the cgroup2 mount for the body (yields the mounts from before); v1 restored
+    and the mounts compared after."""
+    before = cgroup_mounts()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        r = run_script("on", *controllers)
+        if r.returncode != 0:
+            raise RuntimeError(f"scripts/cgroup2.sh on failed (exit {r.returncode}): {r.stdout}{r.stderr}")
+        yield before
+    finally:
+        try:
+            restore()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    after = cgroup_mounts()
+    if after != before:
+        raise AssertionError(f"cgroup mounts differ after the v2 period:\nbefore {before}\nafter  {after}")
