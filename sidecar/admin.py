@@ -20,25 +20,54 @@ import enum
 import math
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from prometheus_client import CollectorRegistry
+
 from flowctl.http import metrics_page
+from flowctl.limiter import Limiter
+from flowctl.signal import CpuSignal
+from sidecar.clients import ClientGuard
+from sidecar.config import SidecarConfig
+from sidecar.probe import UpstreamProbe
+from sidecar.proxy import Proxy
 
-if TYPE_CHECKING:
-    from sidecar.app import Sidecar
+__all__ = ["SIDECAR_KEY", "AdminView", "SidecarCollector", "build_admin_app", "jsonable"]
 
-__all__ = ["SIDECAR_KEY", "SidecarCollector", "build_admin_app", "jsonable"]
 
-SIDECAR_KEY: web.AppKey[Sidecar] = web.AppKey("flowctl_sidecar")
+class AdminView(Protocol):
+    """What the admin endpoints and the collector read of the running sidecar (``sidecar.app.Sidecar``)."""
+
+    @property
+    def config(self) -> SidecarConfig: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def limiter(self) -> Limiter | None: ...
+    @property
+    def signal(self) -> CpuSignal | None: ...
+    @property
+    def views(self) -> dict[str, CpuSignal]: ...
+    @property
+    def proxy(self) -> Proxy | None: ...
+    @property
+    def probe(self) -> UpstreamProbe | None: ...
+    @property
+    def clients(self) -> ClientGuard: ...
+    @property
+    def draining(self) -> bool: ...
+
+
+SIDECAR_KEY: web.AppKey[AdminView] = web.AppKey("flowctl_sidecar")
 
 
 class SidecarCollector:
     """Sidecar-only state at scrape time: upstream readiness, draining, whether the watch reads, error counts."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: AdminView) -> None:
         self._sc = sidecar
 
     def describe(self) -> Iterable[Metric]:
@@ -87,7 +116,7 @@ class SidecarCollector:
         return [ready, draining, signal_ok, errors, clients, refused, bad, slow]
 
 
-def _signal_ok(sc: Sidecar) -> bool | None:
+def _signal_ok(sc: AdminView) -> bool | None:
     """Whether the watched signal is being read (None for an injected signal that does not say)."""
     ok = getattr(sc.signal, "signal_ok", None)
     return ok if isinstance(ok, bool) else None
@@ -158,7 +187,7 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
 
 
-def build_admin_app(sidecar: Sidecar) -> web.Application:
+def build_admin_app(sidecar: AdminView) -> web.Application:
     """The admin application; ``sidecar.registry`` backs /metrics."""
     app = web.Application()
     app[SIDECAR_KEY] = sidecar

@@ -33,7 +33,7 @@ from sidecar.clients import ClientGuard, GuardedServer
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import FastListener
 from sidecar.probe import UpstreamProbe
-from sidecar.proxy import Admission, Proxy
+from sidecar.proxy import Proxy
 from sidecar.watch import WatchedSignal, parse_watch
 
 __all__ = ["Sidecar", "build_limiter", "run"]
@@ -67,19 +67,19 @@ class Sidecar:
         self,
         config: SidecarConfig,
         *,
-        limiter: Admission | None = None,
-        signal: Any = None,
+        limiter: Limiter | None = None,
+        signal: CpuSignal | None = None,
         limit: bool = True,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.limiter: Any = limiter
-        self.signal: Any = signal
+        self.limiter: Limiter | None = limiter
+        self.signal: CpuSignal | None = signal
         self._limit = limit
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._clock = clock
-        self.views: dict[str, Any] = {}
+        self.views: dict[str, CpuSignal] = {}
         self.proxy: Proxy | None = None
         self.probe: UpstreamProbe | None = None
         self.draining = False
@@ -101,12 +101,12 @@ class Sidecar:
             self._owned.append(sig)
             self.signal = sig
         if self.signal is not None:
-            self.views[getattr(self.signal, "name", "container")] = self.signal
+            self.views[self.signal.name] = self.signal
         await self._start_comparison_views()
-        if self.limiter is None and self._limit:
+        if self.limiter is None and self._limit and self.signal is not None:
             self.limiter = build_limiter(cfg, self.signal)
         durations = None
-        if self.limiter is not None and hasattr(self.limiter, "snapshot"):
+        if self.limiter is not None:
             from flowctl.metrics import FlowctlCollector, RequestDurations
 
             self.registry.register(FlowctlCollector(self.limiter, views=self.views))

@@ -35,16 +35,13 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
 from sidecar.clients import ClientGuard, timeout_response
 
-if TYPE_CHECKING:
-    from sidecar.proxy import Proxy
-
-__all__ = ["FastListener", "PlainRequest", "SMALL_BODY_BYTES"]
+__all__ = ["FastListener", "PlainConnection", "PlainRequest", "PlainServer", "SMALL_BODY_BYTES"]
 
 SMALL_BODY_BYTES = 64 * 1024
 _PLAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -76,6 +73,22 @@ class PlainRequest:
         """The target without its query (for logs)."""
         return self.target.split("?", 1)[0]
 
+
+
+class PlainConnection(Protocol):
+    """What a ``PlainServer`` writes a plain request's answer to (this module's connection)."""
+
+    peer: str | None
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class PlainServer(Protocol):
+    """Who answers the plain requests the listener frames (``sidecar.proxy.Proxy``)."""
+
+    async def serve_plain(self, req: PlainRequest, conn: PlainConnection, *, close: bool) -> bool: ...
 
 class _Conn(asyncio.Protocol):
     """One client connection on the fast listener."""
@@ -354,7 +367,7 @@ class FastListener:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy: PlainServer,
         make_fallback: Callable[[], asyncio.Protocol],
         *,
         max_head_bytes: int = 8190,

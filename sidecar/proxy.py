@@ -43,7 +43,7 @@ from yarl import URL
 from flowctl.http import rejection_parts
 from flowctl.limiter import DryRunStart, Reason, Rejection, Slot
 from sidecar.config import SidecarConfig
-from sidecar.fastpath import SMALL_BODY_BYTES, PlainRequest
+from sidecar.fastpath import SMALL_BODY_BYTES, PlainConnection, PlainRequest
 from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
 from sidecar.clients import ClientBodyTimeout, idle_limited
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -144,16 +144,6 @@ def _plain_response(status: int, headers: list[tuple[str, str]], body: bytes, *,
     if close:
         head += b"Connection: close\r\n"
     return head + b"\r\n" + body
-
-
-class PlainConnection(Protocol):
-    """What ``Proxy.serve_plain`` writes to (``sidecar.fastpath``'s connection)."""
-
-    peer: str | None
-
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    def abort(self) -> None: ...
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flowctl.cpu.parse import parse_pid_stat_fields
+from flowctl.errors import ParseError
 from flowctl.periodic import Periodic
 from flowctl.signal import UNKNOWN_READING, CpuReading
 
@@ -105,28 +107,22 @@ def parse_watch(text: str) -> WatchTarget:
     raise ValueError(f"unknown watch kind {kind!r} (self, pid, process, cmdline, cgroup)")
 
 
-def process_start_ticks(pid: int, proc_root: str = "/proc") -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if the process is gone."""
+def _stat_field(pid: int, proc_root: str, index: int) -> int | None:
+    """An integer field of /proc/PID/stat (``parse_pid_stat_fields`` index), None if unreadable."""
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
+            return int(parse_pid_stat_fields(f.read())[index])
+    except (OSError, IndexError, ValueError, ParseError):
         return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
+
+
+def process_start_ticks(pid: int, proc_root: str = "/proc") -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), or None if the process is gone."""
+    return _stat_field(pid, proc_root, 19)
 
 
 def _ppid(pid: int, proc_root: str) -> int | None:
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rfind(b")") + 2 :].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    return _stat_field(pid, proc_root, 1)
 
 
 def _argv(pid: int, proc_root: str) -> list[str] | None:

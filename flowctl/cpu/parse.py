@@ -32,6 +32,7 @@ __all__ = [
     "parse_memory_value",
     "parse_mountinfo",
     "parse_mountinfo_line",
+    "parse_pid_stat_fields",
     "parse_proc_stat_cpu",
     "parse_psi",
     "parse_v1_quota",
@@ -394,3 +395,15 @@ def parse_loadavg(data: str | bytes) -> tuple[float, float, float]:
     if len(fields) < 3:
         raise ParseError(f"loadavg: expected 3 numbers, got {decode(data)[:40]!r}")
     return (_float(fields[0], "loadavg"), _float(fields[1], "loadavg"), _float(fields[2], "loadavg"))
+
+
+def parse_pid_stat_fields(data: str | bytes) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after ``comm``: index 0 is field 3 (state), so field N is
+    ``[N - 3]`` (ppid ``[1]``, starttime ``[19]``). ``comm`` may hold spaces and parentheses: the
+    split is after the last ``)``. ``ParseError`` when there is none."""
+    text = decode(data)
+    end = text.rfind(")")
+    if end < 0:
+        raise ParseError(f"/proc/PID/stat: no ')' after comm in {text[:60]!r}")
+    return text[end + 2 :].split()
+

@@ -330,12 +330,13 @@ class Limiter:
         gate = self._gate
         r = gate._signal.reading
         hot = gate.observe(r)
+        binding = self._budget_shed_at >= self._observed_at  # the budget shed since the last reading
         if not gate.thresholds.cpu_gate:
             self._engaged_until = math.inf
         elif hot is not None:
             self._engaged_until = math.inf
         else:
-            if now < self._cool_off_until and self._budget_shed_at < self._observed_at and gate.clearly_cool(r):
+            if now < self._cool_off_until and not binding and gate.clearly_cool(r):
                 # Cool, and the budget shed nothing since the last reading: the load fits. (While
                 # the budget sheds, a cool reading is its own work: pacing must not end itself.)
                 self._cool_off_until = now
@@ -353,7 +354,9 @@ class Limiter:
             done = 0
             for slot in self._partitions.slots.values():
                 done += slot.released
-            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive)
+            budget.observe(
+                r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive, binding=binding
+            )
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""

@@ -127,3 +127,13 @@ def test_cpu_list_with_ranges_parses_to_union(ranges: list[tuple[int, int]]) -> 
     text = ",".join(f"{lo}-{lo + n}" if n else str(lo) for lo, n in ranges)
     want = frozenset(c for lo, n in ranges for c in range(lo, lo + n + 1))
     assert P.parse_cpu_list(text) == want
+
+
+def test_pid_stat_fields_split_after_the_last_paren_of_comm() -> None:
+    from flowctl.cpu.parse import parse_pid_stat_fields
+
+    line = b"4242 (odd) name (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 123456 1000 200\n"
+    fields = parse_pid_stat_fields(line)
+    assert fields[0] == "S" and fields[1] == "1" and fields[19] == "123456"  # state, ppid, starttime
+    with pytest.raises(ParseError):
+        parse_pid_stat_fields("no comm here")

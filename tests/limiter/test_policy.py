@@ -195,7 +195,7 @@ def test_engaged_limiter_paces_with_the_budget_and_not_before() -> None:
     tick(sig, clock, 1.0, usage_cores=0.1, limit_cores=0.5)  # the 20 requests: 0.1 CPU-s
     lim.snapshot()
     _busy(lim, sig, clock, n=0, fast=1.0)  # hot twice in a row: engaged
-    got = [lim.acquire() for _ in range(10)]
+    got = [lim.acquire() for _ in range(60)]  # at once: more than the bucket holds
     admitted = [d for d in got if isinstance(d, Token)]
     shed = [d for d in got if isinstance(d, Rejection)]
     assert len(admitted) <= lim.cpu_budget.capacity and shed and shed[0].reason.trigger == "cpu_budget"  # type: ignore[union-attr]
@@ -317,7 +317,7 @@ def test_throttled_readings_cut_the_budget_and_quiet_ones_give_it_back() -> None
     b.observe(10.0, 0.5, 0.5, 0, 0.0)
     b.observe(10.1, 0.5, 0.5, 10, 0.0)  # 5 ms each: 80/s
     assert b.rate_per_s == pytest.approx(80.0)
-    b.observe(10.2, 0.5, 0.5, 20, 1.0)  # throttled in this interval's period
+    b.observe(10.2, 0.5, 0.5, 20, 1.0)  # throttled in this interval's period, while binding (the default)
     assert b.scale == pytest.approx(1 - THROTTLE_CUT) and b.rate_per_s == pytest.approx(80.0 * (1 - THROTTLE_CUT))
     b.observe(10.3, 0.5, 0.5, 30, 0.0)
     assert b.scale == pytest.approx(1 - THROTTLE_CUT + THROTTLE_GIVE)
@@ -337,3 +337,15 @@ def test_budget_learns_only_from_consecutive_readings() -> None:
     assert b.cpu_per_request_s is None
     b.observe(1000.2, 0.5, 0.5, 30)
     assert b.cpu_per_request_s == pytest.approx(0.005)
+
+
+def test_throttling_cuts_the_budget_only_while_it_binds() -> None:
+    from flowctl.limiter.budget import THROTTLE_CUT
+
+    b = CpuBudget(0.8)
+    b.observe(10.0, 0.35, 0.5, 0, 0.0)
+    b.observe(10.1, 0.35, 0.5, 10, 0.0)
+    b.observe(10.2, 0.35, 0.5, 20, 1.0, binding=False)  # throttled at a load it carries: the arrivals' bursts
+    assert b.scale == 1.0
+    b.observe(10.3, 0.35, 0.5, 30, 1.0, binding=True)  # throttled while it sheds: its pace is too high
+    assert b.scale == pytest.approx(1 - THROTTLE_CUT)
