@@ -113,6 +113,7 @@ def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any
     ``gradient`` are the concurrency-limit peers: no CPU gate, their limit alone.
     """
     from flowctl.cpu import make_signal
+    from flowctl.limit import make_algorithm
     from flowctl.limiter import Limiter
 
     if variant == "kratos":
@@ -122,17 +123,9 @@ def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any
     if variant == "bbr-lxcfs":
         views["lxcfs"] = make_signal("lxcfs")
     if variant in ("bbr-host", "bbr-container", "bbr-lxcfs"):
-        from flowctl.limit.bbr import Bbr
-
-        return Limiter(views[variant.removeprefix("bbr-")], Bbr()), views
-    if variant == "fixed":
-        from flowctl.limit.fixed import FixedLimit
-
-        return Limiter(views["container"], FixedLimit(fixed_limit), cpu_gate=False), views
-    if variant == "gradient":
-        from flowctl.limit.gradient import Gradient
-
-        return Limiter(views["container"], Gradient(), cpu_gate=False), views
+        return Limiter(views[variant.removeprefix("bbr-")], make_algorithm("bbr")), views
+    if variant in ("fixed", "gradient"):
+        return Limiter(views["container"], make_algorithm(variant, fixed_limit=fixed_limit), cpu_gate=False), views
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 

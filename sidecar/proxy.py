@@ -30,7 +30,6 @@ import collections
 import json
 import logging
 import time
-from http import HTTPStatus
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -44,6 +43,7 @@ from flowctl.http import rejection_parts
 from flowctl.limiter import DryRunStart, Reason, Rejection, Slot
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import SMALL_BODY_BYTES, PlainConnection, PlainRequest
+from sidecar.wire import error_body, header_block, plain_response, reason_phrase, status_line
 from sidecar.headers import request_header_list, request_headers, response_header_list, response_headers
 from sidecar.clients import ClientBodyTimeout, idle_limited
 from sidecar.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -115,35 +115,7 @@ def _content_type(headers: list[tuple[str, str]]) -> str | None:
 
 
 def _error(status: int, detail: str) -> web.Response:
-    return web.json_response({"error": _reason(status), "detail": detail}, status=status)
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def _error_body(status: int, detail: str) -> bytes:
-    return json.dumps({"error": _reason(status), "detail": detail}).encode()
-
-
-def _status_line(status: int, reason: str) -> bytes:
-    return f"HTTP/1.1 {status} {reason or _reason(status)}\r\n".encode("latin-1", "replace")
-
-
-def _header_block(headers: list[tuple[str, str]]) -> bytes:
-    return "".join(f"{k}: {v}\r\n" for k, v in headers).encode("utf-8", "surrogateescape")
-
-
-def _plain_response(status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool) -> bytes:
-    """A whole small response (errors, rejections) for the fast listener."""
-    head = _status_line(status, "") + _header_block(headers)
-    head += b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body)
-    if close:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+    return web.json_response({"error": reason_phrase(status), "detail": detail}, status=status)
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:
@@ -536,7 +508,7 @@ class Proxy:
             got = self._admit(req.priority.lower() if req.priority else None, req.method, req.path)
             if isinstance(got, Rejection):
                 headers, body = rejection_parts(got)
-                conn.write(_plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
+                conn.write(plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
             admission = got
         held = _Held(admission, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
@@ -559,7 +531,7 @@ class Proxy:
         try:
             async with asyncio.timeout(self._total_timeout_s):
                 up = await pool.request(req.method, self._prefix + req.target, header_list, req.body or None)
-                head = _status_line(up.status, up.reason) + _header_block(response_header_list(up.headers, up.connection))
+                head = status_line(up.status, up.reason) + header_block(response_header_list(up.headers, up.connection))
                 if close:
                     head += b"Connection: close\r\n"
                 if req.method == "HEAD" or up.status in _NO_BODY_STATUS or up.status < 200:
@@ -593,7 +565,7 @@ class Proxy:
                 conn.abort()
                 return "cut"
             status, detail, outcome = self._upstream_error_parts(e)
-            conn.write(_plain_response(status, [], _error_body(status, detail), close=close))
+            conn.write(plain_response(status, [], error_body(status, detail), close=close))
             return outcome
         except BaseException:
             if up is not None:

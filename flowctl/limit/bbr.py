@@ -20,8 +20,12 @@ utilization rho an M/M/1 queue holds rho/(1-rho) on average, already 4 at rho
 healthy traffic whenever the limiter is engaged. The square-root staffing rule
 (servers = load + beta * sqrt(load), Halfin-Whitt) keeps the chance of waiting
 bounded as load grows; Envoy's adaptive concurrency adds the same
-``sqrt(limit)`` to its new limit. ``headroom`` is beta (default 1, Envoy's
-choice; 0 gives Kratos' bare ``L``): L 0.5 -> 2, 1 -> 2, 4 -> 6, 9 -> 12.
+``sqrt(limit)`` to its new limit. ``headroom`` is beta (1 is Envoy's choice:
+L 0.5 -> 2, 1 -> 2, 4 -> 6, 9 -> 12). The default is 0, the bare ``L``: on
+the scorecard (2026-11-30 01:38 UTC) headroom 1 held in-flight at 2-3 under
+4x overload and the yielding handler's admitted p99 was 11-15x unloaded,
+against 2.1x for the bare limit of 1; the false sheds it was meant to prevent
+are now prevented by the hot rule instead (``flowctl.limiter.gate``).
 
 Quota changes: ``rescale(ratio)`` (called by the limiter when the CPU limit
 moves by more than 10%) forgets the window, whose throughput belongs to the
@@ -55,7 +59,7 @@ class Bbr:
     name = "bbr"
 
     def __init__(
-        self, *, window_s: float = 10.0, buckets: int = 100, cold_start_inflight: float = 16.0, headroom: float = 1.0
+        self, *, window_s: float = 10.0, buckets: int = 100, cold_start_inflight: float = 16.0, headroom: float = 0.0
     ) -> None:
         if not cold_start_inflight >= 1:
             raise ConfigError(f"cold_start_inflight must be >= 1, got {cold_start_inflight!r}")

@@ -114,7 +114,7 @@ class Limiter:
         cpu_gate: bool = True,
         hot_samples: int = 2,
         cool_fraction: float = 0.75,
-        cpu_budget: float | None = 0.85,
+        cpu_budget: float | None = None,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,

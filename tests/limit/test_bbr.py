@@ -104,7 +104,7 @@ def test_headroom_adds_sqrt_of_littles_law() -> None:
 
 def test_headroom_lifts_a_single_threaded_limit_of_one() -> None:
     # 10 completions per bucket (100/s) at 5 ms: L = 0.5 -> bare ceil 1, with headroom ceil(1.207) = 2.
-    bbr, bare = Bbr(), Bbr(headroom=0)
+    bbr, bare = Bbr(headroom=1.0), Bbr(headroom=0)
     for i in range(10):
         for b in (bbr, bare):
             b.on_sample(10.05 + i * 1e-3, 0.005, 1, False)
