@@ -27,7 +27,7 @@ def _child_pytest(live: bool) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in (cgroup2.LIVE_ENV, "PYTEST_ADDOPTS")}
     if live:
         env[cgroup2.LIVE_ENV] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_ema.py"],
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/cpu/test_ema.py"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
 
 
