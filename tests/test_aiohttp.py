@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import pytest
@@ -161,7 +161,12 @@ async def cleanup() -> AsyncIterator[list[Client]]:
         await c.close()
 
 
-async def start(env: Env, cleanup: list[Client]) -> Client:
+class HasApp(Protocol):
+    @property
+    def app(self) -> web.Application: ...
+
+
+async def start(env: HasApp, cleanup: list[Client]) -> Client:
     client: Client = TestClient(TestServer(env.app))
     await client.start_server()
     cleanup.append(client)

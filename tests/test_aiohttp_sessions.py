@@ -20,6 +20,7 @@ import flowctl.aiohttp as fa
 from flowctl.limit.base import LimitStats
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
+from tests.test_aiohttp import start, wait_for
 
 Client = TestClient[web.Request, web.Application]
 
@@ -107,20 +108,6 @@ async def clients() -> AsyncIterator[list[Client]]:
     for c in made:
         await c.close()
 
-
-async def start(env: SessionApp, clients: list[Client]) -> Client:
-    client: Client = TestClient(TestServer(env.app))
-    await client.start_server()
-    clients.append(client)
-    return client
-
-
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 async def answered(client: Client, n: int) -> int:

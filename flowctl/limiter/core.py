@@ -279,7 +279,7 @@ class Limiter:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
                 return decision
-        elif inflight >= slot.partition.limit and inflight and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
+        elif inflight >= slot.partition.limit and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
             decision = self._triggered(now, slot, inflight)
             if decision is not None:
                 return decision

@@ -142,8 +142,8 @@ class HotGate:
         gap = r.at - prev_at
         if r.seq:
             consecutive = r.seq == prev_seq + 1
-        else:
-            consecutive = 0 < gap <= 1.5 * self._min_gap_s
+        else:  # until a gap is known (two readings seen), nothing counts as in a row
+            consecutive = 0 < gap <= 1.5 * self._min_gap_s < math.inf
             if 0 < gap < self._min_gap_s and prev_at > -math.inf:
                 self._min_gap_s = gap
         self.consecutive = consecutive  # this reading directly follows the last one observed
@@ -160,13 +160,19 @@ class HotGate:
         elif slow is not None and slow >= limit:
             hot = ("cpu", self.signal_name, slow, limit)
         else:
-            tt = th.throttled_threshold
-            pt = th.pressure_threshold
-            if tt is not None and r.throttled_ratio is not None and r.throttled_ratio >= tt:
-                hot = ("throttled", self.signal_name, r.throttled_ratio, tt)
-            elif pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
-                hot = ("pressure", self.signal_name, r.pressure_ratio, pt)
+            hot = next(iter(self._optional_hot(r)), None)
         self.hot = hot
+        return hot
+
+    def _optional_hot(self, r: CpuReading) -> list[Hot]:
+        """The optional signals (throttled, then pressure) at or over their thresholds in ``r``."""
+        th = self._thresholds
+        hot: list[Hot] = []
+        tt, pt = th.throttled_threshold, th.pressure_threshold
+        if tt is not None and r.throttled_ratio is not None and r.throttled_ratio >= tt:
+            hot.append(("throttled", self.signal_name, r.throttled_ratio, tt))
+        if pt is not None and r.pressure_ratio is not None and r.pressure_ratio >= pt:
+            hot.append(("pressure", self.signal_name, r.pressure_ratio, pt))
         return hot
 
     def clearly_cool(self, r: CpuReading) -> bool:
@@ -187,14 +193,10 @@ class HotGate:
     def every_hot(self, now: float) -> list[str]:
         """Every signal that is hot now, by trigger name (for snapshots; triggers polled)."""
         r = self._signal.reading
-        th = self._thresholds
         hot = []
         if self.seen is r and self.hot is not None and self.hot[0] == "cpu":
             hot.append("cpu")
-        if th.throttled_threshold is not None and r.throttled_ratio is not None and r.throttled_ratio >= th.throttled_threshold:
-            hot.append("throttled")
-        if th.pressure_threshold is not None and r.pressure_ratio is not None and r.pressure_ratio >= th.pressure_threshold:
-            hot.append("pressure")
+        hot.extend(h[0] for h in self._optional_hot(r))
         for t in self.triggers:
             v = t.check(now)
             if v is not None and v >= t.threshold:

@@ -349,3 +349,21 @@ def test_throttling_cuts_the_budget_only_while_it_binds() -> None:
     assert b.scale == 1.0
     b.observe(10.3, 0.35, 0.5, 30, 1.0, binding=True)  # throttled while it sheds: its pace is too high
     assert b.scale == pytest.approx(1 - THROTTLE_CUT)
+
+
+def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() -> None:
+    """A signal without ``seq``: two hot readings are in a row only when their gap is close to
+    the shortest gap seen; before any gap is known, none is."""
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100)
+
+    def unnumbered(fast: float) -> None:
+        clock.now += INTERVAL_S
+        sig.reading = CpuReading(at=clock.now, utilization=fast, utilization_smoothed=0.1)
+        lim.snapshot()
+
+    unnumbered(0.95)
+    unnumbered(0.95)  # the first gap: not yet known to be one interval
+    assert not lim.snapshot().hot
+    unnumbered(0.95)  # same gap as the last one: in a row
+    assert lim.snapshot().hot
