@@ -7,8 +7,12 @@ never pass by skipping what it was supposed to exercise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +46,22 @@ def need_binary(name: str, package: str | None = None) -> str:
     need(path is not None, f"needs `{name}` (apt-get install -y {package or name})")
     assert path is not None
     return path
+
+
+@contextlib.contextmanager
+def reachable_by_others(path: str) -> Iterator[None]:
+    """Grant o+x on ancestors of ``path`` that lack it (a clone under a 0700 mktemp dir), then restore them.
+
+    Without it the unprivileged child cannot even import flowctl from this checkout.
+    """
+    changed: list[tuple[str, int]] = []
+    try:
+        for parent in Path(path).resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append((str(parent), stat.S_IMODE(mode)))
+        yield
+    finally:
+        for parent_path, mode in changed:
+            os.chmod(parent_path, mode)

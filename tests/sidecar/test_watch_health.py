@@ -17,7 +17,7 @@ import pytest
 
 from flowctl.signal import CpuReading
 from sidecar.watch import REMEDY, WatchedSignal, find_cmdline, find_process, parse_watch, run_module
-from tests.realenv import need_root
+from tests.realenv import need_root, reachable_by_others
 from tests.sidecar.conftest import REPO, MakeSidecar, Upstream, admin_url, config_for
 
 
@@ -146,11 +146,12 @@ def test_another_uid_cannot_read_the_target_and_says_so() -> None:
     need_root()
     target = subprocess.Popen(["sleep", "60"])
     try:
-        out = subprocess.run(
-            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-             sys.executable, "-c", _CHILD, f"pid:{target.pid}"],
-            cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+        with reachable_by_others(str(REPO)):  # a clone under a 0700 mktemp dir
+            out = subprocess.run(
+                ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                 sys.executable, "-c", _CHILD, f"pid:{target.pid}"],
+                cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
     finally:
         target.kill()
         target.wait(10)

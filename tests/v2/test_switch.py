@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests import cgroup2
-from tests.realenv import need_binary
+from tests.realenv import need_binary, reachable_by_others
 from tests.v2.helpers import unique_name
 
 pytestmark = [pytest.mark.real]
@@ -35,8 +35,9 @@ def test_status_and_non_root_refusal() -> None:
     setpriv = need_binary("setpriv", "util-linux")
     st = cgroup2.run_script("status")
     assert st.returncode == 3 and "cpu: v2 at /sys/fs/cgroup/unified" in st.stdout
-    r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", cgroup2.SCRIPT, "off"],
-                       capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    with reachable_by_others(cgroup2.SCRIPT):  # a clone under a 0700 mktemp dir
+        r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", cgroup2.SCRIPT, "off"],
+                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert r.returncode == 2 and "must be root" in r.stderr
     assert cgroup2.cpu_on_v2()
 

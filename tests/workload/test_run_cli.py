@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -153,29 +150,10 @@ def test_missing_command() -> None:
     assert _run([]).returncode == 2
 
 
-@contextlib.contextmanager
-def _reachable_by_others(path: str) -> Iterator[None]:
-    """Grant o+x on ancestors of ``path`` that lack it (a clone under a 0700 mktemp dir), then restore them.
-
-    Without it the unprivileged child cannot even import flowctl from this checkout.
-    """
-    changed: list[tuple[str, int]] = []
-    try:
-        for parent in Path(path).resolve().parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
-                changed.append((str(parent), stat.S_IMODE(mode)))
-        yield
-    finally:
-        for parent_path, mode in changed:
-            os.chmod(parent_path, mode)
-
-
 def test_not_root() -> None:
     realenv.need_root()
     setpriv = realenv.need_binary("setpriv", "util-linux")
-    with _reachable_by_others(str(REPO)):
+    with realenv.reachable_by_others(str(REPO)):
         proc = _run(["--cpus", "0.5", "--", "true"], prefix=[setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"])
     assert proc.returncode == 125, proc.stderr
     _one_error_line(proc, "needs root")
