@@ -39,12 +39,10 @@ from __future__ import annotations
 import math
 
 from flowctl.errors import ConfigError
+from flowctl.limiter.cost import CpuCost
 
 __all__ = ["CpuBudget"]
 
-_MIN_COMPLETIONS = 4  # completions per cost sample: fewer is noise
-_MIN_SPAN_S = 0.05
-_MAX_SPAN_S = 2.0  # a longer interval between readings is a gap, not a sample
 THROTTLE_CUT = 0.1  # scale *= 1 - THROTTLE_CUT per throttled reading
 THROTTLE_GIVE = 0.001  # scale += THROTTLE_GIVE per unthrottled reading (10 s to give back 0.1)
 MIN_SCALE = 0.5
@@ -53,8 +51,7 @@ MIN_SCALE = 0.5
 class CpuBudget:
     """A token bucket whose rate keeps the group's CPU at ``target`` of its limit (see the module)."""
 
-    __slots__ = ("target", "burst_s", "tau_s", "cpu_per_request_s", "rate_per_s", "capacity", "scale", "_tokens",
-                 "_at", "_obs_at", "_obs_done", "_acc_cpu_s", "_acc_done", "_acc_s")  # fmt: skip
+    __slots__ = ("target", "burst_s", "tau_s", "cost", "rate_per_s", "capacity", "scale", "_tokens", "_at")
 
     def __init__(self, target: float = 0.85, *, burst_s: float = 0.25, tau_s: float = 0.5) -> None:
         if not (0 < target <= 1.5 and math.isfinite(target)):
@@ -64,17 +61,12 @@ class CpuBudget:
         self.target = float(target)
         self.burst_s = float(burst_s)
         self.tau_s = float(tau_s)
-        self.cpu_per_request_s: float | None = None
+        self.cost = CpuCost(tau_s)
         self.rate_per_s: float | None = None  # None: unknown, admit everything
         self.capacity = 2.0
         self.scale = 1.0  # throttling feedback, in [MIN_SCALE, 1]
         self._tokens = 2.0
         self._at = -math.inf
-        self._obs_at: float | None = None
-        self._obs_done = 0
-        self._acc_cpu_s = 0.0
-        self._acc_done = 0
-        self._acc_s = 0.0
 
     def observe(
         self,
@@ -91,44 +83,25 @@ class CpuBudget:
         before) and the completions so far. ``consecutive`` False: readings in between were not
         observed, so this one's usage does not cover the completions since the last: not a sample.
         ``binding``: the budget shed since the reading before (only then does throttling cut it)."""
-        prev_at, prev_done = self._obs_at, self._obs_done
-        if usage_cores is None:  # an unknown reading starts nothing: the next one is a baseline
-            self._obs_at = None
-            return
-        self._obs_at, self._obs_done = at, completed
-        if prev_at is None or not (0 < at - prev_at <= _MAX_SPAN_S) or not consecutive:
-            return
-        if throttled_ratio is not None:
+        if self.cost.observe(at, usage_cores, completed, consecutive=consecutive) and throttled_ratio is not None:
             if throttled_ratio >= 0.5:
                 if binding:
                     self.scale = max(MIN_SCALE, self.scale * (1.0 - THROTTLE_CUT))
             else:
                 self.scale = min(1.0, self.scale + THROTTLE_GIVE)
-        span = at - prev_at
-        self._acc_cpu_s += usage_cores * span
-        self._acc_done += completed - prev_done
-        self._acc_s += span
-        if self._acc_done >= _MIN_COMPLETIONS and self._acc_s >= _MIN_SPAN_S:
-            sample = self._acc_cpu_s / self._acc_done
-            old = self.cpu_per_request_s
-            if old is None:
-                self.cpu_per_request_s = sample
-            else:
-                alpha = 1.0 - math.exp(-self._acc_s / self.tau_s)
-                self.cpu_per_request_s = old + alpha * (sample - old)
-            self._acc_cpu_s = 0.0
-            self._acc_done = 0
-            self._acc_s = 0.0
-        elif self._acc_s > 5 * self.tau_s:  # too few completions to learn from: forget
-            self._acc_cpu_s = 0.0
-            self._acc_done = 0
-            self._acc_s = 0.0
-        cost = self.cpu_per_request_s
-        if cost and limit_cores:
-            self.rate_per_s = self.scale * self.target * limit_cores / cost
+        if usage_cores is None:
+            return
+        capacity = self.cost.capacity_per_s(limit_cores)
+        if capacity is not None:
+            self.rate_per_s = self.scale * self.target * capacity
             self.capacity = max(2.0, self.rate_per_s * self.burst_s)
         else:
             self.rate_per_s = None
+
+    @property
+    def cpu_per_request_s(self) -> float | None:
+        """The learned CPU seconds per completed request (``CpuCost``)."""
+        return self.cost.cpu_per_request_s
 
     def take(self, now: float, level: float) -> bool:
         """Take a token for an admission at ``now`` if the bucket keeps ``level * capacity`` after it."""

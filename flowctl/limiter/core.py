@@ -29,6 +29,7 @@ from typing import Any
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
 from flowctl.limiter.budget import CpuBudget
+from flowctl.limiter.cost import CpuCost
 from flowctl.limiter.decisions import Decision, DryRunStart, Rejection, Token, new_reason
 from flowctl.limiter.gate import Hot, HotGate, Thresholds, cpu_value
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
@@ -115,6 +116,7 @@ class Limiter:
         hot_samples: int = 2,
         cool_fraction: float = 0.75,
         cpu_budget: float | None = None,
+        queue_allowance: int | None = 3,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
@@ -150,6 +152,10 @@ class Limiter:
         self._budget_shed_at = -math.inf  # the last CPU-budget shed
         self._observed_at = -math.inf  # when the last new reading was observed
         self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
+        self._cost = self._budget.cost if self._budget is not None else CpuCost()
+        if queue_allowance is not None and not (isinstance(queue_allowance, int) and queue_allowance >= 0):
+            raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {queue_allowance!r}")
+        self.queue_allowance = queue_allowance
         self._tokens_leaked = 0
         for t in triggers:
             self.add_trigger(t)
@@ -275,6 +281,8 @@ class Limiter:
         if gate._signal.reading is not gate.seen:
             self._observe(now)
         inflight = self._inflight
+        if inflight >= slot.partition.ceiling:
+            return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling, False)
         if now < self._engaged_until:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
@@ -349,14 +357,34 @@ class Limiter:
                 self._rescale(limit_cores / last)
                 self._refresh_at = -math.inf
             self._limit_cores = limit_cores
+        done = 0
+        for slot in self._partitions.slots.values():
+            done += slot.released
         budget = self._budget
         if budget is not None:
-            done = 0
-            for slot in self._partitions.slots.values():
-                done += slot.released
             budget.observe(
                 r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive, binding=binding
             )
+        else:
+            self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive)
+        self._set_ceiling(now, r.limit_cores)
+
+    def _set_ceiling(self, now: float, limit_cores: float | None) -> None:
+        """The always-on ceiling from the group's CPU capacity (Little's law) plus the queue allowance.
+
+        ``pipe = capacity_per_s * min_rt_s``: the in-flight the group carries at its CPU capacity
+        (``limit_cores / cpu_per_request_s``) without queueing; each request beyond it waits about
+        ``cpu_per_request_s / limit_cores`` more. The ceiling bounds that wait to ``queue_allowance``
+        requests' worth, at once: it needs no hot reading, so the onset of an overload is capped
+        before the CPU signal can show it (100-200 ms), and it sheds nothing at a load the group
+        carries without queueing that deep.
+        """
+        capacity = self._cost.capacity_per_s(limit_cores)
+        pipe = None
+        if capacity is not None and self.queue_allowance is not None:
+            min_rt = self.algorithm.stats(now).min_rt_s
+            pipe = capacity * min_rt if min_rt is not None else 0.0
+        self._partitions.set_ceiling(pipe, self.queue_allowance)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""
@@ -364,7 +392,7 @@ class Limiter:
             self._refresh(now)
         part = slot.partition
         gate = self._gate
-        if inflight >= part.limit:
+        if inflight >= part.limit and (not part.reserve or part.ceiling == math.inf):
             if not gate.thresholds.cpu_gate:
                 return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
             hot: Hot | None = gate.hot
@@ -402,9 +430,11 @@ class Limiter:
         signal_name: str,
         value: float | None,
         threshold: float | None,
+        cool: bool = True,
     ) -> Rejection | DryRunStart:
         """Record a shed (a Rejection) or a dry-run would-shed (admitted at ``now``, a
-        ``DryRunStart``), restart the cool-off, build the reason."""
+        ``DryRunStart``), restart the cool-off (unless ``cool`` is False: a ceiling shed), build
+        the reason."""
         part = slot.partition
         limit = part.limit
         # Retry-After: the cool-off (shedding goes on that long after this drop), or the
@@ -437,9 +467,10 @@ class Limiter:
         )
         if trigger == "cpu_budget":
             self._budget_shed_at = now
-        self._cool_off_until = until = now + self._cool_off_s
-        if until > self._engaged_until:
-            self._engaged_until = until
+        if cool:
+            self._cool_off_until = until = now + self._cool_off_s
+            if until > self._engaged_until:
+                self._engaged_until = until
         if not dry_run:
             slot.shed += 1
             by = slot.shed_by
@@ -519,6 +550,8 @@ class Limiter:
             dry_run=self.dry_run,
             tokens_leaked=self._tokens_leaked,
             triggers=trig,
+            priority_ceilings=self._partitions.ceilings(),
+            cpu_per_request_s=self._cost.cpu_per_request_s,
         )
 
     def __repr__(self) -> str:

@@ -45,37 +45,48 @@ class PriorityClass:
     - ``budget_level``: while the CPU budget paces admissions, the class is
       admitted only if the token bucket keeps ``budget_level * capacity``
       tokens after its own (< 0: may borrow; see ``flowctl.limiter.budget``).
+    - ``reserve``: while hot, the class is shed only at its ceiling, not at its
+      share of the limit (while no ceiling is known, at its share): the queue
+      allowance is its reserve. The ceiling
+      (always on) is ``ceil(pipe + queue_allowance * max(1, share))`` in flight,
+      ``pipe`` the in-flight the group carries at its CPU capacity without
+      queueing (see ``flowctl.limiter.core``).
     """
 
     share: float
     trigger_scale: float
     budget_level: float = 0.0
+    reserve: bool = False
 
 
 DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
-    "critical": PriorityClass(share=1.5, trigger_scale=3.0, budget_level=-1.0),
+    "critical": PriorityClass(share=1.5, trigger_scale=3.0, budget_level=-1.0, reserve=True),
     "default": PriorityClass(share=1.0, trigger_scale=2.0, budget_level=0.0),
     "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, budget_level=0.5),
 }
 """Sheddable goes first (half the limit; bypass triggers at their threshold; CPU-budget
 tokens only from a half-full bucket), default gets exactly the BBR limit (2x threshold),
-critical goes last (1.5x the limit; 3x threshold; may borrow a whole bucket of tokens)."""
+critical goes last (only at its ceiling, which has 1.5x the queue allowance; 3x threshold;
+may borrow a whole bucket of tokens)."""
 
 PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)
 """The default class names, most important first; a limiter's own are ``Limiter.priorities``."""
 
 
 class Partition:
-    """A priority class's live state: its policy and its current in-flight limit (``limit``)."""
+    """A priority class's live state: its policy, its in-flight limit while hot (``limit``) and its
+    always-on in-flight ceiling (``ceiling``, inf until the group's CPU capacity is known)."""
 
-    __slots__ = ("name", "share", "trigger_scale", "budget_level", "limit")
+    __slots__ = ("name", "share", "trigger_scale", "budget_level", "reserve", "limit", "ceiling")
 
     def __init__(self, name: str, policy: PriorityClass) -> None:
         self.name = name
         self.share = policy.share
         self.trigger_scale = policy.trigger_scale
         self.budget_level = policy.budget_level
+        self.reserve = policy.reserve
         self.limit = 1.0
+        self.ceiling = math.inf
 
 
 class Slot:
@@ -149,6 +160,17 @@ class Partitions:
         """Give every class its share of the algorithm's ``limit``: ``max(1, ceil(share * limit))``."""
         for part in self.by_name.values():
             part.limit = float(max(1, math.ceil(part.share * limit - _ROUNDING_SLACK)))
+
+    def set_ceiling(self, pipe: float | None, queue: int | None) -> None:
+        """Every class's ceiling: ``max(1, ceil(pipe + queue * max(1, share)))``; inf when either is None."""
+        for part in self.by_name.values():
+            if pipe is None or queue is None:
+                part.ceiling = math.inf
+            else:
+                part.ceiling = float(max(1, math.ceil(pipe + queue * max(1.0, part.share) - _ROUNDING_SLACK)))
+
+    def ceilings(self) -> dict[str, float]:
+        return {name: part.ceiling for name, part in self.by_name.items()}
 
     def limits(self) -> dict[str, float]:
         return {name: part.limit for name, part in self.by_name.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class LimiterSnapshot:
     dry_run: bool
     tokens_leaked: int
     triggers: dict[str, float | None] = field(default_factory=dict)
+    priority_ceilings: dict[str, float] = field(default_factory=dict)
+    cpu_per_request_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
@@ -73,6 +76,8 @@ class LimiterSnapshot:
             "dry_run": self.dry_run,
             "tokens_leaked": self.tokens_leaked,
             "triggers": dict(self.triggers),
+            "priority_ceilings": {k: (None if v == math.inf else v) for k, v in self.priority_ceilings.items()},
+            "cpu_per_request_s": self.cpu_per_request_s,
         }
 
 

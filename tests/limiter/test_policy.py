@@ -33,6 +33,7 @@ def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: floa
 
 def limiter(sig: StaticSignal, clock: Clock, n: float = 1, **kw: object) -> Limiter:
     kw.setdefault("cpu_budget", None)
+    kw.setdefault("queue_allowance", None)  # the ceiling has its own tests
     return Limiter(sig, FixedLimit(n), clock=clock, limit_refresh_s=0.0, **kw)  # type: ignore[arg-type]
 
 
@@ -107,12 +108,18 @@ def test_hot_samples_must_be_a_positive_integer() -> None:
         max_size=40,
     ),
     st.booleans(),
+    st.sampled_from([None, 0, 3]),
 )
-def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float, list[str]]], budget: bool) -> None:
+def test_a_limiter_that_is_never_hot_never_sheds(
+    steps: list[tuple[float, float, list[str]]], budget: bool, queue: int | None
+) -> None:
     """Readings whose smoothed value stays under the threshold and whose fast value never reaches it
-    twice in a row: whatever the in-flight count, nothing is shed (default policy, budget on or off)."""
+    twice in a row: whatever the in-flight count, nothing is shed (default policy, budget on or off)
+    but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
+    ceiling is admitted. Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
     clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, cpu_budget=0.85 if budget else None)
+    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, cpu_budget=0.85 if budget else None,
+                  queue_allowance=queue)  # fmt: skip
     held: list[Token] = []
     prev_hot = False
     for fast, smoothed, ops in steps:
@@ -123,12 +130,18 @@ def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float,
         for op in ops:
             clock.now += 0.001
             if op == "acquire":
+                ceiling, before = lim.snapshot().priority_ceilings["default"], lim.inflight
                 d = lim.acquire()
-                assert isinstance(d, Token), d
-                held.append(d)
+                if before < ceiling:
+                    assert isinstance(d, Token), d
+                    held.append(d)
+                else:
+                    assert queue is not None
+                    assert isinstance(d, Rejection) and d.reason.trigger == "queue", d
+                    assert not d.reason.cool_off and not lim.snapshot().cool_off
             elif held:
                 held.pop(0).success()
-    assert lim.snapshot().shed_by_reason == {}
+    assert set(lim.snapshot().shed_by_reason) <= {("default", "queue")}
 
 
 # -- the CPU budget --------------------------------------------------------------------------
