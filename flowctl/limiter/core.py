@@ -156,6 +156,7 @@ class Limiter:
         if queue_allowance is not None and not (isinstance(queue_allowance, int) and queue_allowance >= 0):
             raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {queue_allowance!r}")
         self.queue_allowance = queue_allowance
+        self._min_rt_s: float | None = None  # the last known, for the ceiling's pipe
         self._tokens_leaked = 0
         for t in triggers:
             self.add_trigger(t)
@@ -383,6 +384,9 @@ class Limiter:
         pipe = None
         if capacity is not None and self.queue_allowance is not None:
             min_rt = self.algorithm.stats(now).min_rt_s
+            if min_rt is None:  # a forgotten window (a quota change): the RT from before still holds
+                min_rt = self._min_rt_s
+            self._min_rt_s = min_rt
             pipe = capacity * min_rt if min_rt is not None else 0.0
         self._partitions.set_ceiling(pipe, self.queue_allowance)
 

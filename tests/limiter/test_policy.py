@@ -380,3 +380,94 @@ def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() ->
     assert not lim.snapshot().hot
     unnumbered(0.95)  # same gap as the last one: in a row
     assert lim.snapshot().hot
+
+
+# -- the always-on ceiling ---------------------------------------------------------------------
+
+
+def _learn_cost(lim: Limiter, sig: StaticSignal, clock: Clock, *, limit_cores: float = 0.5) -> None:
+    """Three cool readings of 10 requests per 100 ms at 5 ms of CPU each: cost 5 ms, capacity 100/s."""
+    for _ in range(3):
+        _busy(lim, sig, clock, n=10, fast=0.5, limit_cores=limit_cores)
+
+
+def test_the_ceiling_caps_an_onset_before_any_hot_reading() -> None:
+    """A flood arrives between two cool readings: in-flight stops at pipe + queue_allowance (reason
+    ``queue``) at once, and the shed starts no cool-off: the request after a release is admitted."""
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100, queue_allowance=3)
+    _learn_cost(lim, sig, clock)
+    snap = lim.snapshot()
+    assert snap.cpu_per_request_s == pytest.approx(0.005)
+    assert snap.priority_ceilings["default"] == 3  # FixedLimit has no min RT: pipe 0, the queue only
+    got = [lim.acquire() for _ in range(10)]
+    admitted = [d for d in got if isinstance(d, Token)]
+    shed = [d for d in got if isinstance(d, Rejection)]
+    assert len(admitted) == 3 and len(shed) == 7
+    assert {d.reason.trigger for d in shed} == {"queue"} and not lim.snapshot().cool_off
+    admitted[0].success()
+    assert isinstance(lim.acquire(), Token)
+
+
+def test_without_a_ceiling_the_onset_is_admitted() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100, queue_allowance=None)
+    _learn_cost(lim, sig, clock)
+    assert all(isinstance(lim.acquire(), Token) for _ in range(10))
+
+
+def test_the_ceiling_is_off_until_the_cost_is_known() -> None:
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=100, queue_allowance=3)
+    tick(sig, clock, 0.1, usage_cores=0.05, limit_cores=0.5)
+    assert lim.snapshot().priority_ceilings["default"] == math.inf
+    assert all(isinstance(lim.acquire(), Token) for _ in range(20))
+
+
+def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
+    """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 3; critical's
+    allowance is 1.5x (ceil(5 + 4.5) = 10). Half the quota halves the capacity: ceiling 3 + 3."""
+    from flowctl.limit.bbr import Bbr
+
+    clock, sig = Clock(), StaticSignal("container")
+    lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, queue_allowance=3)
+    for _ in range(5):
+        toks = [lim.acquire() for _ in range(10)]
+        clock.now += 0.05
+        for d in toks:
+            d.success()  # RT 50 ms
+        clock.now += 0.05
+        sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
+        lim.snapshot()
+    snap = lim.snapshot()
+    assert snap.cpu_per_request_s is not None and snap.min_rt_s == pytest.approx(0.05)
+    pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
+    assert 4 < pipe <= 5.5
+    assert snap.priority_ceilings == {"critical": math.ceil(pipe + 4.5), "default": math.ceil(pipe + 3),
+                                      "sheddable": math.ceil(pipe + 3)}  # fmt: skip
+    tick(sig, clock, 0.5, usage_cores=0.0, limit_cores=0.25)
+    assert lim.snapshot().priority_ceilings["default"] == math.ceil(pipe / 2 + 3)
+
+
+def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:
+    """Hot at a limit of 1: default is shed at 1 in flight, critical (reserve) goes on to its ceiling."""
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=1, queue_allowance=3)
+    _learn_cost(lim, sig, clock)
+    for _ in range(2):
+        tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
+        lim.snapshot()
+    first = lim.acquire("critical")
+    d = lim.acquire("default")
+    assert isinstance(first, Token) and isinstance(d, Rejection) and d.reason.trigger == "cpu"
+    ceiling = int(lim.snapshot().priority_ceilings["critical"])
+    assert ceiling >= 5  # ceil(pipe + 4.5)
+    crit = [lim.acquire("critical") for _ in range(ceiling)]
+    assert [isinstance(c, Token) for c in crit] == [True] * (ceiling - 1) + [False]
+    assert crit[-1].reason.trigger == "queue"  # type: ignore[union-attr]
+
+
+def test_queue_allowance_is_checked() -> None:
+    for bad in (-1, 1.5, "3"):
+        with pytest.raises(ConfigError):
+            limiter(StaticSignal(), Clock(), queue_allowance=bad)
