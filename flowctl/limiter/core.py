@@ -150,6 +150,8 @@ class Limiter:
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
         self._budget_shed_at = -math.inf  # the last CPU-budget shed
+        self._queue_sheds = 0  # ceiling sheds, and how many the last observed reading had seen
+        self._queue_sheds_seen = 0
         self._observed_at = -math.inf  # when the last new reading was observed
         self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
         self._cost = self._budget.cost if self._budget is not None else CpuCost()
@@ -283,6 +285,7 @@ class Limiter:
             self._observe(now)
         inflight = self._inflight
         if inflight >= slot.partition.ceiling:
+            self._queue_sheds += 1
             return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling, False)
         if now < self._engaged_until:
             decision = self._engaged(now, slot, inflight)
@@ -338,7 +341,8 @@ class Limiter:
         """A new CPU reading: judge it (hot or not) and feed the CPU budget (once per reading)."""
         gate = self._gate
         r = gate._signal.reading
-        hot = gate.observe(r)
+        hot = gate.observe(r, self._queue_sheds != self._queue_sheds_seen)
+        self._queue_sheds_seen = self._queue_sheds
         binding = self._budget_shed_at >= self._observed_at  # the budget shed since the last reading
         if not gate.thresholds.cpu_gate:
             self._engaged_until = math.inf

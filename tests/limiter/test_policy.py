@@ -114,29 +114,32 @@ def test_a_limiter_that_is_never_hot_never_sheds(
     steps: list[tuple[float, float, list[str]]], budget: bool, queue: int | None
 ) -> None:
     """Readings whose smoothed value stays under the threshold and whose fast value never reaches it
-    twice in a row: whatever the in-flight count, nothing is shed (default policy, budget on or off)
-    but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
+    twice in a row (nor once after a ceiling shed): whatever the in-flight count, nothing is shed
+    (default policy, budget on or off) but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
     ceiling is admitted. Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
     clock, sig = Clock(), StaticSignal("container")
     lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, cpu_budget=0.85 if budget else None,
                   queue_allowance=queue)  # fmt: skip
     held: list[Token] = []
-    prev_hot = False
+    prev_hot = queued = False  # queued: a ceiling shed that no observed reading has seen yet
     for fast, smoothed, ops in steps:
-        if prev_hot and fast >= 0.8:
-            fast = 0.5  # never two hot fast readings in a row
-        prev_hot = fast >= 0.8
+        if (prev_hot or queued) and fast >= 0.8:
+            fast = 0.5  # never two hot fast readings in a row, nor one after a ceiling shed
+        prev_hot, observed = fast >= 0.8, False
         tick(sig, clock, fast, smoothed, usage_cores=fast * 0.5, limit_cores=0.5)
         for op in ops:
             clock.now += 0.001
             if op == "acquire":
                 ceiling, before = lim.snapshot().priority_ceilings["default"], lim.inflight
+                queued = queued and observed  # the snapshot observed this reading, with the shed
+                observed = True
                 d = lim.acquire()
                 if before < ceiling:
                     assert isinstance(d, Token), d
                     held.append(d)
                 else:
                     assert queue is not None
+                    queued = True
                     assert isinstance(d, Rejection) and d.reason.trigger == "queue", d
                     assert not d.reason.cool_off and not lim.snapshot().cool_off
             elif held:
@@ -471,3 +474,21 @@ def test_queue_allowance_is_checked() -> None:
     for bad in (-1, 1.5, "3"):
         with pytest.raises(ConfigError):
             limiter(StaticSignal(), Clock(), queue_allowance=bad)
+
+
+def test_a_ceiling_shed_makes_one_hot_reading_enough() -> None:
+    """One reading over the threshold is a spike; one after the ceiling shed is an onset: hot."""
+    clock, sig = Clock(), StaticSignal("container")
+    lim = limiter(sig, clock, n=1, queue_allowance=3)
+    _learn_cost(lim, sig, clock)
+    tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
+    lim.snapshot()
+    assert not lim.snapshot().hot  # a spike alone
+    tick(sig, clock, 0.5, usage_cores=0.25, limit_cores=0.5)
+    held = [lim.acquire() for _ in range(4)]
+    assert isinstance(held[-1], Rejection) and held[-1].reason.trigger == "queue"
+    for t in held[1:3]:
+        t.success()  # type: ignore[union-attr]
+    tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
+    d = lim.acquire()  # 1 in flight, at the limit of 1, hot: shed
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu"
