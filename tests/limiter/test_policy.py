@@ -443,7 +443,8 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
         sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
         lim.snapshot()
     snap = lim.snapshot()
-    assert snap.cpu_per_request_s is not None and snap.min_rt_s == pytest.approx(0.05)
+    assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
+    assert snap.min_rt_s == pytest.approx(0.05)
     pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
     assert 4 < pipe <= 5.5
     assert snap.priority_ceilings == {"critical": math.ceil(pipe + 4.5), "default": math.ceil(pipe + 3),
@@ -488,7 +489,7 @@ def test_a_ceiling_shed_makes_one_hot_reading_enough() -> None:
     held = [lim.acquire() for _ in range(4)]
     assert isinstance(held[-1], Rejection) and held[-1].reason.trigger == "queue"
     for t in held[1:3]:
-        t.success()  # type: ignore[union-attr]
+        t.success()
     tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
     d = lim.acquire()  # 1 in flight, at the limit of 1, hot: shed
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu"
