@@ -39,6 +39,8 @@ out of the scrape rather than reported as 0.
 
 from __future__ import annotations
 
+import math
+
 import os
 import time
 from bisect import bisect_left
@@ -125,6 +127,10 @@ class FlowctlCollector:
         _set(g["flowctl_max_inflight"], snap.max_inflight)
         _set(g["flowctl_min_rt_seconds"], snap.min_rt_s)
         _set(g["flowctl_max_pass_per_second"], snap.max_pass_per_s)
+        for priority, ceiling in sorted(snap.priority_ceilings.items()):
+            if ceiling != math.inf:
+                g["flowctl_inflight_ceiling"].add_metric([priority], ceiling)
+        _set(g["flowctl_cpu_per_request_seconds"], snap.cpu_per_request_s)
         _set(g["flowctl_hot"], 1.0 if snap.hot else 0.0)
         _set(g["flowctl_cool_off"], 1.0 if snap.cool_off else 0.0)
         _set(g["flowctl_dry_run"], 1.0 if snap.dry_run else 0.0)
@@ -168,6 +174,9 @@ class _Families:
             G("flowctl_max_inflight", "Current in-flight limit (max pass rate x min RT for BBR)."),
             G("flowctl_min_rt_seconds", "Lowest recent response time the limit is based on."),
             G("flowctl_max_pass_per_second", "Highest recent completion rate the limit is based on."),
+            G("flowctl_inflight_ceiling", "Always-on in-flight ceiling by priority (CPU capacity x min RT + the "
+              "queue allowance); absent until the CPU cost per request is known.", labels=["priority"]),
+            G("flowctl_cpu_per_request_seconds", "Group CPU time per completed request (the ceiling's cost)."),
             G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),
             G("flowctl_cool_off", "1 during the cool-off after a shed (shedding continues over the limit)."),
             G("flowctl_dry_run", "1 when the limiter only reports what it would shed, else 0."),
