@@ -43,9 +43,11 @@ from flowctl.limiter.cost import CpuCost
 
 __all__ = ["CpuBudget"]
 
-THROTTLE_CUT = 0.1  # scale *= 1 - THROTTLE_CUT per throttled reading
-THROTTLE_GIVE = 0.001  # scale += THROTTLE_GIVE per unthrottled reading (10 s to give back 0.1)
-MIN_SCALE = 0.5
+THROTTLE_CUT = 0.1  # scale *= 1 - THROTTLE_CUT per throttled reading while binding
+THROTTLE_GIVE = 0.01  # scale += THROTTLE_GIVE per reading that does not bind, back to 1
+STEP = 0.15  # the closed loop moves the scale by at most this fraction per reading
+MIN_SCALE = 0.2
+MAX_SCALE = 1.5
 
 
 class CpuBudget:
@@ -53,7 +55,7 @@ class CpuBudget:
 
     __slots__ = ("target", "burst_s", "tau_s", "cost", "rate_per_s", "capacity", "scale", "_tokens", "_at")
 
-    def __init__(self, target: float = 0.85, *, burst_s: float = 0.25, tau_s: float = 0.5) -> None:
+    def __init__(self, target: float = 0.85, *, burst_s: float = 0.02, tau_s: float = 0.5) -> None:
         if not (0 < target <= 1.5 and math.isfinite(target)):
             raise ConfigError(f"cpu budget target must be in (0, 1.5], got {target!r}")
         if not (burst_s >= 0 and tau_s > 0):
@@ -77,18 +79,24 @@ class CpuBudget:
         throttled_ratio: float | None = None,
         *,
         consecutive: bool = True,
-        binding: bool = True,
+        binding: bool = False,
+        learn: bool = True,
     ) -> None:
         """One CPU reading taken at ``at`` (usage and throttling over the interval since the reading
         before) and the completions so far. ``consecutive`` False: readings in between were not
         observed, so this one's usage does not cover the completions since the last: not a sample.
         ``binding``: the budget shed since the reading before (only then does throttling cut it)."""
-        if self.cost.observe(at, usage_cores, completed, consecutive=consecutive) and throttled_ratio is not None:
-            if throttled_ratio >= 0.5:
-                if binding:
-                    self.scale = max(MIN_SCALE, self.scale * (1.0 - THROTTLE_CUT))
-            else:
-                self.scale = min(1.0, self.scale + THROTTLE_GIVE)
+        sample = self.cost.observe(at, usage_cores, completed, consecutive=consecutive, learn=learn and not binding)
+        if sample and binding and usage_cores is not None and limit_cores:
+            # Closed loop: the measured utilization steers the rate to the target (the cost learned
+            # before shedding does not include the CPU that shedding itself takes in the group).
+            step = (self.target / max(usage_cores / limit_cores, 1e-3)) ** 0.5
+            self.scale *= min(1.0 + STEP, max(1.0 - STEP, step))
+            if throttled_ratio is not None and throttled_ratio >= 0.5:
+                self.scale *= 1.0 - THROTTLE_CUT
+            self.scale = min(MAX_SCALE, max(MIN_SCALE, self.scale))
+        elif sample and not binding and self.scale < 1.0:
+            self.scale = min(1.0, self.scale + THROTTLE_GIVE)
         if usage_cores is None:
             return
         capacity = self.cost.capacity_per_s(limit_cores)

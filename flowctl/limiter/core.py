@@ -150,6 +150,7 @@ class Limiter:
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
         self._budget_shed_at = -math.inf  # the last CPU-budget shed
+        self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
         self._queue_sheds = 0  # ceiling sheds, and how many the last observed reading had seen
         self._queue_sheds_seen = 0
         self._observed_at = -math.inf  # when the last new reading was observed
@@ -362,16 +363,17 @@ class Limiter:
                 self._rescale(limit_cores / last)
                 self._refresh_at = -math.inf
             self._limit_cores = limit_cores
-        done = 0
+        done = shed = 0
         for slot in self._partitions.slots.values():
             done += slot.released
+            shed += slot.shed + slot.dry_run_shed
+        quiet, self._sheds_seen = shed == self._sheds_seen, shed  # nothing shed since the last reading
         budget = self._budget
         if budget is not None:
-            budget.observe(
-                r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive, binding=binding
-            )
+            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive,
+                           binding=binding, learn=quiet)  # fmt: skip
         else:
-            self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive)
+            self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
         self._set_ceiling(now, r.limit_cores)
 
     def _set_ceiling(self, now: float, limit_cores: float | None) -> None:
@@ -400,7 +402,9 @@ class Limiter:
             self._refresh(now)
         part = slot.partition
         gate = self._gate
-        if inflight >= part.limit and (not part.reserve or part.ceiling == math.inf):
+        budget = self._budget
+        paced = budget is not None and budget.rate_per_s is not None and part.ceiling != math.inf
+        if inflight >= part.limit and not paced and (not part.reserve or part.ceiling == math.inf):
             if not gate.thresholds.cpu_gate:
                 return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
             hot: Hot | None = gate.hot
@@ -411,7 +415,6 @@ class Limiter:
             if now < self._cool_off_until:
                 th = gate.thresholds.cpu_threshold
                 return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
-        budget = self._budget
         if budget is not None and gate.thresholds.cpu_gate and not budget.take(now, part.budget_level):
             return self._shed(now, slot, inflight, "cpu_budget", gate.signal_name, budget.rate_per_s, None)
         return None

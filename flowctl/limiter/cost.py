@@ -35,11 +35,15 @@ class CpuCost:
         self._acc_done = 0
         self._acc_s = 0.0
 
-    def observe(self, at: float, usage_cores: float | None, completed: int, *, consecutive: bool = True) -> bool:
+    def observe(
+        self, at: float, usage_cores: float | None, completed: int, *, consecutive: bool = True, learn: bool = True
+    ) -> bool:
         """One reading taken at ``at`` (``usage_cores`` over the interval since the reading before)
         and the completions so far. ``consecutive`` False: readings in between were not observed,
-        so this one's usage does not cover the completions since the last. Returns whether the
-        reading counted as a sample interval (a baseline, a gap or an unknown usage do not)."""
+        so this one's usage does not cover the completions since the last. ``learn`` False: the
+        interval is a sample but not learned from (requests were shed in it: their CPU, when the
+        limiter runs in the group, is not the cost of a completion). Returns whether the reading
+        counted as a sample interval (a baseline, a gap or an unknown usage do not)."""
         prev_at, prev_done = self._obs_at, self._obs_done
         if usage_cores is None:  # an unknown reading starts nothing: the next one is a baseline
             self._obs_at = None
@@ -47,6 +51,9 @@ class CpuCost:
         self._obs_at, self._obs_done = at, completed
         if prev_at is None or not (0 < at - prev_at <= _MAX_SPAN_S) or not consecutive:
             return False
+        if not learn:
+            self._reset_acc()
+            return True
         span = at - prev_at
         self._acc_cpu_s += usage_cores * span
         self._acc_done += completed - prev_done

@@ -326,20 +326,34 @@ def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
     assert lim.snapshot().max_inflight == 2
 
 
-def test_throttled_readings_cut_the_budget_and_quiet_ones_give_it_back() -> None:
-    from flowctl.limiter.budget import MIN_SCALE, THROTTLE_CUT, THROTTLE_GIVE
+def test_the_budget_steers_the_utilization_to_its_target_while_it_binds() -> None:
+    """Closed loop: a binding budget whose group runs over the target (shedding costs CPU in the
+    group too) lowers its rate, one under it raises it, by at most STEP per reading; throttling
+    cuts it further; a reading that does not bind gives back THROTTLE_GIVE towards 1."""
+    from flowctl.limiter.budget import MAX_SCALE, MIN_SCALE, STEP, THROTTLE_CUT, THROTTLE_GIVE
 
     b = CpuBudget(0.8)
-    b.observe(10.0, 0.5, 0.5, 0, 0.0)
-    b.observe(10.1, 0.5, 0.5, 10, 0.0)  # 5 ms each: 80/s
-    assert b.rate_per_s == pytest.approx(80.0)
-    b.observe(10.2, 0.5, 0.5, 20, 1.0)  # throttled in this interval's period, while binding (the default)
-    assert b.scale == pytest.approx(1 - THROTTLE_CUT) and b.rate_per_s == pytest.approx(80.0 * (1 - THROTTLE_CUT))
-    b.observe(10.3, 0.5, 0.5, 30, 0.0)
-    assert b.scale == pytest.approx(1 - THROTTLE_CUT + THROTTLE_GIVE)
+    b.observe(10.0, 0.4, 0.5, 0)
+    b.observe(10.1, 0.4, 0.5, 10)  # 4 ms each at 0.4 cores: capacity 125/s
+    assert b.rate_per_s == pytest.approx(100.0) and b.scale == 1.0
+    b.observe(10.2, 0.5, 0.5, 15, binding=True)  # at 100% of the quota: over the 0.8 target
+    assert b.scale == pytest.approx(0.8**0.5)
+    assert b.cpu_per_request_s == pytest.approx(0.004), "no cost is learned while shedding"
+    scale = b.scale
+    b.observe(10.3, 0.5, 0.5, 20, 1.0, binding=True)  # and throttled
+    assert b.scale == pytest.approx(scale * 0.8**0.5 * (1 - THROTTLE_CUT))
+    scale = b.scale
+    b.observe(10.4, 0.1, 0.5, 22, binding=True)  # far under the target: up, by STEP at most
+    assert b.scale == pytest.approx(scale * (1 + STEP))
+    scale = b.scale
+    b.observe(10.5, 0.2, 0.5, 30)  # not binding: back towards 1
+    assert b.scale == pytest.approx(scale + THROTTLE_GIVE)
     for i in range(100):
-        b.observe(10.4 + i / 10, 0.5, 0.5, 40 + 10 * i, 1.0)
-    assert b.scale == MIN_SCALE  # a group throttled whatever we admit: paced at half the budget, not zero
+        b.observe(10.6 + i / 10, 0.5, 0.5, 40 + 10 * i, 1.0, binding=True)
+    assert b.scale == MIN_SCALE  # a group throttled whatever we admit: paced at MIN_SCALE, not zero
+    for i in range(100):
+        b.observe(20.6 + i / 10, 0.01, 0.5, 2000 + 10 * i, binding=True)
+    assert b.scale == MAX_SCALE
 
 
 def test_budget_learns_only_from_consecutive_readings() -> None:
@@ -356,15 +370,11 @@ def test_budget_learns_only_from_consecutive_readings() -> None:
 
 
 def test_throttling_cuts_the_budget_only_while_it_binds() -> None:
-    from flowctl.limiter.budget import THROTTLE_CUT
-
     b = CpuBudget(0.8)
     b.observe(10.0, 0.35, 0.5, 0, 0.0)
     b.observe(10.1, 0.35, 0.5, 10, 0.0)
     b.observe(10.2, 0.35, 0.5, 20, 1.0, binding=False)  # throttled at a load it carries: the arrivals' bursts
     assert b.scale == 1.0
-    b.observe(10.3, 0.35, 0.5, 30, 1.0, binding=True)  # throttled while it sheds: its pace is too high
-    assert b.scale == pytest.approx(1 - THROTTLE_CUT)
 
 
 def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() -> None:
