@@ -151,7 +151,7 @@ class Limiter:
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
         self._budget_shed_at = -math.inf  # the last CPU-budget shed
         self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
-        self._queue_sheds = 0  # ceiling sheds, and how many the last observed reading had seen
+        self._queue_sheds = 0  # ceiling and bypass-trigger sheds, and how many the last reading had seen
         self._queue_sheds_seen = 0
         self._observed_at = -math.inf  # when the last new reading was observed
         self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
@@ -302,6 +302,7 @@ class Limiter:
                 if v is not None:
                     threshold = t.threshold * slot.partition.trigger_scale
                     if v >= threshold:
+                        self._queue_sheds += 1  # a late event loop: work queues too
                         return self._shed(now, slot, inflight, t.name, t.name, v, threshold)
         self._inflight = inflight + 1
         slot.admitted += 1

@@ -7,8 +7,9 @@ judges each new reading once (``observe``) and polls non-bypass triggers.
 One spike is not saturation. The CPU is hot when the smoothed utilization
 (EMA, tau 1 s) reaches the threshold, or when the fast one (the last sampler
 interval, 100 ms) reaches it on ``hot_samples`` readings in a row, or on one
-reading when the in-flight ceiling shed since the reading before (work queued
-while the CPU was busy: the onset of an overload, not a spike). Measured
+reading when the in-flight ceiling or a bypass trigger (loop lag) shed since
+the reading before (work queued while the CPU was busy: the onset of an
+overload, not a spike). Measured
 here before this rule: at 0.9x capacity with the container at 40% of its
 quota, single 100 ms samples over 0.8 started 1 s cool-offs that shed 26-28%
 of healthy traffic (Kratos' issue #59 in another form).
@@ -134,8 +135,9 @@ class HotGate:
 
     def observe(self, r: CpuReading, queued: bool = False) -> Hot | None:
         """Judge reading ``r`` (call once per new reading); sets and returns ``hot``. ``queued``:
-        the in-flight ceiling shed since the reading before, so one fast reading over the
-        threshold is enough (two independent signals agree: the CPU is busy and work queues)."""
+        the in-flight ceiling or a bypass trigger (the event loop's lag) shed since the reading
+        before, so one fast reading over the threshold is enough (two independent signals agree:
+        the CPU is busy and work queues)."""
         self.seen = r
         th = self._thresholds
         limit = th.cpu_threshold

@@ -503,3 +503,26 @@ def test_a_ceiling_shed_makes_one_hot_reading_enough() -> None:
     tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
     d = lim.acquire()  # 1 in flight, at the limit of 1, hot: shed
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu"
+
+
+def test_a_loop_lag_shed_makes_one_hot_reading_enough() -> None:
+    """Blocking handlers keep in-flight at 1, so the ceiling never sees their queue; the loop-lag
+    trigger does, and its shed counts as the same evidence: one hot reading after it is hot."""
+    from tests.test_limiter import FakeTrigger
+
+    clock, sig = Clock(), StaticSignal("container")
+    lag = FakeTrigger(threshold=0.05, bypass_inflight=True)
+    lim = limiter(sig, clock, n=1, triggers=[lag])
+    tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
+    lim.snapshot()
+    assert not lim.snapshot().hot  # a spike alone
+    tick(sig, clock, 0.5, usage_cores=0.25, limit_cores=0.5)
+    lag.value = 0.2
+    d = lim.acquire("sheddable")
+    assert isinstance(d, Rejection) and d.reason.trigger == "loop_lag"
+    lag.value = 0.0
+    tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
+    held = lim.acquire()
+    assert isinstance(held, Token)
+    d = lim.acquire()  # 1 in flight, at the limit of 1, hot: shed
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu"
