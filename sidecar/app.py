@@ -51,6 +51,7 @@ def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
         make_algorithm(config.algorithm, fixed_limit=config.fixed_limit),
         cpu_threshold=config.cpu_threshold,
         cool_off_s=config.cool_off_s,
+        queue_allowance=config.queue_allowance,
         dry_run=config.dry_run,
         cpu_gate=config.algorithm == "bbr",
     )

@@ -68,6 +68,7 @@ class SidecarConfig:
     drain_seconds: float = 25.0
     cpu_threshold: float = 0.8
     cool_off_s: float = 1.0
+    queue_allowance: int | None = 3
     algorithm: str = "bbr"
     fixed_limit: int = 100
     dry_run: bool = False
@@ -147,6 +148,10 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         return v
 
     return parse
+
+
+def _allowance(text: str) -> int | None:
+    return None if text.strip().lower() == "off" else _number(int, 0, 1000)(text)
 
 
 def _number(kind: type[int] | type[float], lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], Any]:
@@ -234,6 +239,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_seconds", "drain_seconds", _number(float, 0), "on SIGTERM, wait this long for in-flight requests", "S"),
     Option("cpu_threshold", "cpu_threshold", _number(float, 0, 1, lo_open=True), "shed above this CPU utilization (0..1]", "RATIO"),
     Option("cool_off", "cool_off_s", _number(float, 0), "keep shedding this long after the last CPU-gated rejection", "S"),
+    Option("queue_allowance", "queue_allowance", _allowance, "requests that may queue beyond the in-flight the "
+           "app's CPU capacity carries (the always-on ceiling); off: no ceiling", "N|off"),
     Option("algorithm", "algorithm", _choice(*ALGORITHMS), "concurrency limit algorithm", "NAME"),
     Option("fixed_limit", "fixed_limit", _number(int, 1), "limit for --algorithm fixed", "N"),
     Option("dry_run", "dry_run", _bool, "decide and count, but never shed", "BOOL"),

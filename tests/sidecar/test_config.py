@@ -57,6 +57,7 @@ def test_every_option_has_flag_and_env() -> None:
         ({"FLOWCTL_DRAIN_SECONDS": "-1"}, "drain_seconds"),
         ({"FLOWCTL_DRY_RUN": "maybe"}, "dry_run"),
         ({"FLOWCTL_ALGORITHM": "magic"}, "algorithm"),
+        ({"FLOWCTL_QUEUE_ALLOWANCE": "-1"}, "queue_allowance"),
     ],
 )
 def test_invalid_value_names_key_and_origin(env: dict[str, str], key: str) -> None:
@@ -66,6 +67,12 @@ def test_invalid_value_names_key_and_origin(env: dict[str, str], key: str) -> No
     assert msg.startswith(key + ":")
     assert next(iter(env)) in msg  # where it came from
     assert "\n" not in msg
+
+
+def test_queue_allowance_is_a_count_or_off() -> None:
+    assert load_config(args(), env={}).queue_allowance == 3
+    assert load_config(args("--queue-allowance", "off"), env={}).queue_allowance is None
+    assert load_config(args(), env={"FLOWCTL_QUEUE_ALLOWANCE": "5"}).queue_allowance == 5
 
 
 def test_unknown_toml_key_and_bad_toml(tmp_path: Path) -> None:
