@@ -117,6 +117,7 @@ class Limiter:
         cool_fraction: float = 0.75,
         cpu_budget: float | None = None,
         queue_allowance: int | None = 3,
+        busy_floor: bool = True,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
@@ -142,6 +143,8 @@ class Limiter:
         self._bypass: tuple[Trigger, ...] = ()
         self._polled: tuple[PolledTrigger, ...] = ()  # what admit polls: each has quiet_until
         self._limit = -1.0
+        self.busy_floor = bool(busy_floor)
+        self._busy_floor = 0.0  # the engaged limit's floor: round(min RT / CPU per request x cores)
         self._rate: float | None = None
         self._rate_stale = True
         self._refresh_at = -math.inf
@@ -389,13 +392,20 @@ class Limiter:
         """
         capacity = self._cost.capacity_per_s(limit_cores)
         pipe = None
-        if capacity is not None and self.queue_allowance is not None:
+        if capacity is not None:
             min_rt = self.algorithm.stats(now).min_rt_s
             if min_rt is None:  # a forgotten window (a quota change): the RT from before still holds
                 min_rt = self._min_rt_s
             self._min_rt_s = min_rt
             pipe = capacity * min_rt if min_rt is not None else 0.0
-        self._partitions.set_ceiling(pipe, self.queue_allowance)
+            cost = self._cost.cpu_per_request_s
+            if self.busy_floor and self._gate.thresholds.cpu_gate and min_rt is not None and cost and limit_cores:
+                # While a throttled group runs, it runs at full speed on up to ceil(limit) cores.
+                floor = float(round(min_rt / cost * math.ceil(limit_cores - 1e-9)))
+                if floor != self._busy_floor:
+                    self._busy_floor = floor
+                    self._refresh_at = -math.inf
+        self._partitions.set_ceiling(pipe if self.queue_allowance is not None else None, self.queue_allowance)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""
@@ -501,6 +511,8 @@ class Limiter:
         self._refresh_at = now + self.limit_refresh_s
         self._rate_stale = True
         limit = self._max_inflight(now)
+        if limit < self._busy_floor:
+            limit = self._busy_floor
         if limit != self._limit:
             self._limit = limit
             self._partitions.set_limit(limit)

@@ -526,3 +526,26 @@ def test_a_loop_lag_shed_makes_one_hot_reading_enough() -> None:
     assert isinstance(held, Token)
     d = lim.acquire()  # 1 in flight, at the limit of 1, hot: shed
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu"
+
+
+def test_the_engaged_limit_keeps_a_core_busy_while_the_group_runs() -> None:
+    """Bbr's L uses the average throughput, a quota's share of a core under throttling; while the
+    group runs it runs at full speed, and round(min RT / CPU per request) requests keep that core
+    busy. RT 50 ms at 5 ms of CPU each: a floor of 10 (L is 5 at 0.5 CPU); off: Bbr's own limit."""
+    from flowctl.limit.bbr import Bbr
+
+    def run(busy_floor: bool) -> dict[str, float]:
+        clock, sig = Clock(), StaticSignal("container")
+        lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, busy_floor=busy_floor)
+        for _ in range(5):
+            toks = [lim.acquire() for _ in range(10)]
+            clock.now += 0.05
+            for d in toks:
+                d.success()  # RT 50 ms
+            clock.now += 0.05
+            sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
+            lim.snapshot()
+        return lim.snapshot().priority_limits
+
+    assert run(True)["default"] == 10
+    assert run(False)["default"] == 5
