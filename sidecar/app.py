@@ -52,6 +52,7 @@ def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
         cpu_threshold=config.cpu_threshold,
         cool_off_s=config.cool_off_s,
         queue_allowance=config.queue_allowance,
+        cpu_budget=config.cpu_budget,
         dry_run=config.dry_run,
         cpu_gate=config.algorithm == "bbr",
     )

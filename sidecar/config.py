@@ -69,6 +69,7 @@ class SidecarConfig:
     cpu_threshold: float = 0.8
     cool_off_s: float = 1.0
     queue_allowance: int | None = 3
+    cpu_budget: float | None = None
     algorithm: str = "bbr"
     fixed_limit: int = 100
     dry_run: bool = False
@@ -152,6 +153,10 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 def _allowance(text: str) -> int | None:
     return None if text.strip().lower() == "off" else _number(int, 0, 1000)(text)
+
+
+def _budget(text: str) -> float | None:
+    return None if text.strip().lower() == "off" else _number(float, 0, 1, lo_open=True)(text)
 
 
 def _number(kind: type[int] | type[float], lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], Any]:
@@ -241,6 +246,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cool_off", "cool_off_s", _number(float, 0), "keep shedding this long after the last CPU-gated rejection", "S"),
     Option("queue_allowance", "queue_allowance", _allowance, "requests that may queue beyond the in-flight the "
            "app's CPU capacity carries (the always-on ceiling); off: no ceiling", "N|off"),
+    Option("cpu_budget", "cpu_budget", _budget, "while shedding, pace admissions to keep the app's CPU at this "
+           "fraction of its limit (the CPU budget); off: no pacing", "RATIO|off"),
     Option("algorithm", "algorithm", _choice(*ALGORITHMS), "concurrency limit algorithm", "NAME"),
     Option("fixed_limit", "fixed_limit", _number(int, 1), "limit for --algorithm fixed", "N"),
     Option("dry_run", "dry_run", _bool, "decide and count, but never shed", "BOOL"),
