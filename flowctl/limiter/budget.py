@@ -1,35 +1,33 @@
-"""The CPU budget: while the limiter is engaged, pace admissions so the group stays under its quota.
+"""The CPU budget (opt-in): while the limiter is engaged, pace admissions so the group stays under its quota.
 
 A concurrency limit cannot keep a CFS group out of throttling: a service that
 is busy all the time at a limit of 1 still spends its quota early in each
 period and is frozen for the rest of it (up to ``(1 - q) * 100 ms`` at ``q``
 CPUs), and every request in flight then waits. The budget admits at most
-``rate = target * limit_cores / cpu_per_request_s`` requests per second,
-where ``cpu_per_request_s`` is measured: the group's CPU time per completed
-request (the cost of shedding included, when the limiter runs in the group).
-The group then runs near ``target`` of its quota on average, with admissions
-spread evenly instead of in bursts.
+``rate = scale * target * limit_cores / cpu_per_request_s`` requests per
+second. ``cpu_per_request_s`` is ``CpuCost``'s, learned only from intervals
+without sheds (the cost of a completion, not of answering sheds).
 
-The group's own throttling steers it too: an average under the quota can
-still spend a period's quota early (a burst of work, a cost estimate that
-lags), and ``nr_throttled`` says so. Each reading in which the group was
-throttled (``throttled_ratio >= 0.5``: most periods of the interval) *while
-the budget was binding* (it shed since the reading before) cuts the rate's
-``scale`` by ``THROTTLE_CUT``; each unthrottled one gives back
-``THROTTLE_GIVE`` (down to ``MIN_SCALE``, up to 1). The ratio of the two sets
-the throttled share this feedback settles at under overload: about 1% of
-readings. Throttling while the budget is not binding is the arrivals' own
-burstiness at a load the service carries, not the budget's pacing: it does
-not count (measured: counting it made the budget shed 17-21% at 0.9x
-capacity on a quiet machine, the group at 70% of its quota).
+``scale`` closes the loop: while the budget binds (it shed since the reading
+before), each reading multiplies it by ``sqrt(target / utilization)``, at
+most ``STEP`` either way, so the group's measured utilization (shedding's
+own CPU included, when the limiter runs in the group) settles at ``target``;
+a reading in which the group was also throttled (``throttled_ratio >= 0.5``)
+cuts it by ``THROTTLE_CUT`` more. ``scale`` stays within ``[MIN_SCALE,
+MAX_SCALE]``; a reading that does not bind gives back ``THROTTLE_GIVE``
+towards 1. (A feed-forward rate on a cost measured while shedding spiralled
+down in-process: shedding's CPU raised the cost per completion, which lowered
+the rate, to 12 requests/s at 0.3 CPU.) Throttling while the budget is not
+binding is the arrivals' own burstiness at a load the service carries: it
+does not count (counting it made the budget shed 17-21% at 0.9x capacity).
 
 Admissions take tokens from a bucket refilled at ``rate`` and holding at most
-``capacity = max(2, rate * burst_s)`` (250 ms of admissions by default: Poisson demand
-near the rate must not overflow it). A priority class is admitted while the
-bucket keeps ``budget_level * capacity`` tokens after its own: critical may
-borrow (level < 0), default needs a whole token, sheddable only takes from a
-well-filled bucket (level > 0): an admission level as in WeChat's DAGOR, which
-holds at any limit, unlike slot shares.
+``capacity = max(2, rate * burst_s)`` (20 ms of admissions by default: a
+deeper bucket lets a burst spend a period's quota at once). A priority class
+is admitted while the bucket keeps ``budget_level * capacity`` tokens after
+its own: critical may borrow (level < 0), default needs a whole token,
+sheddable only takes from a well-filled bucket (level > 0): an admission
+level as in WeChat's DAGOR, which holds at any limit, unlike slot shares.
 
 Pure: time and measurements are passed in.
 """

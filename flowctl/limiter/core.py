@@ -1,5 +1,10 @@
 """``Limiter``: BBR-style admission composing the partitions, the hot gate, triggers and decisions.
 
+Always, before anything else, a request is shed when in-flight has reached its
+priority's *ceiling* (reason ``queue``): the group's CPU capacity times the
+min RT plus ``queue_allowance`` requests (``_set_ceiling``). It needs no CPU
+reading, so it caps the onset of an overload; it starts no cool-off.
+
 The limiter is *engaged* while hot (``HotGate``: the CPU signal against
 ``Thresholds``, judged once per new reading) or in its cool-off (until
 ``cool_off_s`` after the last shed). While engaged it sheds::
@@ -7,13 +12,15 @@ The limiter is *engaged* while hot (``HotGate``: the CPU signal against
     in-flight including this request > the priority's limit   (reason: what is hot, or cool_off)
     or the CPU budget has no token for the priority            (reason: cpu_budget)
 
-Non-bypass triggers count as hot when in-flight is over the limit. A bypass
-``Trigger`` sheds on its own, engaged or not, at its threshold times the
-priority's ``trigger_scale``. Every shed (or dry-run "would shed") restarts
-the cool-off. The cool-off ends early at a clearly cool reading
-(``Thresholds.cool_fraction``) unless the CPU budget shed since the reading
-before: shedding that began on a spike stops at the next reading that shows
-it, while pacing that keeps the CPU cool does not switch itself off. One admission path: ``admit(slot)``;
+The limit has a floor (``busy_floor``): the requests that keep a core busy
+while the group runs. A ``reserve`` class (critical) is shed only at its
+ceiling. Non-bypass triggers count as hot when in-flight is over the limit. A
+bypass ``Trigger`` sheds on its own, engaged or not, at its threshold times
+the priority's ``trigger_scale``. Every shed but a ceiling shed (or dry-run
+"would shed") restarts the cool-off. The cool-off ends early at a clearly
+cool reading (``Thresholds.cool_fraction``) unless the CPU budget shed since
+the reading before: shedding that began on a spike stops at the next reading
+that shows it, while pacing that keeps the CPU cool does not switch itself off. One admission path: ``admit(slot)``;
 ``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
 limiter's ``success / ignore / dropped``.
 """
@@ -388,7 +395,9 @@ class Limiter:
         ``cpu_per_request_s / limit_cores`` more. The ceiling bounds that wait to ``queue_allowance``
         requests' worth, at once: it needs no hot reading, so the onset of an overload is capped
         before the CPU signal can show it (100-200 ms), and it sheds nothing at a load the group
-        carries without queueing that deep.
+        carries without queueing that deep. Also sets the busy floor of the engaged limit:
+        ``round(min_rt_s / cpu_per_request_s * ceil(limit_cores))``, the requests that keep the
+        group's cores busy while it runs (CFS runs a throttled group at full speed, then freezes it).
         """
         capacity = self._cost.capacity_per_s(limit_cores)
         pipe = None

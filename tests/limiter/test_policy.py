@@ -437,13 +437,8 @@ def test_the_ceiling_is_off_until_the_cost_is_known() -> None:
     assert all(isinstance(lim.acquire(), Token) for _ in range(20))
 
 
-def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
-    """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 3; critical's
-    allowance is 1.5x (ceil(5 + 4.5) = 10). Half the quota halves the capacity: ceiling 3 + 3."""
-    from flowctl.limit.bbr import Bbr
-
-    clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, queue_allowance=3)
+def _feed_50ms_requests(lim: Limiter, sig: StaticSignal, clock: Clock) -> None:
+    """Five readings of 10 requests each, RT 50 ms, 5 ms of CPU each at 0.5 CPU (capacity 100/s)."""
     for _ in range(5):
         toks = [lim.acquire() for _ in range(10)]
         clock.now += 0.05
@@ -452,6 +447,16 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
         clock.now += 0.05
         sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
         lim.snapshot()
+
+
+def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
+    """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 3; critical's
+    allowance is 1.5x (ceil(5 + 4.5) = 10). Half the quota halves the capacity: ceiling 3 + 3."""
+    from flowctl.limit.bbr import Bbr
+
+    clock, sig = Clock(), StaticSignal("container")
+    lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, queue_allowance=3)
+    _feed_50ms_requests(lim, sig, clock)
     snap = lim.snapshot()
     assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
     assert snap.min_rt_s == pytest.approx(0.05)
@@ -537,14 +542,7 @@ def test_the_engaged_limit_keeps_a_core_busy_while_the_group_runs() -> None:
     def run(busy_floor: bool) -> dict[str, float]:
         clock, sig = Clock(), StaticSignal("container")
         lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, busy_floor=busy_floor)
-        for _ in range(5):
-            toks = [lim.acquire() for _ in range(10)]
-            clock.now += 0.05
-            for d in toks:
-                d.success()  # RT 50 ms
-            clock.now += 0.05
-            sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
-            lim.snapshot()
+        _feed_50ms_requests(lim, sig, clock)
         return lim.snapshot().priority_limits
 
     assert run(True)["default"] == 10
