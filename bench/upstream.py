@@ -99,7 +99,7 @@ def kratos_limiter() -> Any:
     """The Kratos-style peer: BBR gated by the container CPU as Kratos' rule has it, on flowctl's parts.
 
     Bare Little's law (no headroom), any single reading over 0.8 is hot, a 1 s cool-off
-    that always runs its course, no CPU budget, no in-flight ceiling, no busy floor, no loop-lag trigger. (Kinder to it than Kratos
+    that always runs its course, no CPU budget or period gate, no in-flight ceiling, no busy floor, no loop-lag trigger. (Kinder to it than Kratos
     itself is: the CPU is the cgroup's, re-read every second, and RT is not rounded to ms.)
     """
     from flowctl.cpu import make_signal
@@ -107,7 +107,7 @@ def kratos_limiter() -> Any:
     from flowctl.limiter import Limiter
 
     return Limiter(make_signal("container"), Bbr(headroom=0.0), cool_off_s=1.0, hot_samples=1, cool_fraction=0.0,
-                   cpu_budget=None, queue_allowance=None, busy_floor=False)  # fmt: skip
+                   cpu_budget=None, queue_allowance=None, busy_floor=False, period_gate=False)  # fmt: skip
 
 
 def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any]]:

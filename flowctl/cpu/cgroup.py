@@ -257,7 +257,7 @@ class CgroupCounterReader:
     not an error, and never the host's system-wide PSI.
     """
 
-    def __init__(self, disc: Discovery) -> None:
+    def __init__(self, disc: Discovery, *, pressure: bool = True) -> None:
         self.version = disc.version
         cpu = disc.dirs.get("cpu")
         acct = disc.dirs.get("cpuacct")
@@ -273,7 +273,7 @@ class CgroupCounterReader:
             if cpu is not None:
                 self._stat = KeptFile(os.path.join(cpu.path, "cpu.stat"))
         self._pressure: KeptFile | None = None
-        for path in pressure_candidates(disc):
+        for path in pressure_candidates(disc) if pressure else ():
             if os.path.exists(path):
                 self._pressure = KeptFile(path, 256)
                 break

@@ -33,12 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from flowctl.cpu.bandwidth import BandwidthReader
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
 from flowctl.limiter.budget import CpuBudget
 from flowctl.limiter.cost import CpuCost
 from flowctl.limiter.decisions import Decision, DryRunStart, Rejection, Token, new_reason
 from flowctl.limiter.gate import Hot, HotGate, Thresholds, cpu_value
+from flowctl.limiter.period import PeriodGate
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
 from flowctl.limiter.snapshot import LimiterSnapshot
 from flowctl.limiter.triggers import PolledTrigger, Trigger, polled
@@ -125,6 +127,7 @@ class Limiter:
         cpu_budget: float | None = None,
         queue_allowance: int | None = 3,
         busy_floor: bool = True,
+        period_gate: bool = True,
         max_resources: int = 100,
         limit_refresh_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
@@ -159,7 +162,7 @@ class Limiter:
         self._inflight = 0
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
-        self._budget_shed_at = -math.inf  # the last CPU-budget shed
+        self._budget_shed_at = -math.inf  # the last CPU-budget or period-gate shed (pacing)
         self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
         self._queue_sheds = 0  # ceiling and bypass-trigger sheds, and how many the last reading had seen
         self._queue_sheds_seen = 0
@@ -170,6 +173,11 @@ class Limiter:
             raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {queue_allowance!r}")
         self.queue_allowance = queue_allowance
         self._min_rt_s: float | None = None  # the last known, for the ceiling's pipe
+        self._period = PeriodGate() if period_gate else None
+        self._bandwidth: BandwidthReader | None = None  # the signal's cgroup, read per paced admission
+        self._bandwidth_key: tuple[str, int, int] | None = None
+        self._quota_at = -math.inf  # when to re-read the group's own quota
+        self._pacing = False  # the period gate has a quota to pace by
         self._tokens_leaked = 0
         for t in triggers:
             self.add_trigger(t)
@@ -200,6 +208,11 @@ class Limiter:
     def cpu_budget(self) -> CpuBudget | None:
         """The CPU budget pacing admissions while engaged (None: off), for its state."""
         return self._budget
+
+    @property
+    def period_gate(self) -> PeriodGate | None:
+        """The period gate pacing admissions while engaged (None: off), for its state."""
+        return self._period
 
     @property
     def cool_off_s(self) -> float:
@@ -302,10 +315,15 @@ class Limiter:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
                 return decision
-        elif inflight >= slot.partition.limit and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
-            decision = self._triggered(now, slot, inflight)
-            if decision is not None:
-                return decision
+        elif inflight:
+            if self._pacing:
+                decision = self._paced(now, slot, inflight, False)
+                if decision is not None:
+                    return decision
+            if inflight >= slot.partition.limit and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
+                decision = self._triggered(now, slot, inflight)
+                if decision is not None:
+                    return decision
         for t in self._polled:  # the loop-lag trigger (written out: no helper frame)
             if now >= t.quiet_until:  # else its check would return None: no call
                 v = t.check(now)
@@ -386,6 +404,37 @@ class Limiter:
         else:
             self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
         self._set_ceiling(now, r.limit_cores)
+        if self._period is not None and now >= self._quota_at:
+            self._follow_bandwidth(now, limit_cores)
+
+    def _follow_bandwidth(self, now: float, limit_cores: float | None) -> None:
+        """Point the period gate at the signal's cgroup and re-read its own quota (once a second).
+
+        Only the container view has a cgroup to read; any other view, or a group without a quota
+        of its own, turns the gate off until this finds one."""
+        self._quota_at = now + 1.0
+        period = self._period
+        assert period is not None
+        signal = self._gate.signal
+        source = getattr(signal, "source", None) or getattr(getattr(signal, "sampler", None), "source", None)
+        disc = getattr(source, "discovery", None)
+        cpu = disc.dirs.get("cpu") if disc is not None else None
+        if cpu is None or getattr(signal, "active_view", None) != "container":
+            key = None
+        else:  # the sidecar's signal makes a new source when its target restarts
+            key = (cpu.path, id(source), int(getattr(source, "generation", 0)))
+        if key != self._bandwidth_key:
+            if self._bandwidth is not None:
+                self._bandwidth.close()
+            self._bandwidth = BandwidthReader(disc) if key is not None and disc is not None else None
+            self._bandwidth_key = key
+        quota = self._bandwidth.quota() if self._bandwidth is not None else None
+        cores = math.ceil(limit_cores - 1e-9) if limit_cores else 1
+        if quota is None:
+            period.set_quota(None, None)
+        else:
+            period.set_quota(quota[0], quota[1], cores)
+        self._pacing = period.quota_s is not None and self._gate.thresholds.cpu_gate
 
     def _set_ceiling(self, now: float, limit_cores: float | None) -> None:
         """The always-on ceiling from the group's CPU capacity (Little's law) plus the queue allowance.
@@ -423,7 +472,8 @@ class Limiter:
         part = slot.partition
         gate = self._gate
         budget = self._budget
-        paced = budget is not None and budget.rate_per_s is not None and part.ceiling != math.inf
+        pacing = self._pacing and gate.thresholds.cpu_gate
+        paced = part.ceiling != math.inf and (pacing or (budget is not None and budget.rate_per_s is not None))
         if inflight >= part.limit and not paced and (not part.reserve or part.ceiling == math.inf):
             if not gate.thresholds.cpu_gate:
                 return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
@@ -435,9 +485,32 @@ class Limiter:
             if now < self._cool_off_until:
                 th = gate.thresholds.cpu_threshold
                 return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
+        if pacing:
+            decision = self._paced(now, slot, inflight, True)
+            if decision is not None:
+                return decision
         if budget is not None and gate.thresholds.cpu_gate and not budget.take(now, part.budget_level):
             return self._shed(now, slot, inflight, "cpu_budget", gate.signal_name, budget.rate_per_s, None)
         return None
+
+    def _paced(self, now: float, slot: Slot, inflight: int, engaged: bool) -> Rejection | DryRunStart | None:
+        """The period gate: shed when the group's current CFS period has no quota left for this request.
+
+        Engaged: with the gate's margin and the class's level, as pacing (restarts the cool-off).
+        Not engaged: only when the whole quota is spent (the request would wait for the next
+        period); that is queue evidence for the hot gate and starts no cool-off, as a ceiling shed."""
+        period = self._period
+        assert period is not None
+        bandwidth = self._bandwidth
+        counters = bandwidth.read() if bandwidth is not None else None
+        if counters is not None:
+            period.update(now, *counters)
+        if period.allows(now, inflight, self._cost.cpu_per_request_s, slot.partition.budget_level, strict=engaged):
+            return None
+        if not engaged:
+            self._queue_sheds += 1
+        return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
+                          engaged)  # fmt: skip
 
     def _triggered(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Not engaged but over the limit: shed if a non-bypass trigger fires (warn if CPU is unknown)."""
@@ -496,7 +569,7 @@ class Limiter:
                 "priority_limit": limit,
             }
         )
-        if trigger == "cpu_budget":
+        if trigger == "cpu_budget" or trigger == "cpu_period":
             self._budget_shed_at = now
         if cool:
             self._cool_off_until = until = now + self._cool_off_s

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from flowctl.cpu import ContainerSource, Sampler, make_signal
+from flowctl.cpu.bandwidth import BandwidthReader
+from flowctl.cpu.mounts import discover_path
+from tests.bandwidth_live import check_burner_periods
 from tests.realenv import need_binary, need_cgroup_v1
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -302,3 +305,21 @@ def test_lxcfs_view_of_a_limited_container_and_dead_mount(tmp_path: Path) -> Non
         s = make_signal("lxcfs", lxcfs_dir=str(mnt))  # with the fallback: the cgroup view instead
         s.sample()
         assert s.active_view == "container" and s.sample().limit_cores is not None
+
+
+def test_bandwidth_reader_follows_each_cfs_period_of_a_throttled_group() -> None:
+    """The period gate's counters on v1: cpuacct.usage, cpu.stat nr_periods/nr_throttled, the leaf's quota."""
+    need_cgroup_v1("cpu", "cpuacct")
+    ctrls = ("cpu", "cpuacct")
+    with cgroup(ctrls, quota_us=30000) as name, child([sys.executable, "-c", BURNER, "1.0"]) as burner:
+        assert burner.stdout is not None and burner.stdin is not None
+        assert burner.stdout.readline().strip() == "ready"
+        _join(name, burner.pid, ctrls)
+        burner.stdin.write("go\n")
+        burner.stdin.flush()
+        time.sleep(0.3)
+        reader = BandwidthReader(discover_path(f"{CG}/cpu/{name}"))
+        try:
+            print("\n" + check_burner_periods(reader, 0.03))
+        finally:
+            reader.close()

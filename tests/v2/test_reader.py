@@ -15,8 +15,11 @@ import time
 import pytest
 
 from flowctl.cpu import make_signal
+from flowctl.cpu.bandwidth import BandwidthReader
+from flowctl.cpu.mounts import discover_path
 from flowctl.cpu.parse import parse_flat_keyed
 from flowctl.cpu.sources import ContainerSource
+from tests.bandwidth_live import check_burner_periods
 from tests.v2.helpers import burner_in, read, v2_group, write
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -96,3 +99,14 @@ def test_counters_are_cpu_stat_usage_usec_and_throttling_and_cpu_pressure() -> N
     assert c1.throttled_s is not None and c0.throttled_s is not None and c1.throttled_s > c0.throttled_s
     assert c1.pressure_s is not None and c0.pressure_s is not None
     assert (c1.pressure_s - c0.pressure_s) / (t1 - t0) > 0.1  # PSI some from the group's own cpu.pressure
+
+
+def test_bandwidth_reader_follows_each_cfs_period_on_v2() -> None:
+    """The period gate's counters on v2: cpu.stat usage_usec/nr_periods/nr_throttled, the leaf's cpu.max."""
+    with v2_group(cpu_max={"": "30000 100000"}) as leaf, burner_in(leaf):
+        time.sleep(0.3)
+        reader = BandwidthReader(discover_path(leaf))
+        try:
+            print("\n" + check_burner_periods(reader, 0.03))
+        finally:
+            reader.close()

@@ -1,0 +1,121 @@
+"""The period gate: admit a request only while the group's current CFS period has quota left for it.
+
+CFS gives a group ``quota_s`` of CPU per ``period_s`` (100 ms by default).
+Once the period's quota is spent, the group is frozen until the next period:
+every request in flight then waits up to ``period_s - quota_s / cores``. No
+concurrency limit prevents that (a service busy at a limit of 1 still spends
+its quota early), and no utilization reading sees it in time (a reading spans
+a whole period). The gate reads the group's own counters at each admission
+(``usage``, ``nr_periods``, ``nr_throttled``: a few µs from kept-open files)
+and admits while::
+
+    used this period + work still to do this period  <=  quota_s * (1 - margin) * level factor
+
+- *Used this period*: usage now minus usage at the period's start. A change of
+  ``nr_periods`` between two reads says a period began between them; the
+  usage at the boundary is interpolated between the two reads.
+- *Work still to do*: in-flight plus this request, each ``cpu_per_request_s``
+  (``CpuCost``), but no more than the period's wall time left on its cores:
+  work that spills into the next period is counted there, by the usage.
+- *margin* learns what the gate cannot count (the answers to sheds, when the
+  limiter runs in the group; the kernel's 5 ms slices; the reads' own lag): a
+  period that ended throttled raises it by ``MARGIN_UP``; one in which the gate
+  shed without being throttled lowers it by ``MARGIN_DOWN``. Within
+  ``[0, MAX_MARGIN]``.
+- *level factor*: ``min(1 / (1 - margin), 1 - 0.5 * budget_level)`` of the
+  priority class: critical (-1) may use the whole quota, default its
+  ``1 - margin``, sheddable (0.5) three quarters of that.
+
+It is a pacer fitted to the kernel's own accounting window: unlike a token
+bucket it cannot spend two periods' quota across a boundary, and it needs no
+rate (the period's usage is read, not predicted). Pure: time and counters are
+passed in (``BandwidthReader`` reads them).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "PeriodGate"]
+
+MARGIN_UP = 0.05  # fraction of the quota, per period that ended throttled
+MARGIN_DOWN = 0.005  # per period in which the gate shed and the group was not throttled
+MAX_MARGIN = 0.5
+_GAP_S = 1.0  # reads further apart than this start over (the counters' history is stale)
+
+
+class PeriodGate:
+    """Per-period quota accounting of one CFS group (see the module). Not thread-safe."""
+
+    __slots__ = ("quota_s", "period_s", "cores", "margin", "shed_in_period", "_at", "_usage", "_periods",
+                 "_throttled", "_base", "_start")  # fmt: skip
+
+    def __init__(self, margin: float = 0.1) -> None:
+        self.quota_s: float | None = None
+        self.period_s: float | None = None
+        self.cores = 1  # the cores the group's work can run on at once
+        self.margin = float(margin)
+        self.shed_in_period = False
+        self._at: float | None = None  # the last read
+        self._usage = 0.0
+        self._periods = 0
+        self._throttled = 0
+        self._base: float | None = None  # usage at the current period's start (estimated)
+        self._start = -math.inf  # when the current period started (estimated)
+
+    def set_quota(self, quota_s: float | None, period_s: float | None, cores: int = 1) -> None:
+        """The group's own quota and period in seconds (None: no quota, the gate admits everything)."""
+        if quota_s != self.quota_s or period_s != self.period_s:
+            self._at = self._base = None  # a new quota or period: start over
+        self.quota_s, self.period_s, self.cores = quota_s, period_s, max(1, cores)
+
+    def update(self, now: float, usage_s: float, periods: int, throttled: int) -> None:
+        """A read of the group's counters at ``now`` (seconds, the gate's clock)."""
+        at, period = self._at, self.period_s
+        if at is None or period is None or periods < self._periods or not (0 <= now - at <= _GAP_S):
+            # No history (or a reset counter, or a long gap): call the period started now.
+            self._base, self._start = usage_s, now
+        elif periods != self._periods:
+            # A period began between the reads: interpolate the usage at the boundary.
+            boundary = max((at + now) / 2, now - period / 2)
+            span = now - at
+            frac = (boundary - at) / span if span > 0 else 1.0
+            self._base = self._usage + frac * (usage_s - self._usage)
+            self._start = boundary
+            if throttled != self._throttled:
+                self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
+            elif self.shed_in_period:
+                self.margin = max(0.0, self.margin - MARGIN_DOWN)
+            self.shed_in_period = False
+        elif now - self._start > 1.5 * period:
+            # No period counted for longer than a period: the group idled (its timer stopped).
+            # Count everything since the last read in the period that runs now.
+            self._base, self._start = self._usage, at
+        self._at, self._usage, self._periods, self._throttled = now, usage_s, periods, throttled
+
+    def used_s(self) -> float | None:
+        """CPU seconds the group has used in the current period as of the last read (None: unknown)."""
+        return None if self._base is None else self._usage - self._base
+
+    def allows(
+        self, now: float, inflight: int, cpu_per_request_s: float | None, budget_level: float = 0.0, *, strict: bool = True
+    ) -> bool:
+        """Whether a request of a class at ``budget_level`` fits in the current period's quota
+        (True when there is no quota or no read yet). ``strict`` False (the limiter is not
+        engaged): the whole quota, no margin, no level. A refusal is remembered for the margin."""
+        quota, period, base = self.quota_s, self.period_s, self._base
+        if quota is None or period is None or base is None:
+            return True
+        need = 0.0
+        if cpu_per_request_s:
+            left_s = self._start + period - now
+            need = min((inflight + 1) * cpu_per_request_s, max(0.0, left_s) * self.cores)
+        allowed = quota
+        if strict:
+            keep = 1.0 - self.margin
+            factor = 1.0 - 0.5 * budget_level
+            allowed = min(quota, quota * keep * factor)
+        if self._usage - base + need <= allowed:
+            return True
+        self.shed_in_period = True
+        return False

@@ -1,0 +1,191 @@
+"""The period gate (flowctl/limiter/period.py) on a fake clock and fake counters, and its place in the Limiter."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from flowctl.limit.fixed import FixedLimit
+from flowctl.limiter import Limiter, Rejection
+from flowctl.limiter.period import MARGIN_DOWN, MARGIN_UP, PeriodGate
+from flowctl.signal import CpuReading, StaticSignal
+
+PERIOD = 0.1
+QUOTA = 0.05  # 0.5 CPU
+
+
+def gate(margin: float = 0.0) -> PeriodGate:
+    g = PeriodGate(margin=margin)
+    g.set_quota(QUOTA, PERIOD, cores=1)
+    return g
+
+
+def test_admits_while_the_period_has_quota_for_the_request_and_refuses_after() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    assert g.allows(0.0, 0, 0.005)
+    g.update(0.03, 10.040, 100, 0)  # 40 ms used; in-flight 1 still needs 5 ms, this one 5 ms more
+    assert g.allows(0.03, 0, 0.005)  # 40 + 5 <= 50
+    assert g.allows(0.03, 1, 0.005)  # 40 + 10 <= 50
+    assert not g.allows(0.03, 2, 0.005)  # 40 + 15 > 50
+    assert g.shed_in_period
+
+
+def test_a_new_period_starts_from_the_usage_at_its_boundary() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.04, 10.049, 100, 0)
+    assert not g.allows(0.04, 0, 0.005)
+    # The boundary fell between the reads at 0.04 and 0.06: half of the 2 ms used between them is new.
+    g.update(0.06, 10.051, 101, 0)
+    assert g.used_s() == pytest.approx(0.001)
+    assert g.allows(0.06, 0, 0.005)
+
+
+def test_work_that_spills_into_the_next_period_is_not_counted_in_this_one() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.097, 10.045, 100, 0)  # 45 ms used, 3 ms of wall time left on one core
+    assert g.allows(0.097, 3, 0.005)  # 45 + min(20, 3) <= 50
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.05, 10.045, 100, 0)  # the same usage with 50 ms left: the in-flight work runs in this period
+    assert not g.allows(0.05, 3, 0.005)
+
+
+def test_a_throttled_period_raises_the_margin_and_a_clean_one_in_which_it_shed_lowers_it() -> None:
+    g = gate(margin=0.1)
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.12, 10.05, 101, 1)  # the period ended throttled
+    assert g.margin == pytest.approx(0.1 + MARGIN_UP)
+    assert not g.allows(0.12, 20, 0.005)  # shed in this period
+    g.update(0.22, 10.09, 102, 1)  # not throttled, and the gate shed: give some back
+    assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
+    g.update(0.32, 10.12, 103, 1)  # not throttled, nothing shed: unchanged
+    assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
+
+
+def test_the_margin_keeps_part_of_the_quota() -> None:
+    g = gate(margin=0.2)
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.01, 10.036, 100, 0)
+    assert g.allows(0.01, 0, 0.004)  # 36 + 4 <= 40
+    assert not g.allows(0.01, 0, 0.005)  # 36 + 5 > 40
+
+
+@pytest.mark.parametrize(("level", "fits_ms"), [(-1.0, 50.0), (0.0, 40.0), (0.5, 30.0)])
+def test_priority_levels_critical_may_use_the_whole_quota_sheddable_three_quarters(level: float, fits_ms: float) -> None:
+    g = gate(margin=0.2)
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.01, 10.0 + (fits_ms - 1) / 1000, 100, 0)
+    assert g.allows(0.01, 0, 0.001, level)
+    assert not g.allows(0.01, 0, 0.002, level)
+
+
+def test_no_quota_or_no_read_admits_everything() -> None:
+    g = PeriodGate()
+    assert g.allows(0.0, 100, 1.0)
+    g.update(0.0, 10.0, 100, 0)
+    assert g.allows(0.0, 100, 1.0)  # still no quota
+    g.set_quota(QUOTA, PERIOD)
+    assert g.allows(0.0, 100, 1.0)  # a new quota forgets the reads: nothing known yet
+
+
+def test_an_idle_timer_starts_a_new_period_from_the_last_read() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.01, 10.045, 100, 0)
+    assert not g.allows(0.01, 0, 0.01)
+    # No period counted for 0.2 s (the group idled; its bandwidth timer stopped): a new period.
+    g.update(0.21, 10.046, 100, 0)
+    assert g.used_s() == pytest.approx(0.001)
+    assert g.allows(0.21, 0, 0.01)
+
+
+# -- in the Limiter ------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeBandwidth:
+    """Counters as a BandwidthReader gives them; the test moves them."""
+
+    def __init__(self) -> None:
+        self.usage_s, self.periods, self.throttled = 10.0, 100, 0
+
+    def read(self) -> tuple[float, int, int]:
+        return self.usage_s, self.periods, self.throttled
+
+    def close(self) -> None:
+        pass
+
+
+def engaged_limiter(clock: Clock, period_gate: bool) -> tuple[Limiter, FakeBandwidth]:
+    sig = StaticSignal(name="container")
+    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, queue_allowance=10, period_gate=period_gate)
+    lim._cost.cpu_per_request_s = 0.005
+    bw = FakeBandwidth()
+    if lim.period_gate is not None:
+        lim._bandwidth = bw  # type: ignore[assignment]
+        lim._quota_at = math.inf
+        lim.period_gate.set_quota(QUOTA, PERIOD)
+        lim._pacing = True
+    sig.reading = CpuReading(at=clock.now, utilization=1.0, utilization_smoothed=1.0, limit_cores=0.5, seq=1)
+    lim.acquire()  # observe a hot reading
+    clock.now += 0.01
+    sig.reading = CpuReading(at=clock.now, utilization=1.0, utilization_smoothed=1.0, limit_cores=0.5, seq=2)
+    return lim, bw
+
+
+def test_while_engaged_the_period_gate_paces_and_only_the_ceiling_bounds_inflight() -> None:
+    clock = Clock()
+    lim, bw = engaged_limiter(clock, period_gate=True)
+    lim._inflight = 0
+    admitted = [lim.acquire() for _ in range(3)]  # limit 1, but the period has room for 3 x 5 ms
+    assert not any(isinstance(d, Rejection) for d in admitted)
+    bw.usage_s += 0.04  # 40 ms used: in-flight 3 need 15 ms more
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    bw.periods += 1  # a new period
+    clock.now += 0.05
+    assert not isinstance(lim.acquire(), Rejection)
+
+
+def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
+    clock = Clock()
+    lim, _ = engaged_limiter(clock, period_gate=False)
+    lim._inflight = 0
+    first = lim.acquire()
+    assert not isinstance(first, Rejection)
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger != "cpu_period"
+
+
+def test_not_engaged_it_sheds_only_when_the_whole_quota_is_spent_and_starts_no_cool_off() -> None:
+    clock = Clock()
+    sig = StaticSignal(name="container")
+    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, queue_allowance=None)
+    assert lim.period_gate is not None
+    lim._cost.cpu_per_request_s = 0.005
+    bw = FakeBandwidth()
+    lim._bandwidth = bw  # type: ignore[assignment]
+    lim._quota_at = math.inf
+    lim.period_gate.set_quota(QUOTA, PERIOD)
+    lim._pacing = True
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    held = [lim.acquire() for _ in range(5)]  # 5 x 5 ms in flight: no margin when not engaged, 25 <= 50
+    assert not any(isinstance(d, Rejection) for d in held)
+    bw.usage_s += 0.024  # 24 ms used, in-flight 5 x 5 ms still to do
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    assert not d.reason.cool_off and lim.snapshot().cool_off is False  # queue evidence, not a cool-off
+    assert lim._queue_sheds == 1
+    held.pop()  # one completes: 24 + 5 x 5 <= 50 again
+    assert not isinstance(lim.acquire(), Rejection)
