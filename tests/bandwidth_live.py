@@ -26,8 +26,9 @@ def period_use(reader: BandwidthReader, seconds: float, poll_s: float = 0.002) -
     counters = first
     while time.monotonic() < deadline:
         time.sleep(poll_s)
-        counters = reader.read()
-        assert counters is not None
+        read = reader.read()
+        assert read is not None
+        counters = read
         gate.update(time.monotonic(), *counters)
         if counters[1] != last_periods:
             if counted:
