@@ -131,6 +131,7 @@ class FlowctlCollector:
             if ceiling != math.inf:
                 g["flowctl_inflight_ceiling"].add_metric([priority], ceiling)
         _set(g["flowctl_cpu_per_request_seconds"], snap.cpu_per_request_s)
+        _set(g["flowctl_cpu_period_margin_ratio"], snap.period_margin)
         _set(g["flowctl_hot"], 1.0 if snap.hot else 0.0)
         _set(g["flowctl_cool_off"], 1.0 if snap.cool_off else 0.0)
         _set(g["flowctl_dry_run"], 1.0 if snap.dry_run else 0.0)
@@ -177,6 +178,8 @@ class _Families:
             G("flowctl_inflight_ceiling", "Always-on in-flight ceiling by priority (CPU capacity x min RT + the "
               "queue allowance); absent until the CPU cost per request is known.", labels=["priority"]),
             G("flowctl_cpu_per_request_seconds", "Group CPU time per completed request (the ceiling's cost)."),
+            G("flowctl_cpu_period_margin_ratio", "Fraction of each CFS period's quota the period gate holds back "
+              "(learned from throttled periods); absent while the gate is off or has no quota."),
             G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),
             G("flowctl_cool_off", "1 during the cool-off after a shed (shedding continues over the limit)."),
             G("flowctl_dry_run", "1 when the limiter only reports what it would shed, else 0."),

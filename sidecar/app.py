@@ -53,6 +53,7 @@ def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
         cool_off_s=config.cool_off_s,
         queue_allowance=config.queue_allowance,
         cpu_budget=config.cpu_budget,
+        period_gate=config.period_gate,
         dry_run=config.dry_run,
         cpu_gate=config.algorithm == "bbr",
     )

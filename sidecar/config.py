@@ -70,6 +70,7 @@ class SidecarConfig:
     cool_off_s: float = 1.0
     queue_allowance: int | None = 3
     cpu_budget: float | None = None
+    period_gate: bool = True
     algorithm: str = "bbr"
     fixed_limit: int = 100
     dry_run: bool = False
@@ -248,6 +249,8 @@ OPTIONS: tuple[Option, ...] = (
            "app's CPU capacity carries (the always-on ceiling); off: no ceiling", "N|off"),
     Option("cpu_budget", "cpu_budget", _budget, "while shedding, pace admissions to keep the app's CPU at this "
            "fraction of its limit (the CPU budget); off: no pacing", "RATIO|off"),
+    Option("period_gate", "period_gate", _bool, "admit only while the app's current CFS period has quota left for the "
+           "request (reads the app's cgroup per request; needs a quota on the app's own group)", "BOOL"),
     Option("algorithm", "algorithm", _choice(*ALGORITHMS), "concurrency limit algorithm", "NAME"),
     Option("fixed_limit", "fixed_limit", _number(int, 1), "limit for --algorithm fixed", "N"),
     Option("dry_run", "dry_run", _bool, "decide and count, but never shed", "BOOL"),

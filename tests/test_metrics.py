@@ -28,6 +28,7 @@ class FakeSnapshot:
     max_pass_per_s: float | None = 3125.0
     priority_ceilings: dict[str, float] = field(default_factory=lambda: {"critical": 6.0, "default": 4.0})
     cpu_per_request_s: float | None = 0.005
+    period_margin: float | None = 0.1
     cpu: CpuReading = CpuReading(
         at=1.0, utilization=0.91, utilization_smoothed=0.85, usage_cores=0.455, limit_cores=0.5,
         throttled_ratio=0.2, pressure_ratio=None,
@@ -69,6 +70,7 @@ def test_collector_exports_snapshot_at_scrape_time() -> None:
     assert get("flowctl_max_pass_per_second") == 3125.0
     assert get("flowctl_inflight_ceiling", {"priority": "default"}) == 4.0
     assert get("flowctl_cpu_per_request_seconds") == 0.005
+    assert get("flowctl_cpu_period_margin_ratio") == 0.1
     assert get("flowctl_hot") == 1 and get("flowctl_cool_off") == 1 and get("flowctl_dry_run") == 0
     assert get("flowctl_tokens_leaked_total") == 0
     assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) == 0.91

@@ -178,6 +178,7 @@ class Limiter:
         self._bandwidth_key: tuple[str, int, int] | None = None
         self._quota_at = -math.inf  # when to re-read the group's own quota
         self._pacing = False  # the period gate has a quota to pace by
+        self._admits = 0  # admissions ever (completions = admissions - in-flight), for the gate's overhead
         self._tokens_leaked = 0
         for t in triggers:
             self.add_trigger(t)
@@ -316,7 +317,7 @@ class Limiter:
             if decision is not None:
                 return decision
         elif inflight:
-            if self._pacing:
+            if self._pacing and not slot.partition.reserve:
                 decision = self._paced(now, slot, inflight, False)
                 if decision is not None:
                     return decision
@@ -333,6 +334,7 @@ class Limiter:
                         self._queue_sheds += 1  # a late event loop: work queues too
                         return self._shed(now, slot, inflight, t.name, t.name, v, threshold)
         self._inflight = inflight + 1
+        self._admits += 1
         slot.admitted += 1
         return now
 
@@ -485,7 +487,7 @@ class Limiter:
             if now < self._cool_off_until:
                 th = gate.thresholds.cpu_threshold
                 return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
-        if pacing:
+        if pacing and not part.reserve:
             decision = self._paced(now, slot, inflight, True)
             if decision is not None:
                 return decision
@@ -497,15 +499,17 @@ class Limiter:
         """The period gate: shed when the group's current CFS period has no quota left for this request.
 
         Engaged: with the gate's margin and the class's level, as pacing (restarts the cool-off).
-        Not engaged: only when the whole quota is spent (the request would wait for the next
-        period); that is queue evidence for the hot gate and starts no cool-off, as a ceiling shed."""
+        Not engaged: only when the quota left cannot run this request (it would wait for the next
+        period); that is queue evidence for the hot gate and starts no cool-off, as a ceiling shed.
+        A reserve class (critical) is never shed here: only at its ceiling."""
         period = self._period
         assert period is not None
         bandwidth = self._bandwidth
         counters = bandwidth.read() if bandwidth is not None else None
+        cost = self._cost.cpu_per_request_s
         if counters is not None:
-            period.update(now, *counters)
-        if period.allows(now, inflight, self._cost.cpu_per_request_s, slot.partition.budget_level, strict=engaged):
+            period.update(now, *counters, self._admits - inflight, cost)
+        if period.allows(now, inflight, cost, slot.partition.budget_level, strict=engaged):
             return None
         if not engaged:
             self._queue_sheds += 1
@@ -658,6 +662,7 @@ class Limiter:
             triggers=trig,
             priority_ceilings=self._partitions.ceilings(),
             cpu_per_request_s=self._cost.cpu_per_request_s,
+            period_margin=self._period.margin if self._period is not None and self._pacing else None,
         )
 
     def __repr__(self) -> str:

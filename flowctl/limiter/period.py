@@ -2,34 +2,39 @@
 
 CFS gives a group ``quota_s`` of CPU per ``period_s`` (100 ms by default).
 Once the period's quota is spent, the group is frozen until the next period:
-every request in flight then waits up to ``period_s - quota_s / cores``. No
-concurrency limit prevents that (a service busy at a limit of 1 still spends
-its quota early), and no utilization reading sees it in time (a reading spans
-a whole period). The gate reads the group's own counters at each admission
-(``usage``, ``nr_periods``, ``nr_throttled``: a few µs from kept-open files)
-and admits while::
+every request in flight, and in-process every request still waiting to be
+read, then waits up to ``period_s - quota_s / cores``. No concurrency limit
+prevents that (a service busy at a limit of 1 still spends its quota early),
+and no utilization reading sees it in time (a reading spans a whole period).
+The gate reads the group's own counters at admission (``usage``,
+``nr_periods``, ``nr_throttled``: a few µs from kept-open files) and admits
+while::
 
-    used this period + work still to do this period  <=  quota_s * (1 - margin) * level factor
+    used this period + work still to come this period  <=  allowed
 
 - *Used this period*: usage now minus usage at the period's start. A change of
   ``nr_periods`` between two reads says a period began between them; the
   usage at the boundary is interpolated between the two reads.
-- *Work still to do*: in-flight plus this request, each ``cpu_per_request_s``
-  (``CpuCost``), but no more than the period's wall time left on its cores:
-  work that spills into the next period is counted there, by the usage.
-- *margin* learns what the gate cannot count (the answers to sheds, when the
-  limiter runs in the group; the kernel's 5 ms slices; the reads' own lag): a
-  period that ended throttled raises it by ``MARGIN_UP``; one in which the gate
-  shed without being throttled lowers it by ``MARGIN_DOWN``. Within
-  ``[0, MAX_MARGIN]``.
-- *level factor*: ``min(1 / (1 - margin), 1 - 0.5 * budget_level)`` of the
-  priority class: critical (-1) may use the whole quota, default its
-  ``1 - margin``, sheddable (0.5) three quarters of that.
+- *Work still to come*: the *overhead* for the part of the period left, plus
+  this request's ``cpu_per_request_s`` (``CpuCost``) and, while the limiter is
+  engaged, the in-flight requests' too; no more than the period's wall time
+  left on its cores (work that spills into the next period is counted there).
+  The overhead is what each period spent beyond its completions' cost (an
+  EMA over periods): answering sheds when the limiter runs in the group, the
+  runtime's own work. Reserving it is what keeps an in-process limiter's own
+  rejections from spending the quota after the gate has closed.
+- *Allowed*: while the limiter is engaged, ``quota_s * (1 - margin)`` times the
+  class's level factor ``1 - 0.5 * budget_level`` (at most the whole quota):
+  default ``1 - margin``, sheddable three quarters of that. The margin learns
+  what the rest misses (the kernel's 5 ms slices, the reads' own lag): a
+  period that ended throttled raises it by ``MARGIN_UP``, one in which the
+  gate shed without being throttled lowers it by ``MARGIN_DOWN``, within
+  ``[0, MAX_MARGIN]``. Not engaged: the whole quota, for this request alone
+  (it would otherwise wait for the next period).
 
-It is a pacer fitted to the kernel's own accounting window: unlike a token
-bucket it cannot spend two periods' quota across a boundary, and it needs no
-rate (the period's usage is read, not predicted). Pure: time and counters are
-passed in (``BandwidthReader`` reads them).
+Unlike a token bucket it cannot spend two periods' quota across a boundary,
+and it needs no rate: the period's usage is read, not predicted. Pure: time
+and counters are passed in (``BandwidthReader`` reads them).
 """
 
 from __future__ import annotations
@@ -47,21 +52,24 @@ _GAP_S = 1.0  # reads further apart than this start over (the counters' history 
 class PeriodGate:
     """Per-period quota accounting of one CFS group (see the module). Not thread-safe."""
 
-    __slots__ = ("quota_s", "period_s", "cores", "margin", "shed_in_period", "_at", "_usage", "_periods",
-                 "_throttled", "_base", "_start")  # fmt: skip
+    __slots__ = ("quota_s", "period_s", "cores", "margin", "overhead_s", "shed_in_period", "_at", "_usage",
+                 "_periods", "_throttled", "_done", "_base", "_start", "_done_at_start")  # fmt: skip
 
     def __init__(self, margin: float = 0.1) -> None:
         self.quota_s: float | None = None
         self.period_s: float | None = None
         self.cores = 1  # the cores the group's work can run on at once
         self.margin = float(margin)
+        self.overhead_s = 0.0  # CPU per period not explained by completions (EMA over periods)
         self.shed_in_period = False
         self._at: float | None = None  # the last read
         self._usage = 0.0
         self._periods = 0
         self._throttled = 0
+        self._done = 0
         self._base: float | None = None  # usage at the current period's start (estimated)
         self._start = -math.inf  # when the current period started (estimated)
+        self._done_at_start = 0  # completions when it started
 
     def set_quota(self, quota_s: float | None, period_s: float | None, cores: int = 1) -> None:
         """The group's own quota and period in seconds (None: no quota, the gate admits everything)."""
@@ -69,19 +77,29 @@ class PeriodGate:
             self._at = self._base = None  # a new quota or period: start over
         self.quota_s, self.period_s, self.cores = quota_s, period_s, max(1, cores)
 
-    def update(self, now: float, usage_s: float, periods: int, throttled: int) -> None:
-        """A read of the group's counters at ``now`` (seconds, the gate's clock)."""
+    def update(
+        self, now: float, usage_s: float, periods: int, throttled: int, done: int = 0, cpu_per_request_s: float | None = None
+    ) -> None:
+        """A read of the group's counters at ``now`` (seconds, the gate's clock), with the requests
+        completed so far (``done``) and their learned cost (for the overhead)."""
         at, period = self._at, self.period_s
         if at is None or period is None or periods < self._periods or not (0 <= now - at <= _GAP_S):
             # No history (or a reset counter, or a long gap): call the period started now.
-            self._base, self._start = usage_s, now
+            self._base, self._start, self._done_at_start = usage_s, now, done
         elif periods != self._periods:
             # A period began between the reads: interpolate the usage at the boundary.
             boundary = max((at + now) / 2, now - period / 2)
             span = now - at
             frac = (boundary - at) / span if span > 0 else 1.0
-            self._base = self._usage + frac * (usage_s - self._usage)
-            self._start = boundary
+            base = self._usage + frac * (usage_s - self._usage)
+            if self._base is not None and cpu_per_request_s:
+                # What the ended period(s) spent beyond their completions' cost: answering sheds when
+                # the limiter runs in the group, the runtime's own work, a cost learned low.
+                spent = base - self._base
+                n = max(1, periods - self._periods)
+                extra = max(0.0, spent - (done - self._done_at_start) * cpu_per_request_s) / n
+                self.overhead_s += 0.5 * (extra - self.overhead_s)
+            self._base, self._start, self._done_at_start = base, boundary, done
             if throttled != self._throttled:
                 self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
             elif self.shed_in_period:
@@ -90,8 +108,8 @@ class PeriodGate:
         elif now - self._start > 1.5 * period:
             # No period counted for longer than a period: the group idled (its timer stopped).
             # Count everything since the last read in the period that runs now.
-            self._base, self._start = self._usage, at
-        self._at, self._usage, self._periods, self._throttled = now, usage_s, periods, throttled
+            self._base, self._start, self._done_at_start = self._usage, at, self._done
+        self._at, self._usage, self._periods, self._throttled, self._done = now, usage_s, periods, throttled, done
 
     def used_s(self) -> float | None:
         """CPU seconds the group has used in the current period as of the last read (None: unknown)."""
@@ -102,14 +120,15 @@ class PeriodGate:
     ) -> bool:
         """Whether a request of a class at ``budget_level`` fits in the current period's quota
         (True when there is no quota or no read yet). ``strict`` False (the limiter is not
-        engaged): the whole quota, no margin, no level. A refusal is remembered for the margin."""
+        engaged): this request's cost only, against the whole quota. A refusal is remembered
+        for the margin."""
         quota, period, base = self.quota_s, self.period_s, self._base
         if quota is None or period is None or base is None:
             return True
-        need = 0.0
+        left_s = max(0.0, self._start + period - now)
+        need = self.overhead_s * left_s / period  # the overhead still to come in this period
         if cpu_per_request_s:
-            left_s = self._start + period - now
-            need = min((inflight + 1) * cpu_per_request_s, max(0.0, left_s) * self.cores)
+            need += min((inflight + 1 if strict else 1) * cpu_per_request_s, left_s * self.cores)
         allowed = quota
         if strict:
             keep = 1.0 - self.margin

@@ -47,6 +47,7 @@ class LimiterSnapshot:
     triggers: dict[str, float | None] = field(default_factory=dict)
     priority_ceilings: dict[str, float] = field(default_factory=dict)
     cpu_per_request_s: float | None = None
+    period_margin: float | None = None  # the period gate's learned margin (None: off, or no quota to pace by)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
@@ -78,6 +79,7 @@ class LimiterSnapshot:
             "triggers": dict(self.triggers),
             "priority_ceilings": {k: (None if v == math.inf else v) for k, v in self.priority_ceilings.items()},
             "cpu_per_request_s": self.cpu_per_request_s,
+            "period_margin": self.period_margin,
         }
 
 

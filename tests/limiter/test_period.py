@@ -168,7 +168,7 @@ def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
     assert isinstance(d, Rejection) and d.reason.trigger != "cpu_period"
 
 
-def test_not_engaged_it_sheds_only_when_the_whole_quota_is_spent_and_starts_no_cool_off() -> None:
+def test_not_engaged_it_sheds_only_what_the_quota_left_cannot_run_never_critical_and_starts_no_cool_off() -> None:
     clock = Clock()
     sig = StaticSignal(name="container")
     lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, queue_allowance=None)
@@ -180,12 +180,45 @@ def test_not_engaged_it_sheds_only_when_the_whole_quota_is_spent_and_starts_no_c
     lim.period_gate.set_quota(QUOTA, PERIOD)
     lim._pacing = True
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
-    held = [lim.acquire() for _ in range(5)]  # 5 x 5 ms in flight: no margin when not engaged, 25 <= 50
+    held = [lim.acquire() for _ in range(5)]
+    bw.usage_s += 0.044  # 44 ms used: in-flight work is not counted when not engaged, this one's 5 ms is
+    held.append(lim.acquire())
     assert not any(isinstance(d, Rejection) for d in held)
-    bw.usage_s += 0.024  # 24 ms used, in-flight 5 x 5 ms still to do
+    bw.usage_s += 0.002  # 46 + 5 > 50: it would wait for the next period
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert not d.reason.cool_off and lim.snapshot().cool_off is False  # queue evidence, not a cool-off
     assert lim._queue_sheds == 1
-    held.pop()  # one completes: 24 + 5 x 5 <= 50 again
+    critical = lim.acquire(priority="critical")  # a reserve class: only its ceiling sheds it
+    assert not isinstance(critical, Rejection)
+    bw.periods += 1  # a new period
+    clock.now += 0.01
     assert not isinstance(lim.acquire(), Rejection)
+
+
+def test_the_overhead_beyond_completions_is_learned_per_period_and_reserved_for_the_rest_of_it() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0, done=0, cpu_per_request_s=0.004)
+    # One period: 40 ms used, 5 completions x 4 ms = 20 ms: 20 ms of overhead (answering sheds, say).
+    g.update(0.099, 10.0396, 100, 0, done=5, cpu_per_request_s=0.004)
+    g.update(0.101, 10.0404, 101, 0, done=5, cpu_per_request_s=0.004)  # the boundary: 10.040 at 0.1
+    assert g.overhead_s == pytest.approx(0.010)  # EMA, half way from 0
+    g.update(0.199, 10.0796, 101, 0, done=10, cpu_per_request_s=0.004)
+    g.update(0.201, 10.0804, 102, 0, done=10, cpu_per_request_s=0.004)
+    assert g.overhead_s == pytest.approx(0.015)
+    # 15 ms x (the part of the period left) is reserved.
+    g.update(0.201, 10.0904, 102, 0, done=10, cpu_per_request_s=0.004)
+    assert g.allows(0.201, 0, 0.004)  # 10 + 4 + 14.9 <= 50
+    g.update(0.201, 10.1154, 102, 0, done=10, cpu_per_request_s=0.004)
+    assert not g.allows(0.201, 0, 0.004)  # 35 + 4 + 14.9 > 50
+    assert g.allows(0.29, 0, 0.004)  # near the period's end little of it is still to come: 35 + 4 + 1.5
+
+
+def test_while_engaged_a_reserve_class_is_not_paced() -> None:
+    clock = Clock()
+    lim, bw = engaged_limiter(clock, period_gate=True)
+    lim._inflight = 0
+    bw.usage_s += 0.049
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    assert not isinstance(lim.acquire(priority="critical"), Rejection)
