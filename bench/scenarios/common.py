@@ -353,7 +353,8 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not isinstance(snap, dict):
         return out
-    for k in ("inflight", "max_inflight", "min_rt_s", "max_pass_per_s", "hot"):
+    for k in ("inflight", "max_inflight", "min_rt_s", "max_pass_per_s", "hot", "period_margin", "period_overhead_s",
+              "cpu_per_request_s"):
         if k in snap:
             out[k] = snap[k]
     counts: dict[str, int] = {}

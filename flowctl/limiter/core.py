@@ -663,6 +663,7 @@ class Limiter:
             priority_ceilings=self._partitions.ceilings(),
             cpu_per_request_s=self._cost.cpu_per_request_s,
             period_margin=self._period.margin if self._period is not None and self._pacing else None,
+            period_overhead_s=self._period.overhead_s if self._period is not None and self._pacing else None,
         )
 
     def __repr__(self) -> str:

@@ -15,9 +15,9 @@ while::
 - *Used this period*: usage now minus usage at the period's start. A change of
   ``nr_periods`` between two reads says a period began between them; the
   usage at the boundary is interpolated between the two reads.
-- *Work still to come*: the *overhead* for the part of the period left, plus
-  this request's ``cpu_per_request_s`` (``CpuCost``) and, while the limiter is
-  engaged, the in-flight requests' too; no more than the period's wall time
+- *Work still to come*: the *overhead* for the part of the period left, plus,
+  while the limiter is engaged, this request's and the in-flight requests'
+  ``cpu_per_request_s`` (``CpuCost``); no more than the period's wall time
   left on its cores (work that spills into the next period is counted there).
   The overhead is what each period spent beyond its completions' cost (an
   EMA over periods): answering sheds when the limiter runs in the group, the
@@ -29,8 +29,9 @@ while::
   what the rest misses (the kernel's 5 ms slices, the reads' own lag): a
   period that ended throttled raises it by ``MARGIN_UP``, one in which the
   gate shed without being throttled lowers it by ``MARGIN_DOWN``, within
-  ``[0, MAX_MARGIN]``. Not engaged: the whole quota, for this request alone
-  (it would otherwise wait for the next period).
+  ``[0, MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
+  (counting the overhead still to come) sheds: a request admitted then would
+  wait for the next period.
 
 Unlike a token bucket it cannot spend two periods' quota across a boundary,
 and it needs no rate: the period's usage is read, not predicted. Pure: time
@@ -120,15 +121,15 @@ class PeriodGate:
     ) -> bool:
         """Whether a request of a class at ``budget_level`` fits in the current period's quota
         (True when there is no quota or no read yet). ``strict`` False (the limiter is not
-        engaged): this request's cost only, against the whole quota. A refusal is remembered
-        for the margin."""
+        engaged): only whether the whole quota is spent, counting the overhead still to come.
+        A refusal is remembered for the margin."""
         quota, period, base = self.quota_s, self.period_s, self._base
         if quota is None or period is None or base is None:
             return True
         left_s = max(0.0, self._start + period - now)
         need = self.overhead_s * left_s / period  # the overhead still to come in this period
-        if cpu_per_request_s:
-            need += min((inflight + 1 if strict else 1) * cpu_per_request_s, left_s * self.cores)
+        if cpu_per_request_s and strict:
+            need += min((inflight + 1) * cpu_per_request_s, left_s * self.cores)
         allowed = quota
         if strict:
             keep = 1.0 - self.margin

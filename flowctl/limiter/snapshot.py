@@ -48,6 +48,7 @@ class LimiterSnapshot:
     priority_ceilings: dict[str, float] = field(default_factory=dict)
     cpu_per_request_s: float | None = None
     period_margin: float | None = None  # the period gate's learned margin (None: off, or no quota to pace by)
+    period_overhead_s: float | None = None  # and its learned overhead, CPU seconds per period
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
@@ -80,6 +81,7 @@ class LimiterSnapshot:
             "priority_ceilings": {k: (None if v == math.inf else v) for k, v in self.priority_ceilings.items()},
             "cpu_per_request_s": self.cpu_per_request_s,
             "period_margin": self.period_margin,
+            "period_overhead_s": self.period_overhead_s,
         }
 
 

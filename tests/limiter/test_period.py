@@ -168,7 +168,7 @@ def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
     assert isinstance(d, Rejection) and d.reason.trigger != "cpu_period"
 
 
-def test_not_engaged_it_sheds_only_what_the_quota_left_cannot_run_never_critical_and_starts_no_cool_off() -> None:
+def test_not_engaged_it_sheds_only_once_the_quota_is_spent_never_critical_and_starts_no_cool_off() -> None:
     clock = Clock()
     sig = StaticSignal(name="container")
     lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, queue_allowance=None)
@@ -181,10 +181,10 @@ def test_not_engaged_it_sheds_only_what_the_quota_left_cannot_run_never_critical
     lim._pacing = True
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     held = [lim.acquire() for _ in range(5)]
-    bw.usage_s += 0.044  # 44 ms used: in-flight work is not counted when not engaged, this one's 5 ms is
+    bw.usage_s += 0.0499  # 49.9 ms used: not engaged, in-flight work and this request are not counted
     held.append(lim.acquire())
     assert not any(isinstance(d, Rejection) for d in held)
-    bw.usage_s += 0.002  # 46 + 5 > 50: it would wait for the next period
+    bw.usage_s += 0.0002  # the quota is spent: a request admitted now would wait for the next period
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert not d.reason.cool_off and lim.snapshot().cool_off is False  # queue evidence, not a cool-off
