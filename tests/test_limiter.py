@@ -253,9 +253,9 @@ def test_cool_off_zero_disables_it(sig: StaticSignal, clock: FakeClock) -> None:
 
 def test_default_priority_policy_caps(sig: StaticSignal, clock: FakeClock) -> None:
     lim = make(sig, clock, n=10)
-    assert lim.snapshot().priority_limits == {"critical": 15.0, "default": 10.0, "sheddable": 5.0}
+    assert lim.snapshot().priority_limits == {"critical": 30.0, "default": 10.0, "sheddable": 5.0}
     lim1 = make(sig, clock, n=1)
-    assert lim1.snapshot().priority_limits == {"critical": 2.0, "default": 1.0, "sheddable": 1.0}
+    assert lim1.snapshot().priority_limits == {"critical": 3.0, "default": 1.0, "sheddable": 1.0}
 
 
 def test_sheddable_goes_first_critical_last_under_one_shared_count(sig: StaticSignal, clock: FakeClock) -> None:
@@ -265,11 +265,11 @@ def test_sheddable_goes_first_critical_last_under_one_shared_count(sig: StaticSi
     assert not lim.acquire("sheddable").admitted
     fill(lim, 5, "default")
     assert not lim.acquire("default").admitted
-    fill(lim, 5, "critical")
+    fill(lim, 20, "critical")
     assert not lim.acquire("critical").admitted
     snap = lim.snapshot()
-    assert snap.inflight == 15
-    assert snap.inflight_by_priority == {"critical": 10, "default": 5, "sheddable": 0}
+    assert snap.inflight == 30
+    assert snap.inflight_by_priority == {"critical": 25, "default": 5, "sheddable": 0}
 
 
 def test_unknown_priority_counts_as_default(sig: StaticSignal, clock: FakeClock) -> None:

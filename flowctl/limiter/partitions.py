@@ -60,13 +60,13 @@ class PriorityClass:
 
 
 DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
-    "critical": PriorityClass(share=1.5, trigger_scale=3.0, budget_level=-1.0, reserve=True),
+    "critical": PriorityClass(share=3.0, trigger_scale=3.0, budget_level=-1.0, reserve=True),
     "default": PriorityClass(share=1.0, trigger_scale=2.0, budget_level=0.0),
     "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, budget_level=0.5),
 }
 """Sheddable goes first (half the limit; bypass triggers at their threshold; CPU-budget
 tokens only from a half-full bucket), default gets exactly the BBR limit (2x threshold),
-critical goes last (only at its ceiling, which has 1.5x the queue allowance; 3x threshold;
+critical goes last (only at its ceiling, which has 3x the queue allowance; 3x threshold;
 may borrow a whole bucket of tokens)."""
 
 PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)

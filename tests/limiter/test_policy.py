@@ -451,7 +451,7 @@ def _feed_50ms_requests(lim: Limiter, sig: StaticSignal, clock: Clock) -> None:
 
 def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
     """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 3; critical's
-    allowance is 1.5x (ceil(5 + 4.5) = 10). Half the quota halves the capacity: ceiling 3 + 3."""
+    allowance is 3x (ceil(5 + 9) = 14). Half the quota halves the capacity: ceiling 3 + 3."""
     from flowctl.limit.bbr import Bbr
 
     clock, sig = Clock(), StaticSignal("container")
@@ -462,7 +462,7 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
     assert snap.min_rt_s == pytest.approx(0.05)
     pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
     assert 4 < pipe <= 5.5
-    assert snap.priority_ceilings == {"critical": math.ceil(pipe + 4.5), "default": math.ceil(pipe + 3),
+    assert snap.priority_ceilings == {"critical": math.ceil(pipe + 9), "default": math.ceil(pipe + 3),
                                       "sheddable": math.ceil(pipe + 3)}  # fmt: skip
     tick(sig, clock, 0.5, usage_cores=0.0, limit_cores=0.25)
     assert lim.snapshot().priority_ceilings["default"] == math.ceil(pipe / 2 + 3)
@@ -480,7 +480,7 @@ def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:
     d = lim.acquire("default")
     assert isinstance(first, Token) and isinstance(d, Rejection) and d.reason.trigger == "cpu"
     ceiling = int(lim.snapshot().priority_ceilings["critical"])
-    assert ceiling >= 5  # ceil(pipe + 4.5)
+    assert ceiling >= 9  # ceil(pipe + 9)
     crit = [lim.acquire("critical") for _ in range(ceiling)]
     assert [isinstance(c, Token) for c in crit] == [True] * (ceiling - 1) + [False]
     assert crit[-1].reason.trigger == "queue"  # type: ignore[union-attr]
