@@ -22,7 +22,10 @@ while::
   The overhead is what each period spent beyond its completions' cost (an
   EMA over periods): answering sheds when the limiter runs in the group, the
   runtime's own work. Reserving it is what keeps an in-process limiter's own
-  rejections from spending the quota after the gate has closed.
+  rejections from spending the quota after the gate has closed. When the
+  overhead reaches ``OVERHEAD_CAP`` of the quota, throttling cannot be
+  avoided and pacing on would admit nothing (a livelock: goodput 0 under a
+  closed-loop flood): the gate steps aside until it falls back.
 - *Allowed*: while the limiter is engaged, ``quota_s * (1 - margin)`` times the
   class's level factor ``1 - 0.5 * budget_level`` (at most the whole quota):
   default ``1 - margin``, sheddable three quarters of that. The margin learns
@@ -42,11 +45,12 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "PeriodGate"]
+__all__ = ["MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "OVERHEAD_CAP", "PeriodGate"]
 
 MARGIN_UP = 0.05  # fraction of the quota, per period that ended throttled
 MARGIN_DOWN = 0.005  # per period in which the gate shed and the group was not throttled
 MAX_MARGIN = 0.5
+OVERHEAD_CAP = 0.5  # an overhead of this fraction of the quota or more: the gate steps aside
 _GAP_S = 1.0  # reads further apart than this start over (the counters' history is stale)
 
 
@@ -102,7 +106,8 @@ class PeriodGate:
                 self.overhead_s += 0.5 * (extra - self.overhead_s)
             self._base, self._start, self._done_at_start = base, boundary, done
             if throttled != self._throttled:
-                self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
+                if self.overhead_s < OVERHEAD_CAP * (self.quota_s or 0.0):  # else the gate stood aside
+                    self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
             elif self.shed_in_period:
                 self.margin = max(0.0, self.margin - MARGIN_DOWN)
             self.shed_in_period = False
@@ -125,6 +130,11 @@ class PeriodGate:
         A refusal is remembered for the margin."""
         quota, period, base = self.quota_s, self.period_s, self._base
         if quota is None or period is None or base is None:
+            return True
+        if self.overhead_s >= OVERHEAD_CAP * quota:
+            # Answering sheds alone spends half the quota: throttling cannot be avoided, and
+            # pacing on would admit nothing (measured: a closed-loop flood in-process, 2300
+            # sheds/s and 2 completions/s). The gate steps aside; the ceiling and triggers stay.
             return True
         left_s = max(0.0, self._start + period - now)
         need = self.overhead_s * left_s / period  # the overhead still to come in this period

@@ -222,3 +222,16 @@ def test_while_engaged_a_reserve_class_is_not_paced() -> None:
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert not isinstance(lim.acquire(priority="critical"), Rejection)
+
+
+def test_when_answering_sheds_alone_spends_half_the_quota_the_gate_steps_aside() -> None:
+    """A closed-loop flood in-process: pacing on would admit nothing (a livelock)."""
+    g = gate()
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.01, 10.049, 100, 0)
+    g.overhead_s = 0.02
+    assert not g.allows(0.01, 0, 0.005)
+    g.overhead_s = 0.025  # half the 50 ms quota
+    assert g.allows(0.01, 0, 0.005)
+    g.update(0.101, 10.099, 101, 1)  # a throttled period does not raise the margin then
+    assert g.margin == pytest.approx(0.0)
