@@ -162,7 +162,7 @@ class Limiter:
         self._inflight = 0
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
-        self._budget_shed_at = -math.inf  # the last CPU-budget or period-gate shed (pacing)
+        self._budget_shed_at = -math.inf  # the last CPU-budget shed
         self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
         self._queue_sheds = 0  # ceiling and bypass-trigger sheds, and how many the last reading had seen
         self._queue_sheds_seen = 0
@@ -498,10 +498,12 @@ class Limiter:
     def _paced(self, now: float, slot: Slot, inflight: int, engaged: bool) -> Rejection | DryRunStart | None:
         """The period gate: shed when the group's current CFS period has no quota left for this request.
 
-        Engaged: with the gate's margin and the class's level, as pacing (restarts the cool-off).
-        Not engaged: only when the quota left cannot run this request (it would wait for the next
-        period); that is queue evidence for the hot gate and starts no cool-off, as a ceiling shed.
-        A reserve class (critical) is never shed here: only at its ceiling."""
+        Engaged: with the gate's margin and the class's level, as pacing. Not engaged: only when
+        the period's whole quota is spent (a request admitted now would wait for the next period);
+        that is queue evidence for the hot gate. Neither starts or extends a cool-off: pacing
+        lasts as long as the CPU readings stay hot or another shed's cool-off runs (a gate that
+        kept itself engaged shed 3-8% at 0.9x capacity). A reserve class (critical) is never shed
+        here: only at its ceiling."""
         period = self._period
         assert period is not None
         bandwidth = self._bandwidth
@@ -514,7 +516,7 @@ class Limiter:
         if not engaged:
             self._queue_sheds += 1
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
-                          engaged)  # fmt: skip
+                          False)  # fmt: skip
 
     def _triggered(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Not engaged but over the limit: shed if a non-bypass trigger fires (warn if CPU is unknown)."""
@@ -573,7 +575,7 @@ class Limiter:
                 "priority_limit": limit,
             }
         )
-        if trigger == "cpu_budget" or trigger == "cpu_period":
+        if trigger == "cpu_budget":
             self._budget_shed_at = now
         if cool:
             self._cool_off_until = until = now + self._cool_off_s

@@ -235,3 +235,17 @@ def test_when_answering_sheds_alone_spends_half_the_quota_the_gate_steps_aside()
     assert g.allows(0.01, 0, 0.005)
     g.update(0.101, 10.099, 101, 1)  # a throttled period does not raise the margin then
     assert g.margin == pytest.approx(0.0)
+
+
+def test_pacing_sheds_start_no_cool_off_so_a_cool_reading_ends_the_pacing() -> None:
+    """A gate that kept itself engaged (each of its sheds restarting the cool-off) shed 3-8% at 0.9x."""
+    clock = Clock()
+    lim, bw = engaged_limiter(clock, period_gate=True)
+    lim._inflight = 0
+    bw.usage_s += 0.049
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    assert lim.snapshot().cool_off_until is None
+    clock.now += 0.1  # a cool reading: no longer engaged, the gate sheds only a spent quota
+    lim.signal.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=3)  # type: ignore[misc]
+    assert not isinstance(lim.acquire(), Rejection)
