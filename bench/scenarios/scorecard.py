@@ -47,6 +47,7 @@ from bench.upstream import HANDLERS
 FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")
 PEERS = ("none", "kratos", "nginx-limit-conn")
 ALL_VARIANTS = FLOWCTL_VARIANTS + PEERS
+SPEED_DRIFT_MAX = 1.15  # the CPU speed moving more than this between start and end is reported
 SCENARIOS = ("false_shed", "overload", "tight_quota", "bursts", "step", "priority", "long_lived")
 PRIORITY_CLASSES = (
     TrafficClass("critical", 0.5, ((c.PRIORITY_HEADER, "critical"),)),
@@ -431,8 +432,10 @@ def markdown(out: dict[str, Any]) -> str:
     keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
     cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
     shown = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+    drift = out.get("cpu_speed_end_over_start")
+    speed = "" if drift is None else f" CPU speed at the end / at the start {drift:.2f} (burn() calibration)."
     lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s']:.0f} s; {m['cpus']} CPUs ({m['cpu_model']}), "
-             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs ran).",
+             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs ran).{speed}",
              "", "| scenario | metric | target | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
     for s, metric in keys:
         first = cells.get((s, metric, next(v for v in shown if (s, metric, v) in cells)))
@@ -534,6 +537,13 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         await RUNNERS[s](r)
     wall_s = time.monotonic() - r.t0
     machine["loadavg_after"] = list(os.getloadavg())
+    # The VM's CPU speed moves (1.6x seen): every "5 ms" request is burn() iterations calibrated
+    # at the start, so a run whose speed moved measured its peers and references at another load.
+    iters_end = calibrate_iters_per_ms()
+    drift = iters_end / r.iters_per_ms
+    if not 1 / SPEED_DRIFT_MAX <= drift <= SPEED_DRIFT_MAX:
+        r.log(f"WARNING: the CPU ran {drift:.2f}x as fast at the end as at the start: loads and costs moved "
+              "during the run; do not compare its figures with another run's")  # fmt: skip
     return {
         "scenario": "scorecard",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -545,6 +555,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         "scenarios": scenarios,
         "variants": variants,
         "iters_per_ms": r.iters_per_ms,
+        "iters_per_ms_end": iters_end,
+        "cpu_speed_end_over_start": drift,
         "references": {f"{cpus:g}cpu/{work:g}ms/{h}": ref.as_dict() for (cpus, work, h), ref in r.refs.items()},
         "nginx_limit_conn": {f"{cpus:g}cpu/{work:g}ms/{h}": r.nginx_limit(ref) for (cpus, work, h), ref in r.refs.items()},
         "rows": r.rows,

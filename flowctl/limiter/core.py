@@ -498,12 +498,13 @@ class Limiter:
     def _paced(self, now: float, slot: Slot, inflight: int, engaged: bool) -> Rejection | DryRunStart | None:
         """The period gate: shed when the group's current CFS period has no quota left for this request.
 
-        Engaged: with the gate's margin and the class's level, as pacing. Not engaged: only when
-        the period's whole quota is spent (a request admitted now would wait for the next period);
-        that is queue evidence for the hot gate. Neither starts or extends a cool-off: pacing
-        lasts as long as the CPU readings stay hot or another shed's cool-off runs (a gate that
-        kept itself engaged shed 3-8% at 0.9x capacity). A reserve class (critical) is never shed
-        here: only at its ceiling."""
+        Engaged: with the gate's margin and the class's level, as pacing; the shed restarts the
+        cool-off (pacing holds through a reading that dips under the threshold), but, unlike the
+        CPU budget's, does not keep a clearly cool reading from ending it: the gate keeps the
+        group near its quota, not cool, so a cool reading means the load fell. Not engaged: only
+        when the period's whole quota is spent (a request admitted now would wait for the next
+        period); that is queue evidence for the hot gate and starts no cool-off. A reserve class
+        (critical) is never shed here: only at its ceiling."""
         period = self._period
         assert period is not None
         bandwidth = self._bandwidth
@@ -516,7 +517,7 @@ class Limiter:
         if not engaged:
             self._queue_sheds += 1
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
-                          False)  # fmt: skip
+                          engaged)  # fmt: skip
 
     def _triggered(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Not engaged but over the limit: shed if a non-bypass trigger fires (warn if CPU is unknown)."""

@@ -237,15 +237,17 @@ def test_when_answering_sheds_alone_spends_half_the_quota_the_gate_steps_aside()
     assert g.margin == pytest.approx(0.0)
 
 
-def test_pacing_sheds_start_no_cool_off_so_a_cool_reading_ends_the_pacing() -> None:
-    """A gate that kept itself engaged (each of its sheds restarting the cool-off) shed 3-8% at 0.9x."""
+def test_a_clearly_cool_reading_ends_the_pacing() -> None:
+    """Pacing sheds restart the cool-off but do not hold it open past a clearly cool reading: the
+    gate keeps the group near its quota, so a cool reading means the load fell."""
     clock = Clock()
     lim, bw = engaged_limiter(clock, period_gate=True)
     lim._inflight = 0
     bw.usage_s += 0.049
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
-    assert lim.snapshot().cool_off_until is None
-    clock.now += 0.1  # a cool reading: no longer engaged, the gate sheds only a spent quota
+    assert lim.snapshot().cool_off
+    clock.now += 0.1  # a clearly cool reading: no longer engaged, the gate sheds only a spent quota
     lim.signal.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=3)  # type: ignore[misc]
     assert not isinstance(lim.acquire(), Rejection)
+    assert not lim.snapshot().cool_off
