@@ -55,6 +55,21 @@ def burn(iters: int) -> int:
     return acc
 
 
+def burn_cpu(cpu_s: float) -> int:
+    """Pure-Python CPU work until this thread has used ``cpu_s`` seconds of CPU time (``thread_time``).
+
+    A request then costs the same share of a CFS quota whatever the VM's speed does: this
+    machine's 2 CPUs run ``burn`` at ~7000 or ~11500 iterations per ms depending on what the
+    other one does, so iteration counts calibrated at one moment made whole scorecard runs 1.6x
+    heavier than intended. Checks the clock every 200 iterations (~30 µs)."""
+    end = time.thread_time() + cpu_s
+    acc = 0
+    while time.thread_time() < end:
+        for i in range(200):
+            acc = (acc + i * i) % 1_000_003
+    return acc
+
+
 def calibrate_iters_per_ms(target_ms: float = 50.0) -> float:
     """Iterations of :func:`burn` per millisecond of *thread CPU time* (immune to throttling): the
     median of 5 measurements. (The fastest of 5, used before, once read 12265 against 7257-7565 in
@@ -138,6 +153,7 @@ def make_app(
     variant: str = "none",
     *,
     work_iters: int = 50_000,
+    work_cpu_s: float | None = None,
     slices: int = 5,
     io_ms: float = 2.0,
     io_bound_ms: float = 20.0,
@@ -147,14 +163,21 @@ def make_app(
     """The upstream app for ``variant`` (see the module docstring)."""
     app = web.Application()
     slice_iters = max(1, work_iters // max(1, slices))
+    slice_cpu_s = None if work_cpu_s is None else work_cpu_s / max(1, slices)
 
     async def cpu_blocking(request: web.Request) -> web.Response:
-        burn(work_iters)
+        if work_cpu_s is None:
+            burn(work_iters)
+        else:
+            burn_cpu(work_cpu_s)
         return web.Response(text="ok")
 
     async def cpu_yielding(request: web.Request) -> web.Response:
         for _ in range(slices):
-            burn(slice_iters)
+            if slice_cpu_s is None:
+                burn(slice_iters)
+            else:
+                burn_cpu(slice_cpu_s)
             await asyncio.sleep(0)
         await asyncio.sleep(io_ms / 1000.0)
         return web.Response(text="ok")
@@ -282,6 +305,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=VARIANTS, default="none")
     p.add_argument("--work-ms", type=float, default=5.0, help="CPU work per request (calibrated here unless --work-iters)")
     p.add_argument("--work-iters", type=int, default=0, help="burn() iterations per request (0 = calibrate --work-ms)")
+    p.add_argument("--work-cpu-ms", type=float, default=0.0,
+                   help="instead: burn until the request has used this much thread CPU time (0 = off)")
     p.add_argument("--slices", type=int, default=5)
     p.add_argument("--io-ms", type=float, default=2.0, help="awaited wait of the yielding handler")
     p.add_argument("--io-bound-ms", type=float, default=20.0)
@@ -293,17 +318,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = _build_parser().parse_args(argv)
-    iters = a.work_iters or int(calibrate_iters_per_ms() * a.work_ms)
+    cpu_s = a.work_cpu_ms / 1000.0 if a.work_cpu_ms > 0 else None
+    iters = 0 if cpu_s is not None else (a.work_iters or int(calibrate_iters_per_ms() * a.work_ms))
     app = make_app(
         a.variant,
         work_iters=iters,
+        work_cpu_s=cpu_s,
         slices=a.slices,
         io_ms=a.io_ms,
         io_bound_ms=a.io_bound_ms,
         fixed_limit=a.fixed_limit,
         loop_lag=not a.no_loop_lag,
     )
-    print(f"upstream: variant={a.variant} work_iters={iters} listening on {a.host}:{a.port}", file=sys.stderr, flush=True)
+    work = f"work_cpu_ms={a.work_cpu_ms:g}" if cpu_s is not None else f"work_iters={iters}"
+    print(f"upstream: variant={a.variant} {work} listening on {a.host}:{a.port}", file=sys.stderr, flush=True)
     web.run_app(app, host=a.host, port=a.port, backlog=a.backlog, print=None, access_log=None)
     return 0
 
