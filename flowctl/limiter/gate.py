@@ -181,12 +181,16 @@ class HotGate:
             hot.append(("pressure", self.signal_name, r.pressure_ratio, pt))
         return hot
 
-    def clearly_cool(self, r: CpuReading) -> bool:
+    def clearly_cool(self, r: CpuReading, *, settled: bool = False) -> bool:
         """The reading is well under the threshold (see ``Thresholds.cool_fraction``): a cool-off
-        that began on a spike need not run its course."""
+        that began on a spike need not run its course. ``settled``: the smoothed value must be
+        well under it too (while the period gate paces, one 100 ms reading can dip)."""
         th = self._thresholds
         fast, slow = r.utilization, r.utilization_smoothed
-        return fast is not None and fast < th.cool_fraction * th.cpu_threshold and (slow is None or slow < th.cpu_threshold)
+        cool = th.cool_fraction * th.cpu_threshold
+        if fast is None or fast >= cool:
+            return False
+        return slow is None or slow < (cool if settled else th.cpu_threshold)
 
     def trigger_hot(self, now: float) -> Hot | None:
         """The first non-bypass trigger firing at ``now``, or None."""

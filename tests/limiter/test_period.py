@@ -237,9 +237,9 @@ def test_when_answering_sheds_alone_spends_half_the_quota_the_gate_steps_aside()
     assert g.margin == pytest.approx(0.0)
 
 
-def test_a_clearly_cool_reading_ends_the_pacing() -> None:
-    """Pacing sheds restart the cool-off but do not hold it open past a clearly cool reading: the
-    gate keeps the group near its quota, so a cool reading means the load fell."""
+def test_a_settled_cool_reading_ends_the_pacing_a_dip_does_not() -> None:
+    """Pacing sheds restart the cool-off; a reading cool in both its fast and smoothed values ends
+    it (the gate keeps the group near its quota, so that means the load fell), a 100 ms dip not."""
     clock = Clock()
     lim, bw = engaged_limiter(clock, period_gate=True)
     lim._inflight = 0
@@ -247,7 +247,11 @@ def test_a_clearly_cool_reading_ends_the_pacing() -> None:
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert lim.snapshot().cool_off
-    clock.now += 0.1  # a clearly cool reading: no longer engaged, the gate sheds only a spent quota
-    lim.signal.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=3)  # type: ignore[misc]
+    clock.now += 0.1  # a dip: fast cool, smoothed still warm (0.7): pacing holds
+    lim.signal.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.7, limit_cores=0.5, seq=3)  # type: ignore[misc]
+    d = lim.acquire()
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    clock.now += 0.1  # settled cool: no longer engaged, the gate sheds only a spent quota
+    lim.signal.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=4)  # type: ignore[misc]
     assert not isinstance(lim.acquire(), Rejection)
     assert not lim.snapshot().cool_off
