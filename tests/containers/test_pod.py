@@ -66,13 +66,21 @@ def _debug(pod: Pod) -> dict[str, Any]:
 def test_sidecar_reads_the_apps_limit_and_utilization(pod: Pod) -> None:
     podman("exec", "-d", pod.app, "timeout", "4", "python", "-c", "while True: pass")
     time.sleep(2.0)
-    dbg = _debug(pod)
-    assert dbg["watch"]["signal_ok"] is True and dbg["watch"]["pid"] is not None, dbg["watch"]
-    cpu = dbg["cpu"]["container"]
+    # The best of a few 100 ms readings: one can dip under 0.8 when the machine is busy (CI saw
+    # 0.70 with the smoothed value at 0.88). The host view of this burner reads at most 0.5.
+    seen: list[dict[str, Any]] = []
+    for _ in range(5):
+        dbg = _debug(pod)
+        assert dbg["watch"]["signal_ok"] is True and dbg["watch"]["pid"] is not None, dbg["watch"]
+        seen.append(dbg["cpu"]["container"])
+        if seen[-1]["utilization"] > 0.8:
+            break
+        time.sleep(0.25)
+    cpu = seen[-1]
     assert cpu["limit_cores"] == 0.5  # the app's --cpus, not the sidecar's (unlimited) cgroup
-    assert cpu["utilization"] > 0.8, cpu  # the burner in the app's cgroup
+    assert max(c["utilization"] for c in seen) > 0.8, seen  # the burner in the app's cgroup
     print(f"pod: sidecar reads the app: {json.dumps(cpu)}; host view {json.dumps(dbg['cpu'].get('host'))}")
-    time.sleep(2.5)  # the burner ends (timeout 4)
+    time.sleep(max(0.0, 2.5 - 0.25 * (len(seen) - 1)))  # the burner ends (timeout 4)
 
 
 def test_sidecar_sheds_under_overload(pod: Pod) -> None:
