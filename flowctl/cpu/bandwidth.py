@@ -2,7 +2,8 @@
 
 ``BandwidthReader.read()`` returns ``(usage_s, nr_periods, nr_throttled)`` from
 kept-open files (``cpuacct.usage`` + ``cpu.stat`` on v1, ``cpu.stat`` on v2),
-a few µs: cheap enough to call per admission. ``quota()`` returns the leaf
+with ``update`` and ``allows`` 9 µs median on cgroup v1 here, so the limiter
+reads at most every 0.5 ms. ``quota()`` returns the leaf
 group's own ``(quota_s, period_s)`` per period, or None when the leaf has no
 quota of its own: its ``nr_periods`` then do not count (the bandwidth timer
 that counts them belongs to the group that holds the quota).

@@ -6,9 +6,9 @@ every request in flight, and in-process every request still waiting to be
 read, then waits up to ``period_s - quota_s / cores``. No concurrency limit
 prevents that (a service busy at a limit of 1 still spends its quota early),
 and no utilization reading sees it in time (a reading spans a whole period).
-The gate reads the group's own counters at admission (``usage``,
-``nr_periods``, ``nr_throttled``: a few µs from kept-open files) and admits
-while::
+The gate reads the group's own counters at admission, at most every 0.5 ms
+(``usage``, ``nr_periods``, ``nr_throttled`` from kept-open files; a read,
+update and check took 9 µs median on cgroup v1 here) and admits while::
 
     used this period + work still to come this period  <=  allowed
 
@@ -116,6 +116,11 @@ class PeriodGate:
             # Count everything since the last read in the period that runs now.
             self._base, self._start, self._done_at_start = self._usage, at, self._done
         self._at, self._usage, self._periods, self._throttled, self._done = now, usage_s, periods, throttled, done
+
+    @property
+    def read_at(self) -> float:
+        """When the counters were last read (-inf: not yet, or forgotten)."""
+        return -math.inf if self._at is None else self._at
 
     def used_s(self) -> float | None:
         """CPU seconds the group has used in the current period as of the last read (None: unknown)."""
