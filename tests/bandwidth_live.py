@@ -19,7 +19,7 @@ def period_use(reader: BandwidthReader, seconds: float, poll_s: float = 0.002) -
     gate.set_quota(*quota)
     first = reader.read()
     assert first is not None
-    gate.update(time.monotonic(), *first)
+    gate.update(time.monotonic(), *first[:3])
     last_periods, seen, in_period = first[1], [], 0.0
     counted = 0  # boundaries seen: the first period is partial
     deadline = time.monotonic() + seconds
@@ -29,7 +29,7 @@ def period_use(reader: BandwidthReader, seconds: float, poll_s: float = 0.002) -
         read = reader.read()
         assert read is not None
         counters = read
-        gate.update(time.monotonic(), *counters)
+        gate.update(time.monotonic(), *counters[:3])
         if counters[1] != last_periods:
             if counted:
                 seen.append(in_period)

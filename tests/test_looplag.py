@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -184,3 +185,24 @@ def test_quiet_until_skips_only_calls_that_would_do_nothing(steps: list[tuple[in
             for mon in (every, gated):
                 start(mon)
         assert (gated.pending, gated.probes, gated.last_lag_s) == (every.pending, every.probes, every.last_lag_s)
+
+
+async def test_a_freeze_counts_as_lag_until_the_batch_read_after_it_is_done() -> None:
+    """The limiter tells the monitor its group was frozen since ``t``: the live lag counts from ``t``
+    (whether or not a probe was pending) until a probe queued now runs, after the current batch."""
+    clock = FakeClock(10.0)
+    mon = LoopLagMonitor(threshold_s=0.025, clock=clock)
+    mon.frozen(9.9)  # not started: nothing to do
+    assert not mon.pending
+    async with mon:
+        mon.frozen(9.95)  # nothing pending: a probe is queued, timed from the freeze's start
+        assert mon.pending and mon.quiet_until == -math.inf
+        assert mon.check(10.0) == pytest.approx(0.05)
+        mon.frozen(9.97)  # a later start does not shorten it
+        assert mon.check(10.0) == pytest.approx(0.05)
+        mon.frozen(9.9)
+        assert mon.check(10.0) == pytest.approx(0.1)
+        clock.now = 10.01
+        await asyncio.sleep(0)  # the probe runs after the batch
+        await asyncio.sleep(0)
+        assert not mon.pending and mon.last_lag_s == pytest.approx(0.11)

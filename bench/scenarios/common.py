@@ -250,6 +250,12 @@ def _cg_dir(paths: dict[str, str], controller: str) -> str | None:
     return paths.get(controller)
 
 
+def group_usage_s(run: Running) -> float | None:
+    """The CPU seconds the run's upstream group has used so far (cpuacct v1 or cpu.stat v2), None: unknown."""
+    ns = Monitor(run)._cpu_sample().get("_usage_ns")
+    return None if ns is None else ns / 1e9
+
+
 class Monitor:
     """Samples host and container CPU (from kernel files) and the limiter state every ``interval_s``."""
 

@@ -116,11 +116,33 @@ class Reference:
     capacity: c.Capacity
     saturation_rps: float
     answered_by_second: list[int]
+    idle_cores: float | None = None  # the app's own CPU with no load (its samplers), cores
+    answer_cpu_ms: float | None = None  # CPU per answer of its cheapest route (/healthz), ms
 
     def as_dict(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "work_ms": self.work_ms, "handler": self.handler, **self.capacity.as_dict(),
                 "saturation_rps": self.saturation_rps, "saturation_answered_by_second": self.answered_by_second,
-                "saturation_rule": "median 2xx answers per completion second, offered 2x capacity, timeout 30 s"}  # fmt: skip
+                "saturation_rule": "median 2xx answers per completion second, offered 2x capacity, timeout 30 s",
+                "idle_cores": self.idle_cores, "answer_cpu_ms": self.answer_cpu_ms}  # fmt: skip
+
+    def in_process_bound(self, offered_rps: float) -> float | None:
+        """The most goodput/saturation any limiter *inside* the group can reach at ``offered_rps``.
+
+        It must answer every request it sheds, in the same quota, and no answer costs less CPU
+        than the cheapest route's (``answer_cpu_ms``). At saturation the group spends its quota
+        ``Q`` (cores) on its idle work ``F`` and ``saturation_rps`` completions of cost ``c =
+        (Q - F) / saturation_rps``. Goodput ``N`` with ``offered - N`` sheds at cost ``y`` fits
+        when ``F + N c + (offered - N) y <= Q``: ``N <= (Q - F - offered y) / (c - y)``. Optimistic
+        (no throttling lost, no margin, sheds at the floor): a goodput target above it is out of
+        reach for an in-process limiter on this machine. None: not measured."""
+        f, y_ms, sat = self.idle_cores, self.answer_cpu_ms, self.saturation_rps
+        if f is None or y_ms is None or not sat:
+            return None
+        cost = (self.cpus - f) / sat
+        y = y_ms / 1000.0
+        if cost <= y:
+            return None
+        return max(0.0, (self.cpus - f - offered_rps * y) / (cost - y)) / sat
 
 
 class Run:
@@ -138,9 +160,11 @@ class Run:
     def log(self, msg: str) -> None:
         c.log(f"[{time.monotonic() - self.t0:5.0f} s] {msg}")
 
-    async def reference(self, cpus: float, work_ms: float, handler: str) -> Reference:
+    async def reference(self, cpus: float, work_ms: float, handler: str, *, answer_cost: bool = False) -> Reference:
+        """The unprotected service's figures at this quota (measured once per run). ``answer_cost``:
+        also its idle CPU and the CPU per answer of its cheapest route (``Reference.in_process_bound``)."""
         key = (cpus, work_ms, handler)
-        if key in self.refs:
+        if key in self.refs and (self.refs[key].answer_cpu_ms is not None or not answer_cost):
             return self.refs[key]
         p = self.plan
         self.log(f"reference: {handler} {work_ms:g} ms at {cpus:g} CPU (capacity search, then 2x for saturation)")
@@ -153,15 +177,35 @@ class Run:
                                            unloaded_rps=0.2 * cpus * 1000.0 / work_ms)  # fmt: skip
             await asyncio.sleep(0.5)
             lg, _ = await c.drive(up, path, 2.0 * cap.capacity_rps, p.saturation_s, timeout_s=30.0, start_in_s=p.start_in_s)
+            idle = answer = None
+            if answer_cost:
+                idle, answer = await self._answer_cost(up, 3.0 * cap.capacity_rps)
         answered = list(lg["answered_by_second"])
         # whole seconds while the backlog lasted: from the second one to the one before the last answer
         busy = answered[1:-1] or answered
         sat = float(sorted(busy)[len(busy) // 2]) if busy else 0.0
-        ref = Reference(cpus, work_ms, handler, cap, sat, answered)
+        ref = Reference(cpus, work_ms, handler, cap, sat, answered, idle, answer)
         self.refs[key] = ref
         self.log(f"  capacity {cap.capacity_rps:.1f} rps, saturation {sat:.1f} answers/s, unloaded p50 "
                  f"{cap.unloaded_p50_ms:.1f} ms p99 {cap.unloaded_p99_ms:.1f} ms")  # fmt: skip
         return ref
+
+    async def _answer_cost(self, up: c.Running, rate_rps: float) -> tuple[float | None, float | None]:
+        """The upstream group's idle CPU (cores, over 1 s with no load) and its CPU per answer of
+        ``/healthz`` (ms) offered ``rate_rps``: the floor of what answering a shed costs in-process."""
+        await asyncio.sleep(1.0)  # the saturation backlog is answered
+        t0, u0 = time.monotonic(), c.group_usage_s(up)
+        await asyncio.sleep(1.0)
+        t1, u1 = time.monotonic(), c.group_usage_s(up)
+        lg, _ = await c.drive(up, "/healthz", rate_rps, self.plan.saturation_s, start_in_s=self.plan.start_in_s)
+        t2, u2 = time.monotonic(), c.group_usage_s(up)
+        answers = lg["measured"]["ok"]
+        if u0 is None or u1 is None or u2 is None or not answers:
+            return None, None
+        idle = (u1 - u0) / (t1 - t0)
+        answer_ms = 1000.0 * max(0.0, (u2 - u1) - idle * (t2 - t1)) / answers
+        self.log(f"  idle CPU {idle:.3f} cores; /healthz at {rate_rps:.0f} rps: {answer_ms:.3f} ms CPU per answer")
+        return idle, answer_ms
 
     def nginx_limit(self, ref: Reference) -> int:
         """The tuning rule of the module docstring."""
@@ -205,8 +249,10 @@ class Run:
         self.rows.append(row)
         v = row["value"]
         shown = "-" if v is None else f"{v:.3g}"
+        bound = row.get("bound")
         self.log(f"  {row['scenario']:11s} {row['variant']:18s} {row['metric']:34s} {shown:>8s} "
-                 f"({'<=' if row['better'] == 'lower' else '>='} {row['target']:g}) {'PASS' if row['pass'] else 'fail'}")  # fmt: skip
+                 f"({'<=' if row['better'] == 'lower' else '>='} {row['target']:g}) {'PASS' if row['pass'] else 'fail'}"
+                 + ("" if bound is None else f" (in-process bound {bound:.3g})"))  # fmt: skip
 
     def pick(self, allowed: Sequence[str]) -> list[str]:
         return [v for v in self.variants if v in allowed]
@@ -239,7 +285,7 @@ async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, han
     """4x capacity: goodput/saturation >= 0.75 and admitted p99 <= 4x unloaded p99."""
     p = r.plan
     for handler in handlers:
-        ref = await r.reference(cpus, work_ms, handler)
+        ref = await r.reference(cpus, work_ms, handler, answer_cost="flowctl-inprocess" in r.variants)
         cap = ref.capacity.capacity_rps
         for v in r.pick(FLOWCTL_VARIANTS + tuple(peers)):
             limit = r.nginx_limit(ref)
@@ -250,8 +296,11 @@ async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, han
             r.keep(scenario, v, {"handler": handler, "cpus": cpus, "work_ms": work_ms, "capacity_rps": cap,
                                  "limit_conn": limit if v == "nginx-limit-conn" else None}, lg, samples)  # fmt: skip
             m = lg["phases"]["4x"]
-            r.add(verdict_row(scenario, v, f"goodput/saturation 4x {handler}", _ratio(m["goodput_rps"], ref.saturation_rps),
-                              0.75, "higher"))  # fmt: skip
+            row = verdict_row(scenario, v, f"goodput/saturation 4x {handler}", _ratio(m["goodput_rps"], ref.saturation_rps),
+                              0.75, "higher")  # fmt: skip
+            if v in ("flowctl-inprocess", "kratos"):  # limiters that answer their sheds inside the group
+                row["bound"] = ref.in_process_bound(m["offered_rps"])
+            r.add(row)
             r.add(verdict_row(scenario, v, f"p99/unloaded_p99 4x {handler}",
                               _ratio(m["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
 
@@ -399,6 +448,17 @@ RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_
 # ------------------------------------------------------------------ output
 
 
+BOUND_LEGEND = ("bound: the most goodput/saturation any limiter inside the group could reach, measured in this run "
+                "(every shed answered at the CPU cost of the app's cheapest route): the target is out of its reach")  # fmt: skip
+
+
+def _bound_note(row: dict[str, Any]) -> str:
+    """The row's measured in-process bound when it is below the target (the row is out of reach for
+    a limiter inside the group, see ``Reference.in_process_bound``), else ""."""
+    bound = row.get("bound")
+    return "" if bound is None or bound >= row["target"] else f"{bound:.2f}"
+
+
 def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
     """The verdict table: one line per (scenario, metric), one column per variant (value and PASS/fail)."""
     keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
@@ -417,8 +477,11 @@ def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
                 out.append(f"{'':>18s}")
             else:
                 val = "never" if r["value"] is None else f"{r['value']:.3g}"
-                out.append(f"{val + (' PASS' if r['pass'] else ' fail'):>18s}")
+                note = _bound_note(r)
+                out.append(f"{val + (' PASS' if r['pass'] else ' fail') + (f' b{note}' if note else ''):>18s}")
         lines.append(f"{s + ' ' + m:{width}s}  {tgt:>8s}  " + "  ".join(out))
+    if any(_bound_note(r) for r in rows):
+        lines += ["", "b<x>: " + BOUND_LEGEND]
     return "\n".join(lines)
 
 
@@ -445,8 +508,11 @@ def markdown(out: dict[str, Any]) -> str:
                 vals.append("")
             else:
                 val = "never" if r["value"] is None else f"{r['value']:.3g}"
-                vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}")
+                note = _bound_note(r)
+                vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}" + (f" (bound {note})" if note else ""))
         lines.append(f"| {s} | {metric} | {op} {first['target']:g} | " + " | ".join(vals) + " |")
+    if any(_bound_note(r) for r in rows):
+        lines += ["", "(bound x): " + BOUND_LEGEND + " (`Reference.in_process_bound` in bench/scenarios/scorecard.py)."]
     refs = out.get("references", {})
     if refs:
         lines += ["", "| reference (unprotected upstream) | capacity rps | saturation answers/s | unloaded p50 ms | unloaded p99 ms | nginx limit_conn |",

@@ -1,6 +1,6 @@
 """The CFS bandwidth of one cgroup, read fast: its own quota and period, and the counters of its periods.
 
-``BandwidthReader.read()`` returns ``(usage_s, nr_periods, nr_throttled)`` from
+``BandwidthReader.read()`` returns ``(usage_s, nr_periods, nr_throttled, throttled_s)`` from
 kept-open files (``cpuacct.usage`` + ``cpu.stat`` on v1, ``cpu.stat`` on v2),
 with ``update`` and ``allows`` 9 µs median on cgroup v1 here, so the limiter
 reads at most every 0.5 ms. ``quota()`` returns the leaf
@@ -52,12 +52,13 @@ class BandwidthReader:
         """The leaf's own ``(quota_s, period_s)``: one open and read per file (tens of µs)."""
         return None if self.path is None else _leaf_quota_s(self.version, self.path)
 
-    def read(self) -> tuple[float, int, int] | None:
-        """``(usage_s, nr_periods, nr_throttled)`` now, or None when any is unavailable."""
-        usage_s, periods, throttled, _, _ = self._counters.read()
+    def read(self) -> tuple[float, int, int, float | None] | None:
+        """``(usage_s, nr_periods, nr_throttled, throttled_s)`` now (``throttled_s``: the total time
+        the group was frozen, None when the kernel does not say), or None when any other is unavailable."""
+        usage_s, periods, throttled, throttled_s, _ = self._counters.read()
         if usage_s is None or periods is None or throttled is None:
             return None
-        return usage_s, periods, throttled
+        return usage_s, periods, throttled, throttled_s
 
     def close(self) -> None:
         self._counters.close()

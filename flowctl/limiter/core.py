@@ -54,6 +54,10 @@ _RESCALE_FRACTION = 0.1  # a CPU limit change beyond this tells the algorithm (r
 # ~9 us on cgroup v1 here; between reads at most ~0.5 ms x cores of usage goes unseen).
 _BANDWIDTH_READ_EVERY_S = 0.0005
 
+# Not engaged and nothing in flight (a blocking handler runs one request at a time), an in-process
+# limiter still reads this often, to see a CFS freeze as soon as the group runs again.
+_IDLE_READ_EVERY_S = 0.005
+
 _new_token = object.__new__  # Token(...) without the __init__ frame, on acquire's admitted path
 _new_dry_start = float.__new__
 
@@ -154,6 +158,8 @@ class Limiter:
         self._rescale: Callable[[float], None] | None = getattr(self.algorithm, "rescale", None)
         self._limit_cores: float | None = None  # the last reading's, to see quota changes
         self._bypass: tuple[Trigger, ...] = ()
+        self._freeze_hooks: tuple[Callable[[float], None], ...] = ()  # set while the gate reads its own group
+        self._own_group = False
         self._polled: tuple[PolledTrigger, ...] = ()  # what admit polls: each has quiet_until
         self._limit = -1.0
         self.busy_floor = bool(busy_floor)
@@ -247,6 +253,7 @@ class Limiter:
         if trigger.bypass_inflight:
             self._bypass = (*self._bypass, trigger)
             self._polled = polled(self._bypass)
+            self._set_freeze_hooks()
         else:
             self._gate.set_triggers((*self._gate.triggers, trigger))
 
@@ -255,6 +262,7 @@ class Limiter:
         self._gate.set_triggers(tuple(t for t in self._gate.triggers if t is not trigger))
         self._bypass = tuple(t for t in self._bypass if t is not trigger)
         self._polled = polled(self._bypass)
+        self._set_freeze_hooks()
 
     @property
     def inflight(self) -> int:
@@ -320,7 +328,7 @@ class Limiter:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
                 return decision
-        elif inflight:
+        elif inflight or (self._own_group and now >= self._period.read_at + _IDLE_READ_EVERY_S):  # type: ignore[union-attr]
             if self._pacing and not slot.partition.reserve:
                 decision = self._paced(now, slot, inflight, False)
                 if decision is not None:
@@ -442,6 +450,14 @@ class Limiter:
         else:
             period.set_quota(quota[0], quota[1], cores)
         self._pacing = period.quota_s is not None and self._gate.thresholds.cpu_gate
+        # This process runs in the group it reads (in-process, not a sidecar's target): its freezes are ours.
+        self._own_group = self._pacing and getattr(source, "pid", None) == "self" and getattr(source, "cgroup_path", 1) is None
+        self._set_freeze_hooks()
+
+    def _set_freeze_hooks(self) -> None:
+        """The bypass triggers told of a CFS freeze of our own group (``frozen(since)``: a loop-lag monitor)."""
+        hooks = (getattr(t, "frozen", None) for t in self._bypass) if self._own_group else ()
+        self._freeze_hooks = tuple(h for h in hooks if callable(h))
 
     def _set_ceiling(self, now: float, limit_cores: float | None) -> None:
         """The always-on ceiling from the group's CPU capacity (Little's law) plus the queue allowance.
@@ -519,13 +535,27 @@ class Limiter:
         if bandwidth is not None and now >= period.read_at + _BANDWIDTH_READ_EVERY_S:
             counters = bandwidth.read()
             if counters is not None:
-                period.update(now, *counters, self._admits - inflight, cost)
+                usage_s, periods, throttled, throttled_s = counters
+                frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
+                if frozen and self._own_group:
+                    self._froze(now, frozen)
         if period.allows(now, inflight, cost, slot.partition.budget_level, strict=engaged):
             return None
         if not engaged:
             self._queue_sheds += 1
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
                           engaged)  # fmt: skip
+
+    def _froze(self, now: float, frozen_s: float) -> None:
+        """Our own group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
+        the load does not fit, so the limiter engages (a cool-off, as a shed starts one) and paces
+        from the next period on; the loop-lag trigger counts the freeze as lag (``frozen``), so the
+        requests read right after it, which waited through it, are shed as late."""
+        self._cool_off_until = until = now + self._cool_off_s
+        if until > self._engaged_until:
+            self._engaged_until = until
+        for hook in self._freeze_hooks:
+            hook(now - frozen_s)
 
     def _triggered(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Not engaged but over the limit: shed if a non-bypass trigger fires (warn if CPU is unknown)."""

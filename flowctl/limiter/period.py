@@ -19,22 +19,34 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   while the limiter is engaged, this request's and the in-flight requests'
   ``cpu_per_request_s`` (``CpuCost``); no more than the period's wall time
   left on its cores (work that spills into the next period is counted there).
-  The overhead is what each period spent beyond its completions' cost (an
-  EMA over periods): answering sheds when the limiter runs in the group, the
-  runtime's own work. Reserving it is what keeps an in-process limiter's own
-  rejections from spending the quota after the gate has closed. When the
-  overhead reaches ``OVERHEAD_CAP`` of the quota, throttling cannot be
-  avoided and pacing on would admit nothing (a livelock: goodput 0 under a
-  closed-loop flood): the gate steps aside until it falls back.
+  (Counting in-flight requests at half, as partly done, was measured and not
+  kept: 4x yielding goodput 0.654 and 0.635 against 0.723 and 0.633.)
+  The overhead is what each period spent beyond its completions' cost (up at
+  once, down as an EMA over periods): answering sheds when the limiter runs
+  in the group, the runtime's own work. Reserving it is what keeps an in-process limiter's own
+  rejections from spending the quota after the gate has closed. No more than
+  ``OVERHEAD_CAP`` of the quota is reserved for it: beyond that, throttling
+  cannot be avoided, and reserving it all would admit nothing (a livelock:
+  goodput 0 under a closed-loop flood). The gate then still admits early in
+  each period, and such throttled periods do not raise the margin. (Stepping
+  aside instead, the first design, made the gate flap at 4x of a 0.3 CPU
+  group, whose sheds spend about half its quota: whatever ran when the
+  period's quota was spent waited through the freeze.)
 - *Allowed*: while the limiter is engaged, ``quota_s * (1 - margin)`` times the
   class's level factor ``1 - 0.5 * budget_level`` (at most the whole quota):
   default ``1 - margin``, sheddable three quarters of that. The margin learns
   what the rest misses (the kernel's 5 ms slices, the reads' own lag): a
-  period that ended throttled raises it by ``MARGIN_UP``, one in which the
-  gate shed without being throttled lowers it by ``MARGIN_DOWN``, within
-  ``[0, MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
+  period that ended throttled raises it by ``MARGIN_UP`` (unless its overhead
+  jumped past the reserve and the margin: the onset of an overload, whose
+  first sheds nothing had reserved; at 0.3 CPU that took the margin from 0.1
+  to 0.385 in the first second), one in which the gate shed without being
+  throttled lowers it by ``MARGIN_DOWN``, within ``[0, MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
   (counting the overhead still to come) sheds: a request admitted then would
   wait for the next period.
+
+Each read also reports a *freeze*: when the period that ended was throttled
+and the reads bracket the freeze closely, ``update`` returns how long the
+group was frozen (``throttled_time``), the wait of the requests read now.
 
 Unlike a token bucket it cannot spend two periods' quota across a boundary,
 and it needs no rate: the period's usage is read, not predicted. Pure: time
@@ -45,12 +57,13 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "OVERHEAD_CAP", "PeriodGate"]
+__all__ = ["FREEZE_SEEN_S", "MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "OVERHEAD_CAP", "PeriodGate"]
 
 MARGIN_UP = 0.05  # fraction of the quota, per period that ended throttled
 MARGIN_DOWN = 0.005  # per period in which the gate shed and the group was not throttled
 MAX_MARGIN = 0.5
-OVERHEAD_CAP = 0.5  # an overhead of this fraction of the quota or more: the gate steps aside
+OVERHEAD_CAP = 0.5  # of the quota: the most the gate reserves for the overhead
+FREEZE_SEEN_S = 0.05  # a freeze counts only when the reads around it are this close to it (bounds both gaps)
 _GAP_S = 1.0  # reads further apart than this start over (the counters' history is stale)
 
 
@@ -58,7 +71,7 @@ class PeriodGate:
     """Per-period quota accounting of one CFS group (see the module). Not thread-safe."""
 
     __slots__ = ("quota_s", "period_s", "cores", "margin", "overhead_s", "shed_in_period", "_at", "_usage",
-                 "_periods", "_throttled", "_done", "_base", "_start", "_done_at_start")  # fmt: skip
+                 "_periods", "_throttled", "_throttled_s", "_done", "_base", "_start", "_done_at_start")  # fmt: skip
 
     def __init__(self, margin: float = 0.1) -> None:
         self.quota_s: float | None = None
@@ -71,6 +84,7 @@ class PeriodGate:
         self._usage = 0.0
         self._periods = 0
         self._throttled = 0
+        self._throttled_s: float | None = None
         self._done = 0
         self._base: float | None = None  # usage at the current period's start (estimated)
         self._start = -math.inf  # when the current period started (estimated)
@@ -83,11 +97,23 @@ class PeriodGate:
         self.quota_s, self.period_s, self.cores = quota_s, period_s, max(1, cores)
 
     def update(
-        self, now: float, usage_s: float, periods: int, throttled: int, done: int = 0, cpu_per_request_s: float | None = None
-    ) -> None:
+        self, now: float, usage_s: float, periods: int, throttled: int, done: int = 0, cpu_per_request_s: float | None = None,
+        throttled_s: float | None = None,
+    ) -> float:  # fmt: skip
         """A read of the group's counters at ``now`` (seconds, the gate's clock), with the requests
-        completed so far (``done``) and their learned cost (for the overhead)."""
+        completed so far (``done``), their learned cost (for the overhead) and the group's total
+        frozen time (``throttled_s``, None: unknown).
+
+        Returns how long the group was frozen between the last read and this one when the two
+        reads bracket the freeze closely (no more than ``FREEZE_SEEN_S`` of the time between them
+        is not the freeze: this read comes at most that long after it ended), else 0.0. That is
+        the freeze the requests read now have waited through."""
         at, period = self._at, self.period_s
+        frozen = 0.0
+        last_throttled_s, self._throttled_s = self._throttled_s, throttled_s
+        if (at is not None and throttled > self._throttled and throttled_s is not None and last_throttled_s is not None
+                and throttled_s > last_throttled_s and now - at <= throttled_s - last_throttled_s + FREEZE_SEEN_S):
+            frozen = throttled_s - last_throttled_s  # fmt: skip
         if at is None or period is None or periods < self._periods or not (0 <= now - at <= _GAP_S):
             # No history (or a reset counter, or a long gap): call the period started now.
             self._base, self._start, self._done_at_start = usage_s, now, done
@@ -97,16 +123,21 @@ class PeriodGate:
             span = now - at
             frac = (boundary - at) / span if span > 0 else 1.0
             base = self._usage + frac * (usage_s - self._usage)
+            surprise = False  # the overhead grew past what was reserved for it (and the margin)
             if self._base is not None and cpu_per_request_s:
                 # What the ended period(s) spent beyond their completions' cost: answering sheds when
-                # the limiter runs in the group, the runtime's own work, a cost learned low.
+                # the limiter runs in the group, the runtime's own work, a cost learned low. Up at
+                # once (the onset of an overload: its sheds were not reserved), down as an EMA.
                 spent = base - self._base
                 n = max(1, periods - self._periods)
                 extra = max(0.0, spent - (done - self._done_at_start) * cpu_per_request_s) / n
-                self.overhead_s += 0.5 * (extra - self.overhead_s)
+                surprise = extra > self.overhead_s + self.margin * (self.quota_s or 0.0)
+                self.overhead_s = extra if extra > self.overhead_s else self.overhead_s + 0.5 * (extra - self.overhead_s)
             self._base, self._start, self._done_at_start = base, boundary, done
             if throttled != self._throttled:
-                if self.overhead_s < OVERHEAD_CAP * (self.quota_s or 0.0):  # else the gate stood aside
+                # Throttled: the margin grows, unless the overhead's growth explains it (now learned)
+                # or it is past what the gate reserves (throttling is then the sheds' doing).
+                if not surprise and self.overhead_s < OVERHEAD_CAP * (self.quota_s or 0.0):
                     self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
             elif self.shed_in_period:
                 self.margin = max(0.0, self.margin - MARGIN_DOWN)
@@ -116,6 +147,7 @@ class PeriodGate:
             # Count everything since the last read in the period that runs now.
             self._base, self._start, self._done_at_start = self._usage, at, self._done
         self._at, self._usage, self._periods, self._throttled, self._done = now, usage_s, periods, throttled, done
+        return frozen
 
     @property
     def read_at(self) -> float:
@@ -136,13 +168,11 @@ class PeriodGate:
         quota, period, base = self.quota_s, self.period_s, self._base
         if quota is None or period is None or base is None:
             return True
-        if self.overhead_s >= OVERHEAD_CAP * quota:
-            # Answering sheds alone spends half the quota: throttling cannot be avoided, and
-            # pacing on would admit nothing (measured: a closed-loop flood in-process, 2300
-            # sheds/s and 2 completions/s). The gate steps aside; the ceiling and triggers stay.
-            return True
         left_s = max(0.0, self._start + period - now)
-        need = self.overhead_s * left_s / period  # the overhead still to come in this period
+        # The overhead still to come in this period, reserved up to OVERHEAD_CAP of the quota: when
+        # answering sheds alone spends more, throttling cannot be avoided, and reserving it all would
+        # admit nothing (measured: a closed-loop flood in-process, 2 completions/s).
+        need = min(self.overhead_s, OVERHEAD_CAP * quota) * left_s / period
         if cpu_per_request_s and strict:
             need += min((inflight + 1) * cpu_per_request_s, left_s * self.cores)
         allowed = quota

@@ -26,6 +26,11 @@ class Trigger(Protocol):
     that such a call would return None and has nothing to do (``LoopLagMonitor``
     sets it after each check; -inf means "ask"). Without it, ``check`` runs on
     every admission.
+
+    A bypass trigger may also have a ``frozen(since)`` method: an in-process
+    limiter whose period gate reads its own group calls it when the group was
+    frozen by CFS from ``since`` (clock seconds) until about now, so the
+    requests read now have waited that long (``LoopLagMonitor`` counts it as lag).
     """
 
     @property

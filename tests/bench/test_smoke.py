@@ -310,7 +310,24 @@ def test_scorecard_quick_writes_rows_for_every_scenario(tmp_path: Path) -> None:
     assert {r["variant"] for r in data["rows"]} == {"flowctl-inprocess", "flowctl-sidecar"}
     for ref in data["references"].values():
         assert ref["capacity_rps"] > 0 and ref["unloaded_p99_ms"] > 0 and ref["saturation_rps"] >= 0
+    bounded = [r for r in data["rows"] if r["variant"] == "flowctl-inprocess" and r["metric"].startswith("goodput")]
+    assert bounded and all(r["bound"] is not None and r["bound"] >= 0 for r in bounded)  # measured in this run
     for run in data["runs"]:
         assert "warmup" in run["phases"] and run["measured"]["sent"] > 0
     assert (tmp_path / "scorecard.png").stat().st_size > 0
     assert "flowctl rows passing" in proc.stdout
+
+
+def test_the_in_process_bound_counts_every_shed_at_the_cheapest_answers_cost() -> None:
+    from bench.scenarios.common import Capacity
+    from bench.scenarios.scorecard import Reference, _bound_note
+
+    cap = Capacity(capacity_rps=60.0, unloaded_p99_ms=8.0, unloaded_p50_ms=4.0, probes=[], cpus=0.3, handler="blocking")
+    # 0.3 cores, 0.01 idle: a completion costs 0.29 / 100 = 2.9 ms; a shed at least 0.5 ms
+    ref = Reference(0.3, 2.0, "blocking", cap, 100.0, [], idle_cores=0.01, answer_cpu_ms=0.5)
+    # offered 240/s: N x 2.9 ms + (240 - N) x 0.5 ms <= 290 ms per second -> N <= 70.8
+    assert ref.in_process_bound(240.0) == pytest.approx(170.0 / 2.4 / 100.0)
+    assert ref.in_process_bound(100.0) == pytest.approx((0.29 - 0.05) / 0.0024 / 100.0)  # 1.0: no shed needed
+    assert Reference(0.3, 2.0, "blocking", cap, 100.0, []).in_process_bound(240.0) is None  # not measured
+    row = {"target": 0.75, "bound": 0.708}
+    assert _bound_note(row) == "0.71" and _bound_note({**row, "bound": 0.8}) == "" and _bound_note({"target": 0.75}) == ""

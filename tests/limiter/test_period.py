@@ -119,7 +119,7 @@ class FakeBandwidth:
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.usage_s, self.periods, self.throttled = 10.0, 100, 0
+        self.usage_s, self.periods, self.throttled, self.throttled_s = 10.0, 100, 0, 0.0
         self.reads = 0
 
     def spend(self, cpu_s: float) -> None:
@@ -127,9 +127,16 @@ class FakeBandwidth:
         self.usage_s += cpu_s
         self.clock.now += 0.001
 
-    def read(self) -> tuple[float, int, int]:
+    def freeze(self, seconds: float) -> None:
+        """The period ends throttled: the group was frozen ``seconds``, which pass on the clock."""
+        self.clock.now += seconds
+        self.periods += 1
+        self.throttled += 1
+        self.throttled_s += seconds
+
+    def read(self) -> tuple[float, int, int, float | None]:
         self.reads += 1
-        return self.usage_s, self.periods, self.throttled
+        return self.usage_s, self.periods, self.throttled, self.throttled_s
 
     def close(self) -> None:
         pass
@@ -211,14 +218,15 @@ def test_the_overhead_beyond_completions_is_learned_per_period_and_reserved_for_
     # One period: 40 ms used, 5 completions x 4 ms = 20 ms: 20 ms of overhead (answering sheds, say).
     g.update(0.099, 10.0396, 100, 0, done=5, cpu_per_request_s=0.004)
     g.update(0.101, 10.0404, 101, 0, done=5, cpu_per_request_s=0.004)  # the boundary: 10.040 at 0.1
-    assert g.overhead_s == pytest.approx(0.010)  # EMA, half way from 0
-    g.update(0.199, 10.0796, 101, 0, done=10, cpu_per_request_s=0.004)
-    g.update(0.201, 10.0804, 102, 0, done=10, cpu_per_request_s=0.004)
+    assert g.overhead_s == pytest.approx(0.020)  # up at once: an overload's sheds start all together
+    # The next: 30 ms used, 5 completions: 10 ms of overhead; down as an EMA, half way.
+    g.update(0.199, 10.0696, 101, 0, done=10, cpu_per_request_s=0.004)
+    g.update(0.201, 10.0704, 102, 0, done=10, cpu_per_request_s=0.004)
     assert g.overhead_s == pytest.approx(0.015)
     # 15 ms x (the part of the period left) is reserved.
-    g.update(0.201, 10.0904, 102, 0, done=10, cpu_per_request_s=0.004)
+    g.update(0.201, 10.0804, 102, 0, done=10, cpu_per_request_s=0.004)
     assert g.allows(0.201, 0, 0.004)  # 10 + 4 + 14.9 <= 50
-    g.update(0.201, 10.1154, 102, 0, done=10, cpu_per_request_s=0.004)
+    g.update(0.201, 10.1054, 102, 0, done=10, cpu_per_request_s=0.004)
     assert not g.allows(0.201, 0, 0.004)  # 35 + 4 + 14.9 > 50
     assert g.allows(0.29, 0, 0.004)  # near the period's end little of it is still to come: 35 + 4 + 1.5
 
@@ -233,16 +241,17 @@ def test_while_engaged_a_reserve_class_is_not_paced() -> None:
     assert not isinstance(lim.acquire(priority="critical"), Rejection)
 
 
-def test_when_answering_sheds_alone_spends_half_the_quota_the_gate_steps_aside() -> None:
-    """A closed-loop flood in-process: pacing on would admit nothing (a livelock)."""
+def test_no_more_than_half_the_quota_is_reserved_for_the_overhead() -> None:
+    """A closed-loop flood in-process: reserving all that answering sheds spends would admit nothing
+    (a livelock); with half reserved, requests early in each period are still admitted."""
     g = gate()
     g.update(0.0, 10.0, 100, 0)
-    g.update(0.01, 10.049, 100, 0)
-    g.overhead_s = 0.02
-    assert not g.allows(0.01, 0, 0.005)
-    g.overhead_s = 0.025  # half the 50 ms quota
-    assert g.allows(0.01, 0, 0.005)
-    g.update(0.101, 10.099, 101, 1)  # a throttled period does not raise the margin then
+    g.update(0.001, 10.001, 100, 0)  # 1 ms into the period, 1 ms used
+    g.overhead_s = 0.045  # answering sheds spends 45 of the 50 ms quota
+    assert g.allows(0.001, 0, 0.005)  # 1 + 25 x 0.99 + 5 <= 50: the reserve is capped at 25 ms
+    g.update(0.03, 10.022, 100, 0)  # 22 ms used 30 ms in, 2 in flight: 22 + 25 x 0.7 + 3 x 5 > 50
+    assert not g.allows(0.03, 2, 0.005)
+    g.update(0.101, 10.05, 101, 1)  # a throttled period does not raise the margin then
     assert g.margin == pytest.approx(0.0)
 
 
@@ -281,3 +290,74 @@ def test_the_counters_are_read_at_most_every_half_millisecond() -> None:
     clock.now += 0.0004
     d = lim.acquire()
     assert bw.reads == reads + 2 and isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+
+
+def test_a_freeze_right_after_a_read_is_returned_one_after_an_idle_gap_is_not() -> None:
+    g = gate()
+    assert g.update(0.0, 10.0, 100, 0, throttled_s=1.0) == 0.0  # a first read: nothing to compare with
+    # 40 ms later the group was frozen 30 ms and a period ended throttled: reads bracket the freeze
+    assert g.update(0.07, 10.04, 101, 1, throttled_s=1.03) == pytest.approx(0.03)
+    assert g.update(0.08, 10.045, 101, 1, throttled_s=1.03) == 0.0  # no new freeze
+    # a freeze long after the last read: the process was idle before it, nothing waited through it
+    assert g.update(0.5, 10.09, 105, 2, throttled_s=1.06) == 0.0
+    assert g.update(0.6, 10.13, 106, 3, throttled_s=None) == 0.0  # the kernel does not say how long
+
+
+class FrozenHook:
+    """A bypass trigger that never fires and records the freezes it is told of."""
+
+    name = "lag"
+    threshold = 1.0
+    bypass_inflight = True
+
+    def __init__(self) -> None:
+        self.since: list[float] = []
+        self.quiet_until = -math.inf
+
+    def check(self, now: float) -> float | None:
+        return None
+
+    def frozen(self, since: float) -> None:
+        self.since.append(since)
+
+
+@pytest.mark.parametrize("own_group", [True, False])
+def test_a_freeze_of_its_own_group_engages_and_is_told_to_the_loop_lag_trigger_even_with_nothing_in_flight(
+    own_group: bool,
+) -> None:
+    clock = Clock()
+    hook = FrozenHook()
+    sig = StaticSignal(name="container")
+    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
+    bw = with_fake_bandwidth(lim, clock)
+    lim._own_group = own_group  # in-process: the group read is the one this process runs in
+    lim._set_freeze_hooks()
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    assert not isinstance(lim.acquire(), Rejection)  # not engaged, nothing in flight: a first read
+    reads = bw.reads
+    clock.now += 0.001
+    assert not isinstance(lim.acquire(), Rejection)  # within 5 ms of that read: no read
+    assert bw.reads == reads
+    clock.now += 0.01
+    bw.spend(0.04)
+    bw.freeze(0.03)  # a blocking handler spent the quota; the group was frozen 30 ms
+    lim.acquire()
+    if own_group:
+        assert bw.reads == reads + 1
+        assert hook.since == [pytest.approx(clock.now - 0.03)]
+        assert lim.snapshot().cool_off  # the load did not fit: engaged, the gate paces from now on
+    else:  # a sidecar's target: its freezes are not this process's, and it does not read idle
+        assert bw.reads == reads and hook.since == [] and not lim.snapshot().cool_off
+
+
+def test_a_throttled_period_whose_overhead_jumped_does_not_raise_the_margin() -> None:
+    """The onset of an overload in-process: its first sheds were not reserved. The overhead learns
+    them at once; the margin, for what the rest misses, stays."""
+    g = gate(margin=0.1)
+    g.update(0.0, 10.0, 100, 0, done=0, cpu_per_request_s=0.004)
+    g.update(0.099, 10.0496, 100, 0, done=7, cpu_per_request_s=0.004)
+    g.update(0.101, 10.0504, 101, 1, done=7, cpu_per_request_s=0.004)  # 50 ms, 28 of them completions
+    assert g.margin == pytest.approx(0.1) and g.overhead_s == pytest.approx(0.022)
+    g.update(0.199, 10.0996, 101, 1, done=14, cpu_per_request_s=0.004)
+    g.update(0.201, 10.1004, 102, 2, done=14, cpu_per_request_s=0.004)  # throttled again, the overhead as reserved
+    assert g.margin == pytest.approx(0.15)
