@@ -243,7 +243,7 @@ def setup(
     default_priority: str | None = None,
     unmatched_priority: str | None = None,
     loop_lag: LoopLagMonitor | bool = True,
-    loop_lag_threshold_s: float = 0.025,
+    loop_lag_threshold_s: float = 0.015,
     compare_views: Iterable[str] = (),
     duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
     limiter_options: Mapping[str, Any] | None = None,

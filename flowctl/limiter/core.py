@@ -57,6 +57,7 @@ _BANDWIDTH_READ_EVERY_S = 0.0005
 # Not engaged and nothing in flight (a blocking handler runs one request at a time), an in-process
 # limiter still reads this often, to see a CFS freeze as soon as the group runs again.
 _IDLE_READ_EVERY_S = 0.005
+_FREEZE_ENGAGES = 0.2  # of the CFS period: an in-process freeze this long engages the limiter
 
 _new_token = object.__new__  # Token(...) without the __init__ frame, on acquire's admitted path
 _new_dry_start = float.__new__
@@ -548,12 +549,16 @@ class Limiter:
 
     def _froze(self, now: float, frozen_s: float) -> None:
         """Our own group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
-        the load does not fit, so the limiter engages (a cool-off, as a shed starts one) and paces
-        from the next period on; the loop-lag trigger counts the freeze as lag (``frozen``), so the
-        requests read right after it, which waited through it, are shed as late."""
-        self._cool_off_until = until = now + self._cool_off_s
-        if until > self._engaged_until:
-            self._engaged_until = until
+        when it took ``_FREEZE_ENGAGES`` of the period or more, the load does not fit, so the
+        limiter engages (a cool-off, as a shed starts one) and paces from the next period on (a
+        short freeze at the end of a busy period is Poisson noise: at 0.9x it happens). The loop-lag
+        trigger counts any freeze as lag (``frozen``), so the requests read right after it, which
+        waited through it, are shed as late when it was long enough."""
+        period_s = self._period.period_s if self._period is not None else None
+        if period_s and frozen_s >= _FREEZE_ENGAGES * period_s:
+            self._cool_off_until = until = now + self._cool_off_s
+            if until > self._engaged_until:
+                self._engaged_until = until
         for hook in self._freeze_hooks:
             hook(now - frozen_s)
 

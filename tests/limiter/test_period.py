@@ -57,12 +57,18 @@ def test_work_that_spills_into_the_next_period_is_not_counted_in_this_one() -> N
 def test_a_throttled_period_raises_the_margin_and_a_clean_one_in_which_it_shed_lowers_it() -> None:
     g = gate(margin=0.1)
     g.update(0.0, 10.0, 100, 0)
+    g.update(0.02, 10.02, 100, 0)
+    assert g.allows(0.02, 0, 0.005)  # the gate paces this period (the limiter is engaged)
     g.update(0.12, 10.05, 101, 1)  # the period ended throttled
     assert g.margin == pytest.approx(0.1 + MARGIN_UP)
-    assert not g.allows(0.12, 20, 0.005)  # shed in this period
-    g.update(0.22, 10.09, 102, 1)  # not throttled, and the gate shed: give some back
+    g.update(0.121, 10.0505, 101, 1)
+    assert g.allows(0.121, 0, 0.005, strict=False)  # not paced: the load alone spent the quota
+    g.update(0.19, 10.08, 102, 2)
+    assert g.margin == pytest.approx(0.1 + MARGIN_UP)  # which says nothing about the margin
+    assert not g.allows(0.19, 20, 0.005)  # shed in this period
+    g.update(0.29, 10.09, 103, 2)  # not throttled, and the gate shed: give some back
     assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
-    g.update(0.32, 10.12, 103, 1)  # not throttled, nothing shed: unchanged
+    g.update(0.39, 10.12, 104, 2)  # not throttled, nothing shed: unchanged
     assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
 
 
@@ -356,8 +362,31 @@ def test_a_throttled_period_whose_overhead_jumped_does_not_raise_the_margin() ->
     g = gate(margin=0.1)
     g.update(0.0, 10.0, 100, 0, done=0, cpu_per_request_s=0.004)
     g.update(0.099, 10.0496, 100, 0, done=7, cpu_per_request_s=0.004)
+    g.allows(0.099, 0, 0.004)  # paced, so only the overhead's jump keeps the margin
     g.update(0.101, 10.0504, 101, 1, done=7, cpu_per_request_s=0.004)  # 50 ms, 28 of them completions
     assert g.margin == pytest.approx(0.1) and g.overhead_s == pytest.approx(0.022)
     g.update(0.199, 10.0996, 101, 1, done=14, cpu_per_request_s=0.004)
+    g.allows(0.199, 0, 0.004)  # paced
     g.update(0.201, 10.1004, 102, 2, done=14, cpu_per_request_s=0.004)  # throttled again, the overhead as reserved
     assert g.margin == pytest.approx(0.15)
+
+
+def test_a_short_freeze_is_lag_but_does_not_engage() -> None:
+    """A 10 ms freeze at the end of a busy period (Poisson noise at 0.9x) is told to the loop-lag
+    trigger, which judges it by its own threshold, but starts no cool-off."""
+    clock = Clock()
+    hook = FrozenHook()
+    sig = StaticSignal(name="container")
+    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
+    bw = with_fake_bandwidth(lim, clock)
+    lim._own_group = True
+    lim._set_freeze_hooks()
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    lim.acquire()
+    clock.now += 0.07
+    lim.acquire()  # a read 70 ms into the period
+    bw.spend(0.05)
+    bw.freeze(0.01)
+    lim.acquire()
+    assert hook.since == [pytest.approx(clock.now - 0.01)]
+    assert not lim.snapshot().cool_off
