@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -164,8 +164,15 @@ class Run:
         """The unprotected service's figures at this quota (measured once per run). ``answer_cost``:
         also its idle CPU and the CPU per answer of its cheapest route (``Reference.in_process_bound``)."""
         key = (cpus, work_ms, handler)
-        if key in self.refs and (self.refs[key].answer_cpu_ms is not None or not answer_cost):
-            return self.refs[key]
+        known = self.refs.get(key)
+        if known is not None and (known.answer_cpu_ms is not None or not answer_cost):
+            return known
+        if known is not None:  # measured for another scenario, without the answer cost: add it
+            async with c.upstream("none", cpus=cpus, work_cpu_ms=work_ms) as up:
+                await c.drive(up, "/healthz", 20.0, 1.0, start_in_s=self.plan.start_in_s)  # a fresh process is slow at first
+                idle, answer = await self._answer_cost(up, 3.0 * known.capacity.capacity_rps, settle_s=0.5)
+            self.refs[key] = known = replace(known, idle_cores=idle, answer_cpu_ms=answer)
+            return known
         p = self.plan
         self.log(f"reference: {handler} {work_ms:g} ms at {cpus:g} CPU (capacity search, then 2x for saturation)")
         path = HANDLERS[handler]
@@ -190,10 +197,10 @@ class Run:
                  f"{cap.unloaded_p50_ms:.1f} ms p99 {cap.unloaded_p99_ms:.1f} ms")  # fmt: skip
         return ref
 
-    async def _answer_cost(self, up: c.Running, rate_rps: float) -> tuple[float | None, float | None]:
+    async def _answer_cost(self, up: c.Running, rate_rps: float, settle_s: float = 1.0) -> tuple[float | None, float | None]:
         """The upstream group's idle CPU (cores, over 1 s with no load) and its CPU per answer of
         ``/healthz`` (ms) offered ``rate_rps``: the floor of what answering a shed costs in-process."""
-        await asyncio.sleep(1.0)  # the saturation backlog is answered
+        await asyncio.sleep(settle_s)  # the saturation backlog is answered; a fresh process settles
         t0, u0 = time.monotonic(), c.group_usage_s(up)
         await asyncio.sleep(1.0)
         t1, u1 = time.monotonic(), c.group_usage_s(up)
