@@ -459,7 +459,7 @@ def test_bypass_trigger_sheds_at_inflight_one_by_priority(sig: StaticSignal, clo
     assert [admitted(p) for p in ("sheddable", "default", "critical")] == [False, True, True]
     lag.value = 0.10  # >= 2x: default too
     assert [admitted(p) for p in ("sheddable", "default", "critical")] == [False, False, True]
-    lag.value = 0.16  # >= 3x: critical last
+    lag.value = 0.26  # >= 5x: critical last
     assert [admitted(p) for p in ("sheddable", "default", "critical")] == [False, False, False]
     d = lim.acquire("default")
     assert isinstance(d, Rejection)

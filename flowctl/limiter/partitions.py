@@ -60,7 +60,7 @@ class PriorityClass:
 
 
 DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
-    "critical": PriorityClass(share=3.0, trigger_scale=3.0, budget_level=-1.0, reserve=True),
+    "critical": PriorityClass(share=3.0, trigger_scale=5.0, budget_level=-1.0, reserve=True),
     "default": PriorityClass(share=1.0, trigger_scale=2.0, budget_level=0.0),
     "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, budget_level=0.5),
 }
