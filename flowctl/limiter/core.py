@@ -538,7 +538,7 @@ class Limiter:
             if counters is not None:
                 usage_s, periods, throttled, throttled_s = counters
                 frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
-                if frozen and self._own_group:
+                if frozen:
                     self._froze(now, frozen)
         if period.allows(now, inflight, cost, slot.partition.budget_level, strict=engaged):
             return None
@@ -548,12 +548,13 @@ class Limiter:
                           engaged)  # fmt: skip
 
     def _froze(self, now: float, frozen_s: float) -> None:
-        """Our own group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
+        """The group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
         when it took ``_FREEZE_ENGAGES`` of the period or more, the load does not fit, so the
         limiter engages (a cool-off, as a shed starts one) and paces from the next period on (a
-        short freeze at the end of a busy period is Poisson noise: at 0.9x it happens). The loop-lag
-        trigger counts any freeze as lag (``frozen``), so the requests read right after it, which
-        waited through it, are shed as late when it was long enough."""
+        short freeze at the end of a busy period is Poisson noise: at 0.9x it happens). When the
+        group is our own (in-process), the loop-lag trigger counts any freeze as lag (``frozen``),
+        so the requests read right after it, which waited through it, are shed as late when it
+        was long enough."""
         period_s = self._period.period_s if self._period is not None else None
         if period_s and frozen_s >= _FREEZE_ENGAGES * period_s:
             self._cool_off_until = until = now + self._cool_off_s

@@ -390,3 +390,20 @@ def test_a_short_freeze_is_lag_but_does_not_engage() -> None:
     lim.acquire()
     assert hook.since == [pytest.approx(clock.now - 0.01)]
     assert not lim.snapshot().cool_off
+
+
+def test_a_long_freeze_of_a_sidecars_target_engages_without_telling_the_loop_lag_trigger() -> None:
+    clock = Clock()
+    hook = FrozenHook()
+    sig = StaticSignal(name="container")
+    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
+    bw = with_fake_bandwidth(lim, clock)  # not our own group: a sidecar reads its target's
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    held = lim.acquire()  # in flight: the gate reads
+    clock.now += 0.01
+    lim.acquire().success()
+    bw.spend(0.04)
+    bw.freeze(0.04)
+    lim.acquire().success()
+    held.success()
+    assert lim.snapshot().cool_off and hook.since == []
