@@ -223,6 +223,7 @@ def test_the_overhead_beyond_completions_is_learned_per_period_and_reserved_for_
     g.update(0.0, 10.0, 100, 0, done=0, cpu_per_request_s=0.004)
     # One period: 40 ms used, 5 completions x 4 ms = 20 ms: 20 ms of overhead (answering sheds, say).
     g.update(0.099, 10.0396, 100, 0, done=5, cpu_per_request_s=0.004)
+    g.allows(0.099, 4, 0.004)  # the gate paces this period
     g.update(0.101, 10.0404, 101, 0, done=5, cpu_per_request_s=0.004)  # the boundary: 10.040 at 0.1
     assert g.overhead_s == pytest.approx(0.020)  # up at once: an overload's sheds start all together
     # The next: 30 ms used, 5 completions: 10 ms of overhead; down as an EMA, half way.
@@ -407,3 +408,11 @@ def test_a_long_freeze_of_a_sidecars_target_engages_without_telling_the_loop_lag
     lim.acquire().success()
     held.success()
     assert lim.snapshot().cool_off and hook.since == []
+
+
+def test_not_pacing_the_overhead_is_an_ema_one_busy_period_does_not_set_it() -> None:
+    g = gate()
+    g.update(0.0, 10.0, 100, 0, done=0, cpu_per_request_s=0.004)
+    g.update(0.099, 10.0396, 100, 0, done=5, cpu_per_request_s=0.004)  # 20 ms beyond 5 completions
+    g.update(0.101, 10.0404, 101, 0, done=5, cpu_per_request_s=0.004)
+    assert g.overhead_s == pytest.approx(0.010)  # half way: not pacing, no jump
