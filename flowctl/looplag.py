@@ -49,7 +49,7 @@ group's counters tells the monitor of each freeze (``frozen(since)``): the
 pending probe, or a new one, counts from the freeze's start, and the batch
 read right after it is shed. Measured with the scorecard's 4x overload,
 blocking handler, 0.5 CPU: admitted p99 7.4x and 6.9x unloaded before,
-2.1x-3.6x after (5 runs); the slow requests had all been in the first
+2.1x-3.6x after; the slow requests had all been in the first
 150 ms of the overload, in the batches read after its first freezes.
 
 It implements the limiter's ``Trigger`` protocol: ``name``, ``threshold``
