@@ -539,7 +539,7 @@ class Limiter:
                 usage_s, periods, throttled, throttled_s = counters
                 frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
                 if frozen:
-                    self._froze(now, frozen)
+                    self._froze(now, frozen, period.period_s)
         if period.allows(now, inflight, cost, slot.partition.budget_level, strict=engaged):
             return None
         if not engaged:
@@ -547,7 +547,7 @@ class Limiter:
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
                           engaged)  # fmt: skip
 
-    def _froze(self, now: float, frozen_s: float) -> None:
+    def _froze(self, now: float, frozen_s: float, period_s: float | None) -> None:
         """The group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
         when it took ``_FREEZE_ENGAGES`` of the period or more, the load does not fit, so the
         limiter engages (a cool-off, as a shed starts one) and paces from the next period on (a
@@ -555,7 +555,6 @@ class Limiter:
         group is our own (in-process), the loop-lag trigger counts any freeze as lag (``frozen``),
         so the requests read right after it, which waited through it, are shed as late when it
         was long enough."""
-        period_s = self._period.period_s if self._period is not None else None
         if period_s and frozen_s >= _FREEZE_ENGAGES * period_s:
             self._cool_off_until = until = now + self._cool_off_s
             if until > self._engaged_until:

@@ -22,9 +22,10 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   (Counting in-flight requests at half, as partly done, was measured and not
   kept: 4x yielding goodput 0.654 and 0.635 against 0.723 and 0.633.)
   The overhead is what each period spent beyond its completions' cost (an
-  EMA over periods, but up at once in a period the gate paced): answering sheds when the limiter runs
-  in the group, the runtime's own work. Reserving it is what keeps an in-process limiter's own
-  rejections from spending the quota after the gate has closed. No more than
+  EMA over periods, but up at once in a period the gate paced): answering
+  sheds when the limiter runs in the group, the runtime's own work.
+  Reserving it is what keeps an in-process limiter's own rejections from
+  spending the quota after the gate has closed. No more than
   ``OVERHEAD_CAP`` of the quota is reserved for it: beyond that, throttling
   cannot be avoided, and reserving it all would admit nothing (a livelock:
   goodput 0 under a closed-loop flood). The gate then still admits early in
@@ -36,11 +37,12 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   class's level factor ``1 - 0.5 * budget_level`` (at most the whole quota):
   default ``1 - margin``, sheddable three quarters of that. The margin learns
   what the rest misses (the kernel's 5 ms slices, the reads' own lag): a
-  period the gate paced that ended throttled raises it by ``MARGIN_UP`` (unless its overhead
-  jumped past the reserve and the margin: the onset of an overload, whose
-  first sheds nothing had reserved; at 0.3 CPU that took the margin from 0.1
-  to 0.385 in the first second), one in which the gate shed without being
-  throttled lowers it by ``MARGIN_DOWN``, within ``[0, MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
+  period the gate paced that ended throttled raises it by ``MARGIN_UP``
+  (unless its overhead jumped past the reserve and the margin: the onset of
+  an overload, whose first sheds nothing had reserved; at 0.3 CPU that took
+  the margin from 0.1 to 0.385 in the first second), one in which the gate
+  shed without being throttled lowers it by ``MARGIN_DOWN``, within ``[0,
+  MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
   (counting the overhead still to come) sheds: a request admitted then would
   wait for the next period.
 
