@@ -3,7 +3,9 @@
 #
 #   scripts/cgroup2.sh on [CTRL...]   umount /sys/fs/cgroup/CTRL, enable CTRL in the unified root
 #   scripts/cgroup2.sh off            disable them on cgroup2 again and remount the v1 hierarchies
-#   scripts/cgroup2.sh status         where each of cpu, cpuset is bound now (exit 0: all on v1, 3: switched)
+#   scripts/cgroup2.sh status         where each of cpu, cpuset is bound now (exit 0: all on v1, 3: switched),
+#                                     and whether a switch is possible on this boot (what `on` or `probe` found)
+#   scripts/cgroup2.sh probe          try the switch and restore v1 at once (exit 0: possible, 4: refused)
 #
 # CTRL is cpu and/or cpuset (default: cpu cpuset). memory is never moved: the machine's supervisor
 # has a group in the v1 memory hierarchy. `on` refuses (exit 2, nothing changed) when not root, when
@@ -11,8 +13,12 @@
 # another one. An empty libpod_parent left by podman (no process in it or in its empty sub-groups
 # such as conmon) is removed first, and the message says so.
 # A v1 hierarchy cannot be unmounted while any process has a file open in it (a running flowctl
-# sampler keeps cpu.stat open): `on` retries for FLOWCTL_CGROUP2_BUSY_WAIT_S (90) seconds, then
-# fails naming those processes. If `on` fails half-way it restores what it changed.
+# sampler keeps cpu.stat open): `on` retries for FLOWCTL_CGROUP2_BUSY_WAIT_S (10) seconds, then
+# fails (exit 1) naming those processes. Some kernels refuse the umount with no holder at all (seen:
+# 6.18.44, every v1 hierarchy "busy"), or do not bind the freed controller to cgroup2: then `on`
+# exits 4 with one line "cgroup2.sh: refused by kernel K (...)": the machine cannot switch, nothing
+# of ours is at fault. If `on` fails half-way it restores what it changed. Every `on` records its
+# outcome for this boot in $STATE (read by `status`).
 # `off` works from any state (it is also what recovers a machine left switched by a crash): it
 # disables the controllers in every cgroup2 group's cgroup.subtree_control (deepest first, removing
 # no group), then remounts each v1 hierarchy at /sys/fs/cgroup/CTRL, retrying for a while because
@@ -26,7 +32,9 @@ CG=/sys/fs/cgroup
 UNIFIED=${FLOWCTL_CGROUP2_UNIFIED:-$CG/unified}
 MOVABLE=(cpu cpuset)
 REMOUNT_TRIES=${FLOWCTL_CGROUP2_REMOUNT_TRIES:-200}   # x 0.05 s
-BUSY_WAIT_S=${FLOWCTL_CGROUP2_BUSY_WAIT_S:-90}        # how long `on` waits for open files in a v1 hierarchy to close
+BUSY_WAIT_S=${FLOWCTL_CGROUP2_BUSY_WAIT_S:-10}        # how long `on` waits for open files in a v1 hierarchy to close
+STATE=${FLOWCTL_CGROUP2_STATE:-/run/flowctl-cgroup2.state}   # the outcome of the last `on` on this boot
+REFUSED=4                                               # exit code: the kernel refuses the switch
 
 die() { echo "cgroup2.sh: $*" >&2; exit 2; }
 
@@ -77,6 +85,7 @@ status() {
         fi
     done
     echo "unified: $UNIFIED controllers: $(cat "$UNIFIED/cgroup.controllers")"
+    switch_verdict
     return $((switched ? 3 : 0))
 }
 
@@ -119,14 +128,45 @@ umount_when_free() {
     done
 }
 
-# The processes with an open file or working directory under $1.
+# The processes with an open file, working directory, root or memory map under $1.
 holders() {
     local p
     for p in /proc/[0-9]*; do
-        if ls -l "$p/fd" 2>/dev/null | grep -q -- "-> $1/" || [[ $(readlink "$p/cwd" 2>/dev/null) == "$1"* ]]; then
+        if ls -l "$p/fd" 2>/dev/null | grep -q -- "-> $1/" || [[ $(readlink "$p/cwd" 2>/dev/null) == "$1"* ]] \
+            || [[ $(readlink "$p/root" 2>/dev/null) == "$1"* ]] || grep -q -- " $1/" "$p/maps" 2>/dev/null; then
             echo "  pid ${p#/proc/}: $(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | head -c 160)"
         fi
     done
+}
+
+boot_id() { cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown; }
+
+# Record the outcome of a switch attempt on this boot: $1 = possible|refused, $2 = why.
+record() { printf 'boot=%s\nkernel=%s\nresult=%s\nreason=%s\nwhen=%s\n' "$(boot_id)" "$(uname -r)" "$1" "$2" \
+    "$(date -u +%FT%TZ)" > "$STATE" 2>/dev/null || true; }
+
+# Exit $REFUSED with the one line the test fixture reads: the kernel, not a holder of ours, refuses.
+refuse() {
+    local why="refused by kernel $(uname -r) ($1)"
+    record refused "$why"
+    echo "cgroup2.sh: $why" >&2
+    exit "$REFUSED"
+}
+
+# What is known on this boot about switching: the outcome `on` recorded, or that it was not tried.
+switch_verdict() {
+    local boot="" result="" reason="" when=""
+    if [[ -r $STATE ]]; then
+        boot=$(sed -n 's/^boot=//p' "$STATE"); result=$(sed -n 's/^result=//p' "$STATE")
+        reason=$(sed -n 's/^reason=//p' "$STATE"); when=$(sed -n 's/^when=//p' "$STATE")
+    fi
+    if [[ $boot != "$(boot_id)" || -z $result ]]; then
+        echo "switch on this boot: not tried yet (\`$0 probe\` tries it and restores v1)"
+    elif [[ $result == refused ]]; then
+        echo "switch on this boot: impossible, $reason (at $when)"
+    else
+        echo "switch on this boot: possible (done at $when)"
+    fi
 }
 
 # Disable controller $1 in every cgroup2 group's subtree_control, deepest first (no group is removed).
@@ -190,9 +230,12 @@ $children"
         on_v2 "$c" && { grep -qw -- "$c" "$UNIFIED/cgroup.subtree_control" || echo "+$c" > "$UNIFIED/cgroup.subtree_control"; continue; }
         mp=$(v1_mount_point "$c")
         if ! umount_when_free "$mp"; then
-            echo "cgroup2.sh: $mp stays busy: a process keeps a file in the v1 $c hierarchy open (a flowctl sampler?):" >&2
-            holders "$mp" >&2
+            local held
+            held=$(holders "$mp")
             ((${#moved[@]})) && { echo "cgroup2.sh: restoring ${moved[*]}" >&2; off >&2 || true; }
+            [[ -n $held ]] || refuse "umount $mp busy, no holder"
+            echo "cgroup2.sh: $mp stays busy: a process keeps a file in the v1 $c hierarchy open (a flowctl sampler?):" >&2
+            echo "$held" >&2
             exit 1
         fi
         moved+=("$c")
@@ -203,11 +246,20 @@ $children"
         done
         if ((!ok)); then
             echo "cgroup2.sh: the kernel did not bind $c to $UNIFIED (cgroup.controllers: $(cat "$UNIFIED/cgroup.controllers")); restoring" >&2
-            off || true
-            exit 1
+            off >&2 || true
+            refuse "$c did not bind to cgroup2"
         fi
         echo "cgroup2.sh: $c moved to v2 at $UNIFIED"
     done
+    record possible "switched ${wanted[*]}"
+}
+
+# Try the switch and put v1 back at once: exit 0 when the kernel allows it, $REFUSED when it refuses.
+probe() {
+    local rc=0
+    ( on "$@" ) || rc=$?
+    off || exit 1
+    exit $rc
 }
 
 cmd=${1:-status}
@@ -216,5 +268,6 @@ case $cmd in
     on) on "$@" ;;
     off) off ;;
     status) status ;;
-    *) echo "usage: $0 on [cpu] [cpuset] | off | status" >&2; exit 2 ;;
+    probe) probe "$@" ;;
+    *) echo "usage: $0 on [cpu] [cpuset] | off | status | probe [cpu] [cpuset]" >&2; exit 2 ;;
 esac

@@ -17,8 +17,10 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 from flowctl.cpu.parse import parse_mountinfo
 
@@ -26,6 +28,8 @@ LIVE_ENV = "FLOWCTL_CGROUP2_LIVE"
 UNIFIED = "/sys/fs/cgroup/unified"
 SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "cgroup2.sh")
 MOVED = ("cpu", "cpuset")
+REFUSED_EXIT = 4  # scripts/cgroup2.sh: the kernel refuses the switch (umount busy with no holder, or no bind)
+REFUSED_PREFIX = "cgroup2.sh: refused by kernel "
 
 MountKey = tuple[str, str, str, str, str, str]
 
@@ -53,7 +57,7 @@ def cpu_on_v2() -> bool:
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     """Run scripts/cgroup2.sh with ``args``; output captured, never raises on a non-zero exit."""
-    # on waits up to FLOWCTL_CGROUP2_BUSY_WAIT_S (90 s) for open files in the v1 hierarchy to close
+    # on waits up to FLOWCTL_CGROUP2_BUSY_WAIT_S (10 s) for open files in the v1 hierarchy to close
     return subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -76,6 +80,30 @@ def recover_at_session_start(say: Callable[[str], None]) -> None:
     say("restored the cpu/cpuset controllers to cgroup v1 (left switched to v2 by an earlier session)")
 
 
+@dataclass(frozen=True)
+class SwitchOutcome:
+    """What ``scripts/cgroup2.sh on`` reported: ``switched``; ``refused`` (the kernel cannot switch: a
+    capability this machine lacks, not our bug); or ``failed`` (a holder of ours, bad state: a bug)."""
+
+    kind: Literal["switched", "refused", "failed"]
+    detail: str
+
+
+def classify_switch(returncode: int, stdout: str, stderr: str) -> SwitchOutcome:
+    """Decide from the script's exit code and output alone; ``refused`` needs both exit 4 and its line."""
+    if returncode == 0:
+        return SwitchOutcome("switched", stdout.strip())
+    if returncode == REFUSED_EXIT:
+        for line in stderr.splitlines():
+            if line.startswith(REFUSED_PREFIX):
+                return SwitchOutcome("refused", line.removeprefix("cgroup2.sh: "))
+    return SwitchOutcome("failed", f"scripts/cgroup2.sh on failed (exit {returncode}): {stdout}{stderr}")
+
+
+class SwitchRefused(RuntimeError):
+    """The kernel refused the switch (``SwitchOutcome.kind == "refused"``); the message says how."""
+
+
 class _Terminated(BaseException):
     """SIGTERM while switched: unwinds like Ctrl-C so the restore runs."""
 
@@ -83,7 +111,8 @@ class _Terminated(BaseException):
 @contextmanager
 def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountKey]]:
     """cpu (and cpuset) on the cgroup2 mount for the body (yields the mounts from before); v1 restored
-    and the mounts compared after."""
+    and the mounts compared after. SwitchRefused when the kernel refuses, RuntimeError on any other
+    failure (a process of ours holding the v1 hierarchy open included)."""
     before = cgroup_mounts()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -93,8 +122,11 @@ def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountK
     signal.signal(signal.SIGTERM, on_term)
     try:
         r = run_script("on", *controllers)
-        if r.returncode != 0:
-            raise RuntimeError(f"scripts/cgroup2.sh on failed (exit {r.returncode}): {r.stdout}{r.stderr}")
+        outcome = classify_switch(r.returncode, r.stdout, r.stderr)
+        if outcome.kind == "refused":
+            raise SwitchRefused(outcome.detail)
+        if outcome.kind == "failed":
+            raise RuntimeError(outcome.detail)
         yield before
     finally:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import cgroup2
+from tests import cgroup2, realenv
 
 V2_DIR = Path(__file__).resolve().parent / "v2"
 
@@ -21,3 +21,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """The live v2 tests (tests/v2) run first, together: the cpu controller is switched once, before any
     other test could leave a file open in the v1 cpu hierarchy (an open file keeps it from unmounting)."""
     items.sort(key=lambda item: 0 if V2_DIR in item.path.parents else 1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per capability this machine's kernel refused (tests/realenv.py ``machine_lacks``)."""
+    for capability, reason in sorted(realenv.LACKED.items()):
+        terminalreporter.write_line(f"machine lacks {capability}: {reason}", yellow=True)

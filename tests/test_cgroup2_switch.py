@@ -1,0 +1,75 @@
+"""The live v2 fixture's decision (tests/cgroup2.py ``classify_switch``) on outputs recorded from
+scripts/cgroup2.sh: only the kernel's refusal skips; a holder of ours or a broken state fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import cgroup2
+from tests.realenv import need, need_root
+
+# Recorded on 2026-12-04, kernel 6.18.44 (every v1 umount refused with no holder).
+BUSY_NO_HOLDER = (4, "", "cgroup2.sh: umount: /sys/fs/cgroup/cpu: target is busy.\n"
+                  "cgroup2.sh: refused by kernel 6.18.44-fc-v1252 (umount /sys/fs/cgroup/cpu busy, no holder)\n")  # fmt: skip
+# A flowctl sampler left open in the v1 hierarchy: our bug, so the fixture must fail.
+BUSY_WITH_HOLDER = (1, "", "cgroup2.sh: umount: /sys/fs/cgroup/cpu: target is busy.\n"
+                    "cgroup2.sh: /sys/fs/cgroup/cpu stays busy: a process keeps a file in the v1 cpu hierarchy "
+                    "open (a flowctl sampler?):\n  pid 4242: python -m pytest -q\n")  # fmt: skip
+REFUSED_BIND = (4, "", "cgroup2.sh: the kernel did not bind cpu to /sys/fs/cgroup/unified (cgroup.controllers: "
+                "hugetlb); restoring\ncgroup2.sh: cpu back on v1 at /sys/fs/cgroup/cpu\n"
+                "cgroup2.sh: refused by kernel 6.1.0-13-amd64 (cpu did not bind to cgroup2)\n")  # fmt: skip
+SUCCESS = (0, "cgroup2.sh: cpu moved to v2 at /sys/fs/cgroup/unified\n"
+           "cgroup2.sh: cpuset moved to v2 at /sys/fs/cgroup/unified\n", "")  # fmt: skip
+CHILD_GROUPS = (2, "", "cgroup2.sh: the v1 cpu hierarchy at /sys/fs/cgroup/cpu has child groups, so cpu cannot be "
+                "moved (nothing changed):\n/sys/fs/cgroup/cpu/flowctl-x\n")  # fmt: skip
+
+
+def test_busy_with_no_holder_is_a_refusal_naming_the_kernel() -> None:
+    outcome = cgroup2.classify_switch(*BUSY_NO_HOLDER)
+    assert outcome.kind == "refused"
+    assert outcome.detail == "refused by kernel 6.18.44-fc-v1252 (umount /sys/fs/cgroup/cpu busy, no holder)"
+
+
+def test_busy_with_a_holder_fails_and_names_it() -> None:
+    outcome = cgroup2.classify_switch(*BUSY_WITH_HOLDER)
+    assert outcome.kind == "failed"
+    assert "pid 4242" in outcome.detail and "exit 1" in outcome.detail
+
+
+def test_a_controller_that_does_not_bind_is_a_refusal() -> None:
+    outcome = cgroup2.classify_switch(*REFUSED_BIND)
+    assert outcome == cgroup2.SwitchOutcome("refused", "refused by kernel 6.1.0-13-amd64 (cpu did not bind to cgroup2)")
+
+
+def test_success_switches() -> None:
+    assert cgroup2.classify_switch(*SUCCESS).kind == "switched"
+
+
+@pytest.mark.parametrize("recorded", [CHILD_GROUPS, (4, "", "cgroup2.sh: line 9: \"x\" failed (exit 4)\n")])
+def test_anything_else_fails(recorded: tuple[int, str, str]) -> None:
+    """Child groups, and an exit 4 without the refusal line (a crash that happens to exit 4), are failures."""
+    assert cgroup2.classify_switch(*recorded).kind == "failed"
+
+
+@pytest.mark.real
+def test_probe_decides_and_leaves_v1_as_it_was(tmp_path: Path) -> None:
+    """`probe` on this machine: exit 0 (switch possible) or 4 (refused, with the line); v1 mounts unchanged;
+    `status` then reports the same verdict. Skips when the machine is not switchable in principle."""
+    need_root()
+    need(os.path.exists(os.path.join(cgroup2.UNIFIED, "cgroup.controllers")), f"needs a cgroup2 mount at {cgroup2.UNIFIED}")
+    children = [e.name for e in os.scandir("/sys/fs/cgroup/cpu") if e.is_dir() and e.name != "libpod_parent"]
+    need(not children, f"the v1 cpu hierarchy has child groups {children}: `probe` would refuse to start")
+    before = cgroup2.cgroup_mounts()
+    env = {**os.environ, "FLOWCTL_CGROUP2_STATE": f"{tmp_path}/state"}
+    r = subprocess.run(["bash", cgroup2.SCRIPT, "probe"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert cgroup2.cgroup_mounts() == before
+    outcome = cgroup2.classify_switch(r.returncode, r.stdout, r.stderr)
+    assert outcome.kind in ("switched", "refused"), outcome.detail
+    st = subprocess.run(["bash", cgroup2.SCRIPT, "status"], capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert st.returncode == 0, st.stdout + st.stderr
+    expected = f"impossible, {outcome.detail}" if outcome.kind == "refused" else "possible"
+    assert f"switch on this boot: {expected}" in st.stdout
