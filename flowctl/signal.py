@@ -4,6 +4,12 @@ A ``CpuSignal`` is anything with a ``name`` and a current ``reading``. The
 Sampler (``flowctl.cpu.sampler``) is the live implementation; ``StaticSignal``
 is the fixed or fake one for tests and benchmarks. Reading ``.reading`` must
 be cheap (an attribute load): the limiter does it on every ``acquire``.
+
+A signal that is also a ``BandwidthSignal`` says, through ``bandwidth()``,
+whether its view has a CFS bandwidth (a quota per period) the limiter may pace
+by. Every machine input of the limiter comes through these two: its reading
+and its bandwidth. A view without one (the host's /proc, lxcfs) returns None,
+and the limiter then reads no group's files.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
-__all__ = ["UNKNOWN_READING", "CpuReading", "CpuSignal", "StaticSignal"]
+__all__ = ["UNKNOWN_READING", "BandwidthSignal", "CfsBandwidth", "CpuReading", "CpuSignal", "StaticSignal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +76,50 @@ class CpuSignal(Protocol):
         ...
 
 
+class CfsBandwidth(Protocol):
+    """The CFS bandwidth of the group a view reads: its own quota and the counters of its periods."""
+
+    @property
+    def own_group(self) -> bool:
+        """True when the group is the one this process runs in (its freezes stall this process)."""
+        ...
+
+    def quota(self) -> tuple[float, float] | None:
+        """The group's own ``(quota_s, period_s)``, or None when it has no quota of its own."""
+        ...
+
+    def read(self) -> tuple[float, int, int, float | None] | None:
+        """``(usage_s, nr_periods, nr_throttled, throttled_s)`` now, or None when unavailable."""
+        ...
+
+
+@runtime_checkable
+class BandwidthSignal(CpuSignal, Protocol):
+    """A CPU signal that also says whether its view has a CFS bandwidth to pace by."""
+
+    def bandwidth(self) -> CfsBandwidth | None:
+        """The bandwidth of the group the view reads now; None: the view has none (host, lxcfs)."""
+        ...
+
+
 class StaticSignal:
-    """A CPU signal whose reading is set by hand: for tests, fakes and fixed-load runs."""
+    """A CPU signal whose reading (and bandwidth, None by default) is set by hand: for tests, fakes
+    and fixed-load runs."""
 
-    __slots__ = ("_name", "reading")
+    __slots__ = ("_name", "reading", "_bandwidth")
 
-    def __init__(self, name: str = "static", reading: CpuReading = UNKNOWN_READING, **fields: Unpack[ReadingFields]) -> None:
+    def __init__(self, name: str = "static", reading: CpuReading = UNKNOWN_READING, *,
+                 bandwidth: CfsBandwidth | None = None, **fields: Unpack[ReadingFields]) -> None:  # fmt: skip
         self._name = name
         self.reading: CpuReading = replace(reading, **fields) if fields else reading
+        self._bandwidth = bandwidth
 
     @property
     def name(self) -> str:
         return self._name
+
+    def bandwidth(self) -> CfsBandwidth | None:
+        return self._bandwidth
 
     def set(self, **fields: Unpack[ReadingFields]) -> None:
         """Publish a new reading: the current one with the given fields replaced (e.g.

@@ -44,7 +44,7 @@ log = logging.getLogger("sidecar")
 FLUSH_S = 1.0
 
 
-def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
+def build_limiter(config: SidecarConfig, signal: CpuSignal, *, clock: Callable[[], float] = time.monotonic) -> Limiter:
     """A ``flowctl.limiter.Limiter`` on ``signal`` with the configured algorithm and thresholds."""
     return Limiter(
         signal,
@@ -56,6 +56,7 @@ def build_limiter(config: SidecarConfig, signal: CpuSignal) -> Limiter:
         period_gate=config.period_gate,
         dry_run=config.dry_run,
         cpu_gate=config.algorithm == "bbr",
+        clock=clock,
     )
 
 
@@ -107,7 +108,7 @@ class Sidecar:
             self.views[self.signal.name] = self.signal
         await self._start_comparison_views()
         if self.limiter is None and self._limit and self.signal is not None:
-            self.limiter = build_limiter(cfg, self.signal)
+            self.limiter = build_limiter(cfg, self.signal, clock=self._clock)
         durations = None
         if self.limiter is not None:
             from flowctl.metrics import FlowctlCollector, RequestDurations

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 from flowctl.cpu.parse import parse_pid_stat_fields
 from flowctl.errors import ParseError
 from flowctl.periodic import Periodic
-from flowctl.signal import UNKNOWN_READING, CpuReading
+from flowctl.signal import UNKNOWN_READING, BandwidthSignal, CfsBandwidth, CpuReading
 
 __all__ = [
     "WatchTarget",
@@ -286,6 +286,12 @@ class WatchedSignal:
     def sampler(self) -> Any:
         """The current flowctl.cpu Sampler (None while unresolved)."""
         return self._sampler
+
+    def bandwidth(self) -> CfsBandwidth | None:
+        """The CFS bandwidth of the target's group as the configured view sees it (None: the view has
+        none, e.g. ``--view host``, or the target is not being read)."""
+        sampler = self._sampler
+        return sampler.bandwidth() if self.signal_ok and isinstance(sampler, BandwidthSignal) else None
 
     def describe(self) -> dict[str, Any]:
         """JSON-able state for /debug/limiter."""

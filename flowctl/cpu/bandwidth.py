@@ -6,7 +6,10 @@ with ``update`` and ``allows`` 9 µs median on cgroup v1 here, so the limiter
 reads at most every 0.5 ms. ``quota()`` returns the leaf
 group's own ``(quota_s, period_s)`` per period, or None when the leaf has no
 quota of its own: its ``nr_periods`` then do not count (the bandwidth timer
-that counts them belongs to the group that holds the quota).
+that counts them belongs to the group that holds the quota). ``own_group``
+says whether the group is the reading process's own (its freezes stall the
+reader). It implements ``flowctl.signal.CfsBandwidth``; the container view's
+source hands it out (``ContainerSource.bandwidth``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _leaf_quota_s(version: int, path: str) -> tuple[float, float] | None:
 class BandwidthReader:
     """Usage and period counters of a discovered cgroup, plus its own quota (see the module)."""
 
-    def __init__(self, disc: Discovery) -> None:
+    def __init__(self, disc: Discovery, *, own_group: bool = False) -> None:
+        self.own_group = own_group
         self.version = disc.version or 1
         cpu = disc.dirs.get("cpu")
         self.path = cpu.path if cpu is not None else None

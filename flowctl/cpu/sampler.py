@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from flowctl.periodic import Periodic
-from flowctl.cpu.sources import Counters, CpuSource, Limits
+from flowctl.cpu.sources import BandwidthSource, Counters, CpuSource, Limits
 from flowctl.errors import ConfigError
 from flowctl.cpu.ema import Ema
-from flowctl.signal import CpuReading
+from flowctl.signal import CfsBandwidth, CpuReading
 
 __all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_LIMITS_INTERVAL_S", "DEFAULT_TAU_S", "Sampler"]
 
@@ -121,6 +121,12 @@ class Sampler:
     @property
     def tau_s(self) -> float:
         return self._ema.tau_s
+
+    def bandwidth(self) -> CfsBandwidth | None:
+        """The CFS bandwidth of the view read now (``flowctl.signal.BandwidthSignal``): the container
+        view's group; None for the host and lxcfs views."""
+        src = self._chain[self._active]
+        return src.bandwidth() if isinstance(src, BandwidthSource) else None
 
     def refresh_limits(self, now: float | None = None) -> Limits:
         """Re-read the active view's limits now."""

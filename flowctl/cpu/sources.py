@@ -10,6 +10,10 @@ The container's effective CPU budget is
 ``Limits.source`` names the one that won. When a value is unknown it simply
 drops out of the minimum, so the fallback order is quota, then cpuset, then
 affinity, then the host CPU count; with none of them the limit is None.
+
+A source may also have ``bandwidth()`` (``BandwidthSource``): the CFS bandwidth
+of the group its view reads, for the limiter's period gate. Only the container
+view has one; the host view (no quota, no CFS period) and lxcfs return None.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from flowctl.cpu.bandwidth import BandwidthReader
 from flowctl.cpu.cgroup import CgroupCounterReader, CgroupLimits, KeptFile, read_cgroup_limits
 from flowctl.cpu.host import clock_ticks_per_s, parse_stat_seconds, read_host_cpus, read_host_info
 from flowctl.cpu.lxcfs import LxcfsLocation, LxcfsView, find_lxcfs, read_lxcfs_stat, read_lxcfs_view
@@ -27,6 +32,7 @@ from flowctl.cpu.parse import parse_psi
 from flowctl.errors import ParseError
 
 __all__ = [
+    "BandwidthSource",
     "ContainerSource",
     "Counters",
     "CpuSource",
@@ -87,6 +93,13 @@ class CpuSource(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class BandwidthSource(Protocol):
+    """A source that says whether its view has a CFS bandwidth (``flowctl.signal.CfsBandwidth``)."""
+
+    def bandwidth(self) -> BandwidthReader | None: ...
+
+
 _PREFERENCE = ("quota", "cpuset", "affinity", "host")
 
 
@@ -124,6 +137,7 @@ class ContainerSource:
         self.discovery: Discovery | None = None
         self.cgroup: CgroupLimits | None = None
         self._reader: CgroupCounterReader | None = None
+        self._bandwidth: BandwidthReader | None = None
         self._dirs_key: tuple[tuple[str, str], ...] | None = None
         self.generation = 0
         self._discovery_cache: dict[str, object] = {}
@@ -148,12 +162,17 @@ class ContainerSource:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+            if self._bandwidth is not None:
+                self._bandwidth.close()
+                self._bandwidth = None
         if self._reader is None:
             self._reader = CgroupCounterReader(disc)
         else:
             # Same paths: still reopen (lazily) so a group removed and recreated under the same
             # name is followed even where the old fd keeps reading the removed file.
             self._reader.close()
+            if self._bandwidth is not None:
+                self._bandwidth.close()
         self.discovery = disc
         cg = read_cgroup_limits(disc)
         self.cgroup = cg
@@ -192,6 +211,17 @@ class ContainerSource:
         usage_s, periods, throttled, throttled_s, pressure_s = self._reader.read()
         return Counters(usage_s, None, periods, throttled, throttled_s, pressure_s, self.generation)
 
+    def bandwidth(self) -> BandwidthReader | None:
+        """The CFS bandwidth of the discovered group (a new reader when the group changes), None
+        before the first ``read_limits`` or without a cpu controller."""
+        disc = self.discovery
+        if disc is None or disc.dirs.get("cpu") is None:
+            return None
+        if self._bandwidth is None:
+            own = self.pid == "self" and self.cgroup_path is None  # this process runs in the group it reads
+            self._bandwidth = BandwidthReader(disc, own_group=own)
+        return self._bandwidth
+
     def errors(self) -> list[str]:
         return self._reader.errors() if self._reader is not None else []
 
@@ -199,6 +229,8 @@ class ContainerSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._bandwidth is not None:
+            self._bandwidth.close()
 
 
 class HostSource:
@@ -247,6 +279,10 @@ class HostSource:
             except ParseError as exc:
                 self._errors.append(f"{self._pressure.path}: {exc}")
         return Counters(usage_s=usage_s, total_s=total_s, pressure_s=pressure_s)
+
+    def bandwidth(self) -> None:
+        """None: the host view has no quota and no CFS period."""
+        return None
 
     def errors(self) -> list[str]:
         out = list(self._errors)
@@ -323,6 +359,10 @@ class LxcfsSource:
         if stat is None:
             return Counters()
         return Counters(usage_s=stat[0], total_s=stat[1], generation=self.generation)
+
+    def bandwidth(self) -> None:
+        """None: lxcfs's /proc shows whole CPUs, no CFS period."""
+        return None
 
     def errors(self) -> list[str]:
         return [self._error] if self._error else []

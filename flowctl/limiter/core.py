@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from flowctl.cpu.bandwidth import BandwidthReader
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
 from flowctl.limiter.budget import CpuBudget
@@ -44,7 +43,7 @@ from flowctl.limiter.period import PeriodGate
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
 from flowctl.limiter.snapshot import LimiterSnapshot
 from flowctl.limiter.triggers import PolledTrigger, Trigger, polled
-from flowctl.signal import CpuSignal
+from flowctl.signal import BandwidthSignal, CfsBandwidth, CpuSignal
 
 __all__ = ["Limiter"]
 
@@ -185,8 +184,7 @@ class Limiter:
         self.queue_allowance = queue_allowance
         self._min_rt_s: float | None = None  # the last known, for the ceiling's pipe
         self._period = PeriodGate() if period_gate else None
-        self._bandwidth: BandwidthReader | None = None  # the signal's cgroup, read per paced admission
-        self._bandwidth_key: tuple[str, int, int] | None = None
+        self._bandwidth: CfsBandwidth | None = None  # the signal's group, read per paced admission
         self._quota_at = -math.inf  # when to re-read the group's own quota
         self._pacing = False  # the period gate has a quota to pace by
         self._admits = 0  # admissions ever (completions = admissions - in-flight), for the gate's overhead
@@ -424,35 +422,29 @@ class Limiter:
             self._follow_bandwidth(now, limit_cores)
 
     def _follow_bandwidth(self, now: float, limit_cores: float | None) -> None:
-        """Point the period gate at the signal's cgroup and re-read its own quota (once a second).
+        """Point the period gate at the CFS bandwidth the signal's view has, and re-read its own
+        quota (once a second).
 
-        Only the container view has a cgroup to read; any other view, or a group without a quota
-        of its own, turns the gate off until this finds one."""
+        The view supplies it (``BandwidthSignal.bandwidth``): only the container view has a group
+        to read; the host and lxcfs views, a signal without ``bandwidth``, or a group without a quota
+        of its own turn the gate off until this finds one."""
         self._quota_at = now + 1.0
         period = self._period
         assert period is not None
         signal = self._gate.signal
-        source = getattr(signal, "source", None) or getattr(getattr(signal, "sampler", None), "source", None)
-        disc = getattr(source, "discovery", None)
-        cpu = disc.dirs.get("cpu") if disc is not None else None
-        if cpu is None or getattr(signal, "active_view", None) != "container":
-            key = None
-        else:  # the sidecar's signal makes a new source when its target restarts
-            key = (cpu.path, id(source), int(getattr(source, "generation", 0)))
-        if key != self._bandwidth_key:
-            if self._bandwidth is not None:
-                self._bandwidth.close()
-            self._bandwidth = BandwidthReader(disc) if key is not None and disc is not None else None
-            self._bandwidth_key = key
-        quota = self._bandwidth.quota() if self._bandwidth is not None else None
+        bandwidth = signal.bandwidth() if isinstance(signal, BandwidthSignal) else None
+        if bandwidth is not self._bandwidth:  # another group (or none): the gate starts over
+            period.set_quota(None, None)
+            self._bandwidth = bandwidth
+        quota = bandwidth.quota() if bandwidth is not None else None
         cores = math.ceil(limit_cores - 1e-9) if limit_cores else 1
         if quota is None:
             period.set_quota(None, None)
         else:
             period.set_quota(quota[0], quota[1], cores)
         self._pacing = period.quota_s is not None and self._gate.thresholds.cpu_gate
-        # This process runs in the group it reads (in-process, not a sidecar's target): its freezes are ours.
-        self._own_group = self._pacing and getattr(source, "pid", None) == "self" and getattr(source, "cgroup_path", 1) is None
+        # The group is the one this process runs in (in-process, not a sidecar's target): its freezes are ours.
+        self._own_group = self._pacing and bandwidth is not None and bandwidth.own_group
         self._set_freeze_hooks()
 
     def _set_freeze_hooks(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -121,10 +122,12 @@ class Clock:
 
 
 class FakeBandwidth:
-    """Counters as a BandwidthReader gives them; the test moves them with ``spend``."""
+    """A group with QUOTA per PERIOD, as the container view's ``CfsBandwidth`` gives it; the test
+    moves its counters with ``spend`` and ``freeze``."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, own_group: bool = False) -> None:
         self.clock = clock
+        self.own_group = own_group
         self.usage_s, self.periods, self.throttled, self.throttled_s = 10.0, 100, 0, 0.0
         self.reads = 0
 
@@ -140,36 +143,43 @@ class FakeBandwidth:
         self.throttled += 1
         self.throttled_s += seconds
 
+    def quota(self) -> tuple[float, float] | None:
+        return QUOTA, PERIOD
+
     def read(self) -> tuple[float, int, int, float | None]:
         self.reads += 1
         return self.usage_s, self.periods, self.throttled, self.throttled_s
 
-    def close(self) -> None:
-        pass
 
-
-def with_fake_bandwidth(lim: Limiter, clock: Clock) -> FakeBandwidth:
-    """Point ``lim``'s period gate at fake counters of a group with QUOTA per PERIOD."""
-    assert lim.period_gate is not None
+def paced_limiter(clock: Clock, limit: int = 10, *, own_group: bool = False, period_gate: bool = True,
+                  **options: Any) -> tuple[Limiter, StaticSignal, FakeBandwidth]:  # fmt: skip
+    """A limiter whose signal's view has a group with QUOTA per PERIOD (the period gate follows it
+    from the first reading on), and a learned cost of 5 ms per request."""
+    bw = FakeBandwidth(clock, own_group)
+    sig = StaticSignal(name="container", bandwidth=bw)
+    lim = Limiter(sig, FixedLimit(limit), clock=clock, limit_refresh_s=0.0, period_gate=period_gate, **options)
     lim._cost.cpu_per_request_s = 0.005
-    bw = FakeBandwidth(clock)
-    lim._bandwidth = bw  # type: ignore[assignment]
-    lim._quota_at = math.inf
-    lim.period_gate.set_quota(QUOTA, PERIOD)
-    lim._pacing = True
-    return bw
+    return lim, sig, bw
 
 
 def engaged_limiter(clock: Clock, period_gate: bool) -> tuple[Limiter, FakeBandwidth]:
-    sig = StaticSignal(name="container")
-    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, queue_allowance=10, period_gate=period_gate)
-    lim._cost.cpu_per_request_s = 0.005
-    bw = with_fake_bandwidth(lim, clock) if period_gate else FakeBandwidth(clock)
+    lim, sig, bw = paced_limiter(clock, 1, period_gate=period_gate, queue_allowance=10)
     sig.reading = CpuReading(at=clock.now, utilization=1.0, utilization_smoothed=1.0, limit_cores=0.5, seq=1)
     lim.acquire()  # observe a hot reading
     clock.now += 0.01
     sig.reading = CpuReading(at=clock.now, utilization=1.0, utilization_smoothed=1.0, limit_cores=0.5, seq=2)
     return lim, bw
+
+
+def test_the_gate_follows_the_bandwidth_the_signals_view_has_and_is_off_without_one() -> None:
+    clock = Clock()
+    lim, sig, _ = paced_limiter(clock)
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    lim.acquire()
+    assert lim.period_gate is not None and lim.period_gate.quota_s == QUOTA
+    blind = Limiter(StaticSignal(name="host", utilization=0.3, limit_cores=2.0, seq=1), FixedLimit(10), clock=clock)
+    blind.acquire()
+    assert blind.period_gate is not None and blind.period_gate.quota_s is None
 
 
 def test_while_engaged_the_period_gate_paces_and_only_the_ceiling_bounds_inflight() -> None:
@@ -198,9 +208,7 @@ def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
 
 def test_not_engaged_it_sheds_only_once_the_quota_is_spent_never_critical_and_starts_no_cool_off() -> None:
     clock = Clock()
-    sig = StaticSignal(name="container")
-    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, queue_allowance=None)
-    bw = with_fake_bandwidth(lim, clock)
+    lim, sig, bw = paced_limiter(clock, queue_allowance=None)
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     held = [lim.acquire() for _ in range(5)]
     bw.spend(0.0499)  # 49.9 ms used: not engaged, in-flight work and this request are not counted
@@ -334,11 +342,8 @@ def test_a_freeze_of_its_own_group_engages_and_is_told_to_the_loop_lag_trigger_e
 ) -> None:
     clock = Clock()
     hook = FrozenHook()
-    sig = StaticSignal(name="container")
-    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
-    bw = with_fake_bandwidth(lim, clock)
-    lim._own_group = own_group  # in-process: the group read is the one this process runs in
-    lim._set_freeze_hooks()
+    # own_group: in-process, the group read is the one this process runs in
+    lim, sig, bw = paced_limiter(clock, own_group=own_group, triggers=[hook])
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     assert not isinstance(lim.acquire(), Rejection)  # not engaged, nothing in flight: a first read
     reads = bw.reads
@@ -377,11 +382,7 @@ def test_a_short_freeze_is_lag_but_does_not_engage() -> None:
     trigger, which judges it by its own threshold, but starts no cool-off."""
     clock = Clock()
     hook = FrozenHook()
-    sig = StaticSignal(name="container")
-    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
-    bw = with_fake_bandwidth(lim, clock)
-    lim._own_group = True
-    lim._set_freeze_hooks()
+    lim, sig, bw = paced_limiter(clock, own_group=True, triggers=[hook])
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     lim.acquire()
     clock.now += 0.07
@@ -396,9 +397,7 @@ def test_a_short_freeze_is_lag_but_does_not_engage() -> None:
 def test_a_long_freeze_of_a_sidecars_target_engages_without_telling_the_loop_lag_trigger() -> None:
     clock = Clock()
     hook = FrozenHook()
-    sig = StaticSignal(name="container")
-    lim = Limiter(sig, FixedLimit(10), clock=clock, limit_refresh_s=0.0, triggers=[hook])
-    bw = with_fake_bandwidth(lim, clock)  # not our own group: a sidecar reads its target's
+    lim, sig, bw = paced_limiter(clock, triggers=[hook])  # not our own group: a sidecar reads its target's
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     held = lim.acquire()  # in flight: the gate reads
     clock.now += 0.01
