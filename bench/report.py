@@ -25,6 +25,12 @@ COLORS = {
     "gradient": "#9467bd",
     "sidecar-bbr-container": "#1f77b4",
     "sidecar-bbr-host": "#e377c2",
+    "sidecar-bare-host": "#8c564b",
+    "sidecar-bare-container": "#98df8a",
+    "kratos-host": "#ff9896",
+    "kratos-lxcfs": "#9edae5",
+    "kratos": "#c5b0d5",
+    "flowctl": "#1f77b4",
     "nginx-limit-conn": "#ff7f0e",
 }
 

@@ -12,11 +12,14 @@ Handlers (resources):
   until the client goes away.
 
 Variants (``--variant``): ``none`` (no limiter), ``fixed`` (a fixed concurrency
-limit), ``bbr-host``, ``bbr-container``, ``bbr-lxcfs`` (BBR fed the host /proc,
-the cgroup, or the lxcfs view), ``gradient`` (latency-only Gradient2-style).
-``flowctl`` is ``flowctl.aiohttp.setup(app)`` with its defaults (no
-hand-built limiter). ``kratos`` is a Kratos-style peer: CPU-gated BBR with a
-1 s cool-off and no loop-lag trigger (:func:`kratos_limiter`).
+limit), ``bbr-host``, ``bbr-container``, ``bbr-lxcfs`` (flowctl's BBR limiter fed
+the host /proc, the cgroup, or the lxcfs view: every machine input from that
+view), ``gradient`` (latency-only Gradient2-style). ``flowctl`` is
+``flowctl.aiohttp.setup(app)`` with its defaults (no hand-built limiter).
+``kratos`` is a Kratos-style peer: CPU-gated BBR with a 1 s cool-off and no
+loop-lag trigger (:func:`kratos_limiter`), reading the cgroup;
+``kratos-host`` and ``kratos-lxcfs`` are the same peer reading the host's /proc
+or lxcfs's, as it ships.
 ``/_bench/state`` (never limited) returns the limiter snapshot and every CPU
 view's latest reading as JSON, for the harness's time series.
 
@@ -41,7 +44,8 @@ from aiohttp import WSMsgType, web
 
 __all__ = ["VARIANTS", "HANDLERS", "burn", "calibrate_iters_per_ms", "kratos_limiter", "make_app", "main"]
 
-VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "flowctl", "kratos")
+VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "flowctl", "kratos", "kratos-host",
+            "kratos-lxcfs")  # fmt: skip
 EXEMPT_PATHS = ("/healthz", "/metrics", "/_bench/state")
 HANDLERS = {"blocking": "/cpu-blocking", "yielding": "/cpu-yielding", "io": "/io"}
 PRIORITY_HEADER = "X-Priority"
@@ -110,37 +114,41 @@ def _hot_signal() -> Any:
     return StaticSignal(name="static", utilization=1.0, utilization_smoothed=1.0, usage_cores=1.0, limit_cores=1.0)
 
 
-def kratos_limiter() -> Any:
-    """The Kratos-style peer: BBR gated by the container CPU as Kratos' rule has it, on flowctl's parts.
+def kratos_limiter(view: str = "container") -> Any:
+    """The Kratos-style peer: BBR gated by the ``view``'s CPU as Kratos' rule has it, on flowctl's parts.
 
     Bare Little's law (no headroom), any single reading over 0.8 is hot, a 1 s cool-off
     that always runs its course, no CPU budget or period gate, no in-flight ceiling, no busy floor, no loop-lag trigger. (Kinder to it than Kratos
-    itself is: the CPU is the cgroup's, re-read every second, and RT is not rounded to ms.)
+    itself is: RT is not rounded to ms; with ``view="container"`` the CPU is the cgroup's, re-read
+    every second. Kratos and go-zero ship it reading /proc: ``view="host"``.)
     """
     from flowctl.cpu import make_signal
     from flowctl.limit.bbr import Bbr
     from flowctl.limiter import Limiter
 
-    return Limiter(make_signal("container"), Bbr(headroom=0.0), cool_off_s=1.0, hot_samples=1, cool_fraction=0.0,
-                   cpu_budget=None, queue_allowance=None, busy_floor=False, period_gate=False)  # fmt: skip
+    return Limiter(make_signal(view, fallback=False), Bbr(headroom=0.0), cool_off_s=1.0, hot_samples=1,
+                   cool_fraction=0.0, cpu_budget=None, queue_allowance=None, busy_floor=False, period_gate=False)  # fmt: skip
 
 
 def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any]]:
     """The Limiter for ``variant`` and the CPU views (name -> Sampler) to sample beside it.
 
-    BBR variants differ only in the CPU view fed to the limiter. ``fixed`` and
+    BBR (and Kratos) variants differ only in the CPU view fed to the limiter: every machine input
+    comes from it (no fallback to another view: a view that fails leaves the CPU unknown). ``fixed`` and
     ``gradient`` are the concurrency-limit peers: no CPU gate, their limit alone.
     """
     from flowctl.cpu import make_signal
     from flowctl.limit import make_algorithm
     from flowctl.limiter import Limiter
 
-    if variant == "kratos":
-        lim = kratos_limiter()
-        return lim, {"container": lim.signal, "host": make_signal("host")}
-    views: dict[str, Any] = {"container": make_signal("container"), "host": make_signal("host")}
-    if variant == "bbr-lxcfs":
-        views["lxcfs"] = make_signal("lxcfs")
+    views: dict[str, Any] = {"container": make_signal("container", fallback=False), "host": make_signal("host")}
+    if variant in ("bbr-lxcfs", "kratos-lxcfs"):
+        views["lxcfs"] = make_signal("lxcfs", fallback=False)
+    if variant.startswith("kratos"):
+        view = variant.removeprefix("kratos").removeprefix("-") or "container"
+        lim = kratos_limiter(view)
+        views[view] = lim.signal
+        return lim, views
     if variant in ("bbr-host", "bbr-container", "bbr-lxcfs"):
         return Limiter(views[variant.removeprefix("bbr-")], make_algorithm("bbr")), views
     if variant in ("fixed", "gradient"):
@@ -239,8 +247,9 @@ def make_app(
     import flowctl.aiohttp as fa
 
     if variant == "flowctl":
-        # The library's defaults: setup builds and runs the signal, limiter and loop-lag trigger.
-        fc = fa.setup(app, exempt_paths=EXEMPT_PATHS, trusted_priority_header=PRIORITY_HEADER)
+        # The library's defaults: setup builds and runs the signal, limiter and loop-lag trigger
+        # (the trigger off with --no-loop-lag, as in the other in-process variants).
+        fc = fa.setup(app, exempt_paths=EXEMPT_PATHS, trusted_priority_header=PRIORITY_HEADER, loop_lag=loop_lag)
         app[_LIMITER] = fc.limiter
         app[_VIEWS] = dict(fc.views)
         if fc.loop_lag is not None:
@@ -311,7 +320,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-ms", type=float, default=2.0, help="awaited wait of the yielding handler")
     p.add_argument("--io-bound-ms", type=float, default=20.0)
     p.add_argument("--fixed-limit", type=int, default=4)
-    p.add_argument("--no-loop-lag", action="store_true", help="BBR variants without the event-loop lag trigger")
+    p.add_argument("--no-loop-lag", action="store_true", help="BBR and flowctl variants without the event-loop lag trigger")
     p.add_argument("--backlog", type=int, default=128, help="listen backlog (aiohttp's default)")
     return p
 

@@ -36,8 +36,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
 UPSTREAM_CPU = 0
 AUX_CPUS = (1,)
-ALL_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "sidecar-bbr-container",
-                "sidecar-bbr-host")  # fmt: skip
+# The sidecar in front of an unprotected upstream: variant -> (--view, extra sidecar options). "bare"
+# is the sidecar's BBR rule without its in-flight ceiling and period gate (CPU gate and limit only).
+SIDECAR_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sidecar-bbr-container": ("container", ()),
+    "sidecar-bbr-host": ("host", ()),
+    "sidecar-bare-container": ("container", ("--queue-allowance", "off", "--period-gate", "false")),
+    "sidecar-bare-host": ("host", ("--queue-allowance", "off", "--period-gate", "false")),
+}
+ALL_VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "flowctl", "kratos", "kratos-host",
+                "kratos-lxcfs", *SIDECAR_VARIANTS)  # fmt: skip
+LXCFS_VARIANTS = ("bbr-lxcfs", "kratos-lxcfs")
 PRIORITY_HEADER = "X-Priority"
 
 

@@ -49,15 +49,16 @@ async def _run_variant(
     variant: str, handler: str, rate: float, a: argparse.Namespace, iters: int, cap: c.Capacity, mult: float, seconds: float
 ) -> dict[str, Any]:
     path = HANDLERS[handler]
-    in_process = variant if not variant.startswith("sidecar-") else "none"
-    lxcfs = variant == "bbr-lxcfs"
+    sidecar = c.SIDECAR_VARIANTS.get(variant)
+    in_process = variant if sidecar is None else "none"
     extra = ["--no-loop-lag"] if a.no_loop_lag else []
-    async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=lxcfs, extra_args=extra) as up:
-        run = up
-        if variant.startswith("sidecar-"):
-            async with c.sidecar(up, view=variant.removeprefix("sidecar-bbr-")) as sc:
+    async with c.upstream(in_process, cpus=a.cpus, work_iters=iters, lxcfs=variant in c.LXCFS_VARIANTS,
+                          extra_args=extra) as up:  # fmt: skip
+        if sidecar is not None:
+            view, options = sidecar
+            async with c.sidecar(up, view=view, extra_args=options) as sc:
                 return await _measure(sc, variant, path, rate, a, cap, mult, seconds)
-        return await _measure(run, variant, path, rate, a, cap, mult, seconds)
+        return await _measure(up, variant, path, rate, a, cap, mult, seconds)
 
 
 async def _measure(
@@ -77,12 +78,12 @@ def verdicts(row: dict[str, Any]) -> dict[str, Any]:
     v = row["variant"]
     ratio = row.get("admitted_p99_over_unloaded")
     out: dict[str, Any] = {}
-    if v in ("bbr-container", "sidecar-bbr-container", "bbr-lxcfs"):
+    if v in ("bbr-container", "sidecar-bbr-container", "bbr-lxcfs", "flowctl"):
         out["goodput_ratio>=0.85"] = (row["goodput_ratio"] or 0) >= 0.85
         out["admitted_p99<=4x_unloaded"] = ratio is not None and ratio <= 4.0
     if v == "sidecar-bbr-container":
         out["rejected_p99<=5ms"] = row["rejected_p99_ms"] is not None and row["rejected_p99_ms"] <= 5.0
-    if v in ("bbr-host", "none", "sidecar-bbr-host"):
+    if v in ("bbr-host", "none", "sidecar-bbr-host", "kratos-host", "sidecar-bare-host"):
         out["shows_failure(p99>=10x_or_timeouts)"] = (ratio is not None and ratio >= 10.0) or row["timeouts"] > 0
     return out
 
@@ -95,7 +96,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(c.ALL_VARIANTS)}")
     handlers = [h.strip() for h in a.handler.split(",") if h.strip()]
     mults = [float(m) for m in str(a.multiplier).split(",")]
-    c.check_environment(lxcfs="bbr-lxcfs" in variants)
+    c.check_environment(lxcfs=any(v in c.LXCFS_VARIANTS for v in variants))
     machine = c.machine_info()
     iters = a.work_iters or c.work_iters_from(a.capacity_from) or c.calibrate_work_iters(a.work_ms)
     c.log(f"overload: handlers {handlers}, variants {variants}, multipliers {mults}, {a.seconds:g} s each; "
