@@ -10,6 +10,7 @@ import pytest
 from tests import cgroup2, realenv
 
 V2_DIR = Path(__file__).resolve().parent / "v2"
+SWITCH_PROBE = "test_cgroup2_switch.py"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -18,9 +19,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The live v2 tests (tests/v2) run first, together: the cpu controller is switched once, before any
-    other test could leave a file open in the v1 cpu hierarchy (an open file keeps it from unmounting)."""
-    items.sort(key=lambda item: 0 if V2_DIR in item.path.parents else 1)
+    """The live v2 tests (tests/v2) and the switch probe run first: the cpu controller is switched before
+    any other test could leave a file open in the v1 cpu hierarchy (an open file keeps it from unmounting)."""
+    items.sort(key=lambda item: 0 if V2_DIR in item.path.parents or item.path.name == SWITCH_PROBE else 1)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
