@@ -83,6 +83,10 @@ class EnvironmentMissing(RuntimeError):
     """Root, cgroups or a tool the scenario needs is missing (one clear message)."""
 
 
+def lxcfs_installed() -> bool:
+    return any(os.path.exists(os.path.join(d, "lxcfs")) for d in ("/usr/bin", "/usr/sbin", "/bin"))
+
+
 def check_environment(*, lxcfs: bool = False, nginx: bool = False) -> None:
     """Raise EnvironmentMissing with one clear message when the benchmark cannot run here."""
     if os.geteuid() != 0:
@@ -90,8 +94,8 @@ def check_environment(*, lxcfs: bool = False, nginx: bool = False) -> None:
     for c in ("cpu", "cpuacct"):
         if not (os.path.isdir(f"/sys/fs/cgroup/{c}") or os.path.exists("/sys/fs/cgroup/cgroup.controllers")):
             raise EnvironmentMissing(f"no cgroup {c} controller under /sys/fs/cgroup: cannot limit the upstream's CPU")
-    if lxcfs and not any(os.path.exists(os.path.join(d, "lxcfs")) for d in ("/usr/bin", "/usr/sbin", "/bin")):
-        raise EnvironmentMissing("bbr-lxcfs needs lxcfs (apt-get install -y lxcfs)")
+    if lxcfs and not lxcfs_installed():
+        raise EnvironmentMissing("the lxcfs variants need lxcfs (apt-get install -y lxcfs)")
     if nginx and not any(os.path.exists(os.path.join(d, "nginx")) for d in ("/usr/sbin", "/usr/bin")):
         raise EnvironmentMissing("the nginx peer needs nginx (apt-get install -y nginx)")
 

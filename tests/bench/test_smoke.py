@@ -134,7 +134,7 @@ async def test_upstream_handlers_answer(handler: str) -> None:
         assert state["variant"] == "none"
 
 
-@pytest.mark.parametrize("variant", ["fixed", "bbr-host", "bbr-container", "gradient", "flowctl", "kratos"])
+@pytest.mark.parametrize("variant", ["fixed", "bbr-host", "bbr-container", "gradient", "flowctl", "kratos", "kratos-host"])
 async def test_upstream_variants_expose_limiter_state(variant: str) -> None:
     app = make_app(variant, work_iters=1000, io_ms=1, io_bound_ms=1)
     async with TestClient(TestServer(app)) as client:
