@@ -21,7 +21,7 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_max_inflight, flowctl_min_rt_seconds, flowctl_max_pass_per_second
     flowctl_cpu_utilization_ratio{view}                 fast utilization of the view's CPU budget
     flowctl_cpu_utilization_smoothed_ratio{view}        its EMA
-    flowctl_cpu_usage_cores, flowctl_cpu_limit_cores,
+    flowctl_cpu_usage_cores, flowctl_cpu_limit_cores, flowctl_cpu_usable_cores,
     flowctl_cpu_throttled_ratio                           (the limiter's own signal)
     flowctl_cpu_pressure_ratio{view}                      PSI "some" of each view that has it
     flowctl_hot, flowctl_cool_off, flowctl_dry_run      0/1
@@ -149,6 +149,7 @@ class FlowctlCollector:
         cpu = snap.cpu
         _set(g["flowctl_cpu_usage_cores"], cpu.usage_cores)
         _set(g["flowctl_cpu_limit_cores"], cpu.limit_cores)
+        _set(g["flowctl_cpu_usable_cores"], cpu.usable_cores)
         _set(g["flowctl_cpu_throttled_ratio"], cpu.throttled_ratio)
         if self._loop_lag is not None:
             _set(g["flowctl_event_loop_lag_seconds"], self._loop_lag.lag_s(self._clock()))
@@ -188,6 +189,8 @@ class _Families:
             G("flowctl_cpu_utilization_smoothed_ratio", "EMA of flowctl_cpu_utilization_ratio.", labels=["view"]),
             G("flowctl_cpu_usage_cores", "CPU cores in use over the last interval (limiter's signal)."),
             G("flowctl_cpu_limit_cores", "Effective CPU budget in cores (limiter's signal)."),
+            G("flowctl_cpu_usable_cores", "Cores the group's processes can keep busy (<= the limit: one Python "
+              "process uses 1); utilization is measured against it."),
             G("flowctl_cpu_throttled_ratio", "Fraction of CFS periods throttled over the last interval."),
             G("flowctl_cpu_pressure_ratio", "Fraction of wall time some task waited for CPU (PSI some), per view: "
               "container = the cgroup's own cpu.pressure, host = /proc/pressure/cpu.", labels=["view"]),
@@ -483,6 +486,7 @@ class MultiprocessPublisher:
             "flowctl_dry_run": "1 when the limiter only reports what it would shed.",
             "flowctl_cpu_usage_cores": "CPU cores in use over the last interval (limiter's signal).",
             "flowctl_cpu_limit_cores": "Effective CPU budget in cores (limiter's signal).",
+            "flowctl_cpu_usable_cores": "Cores the group's processes can keep busy (<= the limit).",
             "flowctl_cpu_throttled_ratio": "Fraction of CFS periods throttled over the last interval.",
         }
         self._shared = {n: G(n, h, registry=None, multiprocess_mode="livemax") for n, h in shared.items()}
@@ -539,6 +543,7 @@ class MultiprocessPublisher:
             "flowctl_dry_run": 1.0 if snap.dry_run else 0.0,
             "flowctl_cpu_usage_cores": snap.cpu.usage_cores,
             "flowctl_cpu_limit_cores": snap.cpu.limit_cores,
+            "flowctl_cpu_usable_cores": snap.cpu.usable_cores,
             "flowctl_cpu_throttled_ratio": snap.cpu.throttled_ratio,
         }
         if self._loop_lag is not None:

@@ -25,10 +25,13 @@ class CpuReading:
     """One CPU observation. Ratios are fractions (normally 0..1); None means unknown.
 
     - ``at``: clock time (seconds) the reading was taken.
-    - ``utilization``: fast signal, usage over the last interval / ``limit_cores``.
+    - ``utilization``: fast signal, usage over the last interval / ``usable_cores``.
     - ``utilization_smoothed``: slow signal, EMA of ``utilization`` (see ``flowctl.cpu.ema``).
     - ``usage_cores``: CPU cores in use over the last interval.
     - ``limit_cores``: the effective CPU budget in cores (0.5 stays 0.5).
+    - ``usable_cores``: the part of ``limit_cores`` the group's processes can keep busy (one
+      Python process: 1 core, whatever the quota; ``flowctl.cpu.parallelism``); ``utilization``
+      is measured against it. Equal to ``limit_cores`` when nothing bounds them lower.
     - ``throttled_ratio``: fraction of CFS periods throttled over the last interval.
     - ``pressure_ratio``: fraction of wall time some task waited for CPU (PSI ``some``).
     - ``seq``: the reading's number from its signal (1, 2, ...): consecutive readings differ
@@ -43,6 +46,12 @@ class CpuReading:
     throttled_ratio: float | None = None
     pressure_ratio: float | None = None
     seq: int = 0
+    usable_cores: float | None = None
+
+    @property
+    def cores(self) -> float | None:
+        """The cores admission plans with: ``usable_cores``, else ``limit_cores``."""
+        return self.usable_cores if self.usable_cores is not None else self.limit_cores
 
 
 UNKNOWN_READING = CpuReading()
@@ -59,6 +68,7 @@ class ReadingFields(TypedDict, total=False):
     throttled_ratio: float | None
     pressure_ratio: float | None
     seq: int
+    usable_cores: float | None
 
 
 @runtime_checkable

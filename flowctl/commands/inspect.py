@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -95,6 +96,8 @@ def _report(samplers: dict[str, Sampler], root: str, interval_s: float) -> dict[
             "source": cl.source if cl else "none",
             "file": cl.source_file if cl else None,
             "affinity_cpus": cd.get("affinity_cpus"),
+            "usable_cores": cr.usable_cores if cr.usable_cores is not None else (cl.limit_cores if cl else None),
+            "usable_why": cl.usable_why if cl and cl.usable_cores is not None else None,
         },
         "errors": errors,
     }
@@ -109,6 +112,7 @@ def collect(root: str = "/", *, interval_s: float = 1.0, pid: int | str = "self"
             s.sample()
         if interval_s > 0:
             sleep(interval_s)
+            samplers["container"].refresh_limits()  # a second look at the group's processes: usable cores
             for s in samplers.values():
                 s.sample()
         return _report(samplers, root, interval_s)
@@ -149,6 +153,15 @@ def _bytes(x: object) -> str:
     return str(x)  # pragma: no cover
 
 
+def usable_advice(limit: object, usable: object, why: object) -> str | None:
+    """The one line said when the workload cannot use its whole limit (None when it can)."""
+    if not isinstance(limit, (int, float)) or not isinstance(usable, (int, float)) or usable >= limit - 1e-9:
+        return None
+    workers = math.ceil(limit - 1e-9)
+    return (f"limit {limit:g} CPU, usable {usable:g} ({why}): lower the limit to {usable:g}, "
+            f"or run {workers} workers")
+
+
 def format_table(r: dict[str, Any]) -> str:
     """The human side-by-side table of a ``collect()`` report."""
     h, c, lx, eff = r["host"], r["cgroup"], r["lxcfs"], r["effective"]
@@ -161,6 +174,8 @@ def format_table(r: dict[str, Any]) -> str:
         ["cpus", _num(h["cpus"]), cg_cpus] + ([_num(lx["cpus"])] if lx else []),
         ["utilization", _pct(h["utilization"]), _pct(c["utilization"])] + ([_pct(lx["utilization"])] if lx else []),
         ["usage (cores)", _num(h["usage_cores"]), _num(c["usage_cores"])] + (["-"] if lx else []),
+        ["usable cores", "-", _num(eff.get("usable_cores")) + (f" ({eff['usable_why']})" if eff.get("usable_why") else "")]
+        + (["-"] if lx else []),
         ["throttled", "-", _pct(c["throttled_ratio"])] + (["-"] if lx else []),
         ["pressure (some)", _scoped(h["pressure_ratio"], h["pressure_scope"]),
          _scoped(c["pressure_ratio"], c["pressure_scope"])] + (["-"] if lx else []),
@@ -175,6 +190,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"flowctl uses: the container view, effective {eff_cpus} CPUs from {eff['source']}"
                  + (f" ({eff['file']})" if eff["file"] else ""))
+    advice = usable_advice(eff["cpus"], eff.get("usable_cores"), eff.get("usable_why"))
+    if advice:
+        lines.append(advice)
     if h.get("virtualized"):
         lines.append("note: /proc/stat is an lxcfs mount here, so the host column is already virtualized")
     if r["interval_s"] == 0:

@@ -5,8 +5,9 @@ Owned by its caller: nothing starts at import or construction. Call
 periodic task with ``async with sampler:`` / ``await start()`` + ``await stop()``.
 
 Per sample: ``usage_cores = Δusage / Δwall``; ``utilization = usage_cores /
-limit_cores`` (host-style views: Δbusy / Δtotal, as /proc/stat tools compute
-it); ``throttled_ratio = Δthrottled_periods / Δperiods`` (0.0 when no period
+usable_cores`` (the limit, or less when the group's processes cannot use it
+all: ``flowctl.cpu.parallelism``; host-style views: Δbusy / Δtotal, as
+/proc/stat tools compute it); ``throttled_ratio = Δthrottled_periods / Δperiods`` (0.0 when no period
 elapsed); ``pressure_ratio = Δpressure / Δwall``. The first sample is unknown
 (no rate yet). A counter that goes backwards (the cgroup was recreated) or a
 change of ``Counters.generation`` (the source re-discovered another cgroup)
@@ -148,8 +149,10 @@ class Sampler:
         else:
             log.warning("cpu view %s failed (%s); falling back to %s", old, why, self.active_view)
         r = self.reading
+        usable = limits.usable_cores if limits.usable_cores is not None else limits.limit_cores
         self.reading = CpuReading(at=now, utilization=r.utilization, utilization_smoothed=r.utilization_smoothed,
-                                  usage_cores=r.usage_cores, limit_cores=limits.limit_cores, seq=r.seq + 1)
+                                  usage_cores=r.usage_cores, limit_cores=limits.limit_cores, seq=r.seq + 1,
+                                  usable_cores=usable)  # fmt: skip
         return self.reading
 
     def _fall_back(self, limits: Limits, cur: Counters, now: float) -> CpuReading | None:
@@ -189,8 +192,9 @@ class Sampler:
         self._prev, self._prev_at, self.counters = cur, now, cur
         self.samples_total += 1
         limit = limits.limit_cores
+        usable_now = limits.usable_cores if limits.usable_cores is not None else limit
         if prev is None:
-            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1)
+            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1, usable_cores=usable_now)
             return self.reading
         dt = now - prev_at
         du = _delta(cur.usage_s, prev.usage_s)
@@ -204,14 +208,15 @@ class Sampler:
             # counter went backwards (cgroup recreated): a delta is meaningless; drop and reset.
             self.dropped_total += 1
             self._ema.reset()
-            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1)
+            self.reading = CpuReading(at=now, limit_cores=limit, seq=self.reading.seq + 1, usable_cores=usable_now)
             return self.reading
         usage_cores = None if du is None else du / dt
+        usable = usable_now
         utilization: float | None = None
         if dtot is not None:
             utilization = du / dtot if du is not None and dtot > 0 else None
-        elif usage_cores is not None and limit:
-            utilization = usage_cores / limit
+        elif usage_cores is not None and usable:
+            utilization = usage_cores / usable
         throttled: float | None = None
         if dper is not None and dthr is not None:
             throttled = min(1.0, dthr / dper) if dper > 0 else 0.0
@@ -226,6 +231,7 @@ class Sampler:
             throttled_ratio=throttled,
             pressure_ratio=pressure,
             seq=self.reading.seq + 1,
+            usable_cores=usable,
         )
         return self.reading
 
@@ -239,6 +245,8 @@ class Sampler:
             "switches_total": self.switches_total,
             "limit_cores": lim.limit_cores if lim else None,
             "limit_source": lim.source if lim else None,
+            "usable_cores": (lim.usable_cores if lim.usable_cores is not None else lim.limit_cores) if lim else None,
+            "usable_why": lim.usable_why if lim else None,
             "limit_file": lim.source_file if lim else None,
             "details": dict(lim.details) if lim else {},
             "reading": {
@@ -247,6 +255,7 @@ class Sampler:
                 "utilization_smoothed": r.utilization_smoothed,
                 "usage_cores": r.usage_cores,
                 "limit_cores": r.limit_cores,
+                "usable_cores": r.usable_cores,
                 "throttled_ratio": r.throttled_ratio,
                 "pressure_ratio": r.pressure_ratio,
             },

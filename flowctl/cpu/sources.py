@@ -19,7 +19,8 @@ view has one; the host view (no quota, no CFS period) and lxcfs return None.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +29,7 @@ from flowctl.cpu.cgroup import CgroupCounterReader, CgroupLimits, KeptFile, read
 from flowctl.cpu.host import clock_ticks_per_s, parse_stat_seconds, read_host_cpus, read_host_info
 from flowctl.cpu.lxcfs import LxcfsLocation, LxcfsView, find_lxcfs, read_lxcfs_stat, read_lxcfs_view
 from flowctl.cpu.mounts import Discovery, discover, discover_path
+from flowctl.cpu.parallelism import Parallelism, Usable, read_pids
 from flowctl.cpu.parse import parse_psi
 from flowctl.errors import ParseError
 
@@ -69,13 +71,18 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The budget of a view: ``limit_cores`` (None: unknown), which input won, and details."""
+    """The budget of a view: ``limit_cores`` (None: unknown), which input won, and details.
+
+    ``usable_cores``: the part of it the group's processes can keep busy (the container view
+    only: ``flowctl.cpu.parallelism``); None when nothing bounds them below the limit."""
 
     limit_cores: float | None
     source: str
     source_file: str | None = None
     errors: tuple[str, ...] = ()
     details: Mapping[str, JsonValue] = field(default_factory=dict)
+    usable_cores: float | None = None  # what the group's processes can use (<= limit_cores); None: the limit
+    usable_why: str | None = None  # why, in words ("one Python process")
 
 
 class CpuSource(Protocol):
@@ -130,10 +137,13 @@ class ContainerSource:
     tests). Affinity counts only when reading the live system (``root == "/"``).
     """
 
-    def __init__(self, root: str = "/", pid: int | str = "self", *, cgroup_path: str | None = None) -> None:
+    def __init__(self, root: str = "/", pid: int | str = "self", *, cgroup_path: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, parallelism: Parallelism | None = None) -> None:  # fmt: skip
         self.root = root or "/"
         self.pid = pid
         self.cgroup_path = cgroup_path
+        self.clock = clock
+        self.parallelism = Parallelism(self.root) if parallelism is None else parallelism
         self.discovery: Discovery | None = None
         self.cgroup: CgroupLimits | None = None
         self._reader: CgroupCounterReader | None = None
@@ -201,8 +211,18 @@ class ContainerSource:
             "pressure_source": self._reader.pressure_source,
             "pressure_scope": "cgroup" if self._reader.pressure_source else None,
         }
+        usable = self._usable(disc)
+        details["usable_cores"] = usable.cores
+        details["usable_why"] = usable.why
+        usable_cores = None if usable.cores is None or limit is None or usable.cores >= limit else usable.cores
         return Limits(limit_cores=limit, source=source, source_file=files.get(source), errors=tuple(errors),
-                      details=details)
+                      details=details, usable_cores=usable_cores, usable_why=usable.why)
+
+    def _usable(self, disc: Discovery) -> Usable:
+        """The group's processes and the cores they can use (``flowctl.cpu.parallelism``)."""
+        d = disc.dirs.get("cpu") or disc.dirs.get("cpuacct")
+        pids = read_pids(os.path.join(d.path, "cgroup.procs")) if d is not None else None
+        return self.parallelism.observe(pids, self.clock())
 
     def read_counters(self) -> Counters:
         if self._reader is None:

@@ -399,7 +399,7 @@ class Limiter:
                 self._cool_off_until = now
             self._engaged_until = self._cool_off_until
         self._observed_at = now
-        limit_cores = r.limit_cores
+        limit_cores = r.cores  # the usable cores: the quota, or less when the group cannot use it all
         if limit_cores:
             last = self._limit_cores
             if last and abs(limit_cores / last - 1.0) > _RESCALE_FRACTION and self._rescale is not None:
@@ -413,11 +413,11 @@ class Limiter:
         quiet, self._sheds_seen = shed == self._sheds_seen, shed  # nothing shed since the last reading
         budget = self._budget
         if budget is not None:
-            budget.observe(r.at, r.usage_cores, r.limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive,
+            budget.observe(r.at, r.usage_cores, limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive,
                            binding=binding, learn=quiet)  # fmt: skip
         else:
             self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
-        self._set_ceiling(now, r.limit_cores)
+        self._set_ceiling(now, limit_cores)
         if self._period is not None and now >= self._quota_at:
             self._follow_bandwidth(now, limit_cores)
 
@@ -427,7 +427,8 @@ class Limiter:
 
         The view supplies it (``BandwidthSignal.bandwidth``): only the container view has a group
         to read; the host and lxcfs views, a signal without ``bandwidth``, or a group without a quota
-        of its own turn the gate off until this finds one."""
+        of its own turn the gate off until this finds one. So does a group whose usable cores are
+        under its quota: its processes cannot spend the quota, so CFS never freezes it."""
         self._quota_at = now + 1.0
         period = self._period
         assert period is not None
@@ -438,6 +439,8 @@ class Limiter:
             self._bandwidth = bandwidth
         quota = bandwidth.quota() if bandwidth is not None else None
         cores = math.ceil(limit_cores - 1e-9) if limit_cores else 1
+        if quota is not None and limit_cores and limit_cores < quota[0] / quota[1] - 1e-9:
+            quota = None  # the group cannot spend its quota (one Python process in 1.5 CPU): no CFS freeze to pace
         if quota is None:
             period.set_quota(None, None)
         else:
