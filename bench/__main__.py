@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "overhead": "bench.scenarios.overhead",
     "demo": "bench.scenarios.demo",
     "scorecard": "bench.scenarios.scorecard",
+    "matrix": "bench.scenarios.matrix",
     "report": "bench.report",
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",

@@ -36,7 +36,8 @@ from urllib.parse import urlsplit
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from bench.ports import free_port
 
-__all__ = ["WARMUP", "LoadSpec", "Phase", "TrafficClass", "main", "run_load", "run_load_process", "run_load_process_async"]
+__all__ = ["WARMUP", "LoadSpec", "Phase", "TrafficClass", "arrivals_by_label", "main", "run_load", "run_load_process",
+           "run_load_process_async"]  # fmt: skip
 
 _HIST_MAX_US = 120_000_000  # 120 s, far above any timeout
 
@@ -321,6 +322,16 @@ def _arrivals(spec: LoadSpec) -> list[tuple[float, int, int]]:
             out.append((t, idx, pi))
         t = phase_start = end
     return out
+
+
+def arrivals_by_label(spec: LoadSpec) -> dict[str, int]:
+    """How many requests each phase label of ``spec`` will send: the draws :func:`run_load` makes
+    (the same seed, the same schedule), counted before any is sent."""
+    schedule = spec.schedule()
+    counts = dict.fromkeys((ph.label for ph in schedule), 0)
+    for _, _, phase in _arrivals(spec):
+        counts[schedule[phase].label] += 1
+    return counts
 
 
 async def run_load(spec: LoadSpec) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """The benchmark upstream: an aiohttp service with three handlers, protected by flowctl in one variant.
 
-Handlers (resources):
+Handlers (resources; ``HANDLERS`` maps their names to paths):
 
 - ``/cpu-blocking``: pure-Python work of ``--work-iters`` iterations (about
   5 ms of CPU by default) with no await: blocks the event loop.
 - ``/cpu-yielding``: the same work in ``--slices`` awaited slices, then a short
   awaited I/O wait (``--io-ms``), as real services do.
+- ``/cpu-mixed``: a mix of CPU and I/O, as a handler that calls a database does:
+  half the work (no await), an awaited wait of ``--mixed-io-ms`` (10 ms by
+  default), then the other half.
 - ``/io``: an awaited wait of ``--io-bound-ms`` with almost no CPU.
 - ``/ws``: a WebSocket held open until the client closes it (echoes text).
 - ``/sse``: a Server-Sent Events stream, one ``data: tick`` event a second,
@@ -47,7 +50,7 @@ __all__ = ["VARIANTS", "HANDLERS", "burn", "calibrate_iters_per_ms", "kratos_lim
 VARIANTS = ("none", "fixed", "bbr-host", "bbr-container", "bbr-lxcfs", "gradient", "flowctl", "kratos", "kratos-host",
             "kratos-lxcfs")  # fmt: skip
 EXEMPT_PATHS = ("/healthz", "/metrics", "/_bench/state")
-HANDLERS = {"blocking": "/cpu-blocking", "yielding": "/cpu-yielding", "io": "/io"}
+HANDLERS = {"blocking": "/cpu-blocking", "yielding": "/cpu-yielding", "mixed": "/cpu-mixed", "io": "/io"}
 PRIORITY_HEADER = "X-Priority"
 
 
@@ -165,6 +168,7 @@ def make_app(
     slices: int = 5,
     io_ms: float = 2.0,
     io_bound_ms: float = 20.0,
+    mixed_io_ms: float = 10.0,
     fixed_limit: int = 4,
     loop_lag: bool = True,
 ) -> web.Application:
@@ -188,6 +192,16 @@ def make_app(
                 burn_cpu(slice_cpu_s)
             await asyncio.sleep(0)
         await asyncio.sleep(io_ms / 1000.0)
+        return web.Response(text="ok")
+
+    async def cpu_mixed(request: web.Request) -> web.Response:
+        for half in (0, 1):
+            if work_cpu_s is None:
+                burn(work_iters // 2)
+            else:
+                burn_cpu(work_cpu_s / 2)
+            if half == 0:
+                await asyncio.sleep(mixed_io_ms / 1000.0)
         return web.Response(text="ok")
 
     async def io_bound(request: web.Request) -> web.Response:
@@ -234,6 +248,7 @@ def make_app(
 
     app.router.add_get("/cpu-blocking", cpu_blocking, name="cpu-blocking")
     app.router.add_get("/cpu-yielding", cpu_yielding, name="cpu-yielding")
+    app.router.add_get("/cpu-mixed", cpu_mixed, name="cpu-mixed")
     app.router.add_get("/io", io_bound, name="io")
     app.router.add_get("/_bench/state", state, name="bench-state")
     app.router.add_get("/healthz", healthz, name="healthz")
@@ -319,6 +334,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=5)
     p.add_argument("--io-ms", type=float, default=2.0, help="awaited wait of the yielding handler")
     p.add_argument("--io-bound-ms", type=float, default=20.0)
+    p.add_argument("--mixed-io-ms", type=float, default=10.0, help="awaited wait between the two halves of the mixed handler")
     p.add_argument("--fixed-limit", type=int, default=4)
     p.add_argument("--no-loop-lag", action="store_true", help="BBR and flowctl variants without the event-loop lag trigger")
     p.add_argument("--backlog", type=int, default=128, help="listen backlog (aiohttp's default)")
@@ -336,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slices=a.slices,
         io_ms=a.io_ms,
         io_bound_ms=a.io_bound_ms,
+        mixed_io_ms=a.mixed_io_ms,
         fixed_limit=a.fixed_limit,
         loop_lag=not a.no_loop_lag,
     )

@@ -1,0 +1,627 @@
+"""``python -m bench matrix``: the admission policy on sampled shapes it was never tuned on.
+
+A *shape* is a service and a traffic pattern: the CPU quota, the CPU work per request, the
+handler (``blocking``, ``yielding``, or ``mixed`` CPU and I/O: ``bench.upstream.HANDLERS``)
+and the load pattern (steady Poisson, or bursts of one period). Shapes are drawn with a
+seeded RNG as a Latin hypercube: with N shapes each of N equal slices of the quota range
+(uniform) and of the work range (log-uniform: 1-2 ms is as likely as 12-24 ms) holds one
+shape, paired at random; handlers and patterns are dealt in equal shares, shuffled.
+
+Every shape's references are measured in this run, as the scorecard measures them
+(``scorecard.Run.reference``): the unprotected upstream's capacity (highest rate with p99 <=
+3x the unloaded p99), unloaded p50/p99, saturation throughput, and the idle CPU and the
+cheapest answer's CPU that bound what a limiter inside the group can reach
+(``scorecard.Reference.in_process_bound``).
+
+Each variant then serves one lifetime per shape: a warm-up at 0.5x, the false-shed cells in
+rising order (0.5x, 0.9x), then each overload cell (2, 4, 8x) after a 1 s calm gap at 0.2x.
+A false-shed cell holds at least ``min_requests`` (400) requests: its phase is long enough
+for that many Poisson arrivals of this run's seed (counted up front with the load
+generator's own draws), never a higher rate. Overload cells are shorter (``overload_s``).
+In a *bursts* shape every cell alternates half a period at its load and half a period at
+0.2x (the calm rate): a false-shed cell never offers more than its load, and its shed ratio
+counts both halves; an overload cell's goodput is judged on its bursts (where the ideal is
+saturation), its p99 on the requests sent in them.
+
+Targets per cell (``TARGETS``): at <= 0.9x, shed ratio <= 1% (``false_shed``); at >= 2x,
+admitted p99 <= 4x the unloaded p99 (``p99``) and goodput (2xx within 1 s) >= 0.75 of
+saturation (``goodput``). For the limiters that answer their sheds inside the group
+(``flowctl-inprocess``, ``kratos``) the goodput reference is the measured in-process bound
+when it is below saturation: 0.75 of what any limiter in the group could reach.
+
+Variants: ``flowctl-inprocess`` and ``flowctl-sidecar`` as the scorecard starts them, at
+every load; the peers ``kratos`` and ``none`` at 0.9x and 4x (``PEER_LOADS``).
+
+The summary gives, per (variant, target), k of n cells passing with the Wilson 95% interval
+(``bench.stats.wilson_interval``). The interval treats cells as independent trials; the
+cells of one shape share a reference and a service, so read it as optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from bench.loadgen import WARMUP, LoadSpec, Phase, arrivals_by_label
+from bench.scenarios import common as c
+from bench.scenarios import scorecard as sc
+from bench.stats import wilson_interval
+from bench.upstream import HANDLERS
+
+FLOWCTL_VARIANTS = sc.FLOWCTL_VARIANTS
+PEERS = ("kratos", "none")
+VARIANTS = FLOWCTL_VARIANTS + PEERS
+IN_PROCESS = ("flowctl-inprocess", "kratos")  # limiters that answer their sheds inside the group
+LOADS = (0.5, 0.9, 2.0, 4.0, 8.0)
+PEER_LOADS = (0.9, 4.0)
+FALSE_SHED_MAX_LOAD = 0.9  # a cell at or under this load is a false-shed cell; above it, an overload cell
+HANDLER_CHOICES = ("blocking", "yielding", "mixed")
+PATTERNS = ("steady", "bursts")
+QUOTA_RANGE = (0.2, 1.0)  # cores
+WORK_RANGE_MS = (1.0, 25.0)
+BURST_PERIOD_RANGE_S = (0.3, 3.0)
+CALM = 0.2  # x capacity: between bursts, and in the gap before each overload cell
+CAPACITY_GUESS = 0.45  # capacity / (quota / work), for the time estimate before a reference is measured
+MIN_UNLOADED_REQUESTS = 60  # the unloaded p99 (the p99 target's denominator) comes from at least this many
+
+
+@dataclass(frozen=True)
+class Target:
+    """One verdict per cell: ``metric`` against ``limit``, lower or higher being better."""
+
+    name: str
+    limit: float
+    better: str  # "lower" | "higher"
+    overload: bool  # judged at loads above FALSE_SHED_MAX_LOAD, else at or under it
+    rule: str
+
+
+TARGETS = (
+    Target("false_shed", 0.01, "lower", False, "shed ratio <= 0.01 at <= 0.9x"),
+    Target("p99", 4.0, "lower", True, "admitted p99 / unloaded p99 <= 4 at >= 2x"),
+    Target("goodput", 0.75, "higher", True,
+           "goodput / saturation >= 0.75 at >= 2x (in-process: of the measured in-process bound when lower)"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The size of one matrix run."""
+
+    shapes: int
+    loads: tuple[float, ...]
+    peer_loads: tuple[float, ...]
+    min_requests: int  # per false-shed cell
+    overload_s: float  # seconds at the load in each overload cell (bursts: the bursts' total)
+    gap_s: float  # calm seconds before each overload cell
+    warmup_s: float
+    reference: sc.Plan  # the scorecard's reference durations, start-in and client timeout
+    min_rate_rps: float  # shapes keep quota x 1000 / work_ms >= this (see sample_shapes)
+    min_unloaded_requests: int = MIN_UNLOADED_REQUESTS
+
+
+DEFAULT = Plan(shapes=8, loads=LOADS, peer_loads=PEER_LOADS, min_requests=400, overload_s=2.5, gap_s=1.0, warmup_s=1.0,
+               reference=sc.FULL, min_rate_rps=40.0)  # fmt: skip
+QUICK = Plan(shapes=1, loads=(0.9, 4.0), peer_loads=(0.9, 4.0), min_requests=50, overload_s=1.5, gap_s=0.5, warmup_s=0.5,
+             reference=sc.QUICK, min_rate_rps=60.0, min_unloaded_requests=20)  # fmt: skip
+
+
+# ------------------------------------------------------------------ shapes
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One sampled service and traffic pattern."""
+
+    index: int
+    cpus: float
+    work_ms: float
+    handler: str
+    pattern: str  # "steady" | "bursts"
+    burst_period_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        tail = "steady" if self.burst_period_s is None else f"bursts {self.burst_period_s:g} s"
+        return f"{self.cpus:g} CPU, {self.work_ms:g} ms {self.handler}, {tail}"
+
+    def guess_capacity_rps(self) -> float:
+        return CAPACITY_GUESS * self.cpus * 1000.0 / self.work_ms
+
+
+def sample_shapes(n: int, seed: int, *, min_rate_rps: float = DEFAULT.min_rate_rps) -> list[Shape]:
+    """``n`` shapes from the ranges, as a Latin hypercube over (quota, log work); reproducible from ``seed``.
+
+    Work is drawn log-uniformly from 1 ms up to ``min(25, quota x 1000 / min_rate_rps)`` ms: a
+    shape whose quota serves fewer than ``min_rate_rps`` requests a second at full use (heavy
+    work at a tight quota) would need minutes for a 400-request cell at 0.5x. ``min_rate_rps``
+    0 samples the whole range."""
+    if n < 1:
+        raise ValueError("need at least one shape")
+    rng = random.Random(seed)
+
+    def strata() -> list[float]:
+        xs = [(i + rng.random()) / n for i in range(n)]
+        rng.shuffle(xs)
+        return xs
+
+    uq, uw = strata(), strata()
+    handlers = [HANDLER_CHOICES[i % len(HANDLER_CHOICES)] for i in range(n)]
+    patterns = [PATTERNS[i % len(PATTERNS)] for i in range(n)]
+    rng.shuffle(handlers)
+    rng.shuffle(patterns)
+    out = []
+    lo_q, hi_q = QUOTA_RANGE
+    lo_w, hi_w = WORK_RANGE_MS
+    lo_p, hi_p = BURST_PERIOD_RANGE_S
+    for i in range(n):
+        cpus = round(lo_q + uq[i] * (hi_q - lo_q), 2)
+        top = hi_w if min_rate_rps <= 0 else max(lo_w, min(hi_w, cpus * 1000.0 / min_rate_rps))
+        work = round(math.exp(math.log(lo_w) + uw[i] * (math.log(top) - math.log(lo_w))), 1)
+        period = round(math.exp(rng.uniform(math.log(lo_p), math.log(hi_p))), 2) if patterns[i] == "bursts" else None
+        out.append(Shape(i + 1, cpus, work, handlers[i], patterns[i], period))
+    return out
+
+
+# ------------------------------------------------------------------ the load schedule of one lifetime
+
+
+@dataclass(frozen=True)
+class CellWindow:
+    """Where one load sits in a lifetime's schedule: its label(s) and its seconds from the first send."""
+
+    load: float
+    label: str  # the phases at the load (a false-shed cell: also its calm halves)
+    start_s: float
+    end_s: float
+
+    @property
+    def overload(self) -> bool:
+        return self.load > FALSE_SHED_MAX_LOAD
+
+
+@dataclass
+class Schedule:
+    phases: list[Phase] = field(default_factory=list)
+    cells: list[CellWindow] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(ph.seconds for ph in self.phases)
+
+
+def _label(load: float) -> str:
+    return f"{load:g}x"
+
+
+def _count(phases: Sequence[Phase], rate_rps: float, seed: int, label: str) -> int:
+    seconds = sum(ph.seconds for ph in phases)
+    spec = LoadSpec(url="http://127.0.0.1/", rate_rps=rate_rps, duration_s=seconds, seed=seed, phases=tuple(phases))
+    return arrivals_by_label(spec).get(label, 0)
+
+
+def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Plan, seed: int | None) -> Schedule:
+    """The phases of one lifetime (multiples of ``capacity_rps``) and where each cell sits.
+
+    With ``seed``, each false-shed cell is lengthened until that seed's Poisson draws put at
+    least ``plan.min_requests`` requests in it; without, its length is the expected one."""
+    s = Schedule([Phase(plan.warmup_s, 0.5, WARMUP)])
+    period = shape.burst_period_s
+    for load in sorted(loads):
+        label = _label(load)
+        if load > FALSE_SHED_MAX_LOAD:
+            s.phases.append(Phase(plan.gap_s, CALM, "gap"))
+            start = s.seconds
+            if period is None:
+                s.phases.append(Phase(plan.overload_s, load, label))
+            else:
+                for _ in range(max(1, math.ceil(2.0 * plan.overload_s / period))):
+                    s.phases += [Phase(period / 2, load, label), Phase(period / 2, CALM, label + " calm")]
+            s.cells.append(CellWindow(load, label, start, s.seconds))
+            continue
+        start = s.seconds
+        before = list(s.phases)
+        if period is None:
+            secs = plan.min_requests / (load * capacity_rps)
+            s.phases = before + [Phase(secs, load, label)]
+            while seed is not None and _count(s.phases, capacity_rps, seed, label) < plan.min_requests:
+                secs *= 1.03
+                s.phases = before + [Phase(secs, load, label)]
+        else:
+            per_period = (load + CALM) * capacity_rps * period / 2
+            n = max(1, math.ceil(plan.min_requests / per_period))
+            s.phases = before + [Phase(period / 2, load, label), Phase(period / 2, CALM, label)] * n
+            while seed is not None and _count(s.phases, capacity_rps, seed, label) < plan.min_requests:
+                n += 1
+                s.phases = before + [Phase(period / 2, load, label), Phase(period / 2, CALM, label)] * n
+        s.cells.append(CellWindow(load, label, start, s.seconds))
+    return s
+
+
+def variant_loads(variant: str, plan: Plan) -> tuple[float, ...]:
+    return plan.loads if variant in FLOWCTL_VARIANTS else tuple(x for x in plan.loads if x in plan.peer_loads)
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def verdict(target: Target, value: float | None) -> bool:
+    """Pass or fail; an unknown value (None, NaN) fails."""
+    if value is None or math.isnan(value):
+        return False
+    return value <= target.limit if target.better == "lower" else value >= target.limit
+
+
+def severity(cell: dict[str, Any]) -> float:
+    """How far a cell is from its limit, as a factor (> 1: failed; unknown: infinite)."""
+    v, lim = cell["value"], cell["limit"]
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return math.inf
+    if cell["better"] == "lower":
+        return v / lim if lim else math.inf
+    return lim / v if v > 0 else math.inf
+
+
+def reasons_between(samples: Sequence[dict[str, Any]], start_s: float, end_s: float) -> dict[str, int] | None:
+    """Sheds by reason during [start_s, end_s] (seconds from the first send), from the monitor's
+    cumulative counts (sampled every 0.5 s: a boundary is good to that). None: no limiter state."""
+    seen = [s for s in samples if isinstance(s.get("shed_by_reason"), dict)]
+    if not seen:
+        return None
+    before: dict[str, Any] = next((s["shed_by_reason"] for s in reversed(seen) if s["t_s"] <= start_s), {})
+    after = next((s["shed_by_reason"] for s in reversed(seen) if s["t_s"] <= end_s + 0.5), before)
+    out = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in sorted(set(after) | set(before))}
+    return {k: n for k, n in out.items() if n}
+
+
+def cells_of(shape: Shape, variant: str, ref: sc.Reference, sched: Schedule, lg: dict[str, Any] | None,
+             samples: Sequence[dict[str, Any]], error: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The verdict cells of one lifetime (``lg`` None: it failed to run, every cell fails with ``error``)."""
+    out = []
+    health = lg["loadgen"] if lg else {}
+    lagged = bool(lg) and ((health.get("send_lag_p99_ms") or 0.0) > 5.0 or (health.get("send_overrun_s") or 0.0) > 0.05)
+    for w in sched.cells:
+        st: dict[str, Any] = lg["phases"].get(w.label, {}) if lg else {}
+        reasons = reasons_between(samples, w.start_s, w.end_s)
+        base = {"shape": shape.index, "variant": variant, "load": w.load, "pattern": shape.pattern,
+                "requests": int(st.get("sent", 0)), "shed_by_reason": reasons, "shed_ratio": st.get("shed_ratio"),
+                "offered_rps": st.get("offered_rps"), "timeouts": st.get("timeouts"), "errors": st.get("errors"),
+                "admitted_p99_ms": st.get("admitted_p99_ms"), "goodput_rps": st.get("goodput_rps"), "harness_lagged": lagged,
+                "error": error}  # fmt: skip
+        for t in TARGETS:
+            if t.overload != w.overload:
+                continue
+            value: float | None = None
+            extra: dict[str, Any] = {}
+            if st and t.name == "false_shed":
+                value = float(st["shed_ratio"])
+            elif st and t.name == "p99":
+                p99 = st.get("admitted_p99_ms")
+                value = None if p99 is None else p99 / ref.capacity.unloaded_p99_ms
+            elif st and t.name == "goodput":
+                reference = ref.saturation_rps
+                if variant in IN_PROCESS:
+                    bound = ref.in_process_bound(float(st["offered_rps"]))
+                    extra["bound"] = bound
+                    if bound is not None and bound < 1.0:
+                        reference = ref.saturation_rps * bound
+                extra["goodput_over_saturation"] = st["goodput_rps"] / ref.saturation_rps if ref.saturation_rps else None
+                value = st["goodput_rps"] / reference if reference > 0 else None
+            out.append({**base, "target": t.name, "value": value, "limit": t.limit, "better": t.better,
+                        "pass": verdict(t, value), **extra})  # fmt: skip
+    return out
+
+
+def summarize(cells: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[dict[str, Any]]:
+    """Per (variant, target): k of n cells passing, the fraction and its Wilson 95% interval."""
+    out = []
+    for v in variants:
+        for t in TARGETS:
+            sel = [x for x in cells if x["variant"] == v and x["target"] == t.name]
+            if not sel:
+                continue
+            k = sum(1 for x in sel if x["pass"])
+            lo, hi = wilson_interval(k, len(sel))
+            out.append({"variant": v, "target": t.name, "passed": k, "cells": len(sel), "fraction": k / len(sel),
+                        "interval": [lo, hi]})  # fmt: skip
+    return out
+
+
+def worst(cells: Sequence[dict[str, Any]], n: int = 5, variants: Sequence[str] = FLOWCTL_VARIANTS) -> list[dict[str, Any]]:
+    """The ``n`` cells of ``variants`` farthest from (or over) their limits, worst first."""
+    sel = [x for x in cells if x["variant"] in variants]
+    return sorted(sel, key=lambda x: (-severity(x), x["shape"], x["variant"], x["load"]))[:n]
+
+
+# ------------------------------------------------------------------ running
+
+
+class Eta:
+    """Elapsed and remaining time: predictions per unit of work, scaled by how the done ones went."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.predicted_done = 0.0
+        self.remaining: dict[str, float] = {}
+
+    def plan(self, key: str, seconds: float) -> None:
+        self.remaining[key] = seconds
+
+    def done(self, key: str) -> None:
+        self.predicted_done += self.remaining.pop(key, 0.0)
+
+    def text(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        factor = elapsed / self.predicted_done if self.predicted_done > 0 else 1.0
+        left = factor * sum(self.remaining.values())
+        return f"elapsed {elapsed / 60:.1f} min, ETA {left / 60:.1f} min"
+
+
+REFERENCE_GUESS_S = 40.0  # a capacity search, saturation and the answer cost
+LIFETIME_OVERHEAD_S = 5.0  # starting the service and the load generator, the last answers
+
+
+class Matrix:
+    """One matrix run: the plan, the shapes, the references and the cells."""
+
+    def __init__(self, plan: Plan, seed: int, variants: Sequence[str], iters_per_ms: float) -> None:
+        self.plan = plan
+        self.seed = seed
+        self.variants = list(variants)
+        self.iters_per_ms = iters_per_ms
+        self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps)
+        self.refs: dict[int, sc.Reference] = {}
+        self.cells: list[dict[str, Any]] = []
+        self.lifetimes: list[dict[str, Any]] = []
+        self.eta = Eta()
+        for shape in self.shapes:
+            self._predict(shape, shape.guess_capacity_rps(), reference=True)
+
+    def _predict(self, shape: Shape, capacity_rps: float, *, reference: bool) -> None:
+        if reference:
+            self.eta.plan(f"{shape.index}/reference", REFERENCE_GUESS_S)
+        for v in self.variants:
+            secs = schedule(shape, variant_loads(v, self.plan), capacity_rps, self.plan, None).seconds
+            self.eta.plan(f"{shape.index}/{v}", LIFETIME_OVERHEAD_S + secs)
+
+    def log(self, msg: str) -> None:
+        c.log(msg)
+
+    def seed_of(self, shape: Shape) -> int:
+        """The load generator's seed for this shape: the same arrivals for every variant with the same loads."""
+        return self.seed * 1000 + shape.index
+
+    async def reference(self, shape: Shape) -> sc.Reference:
+        """The scorecard's reference measurement; the unloaded phase long enough for a p99 of
+        ``min_unloaded_requests`` (at the scorecard's unloaded rate, 0.2 x quota / work)."""
+        p = self.plan.reference
+        unloaded_rps = 0.2 * shape.cpus * 1000.0 / shape.work_ms
+        plan = replace(p, unloaded_s=max(p.unloaded_s, self.plan.min_unloaded_requests / unloaded_rps))
+        run = sc.Run(plan, self.iters_per_ms, self.variants)
+        ref = await run.reference(shape.cpus, shape.work_ms, shape.handler, answer_cost=bool(set(IN_PROCESS) & set(self.variants)))
+        self.refs[shape.index] = ref
+        return ref
+
+    async def lifetime(self, shape: Shape, variant: str, ref: sc.Reference) -> None:
+        """One service lifetime of ``variant`` on ``shape``: every cell of its loads."""
+        loads = variant_loads(variant, self.plan)
+        cap = ref.capacity.capacity_rps
+        seed = self.seed_of(shape)
+        sched = schedule(shape, loads, cap, self.plan, seed)
+        p = self.plan.reference
+        runner = sc.Run(p, self.iters_per_ms, self.variants)
+        lg: dict[str, Any] | None = None
+        samples: list[dict[str, Any]] = []
+        error = None
+        try:
+            async with runner.serve(variant, shape.cpus, shape.work_ms) as run:
+                lg, samples = await c.drive(run, HANDLERS[shape.handler], cap, sched.seconds, timeout_s=p.timeout_s,
+                                            start_in_s=p.start_in_s, seed=seed, phases=tuple(sched.phases))  # fmt: skip
+        except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.log(f"  {variant} on shape {shape.index} did not run: {error}")
+        cells = cells_of(shape, variant, ref, sched, lg, samples, error)
+        self.cells += cells
+        self.lifetimes.append({
+            "shape": shape.index, "variant": variant, "loads": list(loads), "seconds": sched.seconds, "seed": seed,
+            "cells": [asdict(w) for w in sched.cells], "error": error,
+            "phases": {k: {f: v for f, v in st.items() if f != "classes"} for k, st in (lg or {}).get("phases", {}).items()},
+            "loadgen": (lg or {}).get("loadgen"), "errors_by_kind": (lg or {}).get("errors_by_kind"),
+            "shed_by_reason": next((s["shed_by_reason"] for s in reversed(samples) if s.get("shed_by_reason") is not None), None),
+        })  # fmt: skip
+        for x in cells:
+            v = x["value"]
+            shown = "-" if v is None else f"{v:.3g}"
+            op = "<=" if x["better"] == "lower" else ">="
+            why = f" {x['shed_by_reason']}" if x["shed_by_reason"] else ""
+            self.log(f"    {_label(x['load']):>4s} {x['target']:10s} {shown:>8s} ({op} {x['limit']:g}) "
+                     f"{'PASS' if x['pass'] else 'fail'}  {x['requests']} requests{why}")  # fmt: skip
+
+    async def run(self) -> None:
+        n = len(self.shapes)
+        for shape in self.shapes:
+            self.log(f"shape {shape.index}/{n}: {shape.label}: reference; {self.eta.text()}")
+            ref = await self.reference(shape)
+            self.eta.done(f"{shape.index}/reference")
+            self._predict(shape, ref.capacity.capacity_rps, reference=False)
+            for v in self.variants:
+                loads = variant_loads(v, self.plan)
+                self.log(f"shape {shape.index}/{n} {v}: cells {', '.join(_label(x) for x in loads)} of "
+                         f"{ref.capacity.capacity_rps:.1f} rps; {self.eta.text()}")  # fmt: skip
+                await self.lifetime(shape, v, ref)
+                self.eta.done(f"{shape.index}/{v}")
+
+
+# ------------------------------------------------------------------ output
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    v = cell["value"]
+    if cell["target"] == "false_shed":
+        text = "-" if v is None else f"{100 * v:.2g}%"
+    elif cell["target"] == "p99":
+        text = "-" if v is None else f"{v:.3g}x"
+    else:
+        text = _fmt(v, ".2f")
+    return text if cell["pass"] else f"**{text}**"
+
+
+def summary_table(summary: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| variant | target | passed | fraction | 95% interval |", "|---|---|---|---|---|"]
+    for s in summary:
+        lo, hi = s["interval"]
+        lines.append(f"| {s['variant']} | {s['target']} | {s['passed']} of {s['cells']} | {s['fraction']:.2f} | {lo:.2f}-{hi:.2f} |")
+    return lines
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The summary, the worst cells, the shapes with their references and every cell, as Markdown."""
+    m = out["machine"]
+    shapes = {s["index"]: s for s in out["shapes"]}
+    lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s'] / 60:.1f} min; {m['cpus']} CPUs ({m['cpu_model']}), "
+             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after. Seed {out['seed']}, "
+             f"{len(out['shapes'])} shapes.", "", "Targets: " + "; ".join(t["rule"] for t in out["targets"]) + ".",
+             "Interval: Wilson 95%, cells taken as independent (they are not quite: one shape's cells share a service).",
+             "", *summary_table(out["summary"])]  # fmt: skip
+    lines += ["", "Worst flowctl cells (value against limit):", "",
+              "| shape | variant | load | target | value | limit | requests | shed_by_reason |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for x in out["worst"]:
+        lines.append(f"| {x['shape']}: {shapes[x['shape']]['label']} | {x['variant']} | {_label(x['load'])} | {x['target']} | "
+                     f"{_fmt(x['value'])} | {x['limit']:g} | {x['requests']} | {x['shed_by_reason'] or ''} |")  # fmt: skip
+    lines += ["", "| shape | capacity rps | saturation /s | unloaded p50 / p99 ms | in-process bound at 4x |", "|---|---|---|---|---|"]
+    for s in out["shapes"]:
+        r = s["reference"]
+        lines.append(f"| {s['index']}: {s['label']} | {r['capacity_rps']:.1f} | {r['saturation_rps']:.0f} | "
+                     f"{r['unloaded_p50_ms']:.1f} / {r['unloaded_p99_ms']:.1f} | {_fmt(s.get('in_process_bound_4x'), '.2f')} |")  # fmt: skip
+    variants = out["variants"]
+    lines += ["", "Every cell (false_shed: shed ratio; overload: p99 over unloaded, goodput ratio; bold: fails):", "",
+              "| shape | load | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]  # fmt: skip
+    by: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
+    for x in out["cells"]:
+        by.setdefault((x["shape"], x["load"], x["variant"]), []).append(x)
+    for s in out["shapes"]:
+        for load in sorted({x["load"] for x in out["cells"] if x["shape"] == s["index"]}):
+            row = [" / ".join(_cell_text(x) for x in by.get((s["index"], load, v), [])) for v in variants]
+            lines.append(f"| {s['index']} | {_label(load)} | " + " | ".join(row) + " |")
+    lagged = sorted({(x["shape"], x["variant"]) for x in out["cells"] if x["harness_lagged"]})
+    if lagged:
+        lines += ["", "The load generator fell behind (send lag p99 > 5 ms) in: "
+                  + ", ".join(f"shape {s} {v}" for s, v in lagged) + "."]  # fmt: skip
+    errors = sorted({(x["shape"], x["variant"], x["error"]) for x in out["cells"] if x["error"]})
+    if errors:
+        lines += ["", "Did not run (counted as failed): " + "; ".join(f"shape {s} {v}: {e}" for s, v, e in errors) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--shapes", type=int, help=f"how many shapes (default {DEFAULT.shapes}; --quick: {QUICK.shapes})")
+    p.add_argument("--seed", type=int, default=1, help="draws the shapes and the arrivals")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke mode: one shape, 0.9x and 4x, short cells (fewer than 400 requests each)")  # fmt: skip
+    p.add_argument("--json", dest="json_out", help="default: bench/results/matrix-seed<S>[-quick].json; the Markdown beside it")
+    p.add_argument("--variants", help="comma list of: " + ",".join(VARIANTS) + " (default: all)")
+    p.add_argument("--loads", help="comma list of multiples of capacity (default: " + ",".join(f"{x:g}" for x in LOADS) + ")")
+    p.add_argument("--min-rate", type=float, help=f"shapes keep quota x 1000 / work_ms >= this (default {DEFAULT.min_rate_rps:g}; "
+                   "0: the whole range)")  # fmt: skip
+    return p
+
+
+def _plan_from(a: argparse.Namespace) -> Plan:
+    plan = QUICK if a.quick else DEFAULT
+    if a.shapes is not None:
+        if a.shapes < 1:
+            raise SystemExit("--shapes must be at least 1")
+        plan = replace(plan, shapes=a.shapes)
+    if a.loads:
+        loads = tuple(sorted({float(x) for x in a.loads.split(",") if x.strip()}))
+        if not loads or min(loads) <= 0:
+            raise SystemExit("--loads: positive multiples of capacity")
+        plan = replace(plan, loads=loads)
+    if a.min_rate is not None:
+        plan = replace(plan, min_rate_rps=a.min_rate)
+    return plan
+
+
+async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    plan = _plan_from(a)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else list(VARIANTS)
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    c.pin_self()
+    c.check_environment()
+    machine = c.machine_info()
+    started = time.time()
+    from bench.upstream import calibrate_iters_per_ms
+
+    mx = Matrix(plan, a.seed, variants, calibrate_iters_per_ms())
+    mx.log(f"matrix{' --quick' if a.quick else ''}: seed {a.seed}, {len(mx.shapes)} shapes, variants {variants}, loads "
+           f"{', '.join(_label(x) for x in plan.loads)}; load average {machine['loadavg']}; first estimate {mx.eta.text()}")  # fmt: skip
+    for s in mx.shapes:
+        mx.log(f"  shape {s.index}: {s.label}")
+    await mx.run()
+    wall_s = time.monotonic() - mx.eta.t0
+    machine["loadavg_after"] = list(os.getloadavg())
+    iters_end = calibrate_iters_per_ms()
+    shapes = []
+    for s in mx.shapes:
+        ref = mx.refs[s.index]
+        shapes.append({**asdict(s), "label": s.label, "reference": ref.as_dict(),
+                       "in_process_bound_4x": ref.in_process_bound(4.0 * ref.capacity.capacity_rps)})  # fmt: skip
+    return {
+        "scenario": "matrix",
+        "seed": a.seed,
+        "command": "python -m bench matrix" + "".join(" " + shlex.quote(x) for x in argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": wall_s,
+        "quick": bool(a.quick),
+        "machine": machine,
+        "iters_per_ms": mx.iters_per_ms,
+        "cpu_speed_end_over_start": iters_end / mx.iters_per_ms,
+        "plan": asdict(plan),
+        "targets": [asdict(t) for t in TARGETS],
+        "variants": variants,
+        "shapes": shapes,
+        "cells": mx.cells,
+        "summary": summarize(mx.cells, variants),
+        "worst": worst(mx.cells),
+        "lifetimes": mx.lifetimes,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(args)
+    try:
+        out = asyncio.run(run(a, args))
+    except c.EnvironmentMissing as exc:
+        print(f"bench matrix: {exc}", file=sys.stderr)
+        return 2
+    path = a.json_out or os.path.join(c.RESULTS_DIR, f"matrix-seed{a.seed}{'-quick' if a.quick else ''}.json")
+    c.write_json(out, path)
+    md = os.path.splitext(path)[0] + ".md"
+    text = markdown(out)
+    with open(md, "w") as f:
+        f.write(text)
+    c.log(f"wrote {md}")
+    print("\n".join(summary_table(out["summary"])))
+    print(f"\n{len(out['shapes'])} shapes, {len(out['cells'])} cells, {out['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""``python -m bench matrix``: the interval, the sampling, the schedules and the verdicts without
+root; the ``--quick`` run itself with root and cgroup v1 (structure and sanity, no timing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.loadgen import WARMUP, LoadSpec, arrivals_by_label
+from bench.scenarios import matrix as mx
+from bench.scenarios.common import Capacity
+from bench.scenarios.scorecard import Reference
+from bench.stats import wilson_interval
+from tests.realenv import need_cgroup_v1
+
+REPO = Path(__file__).resolve().parents[2]
+CELL_FIELDS = {"shape", "variant", "target", "value", "limit", "pass", "requests", "shed_by_reason"}
+SUMMARY_FIELDS = {"variant", "target", "passed", "cells", "fraction", "interval"}
+
+
+# ---------------------------------------------------------------- the interval
+
+
+@pytest.mark.parametrize(
+    "k,n,lo,hi",
+    [
+        (0, 10, 0.0, 0.2775),
+        (5, 10, 0.2366, 0.7634),
+        (10, 10, 0.7225, 1.0),
+        (8, 8, 0.6756, 1.0),
+        (19, 20, 0.7639, 0.9911),
+        (1, 1, 0.2065, 1.0),
+    ],
+)
+def test_wilson_interval_known_values(k: int, n: int, lo: float, hi: float) -> None:
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_holds_the_fraction_and_mirrors() -> None:
+    for n in range(1, 60):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
+            assert lo < hi
+            mlo, mhi = wilson_interval(n - k, n)
+            assert (lo, hi) == pytest.approx((1.0 - mhi, 1.0 - mlo), abs=1e-12)
+        # more trials, the same fraction: a narrower interval
+    assert wilson_interval(40, 50)[0] > wilson_interval(4, 5)[0]
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+# ---------------------------------------------------------------- shapes and schedules
+
+
+def test_shapes_are_reproducible_stratified_and_in_range() -> None:
+    shapes = mx.sample_shapes(8, seed=3)
+    assert shapes == mx.sample_shapes(8, seed=3)
+    assert shapes != mx.sample_shapes(8, seed=4)
+    lo_q, hi_q = mx.QUOTA_RANGE
+    width = (hi_q - lo_q) / 8
+    for i, cpus in enumerate(sorted(s.cpus for s in shapes)):  # a Latin hypercube: one shape per eighth of the range
+        assert lo_q + i * width - 0.005 <= cpus <= lo_q + (i + 1) * width + 0.005  # (quotas are rounded to 0.01)
+    for s in shapes:
+        assert lo_q <= s.cpus <= hi_q
+        assert mx.WORK_RANGE_MS[0] <= s.work_ms <= mx.WORK_RANGE_MS[1]
+        assert s.cpus * 1000.0 / s.work_ms >= mx.DEFAULT.min_rate_rps * 0.99  # work rounded to 0.1 ms
+        assert s.handler in mx.HANDLER_CHOICES
+        assert (s.burst_period_s is None) == (s.pattern == "steady")
+        if s.burst_period_s is not None:
+            assert mx.BURST_PERIOD_RANGE_S[0] <= s.burst_period_s <= mx.BURST_PERIOD_RANGE_S[1]
+    assert sorted(s.pattern for s in shapes) == ["bursts"] * 4 + ["steady"] * 4
+    counts = {h: sum(s.handler == h for s in shapes) for h in mx.HANDLER_CHOICES}
+    assert max(counts.values()) - min(counts.values()) <= 1
+    assert [s.index for s in shapes] == list(range(1, 9))
+    whole = mx.sample_shapes(40, seed=1, min_rate_rps=0)
+    assert max(s.work_ms / s.cpus for s in whole) > 25.0  # the heavy corner is reachable with --min-rate 0
+
+
+def _spec(sched: mx.Schedule, rate: float, seed: int) -> LoadSpec:
+    return LoadSpec(url="http://127.0.0.1/", rate_rps=rate, duration_s=sched.seconds, seed=seed, phases=tuple(sched.phases))
+
+
+@pytest.mark.parametrize("period", [None, 0.3, 2.5])
+def test_false_shed_cells_hold_their_requests_and_never_exceed_their_load(period: float | None) -> None:
+    shape = mx.Shape(1, 0.5, 5.0, "blocking", "steady" if period is None else "bursts", period)
+    plan = mx.DEFAULT
+    sched = mx.schedule(shape, mx.LOADS, 37.0, plan, seed=1001)
+    counts = arrivals_by_label(_spec(sched, 37.0, 1001))
+    assert [w.load for w in sched.cells] == sorted(mx.LOADS)
+    assert sched.phases[0].label == WARMUP
+    for w in sched.cells:
+        inside = [ph for ph in sched.phases if ph.label in (w.label, w.label + " calm")]
+        assert sum(ph.seconds for ph in inside) == pytest.approx(w.end_s - w.start_s)
+        if w.overload:
+            assert sum(ph.seconds for ph in inside if ph.multiplier == w.load) >= plan.overload_s - 1e-9
+            i = sched.phases.index(inside[0])
+            assert sched.phases[i - 1].label == "gap" and sched.phases[i - 1].multiplier == mx.CALM
+        else:
+            assert counts[w.label] >= plan.min_requests  # the draws this seed will really send
+            assert max(ph.multiplier for ph in inside) == w.load
+    starts = [w.start_s for w in sched.cells]
+    assert starts == sorted(starts) and all(a.end_s <= b.start_s for a, b in zip(sched.cells, sched.cells[1:]))
+
+
+def test_peers_run_at_0_9x_and_4x_only() -> None:
+    assert mx.variant_loads("kratos", mx.DEFAULT) == (0.9, 4.0)
+    assert mx.variant_loads("none", mx.DEFAULT) == (0.9, 4.0)
+    assert mx.variant_loads("flowctl-sidecar", mx.DEFAULT) == mx.LOADS
+
+
+# ---------------------------------------------------------------- verdicts, summary, worst cells
+
+
+def _reference() -> Reference:
+    cap = Capacity(capacity_rps=40.0, unloaded_p99_ms=10.0, unloaded_p50_ms=6.0, probes=[], cpus=0.5, handler="blocking")
+    return Reference(0.5, 5.0, "blocking", cap, 80.0, [], idle_cores=0.01, answer_cpu_ms=0.6)
+
+
+def _stats(sent: int, rejected: int, p99_ms: float | None, goodput_rps: float, offered_rps: float) -> dict[str, Any]:
+    return {"sent": sent, "rejected": rejected, "shed_ratio": rejected / sent, "admitted_p99_ms": p99_ms, "goodput_rps": goodput_rps,
+            "offered_rps": offered_rps, "timeouts": 0, "errors": 0}  # fmt: skip
+
+
+def test_cells_judge_each_target_and_count_sheds_by_reason_inside_the_cell() -> None:
+    shape = mx.Shape(1, 0.5, 5.0, "blocking", "steady")
+    ref = _reference()
+    sched = mx.schedule(shape, (0.9, 4.0), 40.0, mx.DEFAULT, seed=None)
+    fs, ov = sched.cells
+    lg = {"phases": {"0.9x": _stats(400, 8, 20.0, 36.0, 36.0), "4x": _stats(400, 250, 50.0, 50.0, 160.0)},
+          "loadgen": {"send_lag_p99_ms": 1.0, "send_overrun_s": 0.0}}  # fmt: skip
+    samples = [{"t_s": fs.start_s - 0.2, "shed_by_reason": {}},
+               {"t_s": fs.end_s, "shed_by_reason": {"cpu": 8}},
+               {"t_s": ov.start_s, "shed_by_reason": {"cpu": 8}},
+               {"t_s": ov.end_s + 0.3, "shed_by_reason": {"cpu": 58, "limit": 200}}]  # fmt: skip
+    cells = {(x["variant"], x["target"]): x for v in ("flowctl-sidecar", "flowctl-inprocess")
+             for x in mx.cells_of(shape, v, ref, sched, lg, samples)}  # fmt: skip
+    for x in cells.values():
+        assert CELL_FIELDS <= set(x)
+    f = cells[("flowctl-sidecar", "false_shed")]
+    assert f["value"] == pytest.approx(0.02) and f["pass"] is False and f["requests"] == 400
+    assert f["shed_by_reason"] == {"cpu": 8}
+    p = cells[("flowctl-sidecar", "p99")]
+    assert p["value"] == pytest.approx(5.0) and p["pass"] is False
+    assert p["shed_by_reason"] == {"cpu": 50, "limit": 200}
+    g = cells[("flowctl-sidecar", "goodput")]
+    assert g["value"] == pytest.approx(50.0 / 80.0) and g["pass"] is False and "bound" not in g
+    gi = cells[("flowctl-inprocess", "goodput")]
+    bound = ref.in_process_bound(160.0)
+    assert bound is not None and bound < 1.0
+    assert gi["bound"] == pytest.approx(bound)
+    assert gi["value"] == pytest.approx(50.0 / (80.0 * bound))  # judged against what a limiter in the group can reach
+    assert gi["goodput_over_saturation"] == pytest.approx(50.0 / 80.0)
+
+
+def test_a_lifetime_that_did_not_run_fails_every_cell() -> None:
+    shape = mx.Shape(1, 0.5, 5.0, "blocking", "steady")
+    sched = mx.schedule(shape, (0.9, 4.0), 40.0, mx.DEFAULT, seed=None)
+    cells = mx.cells_of(shape, "kratos", _reference(), sched, None, [], "RuntimeError: no")
+    assert len(cells) == 3 and all(x["pass"] is False and x["value"] is None and x["error"] for x in cells)
+
+
+def test_summary_and_worst_cells() -> None:
+    def cell(variant: str, target: str, value: float | None, ok: bool, load: float = 4.0) -> dict[str, Any]:
+        t = next(t for t in mx.TARGETS if t.name == target)
+        return {"shape": 1, "variant": variant, "target": target, "load": load, "value": value, "limit": t.limit,
+                "better": t.better, "pass": ok, "requests": 100, "shed_by_reason": None}  # fmt: skip
+
+    cells = [cell("flowctl-sidecar", "p99", 2.0, True), cell("flowctl-sidecar", "p99", 9.0, False),
+             cell("flowctl-sidecar", "goodput", 0.5, False), cell("flowctl-sidecar", "false_shed", 0.03, False, 0.9),
+             cell("flowctl-inprocess", "goodput", None, False), cell("none", "p99", 100.0, False)]  # fmt: skip
+    summary = mx.summarize(cells, ["flowctl-sidecar", "flowctl-inprocess", "none"])
+    rows = {(s["variant"], s["target"]): s for s in summary}
+    assert all(SUMMARY_FIELDS <= set(s) for s in summary)
+    p99 = rows[("flowctl-sidecar", "p99")]
+    assert (p99["passed"], p99["cells"], p99["fraction"]) == (1, 2, 0.5)
+    assert p99["interval"] == pytest.approx(list(wilson_interval(1, 2)))
+    assert ("flowctl-inprocess", "p99") not in rows
+    worst = mx.worst(cells, n=3)
+    assert [(x["variant"], x["target"]) for x in worst] == [("flowctl-inprocess", "goodput"), ("flowctl-sidecar", "false_shed"),
+                                                            ("flowctl-sidecar", "p99")]  # fmt: skip
+    assert mx.severity(worst[1]) == pytest.approx(3.0) and math.isinf(mx.severity(worst[0]))
+
+
+# ---------------------------------------------------------------- the quick run (root, cgroups)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_matrix_quick_writes_cells_and_a_summary(tmp_path: Path) -> None:
+    need_cgroup_v1("cpu", "cpuacct", "cpuset")
+    out = tmp_path / "matrix.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "matrix", "--quick", "--seed", "5", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=280)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert data["seed"] == 5 and data["quick"] is True and data["machine"]["cpus"] >= 1
+    assert data["command"].startswith("python -m bench matrix --quick")
+    assert len(data["shapes"]) == 1
+    shape = data["shapes"][0]
+    ref = shape["reference"]
+    assert ref["capacity_rps"] > 0 and ref["unloaded_p99_ms"] > 0 and ref["saturation_rps"] > 0
+    assert set(data["variants"]) == set(mx.VARIANTS)
+    cells = data["cells"]
+    for x in cells:
+        assert CELL_FIELDS <= set(x), x
+        assert x["shape"] == shape["index"] and x["error"] is None
+        assert x["requests"] > 0
+        assert x["value"] is None or (math.isfinite(x["value"]) and x["value"] >= 0)
+        assert x["pass"] == (x["value"] is not None and (x["value"] <= x["limit"] if x["better"] == "lower" else x["value"] >= x["limit"]))
+    # every variant has a false-shed cell at 0.9x and p99 and goodput cells at 4x
+    got = {(x["variant"], x["target"], x["load"]) for x in cells}
+    for v in mx.VARIANTS:
+        assert {(v, "false_shed", 0.9), (v, "p99", 4.0), (v, "goodput", 4.0)} <= got
+    assert all(x["shed_by_reason"] is None for x in cells if x["variant"] == "none")
+    assert all(x["value"] == 0.0 for x in cells if x["variant"] == "none" and x["target"] == "false_shed")
+    for s in data["summary"]:
+        assert SUMMARY_FIELDS <= set(s)
+        lo, hi = s["interval"]
+        assert 0.0 <= lo <= s["fraction"] <= hi <= 1.0
+        assert s["fraction"] == pytest.approx(s["passed"] / s["cells"])
+    assert sum(s["cells"] for s in data["summary"]) == len(cells)
+    for life in data["lifetimes"]:
+        assert life["error"] is None
+        assert sum(st["sent"] for st in life["phases"].values()) > 0
+    md = (tmp_path / "matrix.md").read_text()
+    assert "| variant | target | passed | fraction | 95% interval |" in md
+    assert "passed" in proc.stdout
