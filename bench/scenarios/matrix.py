@@ -45,6 +45,7 @@ import math
 import os
 import random
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -101,7 +102,7 @@ class Plan:
     loads: tuple[float, ...]
     peer_loads: tuple[float, ...]
     min_requests: int  # per false-shed cell
-    overload_s: float  # seconds at the load in each overload cell (bursts: the bursts' total)
+    overload_s: float  # seconds of each overload cell (bursts: at least this, and at least 2 periods)
     gap_s: float  # calm seconds before each overload cell
     warmup_s: float
     reference: sc.Plan  # the scorecard's reference durations, start-in and client timeout
@@ -224,7 +225,7 @@ def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Pl
             if period is None:
                 s.phases.append(Phase(plan.overload_s, load, label))
             else:
-                for _ in range(max(1, math.ceil(2.0 * plan.overload_s / period))):
+                for _ in range(max(2, math.ceil(plan.overload_s / period))):
                     s.phases += [Phase(period / 2, load, label), Phase(period / 2, CALM, label + " calm")]
             s.cells.append(CellWindow(load, label, start, s.seconds))
             continue
@@ -366,8 +367,8 @@ class Eta:
         return f"elapsed {elapsed / 60:.1f} min, ETA {left / 60:.1f} min"
 
 
-REFERENCE_GUESS_S = 40.0  # a capacity search, saturation and the answer cost
-LIFETIME_OVERHEAD_S = 5.0  # starting the service and the load generator, the last answers
+REFERENCE_GUESS_S = 32.0  # a capacity search, saturation and the answer cost
+LIFETIME_OVERHEAD_S = 3.0  # starting the service and the load generator, the last answers
 
 
 class Matrix:
@@ -380,6 +381,7 @@ class Matrix:
         self.iters_per_ms = iters_per_ms
         self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps)
         self.refs: dict[int, sc.Reference] = {}
+        self.ref_wall_s: dict[int, float] = {}
         self.cells: list[dict[str, Any]] = []
         self.lifetimes: list[dict[str, Any]] = []
         self.eta = Eta()
@@ -407,8 +409,10 @@ class Matrix:
         unloaded_rps = 0.2 * shape.cpus * 1000.0 / shape.work_ms
         plan = replace(p, unloaded_s=max(p.unloaded_s, self.plan.min_unloaded_requests / unloaded_rps))
         run = sc.Run(plan, self.iters_per_ms, self.variants)
+        t0 = time.monotonic()
         ref = await run.reference(shape.cpus, shape.work_ms, shape.handler, answer_cost=bool(set(IN_PROCESS) & set(self.variants)))
         self.refs[shape.index] = ref
+        self.ref_wall_s[shape.index] = time.monotonic() - t0
         return ref
 
     async def lifetime(self, shape: Shape, variant: str, ref: sc.Reference) -> None:
@@ -422,6 +426,7 @@ class Matrix:
         lg: dict[str, Any] | None = None
         samples: list[dict[str, Any]] = []
         error = None
+        t0 = time.monotonic()
         try:
             async with runner.serve(variant, shape.cpus, shape.work_ms) as run:
                 lg, samples = await c.drive(run, HANDLERS[shape.handler], cap, sched.seconds, timeout_s=p.timeout_s,
@@ -433,6 +438,7 @@ class Matrix:
         self.cells += cells
         self.lifetimes.append({
             "shape": shape.index, "variant": variant, "loads": list(loads), "seconds": sched.seconds, "seed": seed,
+            "wall_s": time.monotonic() - t0,
             "cells": [asdict(w) for w in sched.cells], "error": error,
             "phases": {k: {f: v for f, v in st.items() if f != "classes"} for k, st in (lg or {}).get("phases", {}).items()},
             "loadgen": (lg or {}).get("loadgen"), "errors_by_kind": (lg or {}).get("errors_by_kind"),
@@ -526,6 +532,19 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files of the product or the harness changed on top of it."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=c.REPO, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    status = git("status", "--porcelain", "--", "flowctl", "sidecar", "bench", ":!bench/results").splitlines()
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "changed": [line[3:] for line in status if len(line) > 3]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench matrix", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--shapes", type=int, help=f"how many shapes (default {DEFAULT.shapes}; --quick: {QUICK.shapes})")
@@ -580,7 +599,7 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     shapes = []
     for s in mx.shapes:
         ref = mx.refs[s.index]
-        shapes.append({**asdict(s), "label": s.label, "reference": ref.as_dict(),
+        shapes.append({**asdict(s), "label": s.label, "reference": ref.as_dict(), "reference_wall_s": mx.ref_wall_s[s.index],
                        "in_process_bound_4x": ref.in_process_bound(4.0 * ref.capacity.capacity_rps)})  # fmt: skip
     return {
         "scenario": "matrix",
@@ -590,6 +609,7 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "wall_s": wall_s,
         "quick": bool(a.quick),
         "machine": machine,
+        "code": code_version(),
         "iters_per_ms": mx.iters_per_ms,
         "cpu_speed_end_over_start": iters_end / mx.iters_per_ms,
         "plan": asdict(plan),
