@@ -7,7 +7,9 @@ limiter's hot path and must be O(1) amortized.
 
 Optional: ``rescale(ratio)``. The limiter calls it when the CPU limit moves by
 more than 10% (``ratio`` = new / old), so an algorithm whose history belongs
-to the old quota can start over (``Bbr`` does).
+to the old quota can start over (``Bbr`` does). ``set_servers(n)``: the
+service runs ``n`` requests at once without queueing (its usable cores,
+rounded up), so an algorithm can leave queued samples out of its min RT.
 """
 
 from __future__ import annotations

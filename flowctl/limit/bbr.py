@@ -32,6 +32,13 @@ moves by more than 10%) forgets the window, whose throughput belongs to the
 old quota, and stands on ``ratio`` times the last limit until the first bucket
 at the new quota completes (100 ms), instead of waiting out the 10 s window.
 
+Min RT is not learned from a queue: the limiter tells the window how many
+requests the service runs at once (``set_servers``, its usable cores rounded
+up), and a sample completed with more in flight is left out of min RT (it
+waited for the CPU). Without that, a min RT learned during an overload is the
+queueing delay, and the limit built on it admits the queue it was meant to
+prevent.
+
 Cold start: until the window holds at least one completed bucket with a
 sample, the limit is ``cold_start_inflight`` (default 16): a start-up overload
 is capped instead of admitted unbounded, and nothing is shed while in-flight
@@ -91,6 +98,11 @@ class Bbr:
         self._bridge = None
         little = st.max_pass / self.window.bucket_s * st.min_rt_s
         return float(max(1, math.ceil(little + self.headroom * math.sqrt(little) - _ROUNDING_SLACK)))
+
+    def set_servers(self, servers: float) -> None:
+        """The service runs ``servers`` requests at once without queueing (its usable cores, rounded
+        up): a sample completed with more in flight is left out of min RT (``RollingWindow``)."""
+        self.window.servers = servers
 
     def rescale(self, ratio: float) -> None:
         """The CPU limit changed by ``ratio`` (new / old): forget the window, bridge on ``ratio`` x the limit."""

@@ -156,6 +156,7 @@ class Limiter:
         self._max_inflight = self.algorithm.max_inflight
         self._on_sample = self.algorithm.on_sample
         self._rescale: Callable[[float], None] | None = getattr(self.algorithm, "rescale", None)
+        self._set_servers: Callable[[float], None] | None = getattr(self.algorithm, "set_servers", None)
         self._limit_cores: float | None = None  # the last reading's, to see quota changes
         self._bypass: tuple[Trigger, ...] = ()
         self._freeze_hooks: tuple[Callable[[float], None], ...] = ()  # set while the gate reads its own group
@@ -405,6 +406,8 @@ class Limiter:
             if last and abs(limit_cores / last - 1.0) > _RESCALE_FRACTION and self._rescale is not None:
                 self._rescale(limit_cores / last)
                 self._refresh_at = -math.inf
+            if limit_cores != last and self._set_servers is not None:
+                self._set_servers(math.ceil(limit_cores - 1e-9))  # min RT from requests that did not queue
             self._limit_cores = limit_cores
         done = shed = 0
         for slot in self._partitions.slots.values():
