@@ -35,6 +35,7 @@ CONTRACT_METRICS = frozenset(
         "flowctl_max_pass_per_second",
         "flowctl_cpu_utilization_ratio",
         "flowctl_cpu_limit_cores",
+        "flowctl_cpu_usable_cores",
         "flowctl_cpu_throttled_ratio",
         "flowctl_cpu_pressure_ratio",
         "flowctl_request_duration_seconds",

@@ -15,7 +15,8 @@ REQUIRED_PANELS = {
     "In-flight vs max_inflight": {"flowctl_inflight", "flowctl_max_inflight"},
     "Min RT and max pass rate": {"flowctl_min_rt_seconds", "flowctl_max_pass_per_second"},
     "CPU utilization: container vs host vs lxcfs": {"flowctl_cpu_utilization_ratio"},
-    "CPU limit, throttling and pressure": {"flowctl_cpu_limit_cores", "flowctl_cpu_throttled_ratio", "flowctl_cpu_pressure_ratio"},
+    "CPU limit, usable cores, throttling and pressure": {"flowctl_cpu_limit_cores", "flowctl_cpu_usable_cores",
+                                                         "flowctl_cpu_throttled_ratio", "flowctl_cpu_pressure_ratio"},
     "Request duration quantiles": {"flowctl_request_duration_seconds"},
 }
 
