@@ -178,15 +178,16 @@ async def upstream(
     lxcfs: bool = False,
     extra_args: Sequence[str] = (),
 ) -> AsyncIterator[Running]:
-    """Run ``bench.upstream`` in ``variant`` under a CFS quota of ``cpus`` on CPU 0; each request
-    burns ``work_iters`` iterations, or ``work_cpu_ms`` of CPU time when given."""
+    """Run ``bench.upstream`` in ``variant`` under a CFS quota of ``cpus``, on CPU 0 when the quota
+    fits in one CPU (above one, unpinned: a one-CPU cpuset would hide what the quota means); each
+    request burns ``work_iters`` iterations, or ``work_cpu_ms`` of CPU time when given."""
     from flowctl.workload import launch
 
     port = free_port()
     work = ["--work-cpu-ms", str(work_cpu_ms)] if work_cpu_ms is not None else ["--work-iters", str(work_iters)]
     cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--variant", variant, *work, *extra_args]
     name = f"flowctl-bench-{uuid.uuid4().hex[:8]}"
-    cpuset = str(UPSTREAM_CPU) if (os.cpu_count() or 1) > 1 else None
+    cpuset = str(UPSTREAM_CPU) if (os.cpu_count() or 1) > 1 and cpus <= 1.0 else None
     # cwd=REPO: `python -m bench.upstream` finds the package from the working directory.
     cm = launch(cmd, cpus=cpus, cpuset=cpuset, lxcfs=lxcfs, name=name, cwd=REPO)
     w = await cm.__aenter__()

@@ -48,7 +48,7 @@ FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")
 PEERS = ("none", "kratos", "nginx-limit-conn")
 ALL_VARIANTS = FLOWCTL_VARIANTS + PEERS
 SPEED_DRIFT_MAX = 1.15  # the CPU speed moving more than this between start and end is reported
-SCENARIOS = ("false_shed", "overload", "tight_quota", "bursts", "step", "priority", "long_lived")
+SCENARIOS = ("false_shed", "overload", "tight_quota", "gil_quota", "bursts", "step", "priority", "long_lived")
 PRIORITY_CLASSES = (
     TrafficClass("critical", 0.5, ((c.PRIORITY_HEADER, "critical"),)),
     TrafficClass("sheddable", 0.5, ((c.PRIORITY_HEADER, "sheddable"),)),
@@ -320,6 +320,11 @@ async def tight_quota(r: Run) -> None:
     await _overload_like(r, "tight_quota", 0.3, 2.0, r.plan.tight_handlers, ("none", "kratos"))
 
 
+async def gil_quota(r: Run) -> None:
+    """A 1.5-CPU quota (no cpuset) that one Python process can use only 1 core of: 4x as ``overload``."""
+    await _overload_like(r, "gil_quota", 1.5, 5.0, r.plan.handlers, ("none",))
+
+
 async def bursts(r: Run) -> None:
     """2 s at 4x then 2 s at 0.5x, repeated: admitted p99 <= 4x unloaded; shed in the 0.5x phases <= 0.05."""
     p = r.plan
@@ -448,7 +453,7 @@ async def long_lived(r: Run) -> None:
                           0.01, "lower"))  # fmt: skip
 
 
-RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_quota, "bursts": bursts, "step": step,
+RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_quota, "gil_quota": gil_quota, "bursts": bursts, "step": step,
            "priority": priority, "long_lived": long_lived}  # fmt: skip
 
 

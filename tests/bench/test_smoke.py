@@ -295,7 +295,7 @@ def test_scorecard_quick_writes_rows_for_every_scenario(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     data: dict[str, Any] = json.loads(out.read_text())
     assert data["quick"] is True and data["machine"]["cpus"] >= 1 and data["started"]
-    assert set(data["scenarios"]) == {"false_shed", "overload", "tight_quota", "bursts", "step", "priority", "long_lived"}
+    assert set(data["scenarios"]) == {"false_shed", "overload", "tight_quota", "gil_quota", "bursts", "step", "priority", "long_lived"}
     assert {r["scenario"] for r in data["rows"]} == set(data["scenarios"])
     for row in data["rows"]:
         assert SCORECARD_ROW_FIELDS <= set(row), row
