@@ -32,6 +32,8 @@ started by ``bench.scenarios`` inside a cgroup via ``flowctl.workload.launch``.
 
 from __future__ import annotations
 
+from flowctl.limiter import Policy
+
 import argparse
 import asyncio
 import dataclasses
@@ -129,8 +131,7 @@ def kratos_limiter(view: str = "container") -> Any:
     from flowctl.limit.bbr import Bbr
     from flowctl.limiter import Limiter
 
-    return Limiter(make_signal(view, fallback=False), Bbr(headroom=0.0), cool_off_s=1.0, hot_samples=1,
-                   cool_fraction=0.0, cpu_budget=None, queue_allowance=None, busy_floor=False, period_gate=False)  # fmt: skip
+    return Limiter(make_signal(view, fallback=False), Bbr(headroom=0.0), policy=Policy(cool_off_s=1.0, hot_samples=1, cool_fraction=0.0, queue_allowance=None, busy_floor=False, period_gate=False))  # fmt: skip
 
 
 def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any]]:
@@ -156,7 +157,7 @@ def build_limiter(variant: str, *, fixed_limit: int) -> tuple[Any, dict[str, Any
         return Limiter(views[variant.removeprefix("bbr-")], make_algorithm("bbr")), views
     if variant in ("fixed", "gradient"):
         algorithm = make_algorithm(variant, fixed_limit=fixed_limit)  # the peers as they are: their limit alone
-        return Limiter(views["container"], algorithm, cpu_gate=False, queue_allowance=None, busy_floor=False), views
+        return Limiter(views["container"], algorithm, policy=Policy(cpu_gate=False, queue_allowance=None, busy_floor=False)), views
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 

@@ -101,7 +101,7 @@ from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
 from flowctl.http import metrics_page, rejection_parts
-from flowctl.looplag import LoopLagMonitor
+from flowctl.looplag import DEFAULT_THRESHOLD_S, LoopLagMonitor
 from flowctl.metrics import (
     DURATION_BUCKETS_S,
     DurationHistogram,
@@ -243,7 +243,7 @@ def setup(
     default_priority: str | None = None,
     unmatched_priority: str | None = None,
     loop_lag: LoopLagMonitor | bool = True,
-    loop_lag_threshold_s: float = 0.015,
+    loop_lag_threshold_s: float = DEFAULT_THRESHOLD_S,
     compare_views: Iterable[str] = (),
     duration_buckets: Sequence[float] = DURATION_BUCKETS_S,
     limiter_options: Mapping[str, Any] | None = None,
@@ -298,7 +298,9 @@ def setup(
 
         if signal is None:
             signal = own_signal = _make_signal(view)
-        limiter = Limiter(signal, **dict(limiter_options or {}))
+        from flowctl.limiter.policy import limiter_kwargs
+
+        limiter = Limiter(signal, **limiter_kwargs(limiter_options or {}))
     classes = limiter.priorities
     if unmatched_priority is None:
         unmatched_priority = "sheddable" if "sheddable" in classes else limiter.default_priority

@@ -72,9 +72,11 @@ from types import TracebackType
 
 from flowctl.errors import ConfigError
 
-__all__ = ["LoopLagMonitor"]
+__all__ = ["DEFAULT_THRESHOLD_S", "LoopLagMonitor"]
 
 _EARLY_S = 1e-9  # quiet_until is set this much early (see check)
+DEFAULT_THRESHOLD_S = 0.015
+"""Lag at which the default class is shed is this times its ``trigger_scale`` (2): 30 ms; critical 75 ms."""
 
 
 class LoopLagMonitor:
@@ -111,7 +113,7 @@ class LoopLagMonitor:
     def __init__(
         self,
         *,
-        threshold_s: float = 0.05,
+        threshold_s: float = DEFAULT_THRESHOLD_S,
         bypass_inflight: bool = True,
         name: str = "loop_lag",
         report_for_s: float = 1.0,

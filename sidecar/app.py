@@ -49,13 +49,8 @@ def build_limiter(config: SidecarConfig, signal: CpuSignal, *, clock: Callable[[
     return Limiter(
         signal,
         make_algorithm(config.algorithm, fixed_limit=config.fixed_limit),
-        cpu_threshold=config.cpu_threshold,
-        cool_off_s=config.cool_off_s,
-        queue_allowance=config.queue_allowance,
-        cpu_budget=config.cpu_budget,
-        period_gate=config.period_gate,
+        policy=config.policy(),
         dry_run=config.dry_run,
-        cpu_gate=config.algorithm == "bbr",
         clock=clock,
     )
 

@@ -13,12 +13,13 @@ import argparse
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from flowctl.errors import ConfigError
-from flowctl.limit import ALGORITHMS
+from flowctl.limit import ALGORITHMS, FIXED_LIMIT
+from flowctl.limiter.policy import DEFAULT_POLICY, Policy
 
 __all__ = [
     "ENV_PREFIX",
@@ -66,13 +67,12 @@ class SidecarConfig:
     body_timeout_s: float = 30.0
     upstream_keepalive_s: float = 30.0
     drain_seconds: float = 25.0
-    cpu_threshold: float = 0.8
-    cool_off_s: float = 1.0
-    queue_allowance: int | None = 3
-    cpu_budget: float | None = None
-    period_gate: bool = True
+    cpu_threshold: float = DEFAULT_POLICY.cpu_threshold
+    cool_off_s: float = DEFAULT_POLICY.cool_off_s
+    queue_allowance: int | None = DEFAULT_POLICY.queue_allowance
+    period_gate: bool = DEFAULT_POLICY.period_gate
     algorithm: str = "bbr"
-    fixed_limit: int = 100
+    fixed_limit: int = FIXED_LIMIT
     dry_run: bool = False
     priority_header: str = ""
     resource: str = "default"
@@ -85,6 +85,13 @@ class SidecarConfig:
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
+
+    def policy(self) -> Policy:
+        """The admission ``Policy``: the library's defaults with this config's options; a fixed or
+        gradient algorithm runs ungated (a plain concurrency limiter)."""
+        return replace(DEFAULT_POLICY, cpu_threshold=self.cpu_threshold, cool_off_s=self.cool_off_s,
+                       queue_allowance=self.queue_allowance, period_gate=self.period_gate,
+                       cpu_gate=self.algorithm == "bbr")  # fmt: skip
 
 
 # -- value parsers: each raises ValueError with a short explanation ----------------------------
@@ -154,10 +161,6 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 def _allowance(text: str) -> int | None:
     return None if text.strip().lower() == "off" else _number(int, 0, 1000)(text)
-
-
-def _budget(text: str) -> float | None:
-    return None if text.strip().lower() == "off" else _number(float, 0, 1, lo_open=True)(text)
 
 
 def _number(kind: type[int] | type[float], lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[str], Any]:
@@ -247,8 +250,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("cool_off", "cool_off_s", _number(float, 0), "keep shedding this long after the last CPU-gated rejection", "S"),
     Option("queue_allowance", "queue_allowance", _allowance, "requests that may queue beyond the in-flight the "
            "app's CPU capacity carries (the always-on ceiling); off: no ceiling", "N|off"),
-    Option("cpu_budget", "cpu_budget", _budget, "while shedding, pace admissions to keep the app's CPU at this "
-           "fraction of its limit (the CPU budget); off: no pacing", "RATIO|off"),
     Option("period_gate", "period_gate", _bool, "admit only while the app's current CFS period has quota left for the "
            "request (reads the app's cgroup per request; needs a quota on the app's own group)", "BOOL"),
     Option("algorithm", "algorithm", _choice(*ALGORITHMS), "concurrency limit algorithm", "NAME"),

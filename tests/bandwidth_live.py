@@ -7,6 +7,7 @@ import time
 
 from flowctl.cpu.bandwidth import BandwidthReader
 from flowctl.limiter.period import PeriodGate
+from flowctl.limiter import Policy
 
 
 def period_use(reader: BandwidthReader, seconds: float, poll_s: float = 0.002) -> tuple[list[float], int, int]:
@@ -15,7 +16,7 @@ def period_use(reader: BandwidthReader, seconds: float, poll_s: float = 0.002) -
     periods and throttled periods the kernel counted meanwhile."""
     quota = reader.quota()
     assert quota is not None
-    gate = PeriodGate(margin=0.0)
+    gate = PeriodGate(Policy(period_margin=0.0))
     gate.set_quota(*quota)
     first = reader.read()
     assert first is not None

@@ -24,6 +24,8 @@ from flowctl.limit.base import LimitStats
 from flowctl.limiter import Limiter, PriorityClass
 from flowctl.looplag import LoopLagMonitor
 from flowctl.signal import StaticSignal
+from flowctl.limiter import Policy
+from flowctl.limiter.policy import limiter_kwargs
 
 
 class RecordingLimit:
@@ -76,9 +78,9 @@ class Env:
         self.gate = asyncio.Event()
         self.entered = 0
         limiter_kw = setup_kw.pop("limiter_kw", {})
-        # integration tests: one hot reading is hot, no CPU budget (the policy is tested in test_limiter*)
-        limiter_kw = {"hot_samples": 1, "cool_fraction": 0.0, "cpu_budget": None, **limiter_kw}
-        self.limiter = Limiter(self.signal, self.algo, cool_off_s=0.0, **limiter_kw)
+        # integration tests: one hot reading is hot (the policy is tested in test_limiter*)
+        limiter_kw = {"hot_samples": 1, "cool_fraction": 0.0, "cool_off_s": 0.0, **limiter_kw}
+        self.limiter = Limiter(self.signal, self.algo, **limiter_kwargs(limiter_kw))
         self.app = web.Application()
         r = self.app.router
         r.add_get("/", self.hello, name="hello")
@@ -424,7 +426,7 @@ async def test_default_priority_is_the_limiters_own(cleanup: list[Client]) -> No
 
 async def test_custom_priority_classes_come_from_the_limiter(cleanup: list[Client]) -> None:
     classes = {"gold": PriorityClass(share=1.0, trigger_scale=1.0), "bronze": PriorityClass(share=0.5, trigger_scale=1.0)}
-    limiter = Limiter(StaticSignal(utilization=0.1), RecordingLimit(10), priorities=classes, default_priority="gold")
+    limiter = Limiter(StaticSignal(utilization=0.1), RecordingLimit(10), policy=Policy(default_priority="gold"), priorities=classes)
     app = web.Application()
 
     async def hello(request: web.Request) -> web.Response:

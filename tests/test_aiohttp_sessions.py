@@ -20,6 +20,7 @@ import flowctl.aiohttp as fa
 from flowctl.limit.base import LimitStats
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
+from flowctl.limiter import Policy
 from tests.test_aiohttp import start, wait_for
 
 Client = TestClient[web.Request, web.Application]
@@ -50,7 +51,7 @@ class SessionApp:
     def __init__(self, hook: str, **setup_kw: Any) -> None:
         self.signal = StaticSignal("container", utilization=0.95, utilization_smoothed=0.95, limit_cores=0.5)
         self.algo = RecordingLimit(1)
-        self.limiter = Limiter(self.signal, self.algo, cool_off_s=0.0)
+        self.limiter = Limiter(self.signal, self.algo, policy=Policy(cool_off_s=0.0))
         self.registry = CollectorRegistry()
         self.gate = asyncio.Event()
         self.app = web.Application()

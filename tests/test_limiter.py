@@ -8,7 +8,7 @@ import gc
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -28,6 +28,8 @@ from flowctl.limiter import (
     Trigger,
 )
 from flowctl.signal import CpuReading, StaticSignal
+from flowctl.limiter import Policy
+from flowctl.limiter.policy import limiter_kwargs
 
 
 class FakeClock:
@@ -66,11 +68,12 @@ def sig() -> StaticSignal:
 
 # The concurrency rules below are tested on their own: any single hot reading counts (hot_samples=1),
 # a cool-off always runs its course (cool_fraction=0) and no CPU budget. tests/limiter/test_policy.py tests those two rules.
-RULES: dict[str, object] = {"hot_samples": 1, "cool_fraction": 0.0, "cpu_budget": None}
+RULES: dict[str, object] = {"hot_samples": 1, "cool_fraction": 0.0, "limit_refresh_s": 0.0}
+RULES_POLICY = Policy(hot_samples=1, cool_fraction=0.0, limit_refresh_s=0.0)
 
 
 def make(sig: StaticSignal, clock: FakeClock, n: float = 4, **kw: object) -> Limiter:
-    return Limiter(sig, FixedLimit(n), clock=clock, limit_refresh_s=0.0, **{**RULES, **kw})  # type: ignore[arg-type]
+    return Limiter(sig, FixedLimit(n), clock=clock, **limiter_kwargs({**RULES, **kw}))
 
 
 HELD: list[Token] = []
@@ -125,7 +128,7 @@ def test_threshold_is_inclusive_and_configurable(sig: StaticSignal, clock: FakeC
 
 def test_default_threshold_is_0_8(sig: StaticSignal, clock: FakeClock) -> None:
     lim = make(sig, clock, n=1)
-    assert lim.cpu_threshold == 0.8
+    assert lim.policy.cpu_threshold == 0.8
     fill(lim, 1)
     sig.set(utilization=0.79, utilization_smoothed=0.79)
     assert lim.acquire().admitted
@@ -349,7 +352,7 @@ def test_reason_carries_every_field_and_is_json_able(sig: StaticSignal, clock: F
 
 def test_retry_after_covers_the_drain_time_when_longer_than_cool_off(sig: StaticSignal, clock: FakeClock) -> None:
     bbr = Bbr(window_s=1.0, buckets=10, headroom=0)
-    lim = Limiter(sig, bbr, clock=clock, limit_refresh_s=0.0, cool_off_s=0.2, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, bbr, clock=clock, policy=replace(RULES_POLICY, limit_refresh_s=0.0, cool_off_s=0.2))
     # 10 completions of 100 ms in one bucket: 100/s * 0.1 s -> max_inflight 10
     for i in range(10):
         bbr.on_sample(clock.now + 0.005 + 0.009 * i, 0.1, 10, False)
@@ -569,7 +572,7 @@ def test_success_feeds_rt_ignore_does_not_dropped_says_so(sig: StaticSignal, clo
         def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
             seen.append((now, rt_s, inflight, dropped))
 
-    lim = Limiter(sig, Recorder(4), clock=clock, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, Recorder(4), clock=clock, policy=replace(RULES_POLICY))
     a, b, c = lim.acquire(), lim.acquire(), lim.acquire()
     clock.advance(0.25)
     a.success()
@@ -582,7 +585,7 @@ def test_success_feeds_rt_ignore_does_not_dropped_says_so(sig: StaticSignal, clo
 
 
 def test_bbr_learns_from_released_tokens(sig: StaticSignal, clock: FakeClock) -> None:
-    lim = Limiter(sig, Bbr(headroom=0), clock=clock, limit_refresh_s=0.0, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, Bbr(headroom=0), clock=clock, policy=replace(RULES_POLICY, limit_refresh_s=0.0))
     for _ in range(10):  # 10 sequential 10 ms requests per 100 ms bucket
         t = lim.acquire()
         clock.advance(0.01)
@@ -610,7 +613,7 @@ async def test_async_context_manager_maps_outcomes(sig: StaticSignal, clock: Fak
         def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
             outcomes.append(dropped)
 
-    lim = Limiter(sig, Recorder(4), clock=clock, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, Recorder(4), clock=clock, policy=replace(RULES_POLICY))
     async with lim.acquire():
         await asyncio.sleep(0)
     with pytest.raises(TimeoutError):
@@ -676,7 +679,7 @@ def test_cold_start_caps_a_start_up_overload_without_shedding_everything(clock: 
 
 def test_cold_start_then_learns_the_real_limit(clock: FakeClock) -> None:
     sig = StaticSignal("container", utilization=1.0, utilization_smoothed=1.0)
-    lim = Limiter(sig, Bbr(headroom=0), clock=clock, limit_refresh_s=0.0, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, Bbr(headroom=0), clock=clock, policy=replace(RULES_POLICY, limit_refresh_s=0.0))
     for _ in range(20):  # 20 x 5 ms in one bucket: 200/s * 5 ms = 1
         t = lim.acquire()
         clock.advance(0.005)
@@ -700,20 +703,20 @@ def test_signal_none_builds_an_unstarted_container_sampler(monkeypatch: pytest.M
         return StaticSignal("container")
 
     monkeypatch.setattr(flowctl.cpu, "make_signal", fake_make_signal)
-    lim = Limiter(clock=clock, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(clock=clock, policy=replace(RULES_POLICY))
     assert made == ["container"]
     assert lim.signal.name == "container"
 
 
 def test_signal_none_with_the_real_sampler_is_not_started(clock: FakeClock) -> None:
-    lim = Limiter(clock=clock, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(clock=clock, policy=replace(RULES_POLICY))
     assert lim.signal.name == "container"
     assert lim.signal.reading.utilization is None  # nobody sampled: unknown, not hot
     assert lim.acquire().admitted
 
 
 def test_cpu_gate_off_is_a_plain_concurrency_limiter(sig: StaticSignal, clock: FakeClock) -> None:
-    lim = Limiter(sig, Gradient(initial_limit=3), clock=clock, cpu_gate=False, cool_off_s=0.0, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, Gradient(initial_limit=3), clock=clock, policy=replace(RULES_POLICY, cpu_gate=False, cool_off_s=0.0))
     fill(lim, 3)
     d = lim.acquire()
     assert isinstance(d, Rejection)
@@ -738,12 +741,12 @@ def test_cpu_gate_off_is_a_plain_concurrency_limiter(sig: StaticSignal, clock: F
 )
 def test_bad_config_is_rejected(sig: StaticSignal, kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
-        Limiter(sig, FixedLimit(1), **kw)  # type: ignore[arg-type]
+        Limiter(sig, FixedLimit(1), **limiter_kwargs(kw))
 
 
 def test_limit_refresh_is_rate_limited(sig: StaticSignal, clock: FakeClock) -> None:
     g = Gradient(initial_limit=2)
-    lim = Limiter(sig, g, clock=clock, limit_refresh_s=0.01, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(sig, g, clock=clock, policy=replace(RULES_POLICY, limit_refresh_s=0.01))
     sig.set(utilization=0.95)
     fill(lim, 2)
     g.limit = 10.0
@@ -846,13 +849,13 @@ def test_busy_but_cool_shortcut_sees_every_change(sig: StaticSignal, clock: Fake
     assert lim.acquire().admitted  # reading evaluated: not hot (cached)
     assert lim.acquire().admitted  # served by the shortcut
     if change == "cpu_threshold":
-        lim.cpu_threshold = 0.6
+        lim.policy = replace(lim.policy, cpu_threshold=0.6)
     elif change == "throttled_threshold":
-        lim.throttled_threshold = 0.4
+        lim.policy = replace(lim.policy, throttled_threshold=0.4)
     elif change == "pressure_threshold":
-        lim.pressure_threshold = 0.4
+        lim.policy = replace(lim.policy, pressure_threshold=0.4)
     elif change == "cpu_gate":
-        lim.cpu_gate = False
+        lim.policy = replace(lim.policy, cpu_gate=False)
     elif change == "add_trigger":
         lim.add_trigger(FakeTrigger(value=1.0))
     elif change == "new_reading":
@@ -887,7 +890,7 @@ def test_every_real_cpu_view_plugs_in(view: str) -> None:
     signal.sample()
     clock.advance(0.1)
     signal.sample()
-    lim = Limiter(signal, FixedLimit(1), clock=clock, **RULES)  # type: ignore[arg-type]
+    lim = Limiter(signal, FixedLimit(1), clock=clock, policy=replace(RULES_POLICY))
     held = lim.acquire()
     d = lim.acquire()
     assert d.admitted or (isinstance(d, Rejection) and d.reason.signal_name == view)

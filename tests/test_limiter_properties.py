@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 import math
 import sys
 import tracemalloc
@@ -20,6 +21,7 @@ from flowctl.limit.fixed import FixedLimit
 from flowctl.limit.gradient import Gradient
 from flowctl.limiter import DEFAULT_PRIORITIES, PRIORITIES, DryRunStart, Limiter, Rejection, Slot, Token
 from flowctl.signal import StaticSignal
+from flowctl.limiter import Policy
 
 RESOURCES = ("a", "b", "c")
 
@@ -36,7 +38,7 @@ class LimiterMachine(RuleBasedStateMachine):
         self.now = 1000.0
         self.sig = StaticSignal("container", utilization=0.5)
         self.algo = Bbr(window_s=1.0, buckets=10, cold_start_inflight=3, headroom=0)
-        self.lim = Limiter(self.sig, self.algo, clock=lambda: self.now, limit_refresh_s=0.0, hot_samples=1, cool_fraction=0.0, cpu_budget=None)
+        self.lim = Limiter(self.sig, self.algo, policy=Policy(limit_refresh_s=0.0, hot_samples=1, cool_fraction=0.0), clock=lambda: self.now)
         self.last_drop: float | None = None
         self.live: list[Token] = []  # keeps admitted tokens referenced (no finalizer release)
         self.admitted = 0
@@ -48,7 +50,7 @@ class LimiterMachine(RuleBasedStateMachine):
         share = DEFAULT_PRIORITIES.get(priority, DEFAULT_PRIORITIES["default"]).share
         cap = max(1, math.ceil(share * self.algo.max_inflight(self.now) - 1e-9))
         util = self.sig.reading.utilization
-        hot = util is not None and util >= self.lim.cpu_threshold
+        hot = util is not None and util >= self.lim.policy.cpu_threshold
         cool_off = self.last_drop is not None and self.now < self.last_drop + self.lim.cool_off_s
         model: dict[str, object] = {"inflight": inflight, "cap": cap, "util": util, "cool_off": cool_off}
         return bool(inflight + 1 > cap and (hot or cool_off)), model
@@ -118,7 +120,7 @@ class LimiterMachine(RuleBasedStateMachine):
 
     @rule(threshold=st.sampled_from((0.5, 0.8, 0.95)))
     def set_threshold(self, threshold: float) -> None:
-        self.lim.cpu_threshold = threshold
+        self.lim.policy = replace(self.lim.policy, cpu_threshold=threshold)
 
     @rule()
     def flip_dry_run(self) -> None:
@@ -163,7 +165,7 @@ def _churn(lim: Limiter, n: int, clock: list[float]) -> None:
 
 def _limiter(algo: LimitAlgorithm, clock: list[float]) -> Limiter:
     sig = StaticSignal("container", utilization=0.95, utilization_smoothed=0.9)  # hot: sheds too
-    return Limiter(sig, algo, clock=lambda: clock[0], hot_samples=1, cool_fraction=0.0, cpu_budget=None)
+    return Limiter(sig, algo, policy=Policy(hot_samples=1, cool_fraction=0.0), clock=lambda: clock[0])
 
 
 @pytest.mark.slow

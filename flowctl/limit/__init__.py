@@ -14,13 +14,17 @@ from flowctl.errors import ConfigError
 if TYPE_CHECKING:
     from flowctl.limit.base import LimitAlgorithm
 
-__all__ = ["ALGORITHMS", "make_algorithm"]
+__all__ = ["ALGORITHMS", "FIXED_LIMIT", "make_algorithm"]
 
 ALGORITHMS = ("bbr", "fixed", "gradient")
 """The algorithm names ``make_algorithm`` knows (the sidecar's ``--algorithm`` choices)."""
 
 
-def make_algorithm(name: str, *, fixed_limit: int = 4) -> LimitAlgorithm:
+FIXED_LIMIT = 100
+"""The ``fixed`` algorithm's limit unless given (the sidecar's ``--fixed-limit`` default too)."""
+
+
+def make_algorithm(name: str, *, fixed_limit: int = FIXED_LIMIT) -> LimitAlgorithm:
     """A new algorithm by name: ``"bbr"`` (default options), ``"fixed"`` (``fixed_limit``) or ``"gradient"``."""
     if name == "bbr":
         from flowctl.limit.bbr import Bbr

@@ -35,28 +35,17 @@ from typing import Any
 
 from flowctl.errors import ConfigError
 from flowctl.limit.base import LimitAlgorithm
-from flowctl.limiter.budget import CpuBudget
 from flowctl.limiter.cost import CpuCost
 from flowctl.limiter.decisions import Decision, DryRunStart, Rejection, Token, new_reason
-from flowctl.limiter.gate import Hot, HotGate, Thresholds, cpu_value
+from flowctl.limiter.gate import Hot, HotGate, cpu_value
 from flowctl.limiter.period import PeriodGate
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass, Slot
+from flowctl.limiter.policy import DEFAULT_POLICY, Policy
 from flowctl.limiter.snapshot import LimiterSnapshot
 from flowctl.limiter.triggers import PolledTrigger, Trigger, polled
 from flowctl.signal import BandwidthSignal, CfsBandwidth, CpuSignal
 
 __all__ = ["Limiter"]
-
-_MIN_RETRY_AFTER_S = 0.1
-_RESCALE_FRACTION = 0.1  # a CPU limit change beyond this tells the algorithm (rescale)
-# The period gate re-reads the group's counters at most this often (a read, update and check cost
-# ~9 us on cgroup v1 here; between reads at most ~0.5 ms x cores of usage goes unseen).
-_BANDWIDTH_READ_EVERY_S = 0.0005
-
-# Not engaged and nothing in flight (a blocking handler runs one request at a time), an in-process
-# limiter still reads this often, to see a CFS freeze as soon as the group runs again.
-_IDLE_READ_EVERY_S = 0.005
-_FREEZE_ENGAGES = 0.2  # of the CFS period: an in-process freeze this long engages the limiter
 
 _new_token = object.__new__  # Token(...) without the __init__ frame, on acquire's admitted path
 _new_dry_start = float.__new__
@@ -75,19 +64,6 @@ def _default_algorithm() -> LimitAlgorithm:
     return Bbr()
 
 
-class _GateSetting:
-    """A ``Thresholds`` field exposed as a settable ``Limiter`` attribute (validated, resets the gate)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, lim: Limiter | None, owner: type | None = None) -> Any:
-        return getattr(lim._gate.thresholds, self.name) if lim is not None else self
-
-    def __set__(self, lim: Limiter, value: Any) -> None:
-        lim.thresholds = replace(lim._gate.thresholds, **{self.name: value})
-
-
 class Limiter:
     """BBR-style admission gated by a CPU signal, with priorities, triggers and reasons.
 
@@ -102,94 +78,59 @@ class Limiter:
     few integer updates; counters are exported by reading ``snapshot()`` at scrape time.
     """
 
-    cpu_threshold = _GateSetting()
-    """Utilization (of the effective CPU limit) at or above which the CPU is hot."""
-    throttled_threshold = _GateSetting()
-    """``throttled_ratio`` at or above which the limiter is hot; None (default) = off."""
-    pressure_threshold = _GateSetting()
-    """``pressure_ratio`` (PSI some) at or above which the limiter is hot; None (default) = off."""
-    cpu_gate = _GateSetting()
-    """False: always hot, a plain concurrency limiter (reason ``"limit"``)."""
-    hot_samples = _GateSetting()
-    """Consecutive fast CPU readings at or over ``cpu_threshold`` that make the limiter hot."""
-    cool_fraction = _GateSetting()
-    """A reading under this fraction of ``cpu_threshold`` (and smoothed under it) ends a cool-off."""
-
     def __init__(
         self,
         signal: CpuSignal | None = None,
         algorithm: LimitAlgorithm | None = None,
         *,
-        cpu_threshold: float = 0.8,
-        cool_off_s: float = 1.0,
-        dry_run: bool = False,
-        throttled_threshold: float | None = None,
-        pressure_threshold: float | None = None,
-        triggers: Sequence[Trigger] = (),
+        policy: Policy = DEFAULT_POLICY,
         priorities: Mapping[str, PriorityClass] = DEFAULT_PRIORITIES,
-        default_priority: str = "default",
-        cpu_gate: bool = True,
-        hot_samples: int = 2,
-        cool_fraction: float = 0.75,
-        cpu_budget: float | None = None,
-        queue_allowance: int | None = 3,
-        busy_floor: bool = True,
-        period_gate: bool = True,
-        max_resources: int = 100,
-        limit_refresh_s: float = 0.01,
+        triggers: Sequence[Trigger] = (),
+        dry_run: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        thresholds = Thresholds(
-            cpu_threshold, throttled_threshold, pressure_threshold, cpu_gate, hot_samples, cool_fraction
-        )
-        self._partitions = Partitions(priorities, default_priority, max_resources)
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"policy must be a flowctl.limiter.Policy, got {policy!r}")
+        self._partitions = Partitions(priorities, policy.default_priority, policy.max_resources)
         self._lookup = self._partitions.lookup
-        if not (limit_refresh_s >= 0 and math.isfinite(limit_refresh_s)):
-            raise ConfigError(f"limit_refresh_s must be >= 0, got {limit_refresh_s!r}")
-        self.limit_refresh_s = float(limit_refresh_s)
-        self.cool_off_s = cool_off_s
         self.dry_run = bool(dry_run)
         self._clock = clock
         self._created_at = clock()
-        self._gate = HotGate(_default_signal() if signal is None else signal, thresholds, self._created_at)
+        self._gate = HotGate(_default_signal() if signal is None else signal, policy, self._created_at)
         self.algorithm: LimitAlgorithm = _default_algorithm() if algorithm is None else algorithm
         self._max_inflight = self.algorithm.max_inflight
         self._on_sample = self.algorithm.on_sample
         self._rescale: Callable[[float], None] | None = getattr(self.algorithm, "rescale", None)
         self._set_servers: Callable[[float], None] | None = getattr(self.algorithm, "set_servers", None)
-        self._limit_cores: float | None = None  # the last reading's, to see quota changes
+        self._limit_cores: float | None = None  # the last reading's usable cores, to see changes
         self._bypass: tuple[Trigger, ...] = ()
         self._freeze_hooks: tuple[Callable[[float], None], ...] = ()  # set while the gate reads its own group
         self._own_group = False
         self._polled: tuple[PolledTrigger, ...] = ()  # what admit polls: each has quiet_until
         self._limit = -1.0
-        self.busy_floor = bool(busy_floor)
         self._busy_floor = 0.0  # the engaged limit's floor: round(min RT / CPU per request x cores)
         self._rate: float | None = None
         self._rate_stale = True
         self._refresh_at = -math.inf
-        self._refresh(self._created_at)
         self._inflight = 0
         self._cool_off_until = -math.inf  # last drop + cool_off_s; -inf until the first drop
         self._engaged_until = -math.inf  # +inf while hot, else the cool-off's end
-        self._budget_shed_at = -math.inf  # the last CPU-budget shed
         self._period_shed_at = -math.inf  # the last period-gate shed
         self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
         self._queue_sheds = 0  # ceiling and bypass-trigger sheds, and how many the last reading had seen
         self._queue_sheds_seen = 0
         self._observed_at = -math.inf  # when the last new reading was observed
-        self._budget = CpuBudget(cpu_budget) if cpu_budget is not None else None
-        self._cost = self._budget.cost if self._budget is not None else CpuCost()
-        if queue_allowance is not None and not (isinstance(queue_allowance, int) and queue_allowance >= 0):
-            raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {queue_allowance!r}")
-        self.queue_allowance = queue_allowance
+        self._cost = CpuCost()
         self._min_rt_s: float | None = None  # the last known, for the ceiling's pipe
-        self._period = PeriodGate() if period_gate else None
         self._bandwidth: CfsBandwidth | None = None  # the signal's group, read per paced admission
         self._quota_at = -math.inf  # when to re-read the group's own quota
         self._pacing = False  # the period gate has a quota to pace by
         self._admits = 0  # admissions ever (completions = admissions - in-flight), for the gate's overhead
         self._tokens_leaked = 0
+        self._period: PeriodGate | None = None
+        self._policy = policy
+        self._apply(policy)
+        self._refresh(self._created_at)
         for t in triggers:
             self.add_trigger(t)
 
@@ -206,19 +147,38 @@ class Limiter:
         self._engaged_until = self._cool_off_until
 
     @property
-    def thresholds(self) -> Thresholds:
-        """When the limiter is hot, as one frozen value (the four settable attributes above)."""
-        return self._gate.thresholds
+    def policy(self) -> Policy:
+        """Every constant of admission (``flowctl.limiter.Policy``). Setting a new one applies it at
+        once; ``default_priority`` and ``max_resources`` cannot change after construction."""
+        return self._policy
 
-    @thresholds.setter
-    def thresholds(self, value: Thresholds) -> None:
-        self._gate.thresholds = value
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        if not isinstance(value, Policy):
+            raise ConfigError(f"policy must be a flowctl.limiter.Policy, got {value!r}")
+        old = self._policy
+        if (value.default_priority, value.max_resources) != (old.default_priority, old.max_resources):
+            raise ConfigError("default_priority and max_resources are fixed when the Limiter is built")
+        self._policy = value
+        self._apply(value)
         self._engaged_until = self._cool_off_until
 
-    @property
-    def cpu_budget(self) -> CpuBudget | None:
-        """The CPU budget pacing admissions while engaged (None: off), for its state."""
-        return self._budget
+    def _apply(self, policy: Policy) -> None:
+        """Copy the policy into the attributes the hot path reads."""
+        self._gate.policy = policy
+        self._cool_off_s = policy.cool_off_s
+        self._retry_floor_s = max(policy.cool_off_s, policy.min_retry_after_s)
+        self.limit_refresh_s = policy.limit_refresh_s
+        self.queue_allowance = policy.queue_allowance
+        self.busy_floor = policy.busy_floor
+        if policy.period_gate:
+            if self._period is None:
+                self._period = PeriodGate(policy)
+                self._quota_at = -math.inf
+        else:
+            self._period = None
+            self._pacing = self._own_group = False
+        self._refresh_at = -math.inf
 
     @property
     def period_gate(self) -> PeriodGate | None:
@@ -227,15 +187,8 @@ class Limiter:
 
     @property
     def cool_off_s(self) -> float:
-        """Seconds after the last drop during which in-flight above the limit is still shed."""
+        """Seconds after the last shed during which in-flight above the limit is still shed."""
         return self._cool_off_s
-
-    @cool_off_s.setter
-    def cool_off_s(self, value: float) -> None:
-        if not (value >= 0 and math.isfinite(value)):
-            raise ConfigError(f"cool_off_s must be >= 0, got {value!r}")
-        self._cool_off_s = float(value)
-        self._retry_floor_s = max(self._cool_off_s, _MIN_RETRY_AFTER_S)
 
     @property
     def max_resources(self) -> int:
@@ -328,7 +281,7 @@ class Limiter:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
                 return decision
-        elif inflight or (self._own_group and now >= self._period.read_at + _IDLE_READ_EVERY_S):  # type: ignore[union-attr]
+        elif inflight or (self._own_group and now >= self._period.read_at + self._policy.idle_read_s):  # type: ignore[union-attr]
             if self._pacing and not slot.partition.reserve:
                 decision = self._paced(now, slot, inflight, False)
                 if decision is not None:
@@ -382,28 +335,25 @@ class Limiter:
         return rt_s
 
     def _observe(self, now: float) -> None:
-        """A new CPU reading: judge it (hot or not) and feed the CPU budget (once per reading)."""
+        """A new CPU reading: judge it (hot or not), learn the CPU cost, set the ceiling (once per reading)."""
         gate = self._gate
         r = gate._signal.reading
         hot = gate.observe(r, self._queue_sheds != self._queue_sheds_seen)
         self._queue_sheds_seen = self._queue_sheds
-        binding = self._budget_shed_at >= self._observed_at  # the budget shed since the last reading
         pacing = self._period_shed_at >= self._observed_at  # and the period gate
-        if not gate.thresholds.cpu_gate:
+        if not gate.policy.cpu_gate:
             self._engaged_until = math.inf
         elif hot is not None:
             self._engaged_until = math.inf
         else:
-            if now < self._cool_off_until and not binding and gate.clearly_cool(r, settled=pacing):
-                # Cool, and the budget shed nothing since the last reading: the load fits. (While
-                # the budget sheds, a cool reading is its own work: pacing must not end itself.)
-                self._cool_off_until = now
+            if now < self._cool_off_until and gate.clearly_cool(r, settled=pacing):
+                self._cool_off_until = now  # clearly cool: the load fits
             self._engaged_until = self._cool_off_until
         self._observed_at = now
         limit_cores = r.cores  # the usable cores: the quota, or less when the group cannot use it all
         if limit_cores:
             last = self._limit_cores
-            if last and abs(limit_cores / last - 1.0) > _RESCALE_FRACTION and self._rescale is not None:
+            if last and abs(limit_cores / last - 1.0) > self._policy.rescale_fraction and self._rescale is not None:
                 self._rescale(limit_cores / last)
                 self._refresh_at = -math.inf
             if limit_cores != last and self._set_servers is not None:
@@ -414,12 +364,7 @@ class Limiter:
             done += slot.released
             shed += slot.shed + slot.dry_run_shed
         quiet, self._sheds_seen = shed == self._sheds_seen, shed  # nothing shed since the last reading
-        budget = self._budget
-        if budget is not None:
-            budget.observe(r.at, r.usage_cores, limit_cores, done, r.throttled_ratio, consecutive=gate.consecutive,
-                           binding=binding, learn=quiet)  # fmt: skip
-        else:
-            self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
+        self._cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
         self._set_ceiling(now, limit_cores)
         if self._period is not None and now >= self._quota_at:
             self._follow_bandwidth(now, limit_cores)
@@ -448,7 +393,7 @@ class Limiter:
             period.set_quota(None, None)
         else:
             period.set_quota(quota[0], quota[1], cores)
-        self._pacing = period.quota_s is not None and self._gate.thresholds.cpu_gate
+        self._pacing = period.quota_s is not None and self._gate.policy.cpu_gate
         # The group is the one this process runs in (in-process, not a sidecar's target): its freezes are ours.
         self._own_group = self._pacing and bandwidth is not None and bandwidth.own_group
         self._set_freeze_hooks()
@@ -479,7 +424,7 @@ class Limiter:
             self._min_rt_s = min_rt
             pipe = capacity * min_rt if min_rt is not None else 0.0
             cost = self._cost.cpu_per_request_s
-            if self.busy_floor and self._gate.thresholds.cpu_gate and min_rt is not None and cost and limit_cores:
+            if self.busy_floor and self._gate.policy.cpu_gate and min_rt is not None and cost and limit_cores:
                 # While a throttled group runs, it runs at full speed on up to ceil(limit) cores.
                 floor = float(round(min_rt / cost * math.ceil(limit_cores - 1e-9)))
                 if floor != self._busy_floor:
@@ -488,16 +433,15 @@ class Limiter:
         self._partitions.set_ceiling(pipe if self.queue_allowance is not None else None, self.queue_allowance)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
-        """Hot or cooling off: shed over the priority's limit, or without a CPU-budget token; else None."""
+        """Hot or cooling off: shed over the priority's limit, or when the period gate has no quota left; else None."""
         if inflight and now >= self._refresh_at:
             self._refresh(now)
         part = slot.partition
         gate = self._gate
-        budget = self._budget
-        pacing = self._pacing and gate.thresholds.cpu_gate
-        paced = part.ceiling != math.inf and (pacing or (budget is not None and budget.rate_per_s is not None))
+        pacing = self._pacing and gate.policy.cpu_gate
+        paced = part.ceiling != math.inf and pacing
         if inflight >= part.limit and not paced and (not part.reserve or part.ceiling == math.inf):
-            if not gate.thresholds.cpu_gate:
+            if not gate.policy.cpu_gate:
                 return self._shed(now, slot, inflight, "limit", self.algorithm.name, None, None)
             hot: Hot | None = gate.hot
             if hot is None and gate.triggers:
@@ -505,14 +449,12 @@ class Limiter:
             if hot is not None:
                 return self._shed(now, slot, inflight, *hot)
             if now < self._cool_off_until:
-                th = gate.thresholds.cpu_threshold
+                th = gate.policy.cpu_threshold
                 return self._shed(now, slot, inflight, "cool_off", gate.signal_name, cpu_value(gate.signal.reading), th)
         if pacing and not part.reserve:
             decision = self._paced(now, slot, inflight, True)
             if decision is not None:
                 return decision
-        if budget is not None and gate.thresholds.cpu_gate and not budget.take(now, part.budget_level):
-            return self._shed(now, slot, inflight, "cpu_budget", gate.signal_name, budget.rate_per_s, None)
         return None
 
     def _paced(self, now: float, slot: Slot, inflight: int, engaged: bool) -> Rejection | DryRunStart | None:
@@ -531,14 +473,14 @@ class Limiter:
         assert period is not None
         bandwidth = self._bandwidth
         cost = self._cost.cpu_per_request_s
-        if bandwidth is not None and now >= period.read_at + _BANDWIDTH_READ_EVERY_S:
+        if bandwidth is not None and now >= period.read_at + self._policy.bandwidth_read_s:
             counters = bandwidth.read()
             if counters is not None:
                 usage_s, periods, throttled, throttled_s = counters
                 frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
                 if frozen:
                     self._froze(now, frozen, period.period_s)
-        if period.allows(now, inflight, cost, slot.partition.budget_level, strict=engaged):
+        if period.allows(now, inflight, cost, slot.partition.level, strict=engaged):
             return None
         if not engaged:
             self._queue_sheds += 1
@@ -547,13 +489,13 @@ class Limiter:
 
     def _froze(self, now: float, frozen_s: float, period_s: float | None) -> None:
         """The group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
-        when it took ``_FREEZE_ENGAGES`` of the period or more, the load does not fit, so the
+        when it took ``Policy.freeze_engages`` of the period or more, the load does not fit, so the
         limiter engages (a cool-off, as a shed starts one) and paces from the next period on (a
         short freeze at the end of a busy period is Poisson noise: at 0.9x it happens). When the
         group is our own (in-process), the loop-lag trigger counts any freeze as lag (``frozen``),
         so the requests read right after it, which waited through it, are shed as late when it
         was long enough."""
-        if period_s and frozen_s >= _FREEZE_ENGAGES * period_s:
+        if period_s and frozen_s >= self._policy.freeze_engages * period_s:
             self._cool_off_until = until = now + self._cool_off_s
             if until > self._engaged_until:
                 self._engaged_until = until
@@ -617,9 +559,7 @@ class Limiter:
                 "priority_limit": limit,
             }
         )
-        if trigger == "cpu_budget":
-            self._budget_shed_at = now
-        elif trigger == "cpu_period":
+        if trigger == "cpu_period":
             self._period_shed_at = now
         if cool:
             self._cool_off_until = until = now + self._cool_off_s
@@ -715,5 +655,5 @@ class Limiter:
     def __repr__(self) -> str:
         return (
             f"Limiter(signal={self._gate.signal_name!r}, algorithm={self.algorithm!r}, "
-            f"cpu_threshold={self.cpu_threshold}, inflight={self._inflight}, dry_run={self.dry_run})"
+            f"cpu_threshold={self._policy.cpu_threshold}, inflight={self._inflight}, dry_run={self.dry_run})"
         )

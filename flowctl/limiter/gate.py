@@ -1,8 +1,9 @@
-"""The hot gate: is the service saturated now? CPU signal against thresholds, plus non-bypass triggers.
+"""The hot gate: is the service saturated now? CPU signal against the policy's thresholds, plus
+non-bypass triggers.
 
-The limiter sheds only while hot (or in its cool-off); this module answers
-whether it is hot. ``Thresholds`` is the frozen configuration; ``HotGate``
-judges each new reading once (``observe``) and polls non-bypass triggers.
+The limiter sheds only while engaged (hot, or in its cool-off); this module
+answers whether it is hot. ``HotGate`` judges each new reading once
+(``observe``) against the ``Policy`` and polls non-bypass triggers.
 
 One spike is not saturation. The CPU is hot when the smoothed utilization
 (EMA, tau 1 s) reaches the threshold, or when the fast one (the last sampler
@@ -19,14 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
 
-from flowctl.errors import ConfigError
+from flowctl.limiter.policy import Policy
 from flowctl.limiter.triggers import Trigger
 from flowctl.signal import CpuReading, CpuSignal
 
-__all__ = ["Hot", "HotGate", "Thresholds", "cpu_value"]
+__all__ = ["Hot", "HotGate", "cpu_value"]
 
 _log = logging.getLogger("flowctl.limiter")
 
@@ -34,51 +33,6 @@ _UNKNOWN_CPU_WARN_AFTER_S = 5.0
 
 Hot = tuple[str, str, float | None, float | None]
 """What fired: ``(trigger, signal_name, value, threshold)``."""
-
-
-def _ratio(key: str, value: Any, *, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if not (isinstance(value, (int, float)) and 0 < value and math.isfinite(value)):
-        raise ConfigError(f"{key} must be a finite number > 0, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """When the limiter is hot (ratios of the reading; None = that signal is off).
-
-    - ``cpu_threshold``: utilization of the effective CPU limit (fast or smoothed, the higher).
-    - ``throttled_threshold``: ``throttled_ratio`` (fraction of CFS periods throttled).
-    - ``pressure_threshold``: ``pressure_ratio`` (PSI some).
-    - ``cpu_gate``: False makes the limiter always hot: a plain concurrency limiter.
-    - ``hot_samples``: consecutive fast readings at or over ``cpu_threshold`` that make
-      the CPU hot (1 = any single reading, the old rule; the smoothed signal counts at once).
-    - ``cool_fraction``: a reading whose fast utilization is under ``cool_fraction *
-      cpu_threshold`` (0.6 at the defaults) and whose smoothed one is under the threshold is
-      clearly cool: it ends a cool-off early. 0 = the cool-off always runs its course.
-    """
-
-    cpu_threshold: float = 0.8
-    throttled_threshold: float | None = None
-    pressure_threshold: float | None = None
-    cpu_gate: bool = True
-    hot_samples: int = 2
-    cool_fraction: float = 0.75
-
-    def __post_init__(self) -> None:
-        _ratio("cpu_threshold", self.cpu_threshold, allow_none=False)
-        _ratio("throttled_threshold", self.throttled_threshold, allow_none=True)
-        _ratio("pressure_threshold", self.pressure_threshold, allow_none=True)
-        object.__setattr__(self, "cpu_threshold", float(self.cpu_threshold))
-        for key in ("throttled_threshold", "pressure_threshold"):
-            v = getattr(self, key)
-            if v is not None:
-                object.__setattr__(self, key, float(v))
-        object.__setattr__(self, "cpu_gate", bool(self.cpu_gate))
-        if not (isinstance(self.cool_fraction, (int, float)) and 0 <= self.cool_fraction < 1):
-            raise ConfigError(f"cool_fraction must be in [0, 1), got {self.cool_fraction!r}")
-        if not (isinstance(self.hot_samples, int) and self.hot_samples >= 1):
-            raise ConfigError(f"hot_samples must be an integer >= 1, got {self.hot_samples!r}")
 
 
 def cpu_value(r: CpuReading) -> float | None:
@@ -89,17 +43,17 @@ def cpu_value(r: CpuReading) -> float | None:
 
 
 class HotGate:
-    """Judges each new reading of ``signal`` against ``Thresholds`` (``observe``) and polls triggers.
+    """Judges each new reading of ``signal`` against the ``Policy`` (``observe``) and polls triggers.
 
     ``hot`` is the verdict on the last observed reading (None = not hot); ``seen`` that reading.
     """
 
-    def __init__(self, signal: CpuSignal, thresholds: Thresholds, created_at: float) -> None:
+    def __init__(self, signal: CpuSignal, policy: Policy, created_at: float) -> None:
         self._created_at = created_at
         self._warned_unknown_cpu = False
         self.triggers: tuple[Trigger, ...] = ()
         self.signal = signal
-        self.thresholds = thresholds
+        self.policy = policy
 
     @property
     def signal(self) -> CpuSignal:
@@ -112,12 +66,12 @@ class HotGate:
         self._forget()
 
     @property
-    def thresholds(self) -> Thresholds:
-        return self._thresholds
+    def policy(self) -> Policy:
+        return self._policy
 
-    @thresholds.setter
-    def thresholds(self, value: Thresholds) -> None:
-        self._thresholds = value
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self._policy = value
         self._forget()
 
     def _forget(self) -> None:
@@ -139,7 +93,7 @@ class HotGate:
         before, so one fast reading over the threshold is enough (two independent signals agree:
         the CPU is busy and work queues)."""
         self.seen = r
-        th = self._thresholds
+        th = self._policy
         limit = th.cpu_threshold
         fast = r.utilization
         # The streak counts consecutive readings over the threshold: by ``seq`` when the signal
@@ -172,7 +126,7 @@ class HotGate:
 
     def _optional_hot(self, r: CpuReading) -> list[Hot]:
         """The optional signals (throttled, then pressure) at or over their thresholds in ``r``."""
-        th = self._thresholds
+        th = self._policy
         hot: list[Hot] = []
         tt, pt = th.throttled_threshold, th.pressure_threshold
         if tt is not None and r.throttled_ratio is not None and r.throttled_ratio >= tt:
@@ -182,10 +136,10 @@ class HotGate:
         return hot
 
     def clearly_cool(self, r: CpuReading, *, settled: bool = False) -> bool:
-        """The reading is well under the threshold (see ``Thresholds.cool_fraction``): a cool-off
+        """The reading is well under the threshold (see ``Policy.cool_fraction``): a cool-off
         that began on a spike need not run its course. ``settled``: the smoothed value must be
         well under it too (while the period gate paces, one 100 ms reading can dip)."""
-        th = self._thresholds
+        th = self._policy
         fast, slow = r.utilization, r.utilization_smoothed
         cool = th.cool_fraction * th.cpu_threshold
         if fast is None or fast >= cool:

@@ -42,9 +42,9 @@ class PriorityClass:
       this request) stays within ``max(1, ceil(share * max_inflight))``.
     - ``trigger_scale``: a bypass trigger sheds the class only when its value
       is at least ``threshold * trigger_scale``.
-    - ``budget_level``: while the CPU budget paces admissions, the class is
-      admitted only if the token bucket keeps ``budget_level * capacity``
-      tokens after its own (< 0: may borrow; see ``flowctl.limiter.budget``).
+    - ``level``: while the period gate paces admissions, the class is admitted
+      only while the period's use stays under ``1 - 0.5 * level`` of what the
+      gate allows (-1 to 1: 0.5 gives three quarters; <= 0: all of it).
     - ``reserve``: while hot, the class is shed only at its ceiling, not at its
       share of the limit (while no ceiling is known, at its share): the queue
       allowance is its reserve. The ceiling
@@ -55,19 +55,18 @@ class PriorityClass:
 
     share: float
     trigger_scale: float
-    budget_level: float = 0.0
+    level: float = 0.0
     reserve: bool = False
 
 
 DEFAULT_PRIORITIES: Mapping[str, PriorityClass] = {
-    "critical": PriorityClass(share=3.0, trigger_scale=5.0, budget_level=-1.0, reserve=True),
-    "default": PriorityClass(share=1.0, trigger_scale=2.0, budget_level=0.0),
-    "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, budget_level=0.5),
+    "critical": PriorityClass(share=3.0, trigger_scale=5.0, level=-1.0, reserve=True),
+    "default": PriorityClass(share=1.0, trigger_scale=2.0, level=0.0),
+    "sheddable": PriorityClass(share=0.5, trigger_scale=1.0, level=0.5),
 }
-"""Sheddable goes first (half the limit; bypass triggers at their threshold; CPU-budget
-tokens only from a half-full bucket), default gets exactly the BBR limit (2x threshold),
-critical goes last (only at its ceiling, which has 3x the queue allowance; 3x threshold;
-may borrow a whole bucket of tokens)."""
+"""Sheddable goes first (half the limit; bypass triggers at their threshold; three quarters of
+what the period gate allows), default gets exactly the BBR limit (2x threshold), critical goes
+last (only at its ceiling, which has 3x the queue allowance; 5x threshold; never paced)."""
 
 PRIORITIES: tuple[str, ...] = tuple(DEFAULT_PRIORITIES)
 """The default class names, most important first; a limiter's own are ``Limiter.priorities``."""
@@ -77,13 +76,13 @@ class Partition:
     """A priority class's live state: its policy, its in-flight limit while hot (``limit``) and its
     always-on in-flight ceiling (``ceiling``, inf until the group's CPU capacity is known)."""
 
-    __slots__ = ("name", "share", "trigger_scale", "budget_level", "reserve", "limit", "ceiling")
+    __slots__ = ("name", "share", "trigger_scale", "level", "reserve", "limit", "ceiling")
 
     def __init__(self, name: str, policy: PriorityClass) -> None:
         self.name = name
         self.share = policy.share
         self.trigger_scale = policy.trigger_scale
-        self.budget_level = policy.budget_level
+        self.level = policy.level
         self.reserve = policy.reserve
         self.limit = 1.0
         self.ceiling = math.inf
@@ -114,9 +113,9 @@ def check_priorities(priorities: Mapping[str, PriorityClass], default_priority: 
     if not priorities:
         raise ConfigError("priorities must name at least one class")
     for name, pc in priorities.items():
-        if not (pc.share > 0 and pc.trigger_scale >= 1 and -1 <= pc.budget_level <= 1):
+        if not (pc.share > 0 and pc.trigger_scale >= 1 and -1 <= pc.level <= 1):
             raise ConfigError(
-                f"priorities[{name!r}] needs share > 0, trigger_scale >= 1 and budget_level in [-1, 1], got {pc!r}"
+                f"priorities[{name!r}] needs share > 0, trigger_scale >= 1 and level in [-1, 1], got {pc!r}"
             )
     if default_priority not in priorities:
         raise ConfigError(f"default_priority {default_priority!r} is not one of {sorted(priorities)}")

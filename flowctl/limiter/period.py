@@ -26,7 +26,7 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   sheds when the limiter runs in the group, the runtime's own work.
   Reserving it is what keeps an in-process limiter's own rejections from
   spending the quota after the gate has closed. No more than
-  ``OVERHEAD_CAP`` of the quota is reserved for it: beyond that, throttling
+  ``Policy.overhead_cap`` of the quota is reserved for it: beyond that, throttling
   cannot be avoided, and reserving it all would admit nothing (a livelock:
   goodput 0 under a closed-loop flood). The gate then still admits early in
   each period, and such throttled periods do not raise the margin. (Stepping
@@ -34,15 +34,15 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   group, whose sheds spend about half its quota: whatever ran when the
   period's quota was spent waited through the freeze.)
 - *Allowed*: while the limiter is engaged, ``quota_s * (1 - margin)`` times the
-  class's level factor ``1 - 0.5 * budget_level`` (at most the whole quota):
+  class's level factor ``1 - 0.5 * level`` (at most the whole quota):
   default ``1 - margin``, sheddable three quarters of that. The margin learns
   what the rest misses (the kernel's 5 ms slices, the reads' own lag): a
-  period the gate paced that ended throttled raises it by ``MARGIN_UP``
+  period the gate paced that ended throttled raises it by ``Policy.margin_up``
   (unless its overhead jumped past the reserve and the margin: the onset of
   an overload, whose first sheds nothing had reserved; at 0.3 CPU that took
   the margin from 0.1 to 0.385 in the first second), one in which the gate
-  shed without being throttled lowers it by ``MARGIN_DOWN``, within ``[0,
-  MAX_MARGIN]``. Not engaged: only a period whose whole quota is spent
+  shed without being throttled lowers it by ``Policy.margin_down``, within ``[0,
+  Policy.max_margin]``. Not engaged: only a period whose whole quota is spent
   (counting the overhead still to come) sheds: a request admitted then would
   wait for the next period.
 
@@ -59,13 +59,10 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["FREEZE_SEEN_S", "MARGIN_DOWN", "MARGIN_UP", "MAX_MARGIN", "OVERHEAD_CAP", "PeriodGate"]
+from flowctl.limiter.policy import DEFAULT_POLICY, Policy
 
-MARGIN_UP = 0.05  # fraction of the quota, per period that ended throttled
-MARGIN_DOWN = 0.005  # per period in which the gate shed and the group was not throttled
-MAX_MARGIN = 0.5
-OVERHEAD_CAP = 0.5  # of the quota: the most the gate reserves for the overhead
-FREEZE_SEEN_S = 0.05  # a freeze counts only when the reads around it are this close to it (bounds both gaps)
+__all__ = ["PeriodGate"]
+
 _GAP_S = 1.0  # reads further apart than this start over (the counters' history is stale)
 
 
@@ -73,13 +70,17 @@ class PeriodGate:
     """Per-period quota accounting of one CFS group (see the module). Not thread-safe."""
 
     __slots__ = ("quota_s", "period_s", "cores", "margin", "overhead_s", "shed_in_period", "_at", "_usage",
-                 "_periods", "_throttled", "_throttled_s", "_done", "_base", "_start", "_done_at_start", "_paced")  # fmt: skip
+                 "_periods", "_throttled", "_throttled_s", "_done", "_base", "_start", "_done_at_start", "_paced",
+                 "margin_up", "margin_down", "max_margin", "overhead_cap", "freeze_seen_s")  # fmt: skip
 
-    def __init__(self, margin: float = 0.1) -> None:
+    def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
         self.quota_s: float | None = None
         self.period_s: float | None = None
         self.cores = 1  # the cores the group's work can run on at once
-        self.margin = float(margin)
+        self.margin = float(policy.period_margin)
+        self.margin_up, self.margin_down = policy.margin_up, policy.margin_down
+        self.max_margin, self.overhead_cap = policy.max_margin, policy.overhead_cap
+        self.freeze_seen_s = policy.freeze_seen_s
         self.overhead_s = 0.0  # CPU per period not explained by completions (EMA over periods)
         self.shed_in_period = False
         self._paced = False  # the gate decided an engaged admission in the current period
@@ -108,14 +109,14 @@ class PeriodGate:
         frozen time (``throttled_s``, None: unknown).
 
         Returns how long the group was frozen between the last read and this one when the two
-        reads bracket the freeze closely (no more than ``FREEZE_SEEN_S`` of the time between them
+        reads bracket the freeze closely (no more than ``Policy.freeze_seen_s`` of the time between them
         is not the freeze: this read comes at most that long after it ended), else 0.0. That is
         the freeze the requests read now have waited through."""
         at, period = self._at, self.period_s
         frozen = 0.0
         last_throttled_s, self._throttled_s = self._throttled_s, throttled_s
         if (at is not None and throttled > self._throttled and throttled_s is not None and last_throttled_s is not None
-                and throttled_s > last_throttled_s and now - at <= throttled_s - last_throttled_s + FREEZE_SEEN_S):
+                and throttled_s > last_throttled_s and now - at <= throttled_s - last_throttled_s + self.freeze_seen_s):
             frozen = throttled_s - last_throttled_s  # fmt: skip
         if at is None or period is None or periods < self._periods or not (0 <= now - at <= _GAP_S):
             # No history (or a reset counter, or a long gap): call the period started now.
@@ -147,10 +148,10 @@ class PeriodGate:
                 # or it is past what the gate reserves (throttling is then the sheds' doing).
                 # Only a period the gate paced says anything about the margin: unpaced, the load
                 # alone spent the quota (at 0.9x with 50 WebSockets, that took it from 0.1 to 0.245).
-                if self._paced and not surprise and self.overhead_s < OVERHEAD_CAP * (self.quota_s or 0.0):
-                    self.margin = min(MAX_MARGIN, self.margin + MARGIN_UP)
+                if self._paced and not surprise and self.overhead_s < self.overhead_cap * (self.quota_s or 0.0):
+                    self.margin = min(self.max_margin, self.margin + self.margin_up)
             elif self.shed_in_period:
-                self.margin = max(0.0, self.margin - MARGIN_DOWN)
+                self.margin = max(0.0, self.margin - self.margin_down)
             self.shed_in_period = self._paced = False
         elif now - self._start > 1.5 * period:
             # No period counted for longer than a period: the group idled (its timer stopped).
@@ -169,9 +170,9 @@ class PeriodGate:
         return None if self._base is None else self._usage - self._base
 
     def allows(
-        self, now: float, inflight: int, cpu_per_request_s: float | None, budget_level: float = 0.0, *, strict: bool = True
+        self, now: float, inflight: int, cpu_per_request_s: float | None, level: float = 0.0, *, strict: bool = True
     ) -> bool:
-        """Whether a request of a class at ``budget_level`` fits in the current period's quota
+        """Whether a request of a class at ``level`` fits in the current period's quota
         (True when there is no quota or no read yet). ``strict`` False (the limiter is not
         engaged): only whether the whole quota is spent, counting the overhead still to come.
         A refusal is remembered for the margin."""
@@ -179,17 +180,17 @@ class PeriodGate:
         if quota is None or period is None or base is None:
             return True
         left_s = max(0.0, self._start + period - now)
-        # The overhead still to come in this period, reserved up to OVERHEAD_CAP of the quota: when
+        # The overhead still to come in this period, reserved up to the overhead cap of the quota: when
         # answering sheds alone spends more, throttling cannot be avoided, and reserving it all would
         # admit nothing (measured: a closed-loop flood in-process, 2 completions/s).
-        need = min(self.overhead_s, OVERHEAD_CAP * quota) * left_s / period
+        need = min(self.overhead_s, self.overhead_cap * quota) * left_s / period
         if cpu_per_request_s and strict:
             need += min((inflight + 1) * cpu_per_request_s, left_s * self.cores)
         allowed = quota
         if strict:
             self._paced = True
             keep = 1.0 - self.margin
-            factor = 1.0 - 0.5 * budget_level
+            factor = 1.0 - 0.5 * level
             allowed = min(quota, quota * keep * factor)
         if self._usage - base + need <= allowed:
             return True

@@ -19,6 +19,7 @@ from flowctl.cpu.bandwidth import BandwidthReader
 from flowctl.cpu.mounts import discover_path
 from flowctl.cpu.sources import ContainerSource
 from flowctl.limiter.period import PeriodGate
+from flowctl.limiter import Policy
 from tests.cpu.v2_tree import (
     HOST_CPUS,
     PSI_TOTAL_US,
@@ -137,7 +138,7 @@ def test_bandwidth_reader_feeds_the_period_gate_each_cfs_period(tmp_path: Path) 
     reader = BandwidthReader(discover_path(str(leaf), root=str(tmp_path)))
     quota = reader.quota()
     assert quota == pytest.approx((0.03, 0.1))
-    gate = PeriodGate(margin=0.0)
+    gate = PeriodGate(Policy(period_margin=0.0))
     gate.set_quota(*quota)  # type: ignore[misc]
     period_us, quota_us = 100_000, 30_000
     seen: list[float] = []

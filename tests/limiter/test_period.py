@@ -9,15 +9,17 @@ import pytest
 
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter, Rejection
-from flowctl.limiter.period import MARGIN_DOWN, MARGIN_UP, PeriodGate
+from flowctl.limiter.period import PeriodGate
 from flowctl.signal import CpuReading, StaticSignal
+from flowctl.limiter import DEFAULT_POLICY, Policy
+from flowctl.limiter.policy import limiter_kwargs
 
 PERIOD = 0.1
 QUOTA = 0.05  # 0.5 CPU
 
 
 def gate(margin: float = 0.0) -> PeriodGate:
-    g = PeriodGate(margin=margin)
+    g = PeriodGate(Policy(period_margin=margin))
     g.set_quota(QUOTA, PERIOD, cores=1)
     return g
 
@@ -61,16 +63,16 @@ def test_a_throttled_period_raises_the_margin_and_a_clean_one_in_which_it_shed_l
     g.update(0.02, 10.02, 100, 0)
     assert g.allows(0.02, 0, 0.005)  # the gate paces this period (the limiter is engaged)
     g.update(0.12, 10.05, 101, 1)  # the period ended throttled
-    assert g.margin == pytest.approx(0.1 + MARGIN_UP)
+    assert g.margin == pytest.approx(0.1 + DEFAULT_POLICY.margin_up)
     g.update(0.121, 10.0505, 101, 1)
     assert g.allows(0.121, 0, 0.005, strict=False)  # not paced: the load alone spent the quota
     g.update(0.19, 10.08, 102, 2)
-    assert g.margin == pytest.approx(0.1 + MARGIN_UP)  # which says nothing about the margin
+    assert g.margin == pytest.approx(0.1 + DEFAULT_POLICY.margin_up)  # which says nothing about the margin
     assert not g.allows(0.19, 20, 0.005)  # shed in this period
     g.update(0.29, 10.09, 103, 2)  # not throttled, and the gate shed: give some back
-    assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
+    assert g.margin == pytest.approx(0.1 + DEFAULT_POLICY.margin_up - DEFAULT_POLICY.margin_down)
     g.update(0.39, 10.12, 104, 2)  # not throttled, nothing shed: unchanged
-    assert g.margin == pytest.approx(0.1 + MARGIN_UP - MARGIN_DOWN)
+    assert g.margin == pytest.approx(0.1 + DEFAULT_POLICY.margin_up - DEFAULT_POLICY.margin_down)
 
 
 def test_the_margin_keeps_part_of_the_quota() -> None:
@@ -157,7 +159,8 @@ def paced_limiter(clock: Clock, limit: int = 10, *, own_group: bool = False, per
     from the first reading on), and a learned cost of 5 ms per request."""
     bw = FakeBandwidth(clock, own_group)
     sig = StaticSignal(name="container", bandwidth=bw)
-    lim = Limiter(sig, FixedLimit(limit), clock=clock, limit_refresh_s=0.0, period_gate=period_gate, **options)
+    lim = Limiter(sig, FixedLimit(limit), clock=clock,
+                  **limiter_kwargs({"limit_refresh_s": 0.0, "period_gate": period_gate, **options}))  # fmt: skip
     lim._cost.cpu_per_request_s = 0.005
     return lim, sig, bw
 

@@ -1,5 +1,5 @@
 """The shedding policy of issue 13, rule by rule, on a fake clock: a hot state one spike cannot
-start, the CPU budget (pacing while engaged), admission levels per priority, and step response."""
+start, admission levels per priority, and step response."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from flowctl.errors import ConfigError
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter, Rejection, Token
-from flowctl.limiter.budget import CpuBudget
+from flowctl.limiter.cost import CpuCost
 from flowctl.signal import CpuReading, StaticSignal
+from flowctl.limiter import Policy
+from flowctl.limiter.policy import limiter_kwargs
 
 INTERVAL_S = 0.1
 
@@ -32,9 +34,9 @@ def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: floa
 
 
 def limiter(sig: StaticSignal, clock: Clock, n: float = 1, **kw: object) -> Limiter:
-    kw.setdefault("cpu_budget", None)
     kw.setdefault("queue_allowance", None)  # the ceiling has its own tests
-    return Limiter(sig, FixedLimit(n), clock=clock, limit_refresh_s=0.0, **kw)  # type: ignore[arg-type]
+    kw.setdefault("limit_refresh_s", 0.0)
+    return Limiter(sig, FixedLimit(n), clock=clock, **limiter_kwargs(kw))
 
 
 def tick(sig: StaticSignal, clock: Clock, fast: float, smoothed: float | None = None, **kw: float) -> None:
@@ -107,19 +109,15 @@ def test_hot_samples_must_be_a_positive_integer() -> None:
         ),
         max_size=40,
     ),
-    st.booleans(),
     st.sampled_from([None, 0, 3]),
 )
-def test_a_limiter_that_is_never_hot_never_sheds(
-    steps: list[tuple[float, float, list[str]]], budget: bool, queue: int | None
-) -> None:
+def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float, list[str]]], queue: int | None) -> None:
     """Readings whose smoothed value stays under the threshold and whose fast value never reaches it
     twice in a row (nor once after a ceiling shed): whatever the in-flight count, nothing is shed
-    (default policy, budget on or off) but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
+    (default policy) but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
     ceiling is admitted. Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
     clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, FixedLimit(1), clock=clock, limit_refresh_s=0.0, cpu_budget=0.85 if budget else None,
-                  queue_allowance=queue)  # fmt: skip
+    lim = Limiter(sig, FixedLimit(1), policy=Policy(limit_refresh_s=0.0, queue_allowance=queue), clock=clock)  # fmt: skip
     held: list[Token] = []
     prev_hot = queued = False  # queued: a ceiling shed that no observed reading has seen yet
     for fast, smoothed, ops in steps:
@@ -145,97 +143,6 @@ def test_a_limiter_that_is_never_hot_never_sheds(
             elif held:
                 held.pop(0).success()
     assert set(lim.snapshot().shed_by_reason) <= {("default", "queue")}
-
-
-# -- the CPU budget --------------------------------------------------------------------------
-
-
-def test_budget_rate_is_target_times_limit_over_cpu_per_request() -> None:
-    b = CpuBudget(0.8)
-    b.observe(10.0, 0.5, 0.5, 0)
-    b.observe(10.1, 0.5, 0.5, 10)  # 0.05 CPU-s for 10 requests: 5 ms each
-    assert b.cpu_per_request_s == pytest.approx(0.005)
-    assert b.rate_per_s == pytest.approx(0.8 * 0.5 / 0.005)  # 80/s
-
-
-def test_budget_rate_follows_a_quota_change_at_the_next_reading() -> None:
-    b = CpuBudget(0.8)
-    b.observe(10.0, 1.0, 1.0, 0)
-    b.observe(10.1, 1.0, 1.0, 20)  # 5 ms each at 1.0 CPU: 160/s
-    assert b.rate_per_s == pytest.approx(160.0)
-    b.observe(10.2, 0.5, 0.5, 30)  # quota halved: same cost per request, half the rate
-    assert b.rate_per_s == pytest.approx(80.0)
-
-
-def test_budget_paces_and_levels_order_the_classes() -> None:
-    b = CpuBudget(0.8, burst_s=0.0)  # capacity 2 tokens
-    b.observe(10.0, 0.5, 0.5, 0)
-    b.observe(10.1, 0.5, 0.5, 10)  # 80/s
-    assert b.take(10.1, 0.0) and b.take(10.1, 0.0)  # a full bucket: two tokens
-    assert not b.take(10.1, 0.0)  # empty: default waits for a token
-    assert b.take(10.1, -1.0)  # critical may borrow a bucket
-    assert not b.take(10.1125, 0.5)  # sheddable needs 1 + 0.5 * 2 tokens in the bucket
-    assert b.take(10.1 + 3 / 80, 0.0)  # refilled at 80/s
-
-
-def test_budget_without_a_cost_admits_everything() -> None:
-    b = CpuBudget()
-    assert b.rate_per_s is None and all(b.take(1.0, 0.5) for _ in range(100))
-
-
-def test_budget_target_is_checked() -> None:
-    for bad in (0, -0.5, 2.0, math.nan):
-        with pytest.raises(ConfigError):
-            CpuBudget(bad)
-
-
-def _busy(lim: Limiter, sig: StaticSignal, clock: Clock, *, n: int, fast: float, limit_cores: float = 0.5) -> None:
-    """``n`` requests of 5 ms of CPU each complete, then the reading that saw them (observed)."""
-    for _ in range(n):
-        d = lim.acquire("critical")
-        assert isinstance(d, Token)
-        d.success()
-    tick(sig, clock, fast, usage_cores=n * 0.005 / INTERVAL_S, limit_cores=limit_cores)
-    lim.snapshot()  # the limiter observes every reading, as it does under steady traffic
-
-
-def test_engaged_limiter_paces_with_the_budget_and_not_before() -> None:
-    clock, sig = Clock(), StaticSignal("container")
-    lim = limiter(sig, clock, n=100, cpu_budget=0.8)
-    for _ in range(3):
-        _busy(lim, sig, clock, n=10, fast=0.5)  # not hot: 10 per 100 ms at 5 ms = 0.5 cores
-    burst = [lim.acquire() for _ in range(20)]
-    assert all(isinstance(d, Token) for d in burst), "not engaged: the budget does not apply"
-    for d in burst:
-        d.success()
-    tick(sig, clock, 1.0, usage_cores=0.1, limit_cores=0.5)  # the 20 requests: 0.1 CPU-s
-    lim.snapshot()
-    _busy(lim, sig, clock, n=0, fast=1.0)  # hot twice in a row: engaged
-    got = [lim.acquire() for _ in range(60)]  # at once: more than the bucket holds
-    admitted = [d for d in got if isinstance(d, Token)]
-    shed = [d for d in got if isinstance(d, Rejection)]
-    assert len(admitted) <= lim.cpu_budget.capacity and shed and shed[0].reason.trigger == "cpu_budget"  # type: ignore[union-attr]
-
-
-def test_critical_holds_at_a_limit_of_one_while_sheddable_is_shed() -> None:
-    clock, sig = Clock(), StaticSignal("container")
-    lim = limiter(sig, clock, n=1, cpu_budget=0.8)
-    for _ in range(3):
-        _busy(lim, sig, clock, n=10, fast=0.5)
-    _busy(lim, sig, clock, n=0, fast=1.0)
-    _busy(lim, sig, clock, n=0, fast=1.0)
-    crit = shed = 0
-    for i in range(400):  # 1 s of 400 req/s, alternating critical and sheddable, each done at once
-        clock.now += 0.0025
-        prio = "critical" if i % 2 == 0 else "sheddable"
-        d = lim.acquire(prio)
-        if isinstance(d, Token):
-            d.success()
-            crit += prio == "critical"
-            shed += prio == "sheddable"
-    rate = lim.cpu_budget.rate_per_s  # type: ignore[union-attr]
-    assert rate is not None and crit >= 0.95 * min(200, rate)  # critical takes the budget first
-    assert shed < crit / 4
 
 
 # -- the cool-off ------------------------------------------------------------------------------
@@ -271,39 +178,6 @@ def test_cool_fraction_zero_keeps_the_whole_cool_off() -> None:
     assert isinstance(held, Token)
 
 
-def _flood(lim: Limiter, clock: Clock, n: int) -> int:
-    """``n`` requests 1 ms apart, each done at once; returns how many the budget shed."""
-    shed = 0
-    for _ in range(n):
-        clock.now += 0.001
-        d = lim.acquire()
-        if isinstance(d, Token):
-            d.success()
-        else:
-            assert d.reason.trigger == "cpu_budget"
-            shed += 1
-    return shed
-
-
-def test_budget_pacing_ends_at_a_clearly_cool_reading() -> None:
-    clock, sig = Clock(), StaticSignal("container")
-    lim = limiter(sig, clock, n=100, cpu_budget=0.8)
-    for _ in range(3):
-        _busy(lim, sig, clock, n=10, fast=0.5)
-    _busy(lim, sig, clock, n=0, fast=1.0)
-    _busy(lim, sig, clock, n=0, fast=1.0)  # hot: engaged, nothing over the limit of 100
-    assert _flood(lim, clock, 90) > 50  # 1000/s against a budget of 80/s
-    tick(sig, clock, 0.7, usage_cores=0.35, limit_cores=0.5)  # not hot, not clearly cool: the cool-off holds
-    assert _flood(lim, clock, 90) > 50
-    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # cool because it paces: pacing goes on
-    assert _flood(lim, clock, 90) > 50
-    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)
-    clock.now += 0.05
-    assert _flood(lim, clock, 2) == 0  # demand within the budget: nothing shed in this interval
-    tick(sig, clock, 0.4, usage_cores=0.2, limit_cores=0.5)  # clearly cool, and the load fits: pacing stops
-    assert _flood(lim, clock, 90) == 0
-
-
 # -- step response ------------------------------------------------------------------------------
 
 
@@ -312,7 +186,7 @@ def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
 
     clock, sig = Clock(), StaticSignal("container")
     bbr = Bbr(headroom=0)
-    lim = Limiter(sig, bbr, clock=clock, limit_refresh_s=0.0, cpu_budget=None)
+    lim = Limiter(sig, bbr, policy=Policy(limit_refresh_s=0.0), clock=clock)
     for _ in range(30):  # 3 s at 100/s of 40 ms requests at 1.0 CPU: limit 4
         tick(sig, clock, 0.5, usage_cores=0.5, limit_cores=1.0)
         for _ in range(10):
@@ -326,55 +200,17 @@ def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
     assert lim.snapshot().max_inflight == 2
 
 
-def test_the_budget_steers_the_utilization_to_its_target_while_it_binds() -> None:
-    """Closed loop: a binding budget whose group runs over the target (shedding costs CPU in the
-    group too) lowers its rate, one under it raises it, by at most STEP per reading; throttling
-    cuts it further; a reading that does not bind gives back THROTTLE_GIVE towards 1."""
-    from flowctl.limiter.budget import MAX_SCALE, MIN_SCALE, STEP, THROTTLE_CUT, THROTTLE_GIVE
-
-    b = CpuBudget(0.8)
-    b.observe(10.0, 0.4, 0.5, 0)
-    b.observe(10.1, 0.4, 0.5, 10)  # 4 ms each at 0.4 cores: capacity 125/s
-    assert b.rate_per_s == pytest.approx(100.0) and b.scale == 1.0
-    b.observe(10.2, 0.5, 0.5, 15, binding=True)  # at 100% of the quota: over the 0.8 target
-    assert b.scale == pytest.approx(0.8**0.5)
-    assert b.cpu_per_request_s == pytest.approx(0.004), "no cost is learned while shedding"
-    scale = b.scale
-    b.observe(10.3, 0.5, 0.5, 20, 1.0, binding=True)  # and throttled
-    assert b.scale == pytest.approx(scale * 0.8**0.5 * (1 - THROTTLE_CUT))
-    scale = b.scale
-    b.observe(10.4, 0.1, 0.5, 22, binding=True)  # far under the target: up, by STEP at most
-    assert b.scale == pytest.approx(scale * (1 + STEP))
-    scale = b.scale
-    b.observe(10.5, 0.2, 0.5, 30)  # not binding: back towards 1
-    assert b.scale == pytest.approx(scale + THROTTLE_GIVE)
-    for i in range(100):
-        b.observe(10.6 + i / 10, 0.5, 0.5, 40 + 10 * i, 1.0, binding=True)
-    assert b.scale == MIN_SCALE  # a group throttled whatever we admit: paced at MIN_SCALE, not zero
-    for i in range(100):
-        b.observe(20.6 + i / 10, 0.01, 0.5, 2000 + 10 * i, binding=True)
-    assert b.scale == MAX_SCALE
-
-
-def test_budget_learns_only_from_consecutive_readings() -> None:
+def test_the_cost_learns_only_from_consecutive_readings() -> None:
     """Usage covers one sampler interval: after a gap (readings not observed, or the very first
     one), the completions since the last observation are not a cost sample."""
-    b = CpuBudget(0.8)
-    b.observe(0.0, None, None, 0)  # the unknown first reading
-    b.observe(1000.0, 0.5, 0.5, 10)  # 1000 s later: not a sample (it was: 50 CPU-s per request)
-    assert b.cpu_per_request_s is None
-    b.observe(1000.1, 0.5, 0.5, 20, consecutive=False)
-    assert b.cpu_per_request_s is None
-    b.observe(1000.2, 0.5, 0.5, 30)
-    assert b.cpu_per_request_s == pytest.approx(0.005)
-
-
-def test_throttling_cuts_the_budget_only_while_it_binds() -> None:
-    b = CpuBudget(0.8)
-    b.observe(10.0, 0.35, 0.5, 0, 0.0)
-    b.observe(10.1, 0.35, 0.5, 10, 0.0)
-    b.observe(10.2, 0.35, 0.5, 20, 1.0, binding=False)  # throttled at a load it carries: the arrivals' bursts
-    assert b.scale == 1.0
+    c = CpuCost()
+    c.observe(0.0, None, 0)  # the unknown first reading
+    c.observe(1000.0, 0.5, 10)  # 1000 s later: not a sample (it was: 50 CPU-s per request)
+    assert c.cpu_per_request_s is None
+    c.observe(1000.1, 0.5, 20, consecutive=False)
+    assert c.cpu_per_request_s is None
+    c.observe(1000.2, 0.5, 30)
+    assert c.cpu_per_request_s == pytest.approx(0.005)
 
 
 def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() -> None:
@@ -396,6 +232,16 @@ def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() ->
 
 
 # -- the always-on ceiling ---------------------------------------------------------------------
+
+
+def _busy(lim: Limiter, sig: StaticSignal, clock: Clock, *, n: int, fast: float, limit_cores: float = 0.5) -> None:
+    """``n`` requests of 5 ms of CPU each complete, then the reading that saw them (observed)."""
+    for _ in range(n):
+        d = lim.acquire("critical")
+        assert isinstance(d, Token)
+        d.success()
+    tick(sig, clock, fast, usage_cores=n * 0.005 / INTERVAL_S, limit_cores=limit_cores)
+    lim.snapshot()  # the limiter observes every reading, as it does under steady traffic
 
 
 def _learn_cost(lim: Limiter, sig: StaticSignal, clock: Clock, *, limit_cores: float = 0.5) -> None:
@@ -455,7 +301,7 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
     from flowctl.limit.bbr import Bbr
 
     clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, queue_allowance=3)
+    lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, queue_allowance=3), clock=clock)
     _feed_50ms_requests(lim, sig, clock)
     snap = lim.snapshot()
     assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
@@ -541,7 +387,7 @@ def test_the_engaged_limit_keeps_a_core_busy_while_the_group_runs() -> None:
 
     def run(busy_floor: bool) -> dict[str, float]:
         clock, sig = Clock(), StaticSignal("container")
-        lim = Limiter(sig, Bbr(), clock=clock, limit_refresh_s=0.0, busy_floor=busy_floor)
+        lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, busy_floor=busy_floor), clock=clock)
         _feed_50ms_requests(lim, sig, clock)
         return lim.snapshot().priority_limits
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowctl import FixedLimit, Limiter, Rejection, Token, make_signal
+from flowctl.limiter import Policy
 from tests.cpu.v2_tree import (
     PSI_TOTAL_US,
     cpu_pressure,
@@ -27,7 +28,7 @@ def test_pressure_trigger_fires_on_the_groups_own_psi(tmp_path: Path) -> None:
     process(tmp_path, PID, "/flowctl-test-psi")
     sig = make_signal("container", root=str(tmp_path), pid=PID, interval_s=0.1)
     # CPU gate out of reach (threshold 100x): only the pressure trigger can make it hot.
-    lim = Limiter(sig, FixedLimit(1), cpu_threshold=100.0, pressure_threshold=0.1, cool_off_s=0.0, clock=FakeClock())
+    lim = Limiter(sig, FixedLimit(1), policy=Policy(cpu_threshold=100.0, pressure_threshold=0.1, cool_off_s=0.0), clock=FakeClock())
     sig.sample(now=0.0)
     (leaf / "cpu.stat").write_text(cpu_stat(7.5, 410, 109, 3.45))
     (leaf / "cpu.pressure").write_text(cpu_pressure(PSI_TOTAL_US + 300_000))  # 30% of 1 s

@@ -9,6 +9,7 @@ import aiohttp
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
+from flowctl.limiter import Policy
 from bench.ports import free_port
 from tests.sidecar.conftest import MakeSidecar, Upstream, admin_url, config_for, url
 
@@ -17,7 +18,7 @@ async def test_hot_cpu_sheds_with_503_retry_after_and_json_reason(
     upstream: Upstream, make_sidecar: MakeSidecar, client: aiohttp.ClientSession
 ) -> None:
     cpu = StaticSignal("container", utilization=0.2, utilization_smoothed=0.2, limit_cores=0.5)
-    limiter = Limiter(cpu, FixedLimit(1), cpu_threshold=0.8, cool_off_s=2.0)
+    limiter = Limiter(cpu, FixedLimit(1), policy=Policy(cpu_threshold=0.8, cool_off_s=2.0))
     sc = await make_sidecar(config_for(upstream.url), limiter=limiter, signal=cpu)
 
     async with client.get(url(sc, "/echo")) as r:  # cool CPU: admitted

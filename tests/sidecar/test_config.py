@@ -75,14 +75,6 @@ def test_queue_allowance_is_a_count_or_off() -> None:
     assert load_config(args(), env={"FLOWCTL_QUEUE_ALLOWANCE": "5"}).queue_allowance == 5
 
 
-def test_cpu_budget_is_a_ratio_or_off() -> None:
-    assert load_config(args(), env={}).cpu_budget is None
-    assert load_config(args("--cpu-budget", "0.85"), env={}).cpu_budget == 0.85
-    assert load_config(args("--cpu-budget", "off"), env={}).cpu_budget is None
-    with pytest.raises(ConfigError, match=r"^cpu_budget:"):
-        load_config(args("--cpu-budget", "1.5"), env={})
-
-
 def test_unknown_toml_key_and_bad_toml(tmp_path: Path) -> None:
     bad = tmp_path / "a.toml"
     bad.write_text("upstrem = 'http://x'\n")

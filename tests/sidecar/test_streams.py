@@ -15,6 +15,7 @@ from aiohttp import web
 from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
+from flowctl.limiter import Policy
 from tests.sidecar.conftest import CLIENT, MakeSidecar, admin_url, config_for, url
 
 WAIT_S = 10.0  # generous: an event that never comes fails the test, it is not a timing goal
@@ -131,7 +132,7 @@ async def test_small_body_already_here_is_written_whole(gated: Gated, make_sidec
 
 def _hot_limiter() -> tuple[StaticSignal, Limiter]:
     cpu = StaticSignal("container", utilization=0.95, utilization_smoothed=0.95, limit_cores=0.5)
-    return cpu, Limiter(cpu, FixedLimit(1), cpu_threshold=0.8, cool_off_s=0.0)
+    return cpu, Limiter(cpu, FixedLimit(1), policy=Policy(cpu_threshold=0.8, cool_off_s=0.0))
 
 
 async def _plain_answered(client: aiohttp.ClientSession, target: str, n: int) -> int:
