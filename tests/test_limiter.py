@@ -28,7 +28,7 @@ from flowctl.limiter import (
     Trigger,
 )
 from flowctl.signal import CpuReading, StaticSignal
-from flowctl.limiter import Policy
+from flowctl.limiter import LimiterSnapshot, Policy
 from flowctl.limiter.policy import limiter_kwargs
 
 
@@ -140,7 +140,7 @@ def test_unknown_cpu_is_not_hot(clock: FakeClock) -> None:
     sig = StaticSignal("container")  # no reading yet
     lim = make(sig, clock, n=1)
     fill(lim, 5)
-    assert lim.snapshot().hot is False
+    assert observed(lim).hot is False
 
 
 def test_empty_limiter_never_sheds_on_the_inflight_rule(sig: StaticSignal, clock: FakeClock) -> None:
@@ -226,7 +226,7 @@ def test_cool_off_is_measured_from_the_last_drop(sig: StaticSignal, clock: FakeC
     d = lim.acquire()
     assert isinstance(d, Rejection)
     assert d.reason.trigger == "cool_off" and d.reason.cool_off
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.cool_off and snap.cool_off_until == pytest.approx(t0 + 2.5)
     clock.now = t0 + 2.51
     assert lim.acquire().admitted
@@ -256,7 +256,7 @@ def test_cool_off_zero_disables_it(sig: StaticSignal, clock: FakeClock) -> None:
 
 def test_default_priority_policy_caps(sig: StaticSignal, clock: FakeClock) -> None:
     lim = make(sig, clock, n=10)
-    assert lim.snapshot().priority_limits == {"critical": 30.0, "default": 10.0, "sheddable": 5.0}
+    assert observed(lim).priority_limits == {"critical": 30.0, "default": 10.0, "sheddable": 5.0}
     lim1 = make(sig, clock, n=1)
     assert lim1.snapshot().priority_limits == {"critical": 3.0, "default": 1.0, "sheddable": 1.0}
 
@@ -270,7 +270,7 @@ def test_sheddable_goes_first_critical_last_under_one_shared_count(sig: StaticSi
     assert not lim.acquire("default").admitted
     fill(lim, 20, "critical")
     assert not lim.acquire("critical").admitted
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.inflight == 30
     assert snap.inflight_by_priority == {"critical": 25, "default": 5, "sheddable": 0}
 
@@ -281,7 +281,7 @@ def test_unknown_priority_counts_as_default(sig: StaticSignal, clock: FakeClock)
     fill(lim, 2, "whatever")
     d = lim.acquire("bogus")
     assert isinstance(d, Rejection) and d.reason.priority == "default"
-    assert lim.snapshot().inflight_by_priority["default"] == 2
+    assert observed(lim).inflight_by_priority["default"] == 2
     assert ("default", "bogus") not in lim._partitions.slots  # arbitrary names never grow state
     assert ("default", "bogus") not in lim._lookup
 
@@ -298,7 +298,7 @@ def test_acquire_without_priority_uses_the_configured_default(sig: StaticSignal,
     bogus = lim.acquire("bogus")  # unknown names: the configured default too
     assert isinstance(bogus, Rejection) and bogus.reason.priority == "sheddable"
     fill(lim, 1, "default")  # an explicit class is still that class
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.inflight_by_priority == {"critical": 0, "default": 1, "sheddable": 2}
     assert snap.requests[("default", "sheddable", "shed")] == 2
 
@@ -382,7 +382,7 @@ def test_dry_run_admits_counts_and_explains(sig: StaticSignal, clock: FakeClock)
     d = lim.acquire()
     assert isinstance(d, Token) and d.admitted
     assert d.reason is not None and d.reason.dry_run and d.reason.trigger == "cpu"
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.inflight == 2
     assert snap.requests[("default", "default", "dry_run_shed")] == 1
     assert snap.requests[("default", "default", "admitted")] == 1
@@ -549,7 +549,7 @@ def test_release_is_idempotent_and_never_negative(sig: StaticSignal, clock: Fake
     t.ignore()
     t.dropped()
     assert lim.inflight == 0 and t.released
-    assert lim.snapshot().inflight_by_priority["default"] == 0
+    assert observed(lim).inflight_by_priority["default"] == 0
 
 
 def test_release_returns_the_rt_once(sig: StaticSignal, clock: FakeClock) -> None:
@@ -591,7 +591,7 @@ def test_bbr_learns_from_released_tokens(sig: StaticSignal, clock: FakeClock) ->
         clock.advance(0.01)
         t.success()
     clock.advance(0.001)
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.warm and snap.min_rt_s == pytest.approx(0.01)
     assert snap.max_inflight == 1  # 100/s * 10 ms
 
@@ -648,7 +648,7 @@ def test_forgotten_token_is_released_and_counted(sig: StaticSignal, clock: FakeC
     lim.acquire()  # dropped on the floor
     gc.collect()
     assert lim.inflight == 0
-    assert lim.snapshot().tokens_leaked == 1
+    assert observed(lim).tokens_leaked == 1
 
 
 def test_token_properties(sig: StaticSignal, clock: FakeClock) -> None:
@@ -671,7 +671,7 @@ def test_cold_start_caps_a_start_up_overload_without_shedding_everything(clock: 
     decisions = [lim.acquire() for _ in range(100)]
     admitted = [d for d in decisions if d.admitted]
     assert len(admitted) == 16  # Bbr's cold_start_inflight: neither 100 (collapse) nor 0
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert not snap.warm and snap.max_inflight == 16
     for d in admitted:
         d.success()
@@ -685,7 +685,7 @@ def test_cold_start_then_learns_the_real_limit(clock: FakeClock) -> None:
         clock.advance(0.005)
         t.success()
     clock.advance(0.001)
-    assert lim.snapshot().max_inflight == 1
+    assert observed(lim).max_inflight == 1
     fill(lim, 1)
     assert not lim.acquire().admitted
 
@@ -762,7 +762,7 @@ def test_resources_beyond_the_bound_share_one_bucket(sig: StaticSignal, clock: F
     lim = make(sig, clock, n=100, max_resources=3)
     for i in range(10):
         lim.acquire(resource=f"r{i}").success()
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert set(snap.inflight_by_resource) == {"r0", "r1", "r2", OTHER_RESOURCE}
     assert snap.requests[(OTHER_RESOURCE, "default", "admitted")] == 7
     assert len(lim._partitions.slots) == 4
@@ -775,7 +775,7 @@ def test_snapshot_counts_and_is_json_able(sig: StaticSignal, clock: FakeClock) -
     sig.set(utilization=0.9)
     lim.acquire("sheddable", "api")
     lim.acquire("default", "web")
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.inflight == 1
     assert snap.inflight_by_resource == {"api": 1, "web": 0}
     assert snap.requests[("api", "critical", "admitted")] == 1
@@ -798,7 +798,7 @@ def test_snapshot_lists_every_hot_signal_and_a_shed_names_the_first(sig: StaticS
     lim = make(sig, clock, n=1, throttled_threshold=0.2, pressure_threshold=0.3, triggers=[trig])
     fill(lim, 1)
     sig.set(utilization=0.9, throttled_ratio=0.5, pressure_ratio=0.5)
-    assert lim.snapshot().hot_triggers == ("cpu", "throttled", "pressure", "q")
+    assert observed(lim).hot_triggers == ("cpu", "throttled", "pressure", "q")
     expected = [("cpu", 0.9), ("throttled", 0.5), ("pressure", 0.5), ("q", 6)]
     for trigger, value in expected:
         d = lim.acquire()
@@ -809,7 +809,7 @@ def test_snapshot_lists_every_hot_signal_and_a_shed_names_the_first(sig: StaticS
             sig.set(throttled_ratio=0.0)
         elif trigger == "pressure":
             sig.set(pressure_ratio=0.0)
-    assert lim.snapshot().hot_triggers == ("q",)
+    assert observed(lim).hot_triggers == ("q",)
 
 
 def test_snapshot_before_any_drop_has_no_cool_off_time(sig: StaticSignal, clock: FakeClock) -> None:
@@ -894,6 +894,12 @@ def test_every_real_cpu_view_plugs_in(view: str) -> None:
     held = lim.acquire()
     d = lim.acquire()
     assert d.admitted or (isinstance(d, Rejection) and d.reason.signal_name == view)
-    assert lim.snapshot().signal_name == view
+    assert observed(lim).signal_name == view
     held.success()
     d.success()
+
+
+def observed(lim: Limiter) -> LimiterSnapshot:
+    """The snapshot after the limiter took in the latest reading (snapshot() itself only reads)."""
+    lim.observe()
+    return lim.snapshot()

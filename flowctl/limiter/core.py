@@ -591,12 +591,20 @@ class Limiter:
 
     # -- state --------------------------------------------------------------------
 
-    def snapshot(self) -> LimiterSnapshot:
-        """A consistent copy of the current state (O(resources x priorities), not for the hot path)."""
+    def observe(self) -> None:
+        """Take in the signal's latest reading (if not yet seen) and re-read the algorithm's limit, as
+        admission does on its own before deciding; for callers with no request to admit (tests)."""
         now = self._clock()
         if self._gate._signal.reading is not self._gate.seen:
             self._observe(now)
         self._refresh(now)
+
+    def snapshot(self) -> LimiterSnapshot:
+        """A consistent copy of the current state (O(resources x priorities), not for the hot path).
+
+        Only reads: a scrape never feeds admission (the reading the limiter last observed, the
+        limit it last refreshed)."""
+        now = self._clock()
         stats = self.algorithm.stats(now)
         by_prio = {name: 0 for name in self._partitions.by_name}
         by_res: dict[str, int] = {}

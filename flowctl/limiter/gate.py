@@ -155,12 +155,13 @@ class HotGate:
         return None
 
     def every_hot(self, now: float) -> list[str]:
-        """Every signal that is hot now, by trigger name (for snapshots; triggers polled)."""
-        r = self._signal.reading
+        """Every signal that is hot, by trigger name, as of the last observed reading (for snapshots;
+        triggers polled)."""
         hot = []
-        if self.seen is r and self.hot is not None and self.hot[0] == "cpu":
+        if self.hot is not None and self.hot[0] == "cpu":
             hot.append("cpu")
-        hot.extend(h[0] for h in self._optional_hot(r))
+        if self.seen is not None:
+            hot.extend(h[0] for h in self._optional_hot(self.seen))
         for t in self.triggers:
             v = t.check(now)
             if v is not None and v >= t.threshold:

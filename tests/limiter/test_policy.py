@@ -14,7 +14,7 @@ from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter, Rejection, Token
 from flowctl.limiter.cost import CpuCost
 from flowctl.signal import CpuReading, StaticSignal
-from flowctl.limiter import Policy
+from flowctl.limiter import LimiterSnapshot, Policy
 from flowctl.limiter.policy import limiter_kwargs
 
 INTERVAL_S = 0.1
@@ -71,7 +71,7 @@ def test_a_gap_between_hot_readings_restarts_the_streak() -> None:
     clock.now += 5 * INTERVAL_S  # readings taken meanwhile were never observed
     tick(sig, clock, 0.95)
     lim.acquire().success()
-    assert not lim.snapshot().hot
+    assert not observed(lim).hot
 
 
 def test_the_smoothed_signal_is_hot_at_once() -> None:
@@ -123,14 +123,14 @@ def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float,
     for fast, smoothed, ops in steps:
         if (prev_hot or queued) and fast >= 0.8:
             fast = 0.5  # never two hot fast readings in a row, nor one after a ceiling shed
-        prev_hot, observed = fast >= 0.8, False
+        prev_hot, seen = fast >= 0.8, False
         tick(sig, clock, fast, smoothed, usage_cores=fast * 0.5, limit_cores=0.5)
         for op in ops:
             clock.now += 0.001
             if op == "acquire":
-                ceiling, before = lim.snapshot().priority_ceilings["default"], lim.inflight
-                queued = queued and observed  # the snapshot observed this reading, with the shed
-                observed = True
+                ceiling, before = observed(lim).priority_ceilings["default"], lim.inflight
+                queued = queued and seen  # the snapshot observed this reading, with the shed
+                seen = True
                 d = lim.acquire()
                 if before < ceiling:
                     assert isinstance(d, Token), d
@@ -139,10 +139,10 @@ def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float,
                     assert queue is not None
                     queued = True
                     assert isinstance(d, Rejection) and d.reason.trigger == "queue", d
-                    assert not d.reason.cool_off and not lim.snapshot().cool_off
+                    assert not d.reason.cool_off and not observed(lim).cool_off
             elif held:
                 held.pop(0).success()
-    assert set(lim.snapshot().shed_by_reason) <= {("default", "queue")}
+    assert set(observed(lim).shed_by_reason) <= {("default", "queue")}
 
 
 # -- the cool-off ------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_a_clearly_cool_reading_ends_the_cool_off() -> None:
     lim = limiter(sig, clock)
     held = lim.acquire()
     tick(sig, clock, 0.95)
-    lim.snapshot()
+    observed(lim)
     tick(sig, clock, 0.95)
     assert isinstance(lim.acquire(), Rejection)  # hot: shed over the limit, cool-off started
     tick(sig, clock, 0.7)  # under the threshold but not clearly cool: the cool-off holds
@@ -169,7 +169,7 @@ def test_cool_fraction_zero_keeps_the_whole_cool_off() -> None:
     lim = limiter(sig, clock, cool_fraction=0.0)
     held = lim.acquire()
     tick(sig, clock, 0.95)
-    lim.snapshot()
+    observed(lim)
     tick(sig, clock, 0.95)
     assert isinstance(lim.acquire(), Rejection)
     tick(sig, clock, 0.1)
@@ -195,9 +195,9 @@ def test_a_quota_change_rescales_the_algorithm_at_the_next_reading() -> None:
             clock.now += 0.004
             d.start = clock.now - 0.040
             d.success()
-    assert lim.snapshot().max_inflight == 4
+    assert observed(lim).max_inflight == 4
     tick(sig, clock, 1.0, usage_cores=0.5, limit_cores=0.5)  # resized to 0.5 CPU
-    assert lim.snapshot().max_inflight == 2
+    assert observed(lim).max_inflight == 2
 
 
 def test_the_cost_learns_only_from_consecutive_readings() -> None:
@@ -222,13 +222,13 @@ def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() ->
     def unnumbered(fast: float) -> None:
         clock.now += INTERVAL_S
         sig.reading = CpuReading(at=clock.now, utilization=fast, utilization_smoothed=0.1)
-        lim.snapshot()
+        observed(lim)
 
     unnumbered(0.95)
     unnumbered(0.95)  # the first gap: not yet known to be one interval
-    assert not lim.snapshot().hot
+    assert not observed(lim).hot
     unnumbered(0.95)  # same gap as the last one: in a row
-    assert lim.snapshot().hot
+    assert observed(lim).hot
 
 
 # -- the always-on ceiling ---------------------------------------------------------------------
@@ -241,7 +241,7 @@ def _busy(lim: Limiter, sig: StaticSignal, clock: Clock, *, n: int, fast: float,
         assert isinstance(d, Token)
         d.success()
     tick(sig, clock, fast, usage_cores=n * 0.005 / INTERVAL_S, limit_cores=limit_cores)
-    lim.snapshot()  # the limiter observes every reading, as it does under steady traffic
+    observed(lim)  # the limiter observes every reading, as it does under steady traffic
 
 
 def _learn_cost(lim: Limiter, sig: StaticSignal, clock: Clock, *, limit_cores: float = 0.5) -> None:
@@ -256,14 +256,14 @@ def test_the_ceiling_caps_an_onset_before_any_hot_reading() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock, n=100, queue_allowance=3)
     _learn_cost(lim, sig, clock)
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.cpu_per_request_s == pytest.approx(0.005)
     assert snap.priority_ceilings["default"] == 3  # FixedLimit has no min RT: pipe 0, the queue only
     got = [lim.acquire() for _ in range(10)]
     admitted = [d for d in got if isinstance(d, Token)]
     shed = [d for d in got if isinstance(d, Rejection)]
     assert len(admitted) == 3 and len(shed) == 7
-    assert {d.reason.trigger for d in shed} == {"queue"} and not lim.snapshot().cool_off
+    assert {d.reason.trigger for d in shed} == {"queue"} and not observed(lim).cool_off
     admitted[0].success()
     assert isinstance(lim.acquire(), Token)
 
@@ -279,7 +279,7 @@ def test_the_ceiling_is_off_until_the_cost_is_known() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock, n=100, queue_allowance=3)
     tick(sig, clock, 0.1, usage_cores=0.05, limit_cores=0.5)
-    assert lim.snapshot().priority_ceilings["default"] == math.inf
+    assert observed(lim).priority_ceilings["default"] == math.inf
     assert all(isinstance(lim.acquire(), Token) for _ in range(20))
 
 
@@ -292,7 +292,7 @@ def _feed_50ms_requests(lim: Limiter, sig: StaticSignal, clock: Clock) -> None:
             d.success()  # RT 50 ms
         clock.now += 0.05
         sig.reading = reading(clock, 0.5, usage_cores=10 * 0.005 / INTERVAL_S, limit_cores=0.5)
-        lim.snapshot()
+        observed(lim)
 
 
 def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
@@ -303,7 +303,7 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, queue_allowance=3), clock=clock)
     _feed_50ms_requests(lim, sig, clock)
-    snap = lim.snapshot()
+    snap = observed(lim)
     assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
     assert snap.min_rt_s == pytest.approx(0.05)
     pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
@@ -311,7 +311,7 @@ def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
     assert snap.priority_ceilings == {"critical": math.ceil(pipe + 9), "default": math.ceil(pipe + 3),
                                       "sheddable": math.ceil(pipe + 3)}  # fmt: skip
     tick(sig, clock, 0.5, usage_cores=0.0, limit_cores=0.25)
-    assert lim.snapshot().priority_ceilings["default"] == math.ceil(pipe / 2 + 3)
+    assert observed(lim).priority_ceilings["default"] == math.ceil(pipe / 2 + 3)
 
 
 def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:
@@ -321,11 +321,11 @@ def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:
     _learn_cost(lim, sig, clock)
     for _ in range(2):
         tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
-        lim.snapshot()
+        observed(lim)
     first = lim.acquire("critical")
     d = lim.acquire("default")
     assert isinstance(first, Token) and isinstance(d, Rejection) and d.reason.trigger == "cpu"
-    ceiling = int(lim.snapshot().priority_ceilings["critical"])
+    ceiling = int(observed(lim).priority_ceilings["critical"])
     assert ceiling >= 9  # ceil(pipe + 9)
     crit = [lim.acquire("critical") for _ in range(ceiling)]
     assert [isinstance(c, Token) for c in crit] == [True] * (ceiling - 1) + [False]
@@ -344,8 +344,8 @@ def test_a_ceiling_shed_makes_one_hot_reading_enough() -> None:
     lim = limiter(sig, clock, n=1, queue_allowance=3)
     _learn_cost(lim, sig, clock)
     tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
-    lim.snapshot()
-    assert not lim.snapshot().hot  # a spike alone
+    observed(lim)
+    assert not observed(lim).hot  # a spike alone
     tick(sig, clock, 0.5, usage_cores=0.25, limit_cores=0.5)
     held = [lim.acquire() for _ in range(4)]
     assert isinstance(held[-1], Rejection) and held[-1].reason.trigger == "queue"
@@ -365,8 +365,8 @@ def test_a_loop_lag_shed_makes_one_hot_reading_enough() -> None:
     lag = FakeTrigger(threshold=0.05, bypass_inflight=True)
     lim = limiter(sig, clock, n=1, triggers=[lag])
     tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
-    lim.snapshot()
-    assert not lim.snapshot().hot  # a spike alone
+    observed(lim)
+    assert not observed(lim).hot  # a spike alone
     tick(sig, clock, 0.5, usage_cores=0.25, limit_cores=0.5)
     lag.value = 0.2
     d = lim.acquire("sheddable")
@@ -389,7 +389,13 @@ def test_the_engaged_limit_keeps_a_core_busy_while_the_group_runs() -> None:
         clock, sig = Clock(), StaticSignal("container")
         lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, busy_floor=busy_floor), clock=clock)
         _feed_50ms_requests(lim, sig, clock)
-        return lim.snapshot().priority_limits
+        return observed(lim).priority_limits
 
     assert run(True)["default"] == 10
     assert run(False)["default"] == 5
+
+
+def observed(lim: Limiter) -> LimiterSnapshot:
+    """The snapshot after the limiter took in the latest reading (snapshot() itself only reads)."""
+    lim.observe()
+    return lim.snapshot()
