@@ -22,8 +22,8 @@ def rejection_parts(decision: Rejection, *, reason_header: str | None = None) ->
     """The headers and JSON body of a shed response.
 
     Headers: ``Retry-After`` (whole seconds, at least 1) and, with ``reason_header``, the
-    trigger under that name. Body: ``{"error": "overloaded", "reason": <trigger>,
-    "retry_after_s": <float>}``. The status (503 or 429) is the integration's choice.
+    trigger under that name. Body: ``{"error": "overloaded", "reason": <trigger>, "stage": <the
+    stage that shed>, "retry_after_s": <float>}``. The status (503 or 429) is the integration's choice.
     """
     trigger = decision.reason.trigger
     retry_after_s = float(decision.retry_after_s)
@@ -32,7 +32,8 @@ def rejection_parts(decision: Rejection, *, reason_header: str | None = None) ->
     headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
     if reason_header is not None:
         headers[reason_header] = trigger
-    return headers, {"error": "overloaded", "reason": trigger, "retry_after_s": round(retry_after_s, 3)}
+    body = {"error": "overloaded", "reason": trigger, "stage": decision.reason.stage, "retry_after_s": round(retry_after_s, 3)}
+    return headers, body
 
 
 def metrics_page(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:

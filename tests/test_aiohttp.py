@@ -356,6 +356,7 @@ async def test_rejection_status_retry_after_and_json_reason(cleanup: list[Client
     assert r.headers["X-Flowctl-Reason"] == "cpu"
     body = await r.json()
     assert body["error"] == "overloaded" and body["reason"] == "cpu" and body["retry_after_s"] > 0
+    assert body["stage"] == "limit"
     assert env.requests("hello", "shed") == 1
     assert env.get("flowctl_shed_total", resource="hello", reason="cpu") == 1
     assert env.get("flowctl_request_duration_seconds_count", resource="hello") == 0  # shed: not timed

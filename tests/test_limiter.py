@@ -331,6 +331,7 @@ def test_reason_carries_every_field_and_is_json_able(sig: StaticSignal, clock: F
     r = d.reason
     assert r == Reason(
         trigger="cpu",
+        stage="limit",
         signal_name="container",
         signal_value=0.91,
         threshold=0.8,
@@ -492,7 +493,7 @@ def test_bypass_trigger_with_quiet_until_is_not_called_before_it(sig: StaticSign
     assert (quiet.calls, plain.calls) == (0, 3)
     clock.now += 1.0  # now == quiet_until: due
     d = lim.acquire()
-    assert isinstance(d, Rejection) and d.reason.trigger == "loop_lag"
+    assert isinstance(d, Rejection) and d.reason.trigger == "loop_lag" and d.reason.stage == "lag"
     assert (quiet.calls, plain.calls) == (1, 3)  # shed at the first trigger; the second is not asked
     assert lim.triggers == (quiet, plain)  # the triggers as given, not the limiter's view of them
 

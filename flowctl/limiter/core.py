@@ -276,7 +276,8 @@ class Limiter:
         inflight = self._inflight
         if inflight >= slot.partition.ceiling:
             self._queue_sheds += 1
-            return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling, False)
+            return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling, False,
+                              "ceiling")  # fmt: skip
         if now < self._engaged_until:
             decision = self._engaged(now, slot, inflight)
             if decision is not None:
@@ -297,7 +298,7 @@ class Limiter:
                     threshold = t.threshold * slot.partition.trigger_scale
                     if v >= threshold:
                         self._queue_sheds += 1  # a late event loop: work queues too
-                        return self._shed(now, slot, inflight, t.name, t.name, v, threshold)
+                        return self._shed(now, slot, inflight, t.name, t.name, v, threshold, True, "lag")
         self._inflight = inflight + 1
         self._admits += 1
         slot.admitted += 1
@@ -485,7 +486,7 @@ class Limiter:
         if not engaged:
             self._queue_sheds += 1
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
-                          engaged)  # fmt: skip
+                          engaged, "period")  # fmt: skip
 
     def _froze(self, now: float, frozen_s: float, period_s: float | None) -> None:
         """The group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):
@@ -525,6 +526,7 @@ class Limiter:
         value: float | None,
         threshold: float | None,
         cool: bool = True,
+        stage: str = "limit",
     ) -> Rejection | DryRunStart:
         """Record a shed (a Rejection) or a dry-run would-shed (admitted at ``now``, a
         ``DryRunStart``), restart the cool-off (unless ``cool`` is False: a ceiling shed), build
@@ -546,6 +548,7 @@ class Limiter:
         reason = new_reason(
             {
                 "trigger": trigger,
+                "stage": stage,
                 "signal_name": signal_name,
                 "signal_value": value,
                 "threshold": threshold,

@@ -20,8 +20,10 @@ __all__ = ["Decision", "DryRunStart", "Reason", "Rejection", "Releaser", "Token"
 class Reason:
     """Why a request was (or, in dry-run, would have been) shed. ``as_dict()`` is JSON-able.
 
-    - ``trigger``: ``"cpu"``, ``"cool_off"``, ``"throttled"``, ``"pressure"``,
-      ``"limit"`` (ungated limiter) or a ``Trigger``'s name (e.g. ``"loop_lag"``).
+    - ``trigger``: ``"queue"``, ``"cpu"``, ``"cool_off"``, ``"throttled"``, ``"pressure"``,
+      ``"cpu_period"``, ``"limit"`` (ungated limiter) or a ``Trigger``'s name (e.g. ``"loop_lag"``).
+    - ``stage``: the stage of admission that shed (docs/limiter.md, "How it decides"):
+      ``"ceiling"``, ``"limit"``, ``"period"`` or ``"lag"``.
     - ``signal_name`` / ``signal_value`` / ``threshold``: what fired and its
       threshold (for bypass triggers, the threshold already scaled for the priority).
     - ``inflight``: in-flight before this request; ``max_inflight``: the
@@ -31,6 +33,7 @@ class Reason:
     """
 
     trigger: str
+    stage: str
     signal_name: str
     signal_value: float | None
     threshold: float | None

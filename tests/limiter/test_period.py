@@ -193,7 +193,7 @@ def test_while_engaged_the_period_gate_paces_and_only_the_ceiling_bounds_infligh
     assert not any(isinstance(d, Rejection) for d in admitted)
     bw.spend(0.04)  # 40 ms used: in-flight 3 need 15 ms more
     d = lim.acquire()
-    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
+    assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period" and d.reason.stage == "period"
     bw.periods += 1  # a new period
     clock.now += 0.05
     assert not isinstance(lim.acquire(), Rejection)

@@ -264,6 +264,7 @@ def test_the_ceiling_caps_an_onset_before_any_hot_reading() -> None:
     shed = [d for d in got if isinstance(d, Rejection)]
     assert len(admitted) == 3 and len(shed) == 7
     assert {d.reason.trigger for d in shed} == {"queue"} and not observed(lim).cool_off
+    assert {d.reason.stage for d in shed} == {"ceiling"}
     admitted[0].success()
     assert isinstance(lim.acquire(), Token)
 

@@ -325,7 +325,7 @@ def test_the_sidecar_and_the_middleware_shed_with_the_same_rejection_parts() -> 
 
     assert vars(sidecar.proxy)["rejection_parts"] is flowctl.http.rejection_parts  # one shared shape
     assert vars(flowctl.aiohttp)["rejection_parts"] is flowctl.http.rejection_parts
-    shed = SimpleNamespace(reason=SimpleNamespace(trigger="cpu"), retry_after_s=math.inf)
+    shed = SimpleNamespace(reason=SimpleNamespace(trigger="cpu", stage="limit"), retry_after_s=math.inf)
     r = flowctl.aiohttp.rejection_response(shed, status=429, reason_header="X-Flowctl-Reason")  # type: ignore[arg-type]
     assert r.status == 429 and r.headers["Retry-After"] == "1" and r.headers["X-Flowctl-Reason"] == "cpu"
-    assert r.text is not None and json.loads(r.text) == {"error": "overloaded", "reason": "cpu", "retry_after_s": 1.0}
+    assert r.text is not None and json.loads(r.text) == {"error": "overloaded", "reason": "cpu", "stage": "limit", "retry_after_s": 1.0}
