@@ -87,7 +87,9 @@ starts and stops only what it creates: pass your own ``limiter`` (or
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import math
 import time
 from bisect import bisect_left
@@ -166,9 +168,43 @@ class Flowctl:
     owned: list[_Lifetime] = field(default_factory=list)
     #: multiprocess mode (PROMETHEUS_MULTIPROC_DIR): publishes this worker's state for /metrics
     publisher: MultiprocessPublisher | None = None
+    #: the last sheds, newest last: (unix time, method, path, Reason), for /debug/limiter
+    rejections: collections.deque[tuple[float, str, str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=REJECTIONS_KEPT))
 
 
 FLOWCTL = web.AppKey("flowctl", Flowctl)
+REJECTIONS_KEPT = 100
+"""How many recent sheds ``/debug/limiter`` lists."""
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def debug_handler(state: Flowctl) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/debug/limiter``: the limiter's snapshot and policy, every CPU view, the last sheds with the
+    stage that shed each; answered to loopback clients only (404 to others)."""
+    from dataclasses import asdict
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.remote not in _LOOPBACK:
+            raise web.HTTPNotFound()
+        limiter = state.limiter
+        views = {limiter.signal.name: limiter.signal, **state.views}
+        details = {}
+        for name, sig in views.items():
+            describe = getattr(sig, "details", None)
+            details[name] = describe() if callable(describe) else None
+        body = {
+            "at_unix_s": time.time(),
+            "limiter": limiter.snapshot().as_dict(),
+            "policy": asdict(limiter.policy),
+            "cpu": {name: asdict(sig.reading) for name, sig in views.items()},
+            "cpu_details": details,
+            "rejections": [{"at_unix_s": at, "method": method, "path": path, **reason.as_dict()}
+                           for at, method, path, reason in reversed(state.rejections)],
+        }  # fmt: skip
+        return web.json_response(body, dumps=lambda o: json.dumps(o, indent=2, default=str))
+
+    return handle
 
 
 def priority(name: str) -> Callable[[_F], _F]:
@@ -235,6 +271,7 @@ def setup(
     view: str = "container",
     registry: CollectorRegistry | None = None,
     metrics_path: str | None = "/metrics",
+    debug_path: str | None = "/debug/limiter",
     exempt_paths: Iterable[str] = ("/healthz", "/metrics"),
     reject_status: int = 503,
     reason_header: str | None = None,
@@ -263,7 +300,8 @@ def setup(
     ``time.monotonic``: the limiter's clock must be the same. A monitor is
     always run by the app (one that is not started never queues probes, so never fires). ``registry``:
     where metrics go (a new ``CollectorRegistry`` if None; never the global
-    one). ``metrics_path=None`` adds no route. Priorities (``priorities``
+    one). ``metrics_path=None`` adds no route. ``debug_path`` (default ``/debug/limiter``,
+    loopback clients only) serves the limiter's state and its last sheds; None adds no route. Priorities (``priorities``
     values, ``default_priority``, ``unmatched_priority``, ``@priority``) must
     be classes of the limiter (``limiter.priorities``); ``default_priority``
     None is the limiter's ``default_priority``, ``unmatched_priority`` None is
@@ -346,6 +384,8 @@ def setup(
         owned.append(publisher)
 
     exempt = set(exempt_paths)
+    if debug_path is not None:
+        exempt.add(debug_path)
     if metrics_path is not None:
         exempt.add(metrics_path)
         handle_metrics = metrics_handler(registry) if publisher is None else multiprocess_metrics_handler(publisher)
@@ -365,6 +405,8 @@ def setup(
         owned=owned,
         publisher=publisher,
     )
+    if debug_path is not None:
+        app.router.add_get(debug_path, debug_handler(state), name="flowctl_debug_limiter")
     state.guard = _make_guard(
         state, trusted_priority_header=trusted_priority_header, reason_header=reason_header, session_after_s=session_after_s
     )
@@ -459,6 +501,7 @@ def _make_guard(
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
     sessions = state.sessions
+    recent = state.rejections
 
     async def serve_session(
         handler: _Handler, request: web.Request, slot: Any, start: float, resource: str, observer: DurationHistogram
@@ -523,6 +566,7 @@ def _make_guard(
             # exactly once. The histogram records the RT the release returns (no clock read here).
             start = admit(slot)
             if start.__class__ is Rejection:
+                recent.append((time.time(), request.method, request.path, start.reason))
                 return rejection_response(start, status=reject_status, reason_header=reason_header)
             if is_long_lived or request._message.upgrade:  # a WebSocket handshake, or a long-lived route
                 return await serve_session(handler, request, slot, start, resource, observer)

@@ -366,6 +366,24 @@ async def test_rejection_status_retry_after_and_json_reason(cleanup: list[Client
     assert env.limiter.inflight == 0
 
 
+async def test_debug_limiter_names_the_stage_of_each_shed(cleanup: list[Client]) -> None:
+    """``/debug/limiter`` (loopback only): snapshot, policy, CPU views and the last sheds, newest first."""
+    env = Env(hot=True)
+    client = await start(env, cleanup)
+    held = asyncio.ensure_future(client.get("/slow"))
+    await wait_for(lambda: env.entered == 1)
+    assert (await client.get("/")).status == 503
+    r = await client.get("/debug/limiter")
+    assert r.status == 200
+    body = await r.json()
+    assert body["policy"]["cpu_threshold"] == 0.8 and body["limiter"]["inflight"] == 1
+    assert "container" in body["cpu"]
+    (shed,) = body["rejections"]
+    assert (shed["path"], shed["trigger"], shed["stage"], shed["resource"]) == ("/", "cpu", "limit", "hello")
+    env.gate.set()
+    assert (await held).status == 200
+
+
 async def test_no_reason_header_unless_configured(cleanup: list[Client]) -> None:
     env = Env(hot=True)
     client = await start(env, cleanup)
