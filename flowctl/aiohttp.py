@@ -73,6 +73,12 @@ The middleware only translates (the Limiter decides):
   per-request cost for plain requests is one attribute test (the upgrade flag
   aiohttp's parser already set).
 
+- **quotas** (``quotas=[...]``, ``quota_store="redis://..."``; see ``flowctl.quota`` and
+  docs/quota.md): after the limiter admits a request, the rules that match it
+  debit its key (one Redis round trip, none for a key known to be over). Over a
+  quota: 429 with ``Retry-After``, ``RateLimit-Policy`` / ``RateLimit`` and
+  ``{"error": "quota", ...}``; the limiter's slot is released with ``ignore()``.
+
 - **the asyncio blind spot**: a handler that blocks the loop hides the queue
   from the middleware (in-flight stays 1). A ``LoopLagMonitor`` trigger with
   ``bypass_inflight=True`` sheds requests that reach the middleware after the
@@ -115,6 +121,7 @@ from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
     from flowctl.limiter import Limiter, Rejection
+    from flowctl.quota import QuotaRejection, QuotaRule, Quotas
 
 __all__ = [
     "FLOWCTL",
@@ -124,6 +131,7 @@ __all__ = [
     "metrics_handler",
     "multiprocess_metrics_handler",
     "priority",
+    "quota_response",
     "rejection_response",
     "setup",
 ]
@@ -166,6 +174,8 @@ class Flowctl:
     owned: list[_Lifetime] = field(default_factory=list)
     #: multiprocess mode (PROMETHEUS_MULTIPROC_DIR): publishes this worker's state for /metrics
     publisher: MultiprocessPublisher | None = None
+    #: quotas across replicas (``setup(quotas=...)``), checked after admission
+    quotas: Quotas | None = None
 
 
 FLOWCTL = web.AppKey("flowctl", Flowctl)
@@ -200,6 +210,14 @@ def rejection_response(decision: Rejection, *, status: int = 503, reason_header:
     ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
     the trigger is also sent in that header (``flowctl.http.rejection_parts``)."""
     headers, body = rejection_parts(decision, reason_header=reason_header)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def quota_response(rejection: QuotaRejection) -> web.Response:
+    """The answer to a request refused by a quota (429) or by a store down in mode closed (503)."""
+    from flowctl.quota import quota_parts
+
+    status, headers, body = quota_parts(rejection)
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -251,6 +269,11 @@ def setup(
     long_lived: Iterable[str] = (),
     session_after_s: float | None = 1.0,
     multiprocess: bool | None = None,
+    quotas: Iterable[str | QuotaRule] | Quotas = (),
+    quota_store: str | None = None,
+    quota_on_error: str = "local",
+    quota_replicas: int | None = None,
+    quota_timeout_s: float = 0.02,
 ) -> Flowctl:
     """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
 
@@ -276,7 +299,14 @@ def setup(
     ``flowctl.metrics.MultiprocessPublisher``); None: when
     ``PROMETHEUS_MULTIPROC_DIR`` is set. ``/metrics`` then serves every
     worker's metrics merged; ``registry`` still holds this worker's live
-    collectors. Raises ``ConfigError`` for invalid options.
+    collectors. ``quotas``: quota rules (texts like
+    ``"key=header:X-Tenant,rate=100/s,burst=20"`` or ``QuotaRule``s), or a ready
+    ``flowctl.quota.Quotas`` (then the ``quota_*`` options must be left out);
+    ``quota_store``: the Redis URL they are shared through (None: each process
+    enforces them alone); ``quota_on_error``: ``local`` | ``open`` | ``closed``
+    while the store cannot answer; ``quota_replicas``: what ``local`` divides by
+    (None: counted from the store's heartbeats); ``quota_timeout_s``: bound of
+    one store call. Raises ``ConfigError`` for invalid options.
     """
     if hook not in ("wrap", "middleware"):
         raise ConfigError(f"hook must be 'wrap' or 'middleware', got {hook!r}")
@@ -336,6 +366,12 @@ def setup(
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     collector = FlowctlCollector(limiter, views=views, loop_lag=monitor)
     registry.register(collector)
+    quota_state = _make_quotas(quotas, quota_store, quota_on_error, quota_replicas, quota_timeout_s, classes)
+    if quota_state is not None:
+        from flowctl.quota import QuotaCollector
+
+        registry.register(QuotaCollector(quota_state))
+        owned.append(quota_state)
     durations = RequestDurations(registry, buckets=duration_buckets)
     sessions = SessionMetrics(registry)
     publisher: MultiprocessPublisher | None = None
@@ -362,6 +398,7 @@ def setup(
         hook=hook,
         owned=owned,
         publisher=publisher,
+        quotas=quota_state,
     )
     state.guard = _make_guard(
         state, trusted_priority_header=trusted_priority_header, reason_header=reason_header, session_after_s=session_after_s
@@ -378,6 +415,32 @@ def setup(
         app.middlewares.append(_middleware(state))
     app.cleanup_ctx.append(_lifetime)
     return state
+
+
+def _make_quotas(
+    quotas: Iterable[str | QuotaRule] | Quotas,
+    store: str | None,
+    on_error: str,
+    replicas: int | None,
+    timeout_s: float,
+    classes: Sequence[str],
+) -> Quotas | None:
+    """setup's quotas: None without rules; a ready ``Quotas`` as given; rules checked against ``classes``."""
+    from flowctl.quota import Quotas, make_quotas
+
+    if isinstance(quotas, Quotas):
+        if store is not None or on_error != "local" or replicas is not None or timeout_s != 0.02:
+            raise ConfigError("pass either a Quotas object or quota rules with quota_* options, not both")
+        made = quotas
+    else:
+        rules = [quotas] if isinstance(quotas, str) else list(quotas)
+        if not rules:
+            if store is not None:
+                raise ConfigError("quota_store given without quotas=[...] rules")
+            return None
+        made = make_quotas(rules, store_url=store, on_error=on_error, replicas=replicas, timeout_s=timeout_s)
+    made.check_priorities(classes)
+    return made
 
 
 def _make_signal(view: str, *, fallback: bool = True) -> CpuSignal:
@@ -457,6 +520,8 @@ def _make_guard(
     HTTPException = web.HTTPException
     CancelledError = asyncio.CancelledError
     sessions = state.sessions
+    quotas = state.quotas
+    default_priority = limiter.default_priority
 
     async def serve_session(
         handler: _Handler, request: web.Request, slot: Any, start: float, resource: str, observer: DurationHistogram
@@ -508,20 +573,35 @@ def _make_guard(
         resource, prio, observer, check_path, is_long_lived = entry
         counts, bounds = observer.counts, observer.bounds
         route_slot = slot_of(resource, prio)  # resolved once: no (resource, priority) lookup per request
+        route_priority = prio or default_priority
 
         async def flowctl_guarded(request: web.Request) -> web.StreamResponse:
             if check_path and request.path in exempt:
                 return await handler(request)
             slot = route_slot
+            priority_name = route_priority
             if header is not None:
                 raw = request.headers.get(header)
                 if raw is not None:
-                    slot = slot_of(resource, priority_by_text.get(raw.strip().lower(), prio))
+                    named = priority_by_text.get(raw.strip().lower(), prio)
+                    slot = slot_of(resource, named)
+                    priority_name = named or default_priority
             # The slot API, not acquire(): no Token object per request. Every path below releases
             # exactly once. The histogram records the RT the release returns (no clock read here).
             start = admit(slot)
             if start.__class__ is Rejection:
                 return rejection_response(start, status=reject_status, reason_header=reason_header)
+            if quotas is not None:  # only an admitted request is debited
+                matched = quotas.match(request.headers.get, request.path, priority_name)
+                if matched:
+                    try:
+                        refused = await quotas.debit(matched)
+                    except BaseException:
+                        ignore(slot, start)
+                        raise
+                    if refused is not None:
+                        ignore(slot, start)
+                        return quota_response(refused)
             if is_long_lived or request._message.upgrade:  # a WebSocket handshake, or a long-lived route
                 return await serve_session(handler, request, slot, start, resource, observer)
             try:
