@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from flowctl.errors import ConfigError
 from flowctl.limit import ALGORITHMS
+from flowctl.quota.rules import QuotaRule, parse_rules
+from flowctl.quota.store import check_store_url
 
 __all__ = [
     "ENV_PREFIX",
@@ -85,6 +87,11 @@ class SidecarConfig:
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
+    quota: tuple[QuotaRule, ...] = ()
+    quota_store: str = ""
+    quota_on_error: str = "local"
+    quota_replicas: int | None = None
+    quota_timeout_s: float = 0.02
 
 
 # -- value parsers: each raises ValueError with a short explanation ----------------------------
@@ -200,6 +207,19 @@ def _path_prefixes(text: str) -> tuple[str, ...]:
     return out
 
 
+def _quota_rules(text: str) -> tuple[QuotaRule, ...]:
+    """Quota rules separated by ';' (one rule uses ','); see flowctl.quota.rules."""
+    return parse_rules(r for r in text.split(";") if r.strip())
+
+
+def _quota_store(text: str) -> str:
+    return check_store_url(text) if text.strip() else ""
+
+
+def _replicas(text: str) -> int | None:
+    return None if text.strip().lower() == "auto" else _number(int, 1)(text)
+
+
 def _path(text: str) -> str:
     v = text.strip()
     if v and not v.startswith("/"):
@@ -266,9 +286,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
     Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
+    Option("quota", "quota", _quota_rules, "a quota rule, e.g. 'key=header:X-Tenant,rate=100/s,burst=20' "
+           "(repeatable; in the environment, rules separated by ';'); see docs/quota.md", "RULE"),
+    Option("quota_store", "quota_store", _quota_store, "Redis URL the quotas are shared through "
+           "(redis://HOST:PORT/DB; empty: each sidecar enforces them alone)", "URL"),
+    Option("quota_on_error", "quota_on_error", _choice("local", "open", "closed"), "while the quota store cannot "
+           "answer: local (quota / replicas here), open (admit) or closed (503 quota_store)", "MODE"),
+    Option("quota_replicas", "quota_replicas", _replicas, "replicas the local mode divides quotas by "
+           "(auto: counted from heartbeats in the store)", "N|auto"),
+    Option("quota_timeout", "quota_timeout_s", _number(float, 0, 10, lo_open=True), "bound of one quota store call, "
+           "seconds", "S"),
 )
 
 _BY_KEY = {o.key: o for o in OPTIONS}
+#: options whose flag may be given several times (and whose TOML value may be a list): joined with ';'
+_REPEATABLE = frozenset({"quota"})
 assert {o.field for o in OPTIONS} == {f.name for f in fields(SidecarConfig)}
 
 
@@ -283,6 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest="cfg_" + o.key,
             metavar=o.metavar or None,
             default=None,
+            action="append" if o.key in _REPEATABLE else "store",
             help=f"{o.help} [{o.env}; default {default!s}]",
         )
 
@@ -315,6 +348,9 @@ def _read_toml(path: str) -> dict[str, str]:
         k = key.replace("-", "_")
         if k not in _BY_KEY:
             raise ConfigError(f"{key}: unknown key in {path}")
+        if k in _REPEATABLE and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[k] = ";".join(value)
+            continue
         try:
             out[k] = _toml_text(value)
         except ValueError as e:
@@ -337,7 +373,9 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         if o.env in env:
             raw[o.key] = (env[o.env], o.env)
     for o in OPTIONS:
-        flag_value: str | None = getattr(args, "cfg_" + o.key, None) if args is not None else None
+        flag_value: str | list[str] | None = getattr(args, "cfg_" + o.key, None) if args is not None else None
+        if isinstance(flag_value, list):
+            flag_value = ";".join(flag_value)
         if flag_value is not None:
             raw[o.key] = (flag_value, o.flag)
     values: dict[str, Any] = {}
@@ -350,6 +388,8 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
     cfg = SidecarConfig(**values)
     if cfg.listen == cfg.admin and cfg.listen.port != 0:
         raise ConfigError(f"admin: must differ from listen ({cfg.listen})")
+    if cfg.quota_store and not cfg.quota:
+        raise ConfigError("quota_store: given without any quota rule (--quota)")
     return cfg
 
 
