@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -87,6 +88,8 @@ class SidecarConfig:
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
+    engine: str = "python"
+    queue_timeout_s: float = 1.0
     quota: tuple[QuotaRule, ...] = ()
     quota_store: str = ""
     quota_on_error: str = "local"
@@ -129,17 +132,28 @@ def parse_bytes(text: str) -> int:
     return int(value * _BYTE_UNITS[unit])
 
 
+# A host name, an IPv4 address or a bracketed IPv6 literal; a prefix of unreserved path characters.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]*)*")
+
+
 def _parse_upstream(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    text = text.strip()
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"must not contain spaces or control characters: {text!r}")
+    parts = urlsplit(text)
+    host = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[0] if parts.port is not None else parts.netloc
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or not _HOST.fullmatch(host):
         raise ValueError(f"expected http://HOST[:PORT][/PREFIX], got {text!r}")
+    if not _PREFIX.fullmatch(parts.path):
+        raise ValueError(f"the path prefix may hold only letters, digits and ._~-/, got {parts.path!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"must not have a query or fragment: {text!r}")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError as e:
         raise ValueError(str(e)) from None
-    return text.strip().rstrip("/")
+    return text.rstrip("/")
 
 
 def _parse_watch(text: str) -> str:
@@ -204,6 +218,8 @@ def _path_prefixes(text: str) -> tuple[str, ...]:
     for p in out:
         if not p.startswith("/"):
             raise ValueError(f"each prefix must start with '/', got {p!r}")
+        if not _PREFIX.fullmatch(p):
+            raise ValueError(f"a prefix may hold only letters, digits and ._~-/, got {p!r}")
     return out
 
 
@@ -286,6 +302,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
     Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
+    Option("engine", "engine", _choice("python", "haproxy", "auto"), "data plane: this process (python), HAProxy as a "
+           "child driven over its admin socket (haproxy; docs/haproxy.md), or haproxy when installed (auto)", "NAME"),
+    Option("queue_timeout", "queue_timeout_s", _number(float, 0, 3600, lo_open=True), "haproxy engine: the longest a "
+           "request waits in HAProxy's queue before a 503 (the queue is also bounded by length)", "S"),
     Option("quota", "quota", _quota_rules, "a quota rule, e.g. 'key=header:X-Tenant,rate=100/s,burst=20' "
            "(repeatable; in the environment, rules separated by ';'); see docs/quota.md", "RULE"),
     Option("quota_store", "quota_store", _quota_store, "Redis URL the quotas are shared through "
