@@ -5,9 +5,10 @@
 setup:
 	@bash scripts/setup.sh
 
-# The short story (~2 min, as root): what the cgroup says vs what /proc says, then the same
-# BBR limiter fed host CPU vs container CPU at 4x overload, relative to a capacity measured in
-# the same run (verdict table + bench/results/demo*).
+# The short story (~4-5 min, as root): what the cgroup says vs what /proc says, then BBR as
+# Kratos/go-zero ship it (reading /proc), the same fed lxcfs and the cgroup, and flowctl's defaults,
+# in-process and through the sidecar, at 4x overload relative to a capacity measured in the same
+# run (verdict table + bench/results/demo*).
 demo: setup
 	.venv/bin/flowctl demo cpu
 	.venv/bin/python -m bench demo

@@ -365,6 +365,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     nbuckets = int(math.ceil(spec.duration_s)) + 1
     buckets = [_Stats() for _ in range(nbuckets)]
     lag = _new_hist()
+    phase_lag = [_new_hist() for _ in labels]  # the generator's own lateness per phase label
     inflight = 0
     peak_inflight = 0
     errors_by_kind: dict[str, int] = {}
@@ -389,7 +390,9 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             s.sent += 1
         inflight += 1
         peak_inflight = max(peak_inflight, inflight)
-        lag.record_value(max(1, int((loop.time() - intended) * 1e6)))
+        late_us = max(1, int((loop.time() - intended) * 1e6))
+        lag.record_value(late_us)
+        phase_lag[lb].record_value(late_us)
         conn: _Conn | None = None
         try:
             async with asyncio.timeout_at(intended + spec.timeout_s):
@@ -489,7 +492,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         **total.as_dict(seconds),
         "classes": {c.name: per_class[i].as_dict(seconds) for i, c in enumerate(spec.classes)},
         "timeline": [{"t_s": i, **{k: v for k, v in b.as_dict(1.0).items() if not k.endswith("_rps")}} for i, b in enumerate(buckets)],
-        "phases": {lb: {**per_phase[i].as_dict(label_seconds[lb]),
+        "phases": {lb: {**per_phase[i].as_dict(label_seconds[lb]), "send_lag_p99_ms": _pct_ms(phase_lag[i], 99),
                         "classes": {c.name: per_phase_class[i][j].as_dict(label_seconds[lb]) for j, c in enumerate(spec.classes)}}
                    for i, lb in enumerate(labels)},  # fmt: skip
         "measured": {**measured.as_dict(measured_s),

@@ -73,6 +73,12 @@ The middleware only translates (the Limiter decides):
   per-request cost for plain requests is one attribute test (the upgrade flag
   aiohttp's parser already set).
 
+- **quotas** (``quotas=[...]``, ``quota_store="redis://..."``; see ``flowctl.quota`` and
+  docs/quota.md): after the limiter admits a request, the rules that match it
+  debit its key (one Redis round trip, none for a key known to be over). Over a
+  quota: 429 with ``Retry-After``, ``RateLimit-Policy`` / ``RateLimit`` and
+  ``{"error": "quota", ...}``; the limiter's slot is released with ``ignore()``.
+
 - **the asyncio blind spot**: a handler that blocks the loop hides the queue
   from the middleware (in-flight stays 1). A ``LoopLagMonitor`` trigger with
   ``bypass_inflight=True`` sheds requests that reach the middleware after the
@@ -117,6 +123,7 @@ from flowctl.signal import CpuSignal
 
 if TYPE_CHECKING:
     from flowctl.limiter import Limiter, Rejection
+    from flowctl.quota import QuotaRejection, QuotaRule, Quotas
 
 __all__ = [
     "FLOWCTL",
@@ -126,6 +133,7 @@ __all__ = [
     "metrics_handler",
     "multiprocess_metrics_handler",
     "priority",
+    "quota_response",
     "rejection_response",
     "setup",
 ]
@@ -171,6 +179,8 @@ class Flowctl:
     #: the last sheds, newest last: (unix time, method, path, Reason), for /debug/limiter
     rejections: collections.deque[tuple[float, str, str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=REJECTIONS_KEPT))
+    #: quotas across replicas (``setup(quotas=...)``), checked after admission
+    quotas: Quotas | None = None
 
 
 FLOWCTL = web.AppKey("flowctl", Flowctl)
@@ -239,6 +249,14 @@ def rejection_response(decision: Rejection, *, status: int = 503, reason_header:
     return web.json_response(body, status=status, headers=headers)
 
 
+def quota_response(rejection: QuotaRejection) -> web.Response:
+    """The answer to a request refused by a quota (429) or by a store down in mode closed (503)."""
+    from flowctl.quota import quota_parts
+
+    status, headers, body = quota_parts(rejection)
+    return web.json_response(body, status=status, headers=headers)
+
+
 def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:
     """An aiohttp handler serving ``registry`` in the text format the scraper asks for."""
 
@@ -288,6 +306,11 @@ def setup(
     long_lived: Iterable[str] = (),
     session_after_s: float | None = 1.0,
     multiprocess: bool | None = None,
+    quotas: Iterable[str | QuotaRule] | Quotas = (),
+    quota_store: str | None = None,
+    quota_on_error: str = "local",
+    quota_replicas: int | None = None,
+    quota_timeout_s: float = 0.02,
 ) -> Flowctl:
     """Install the flowctl middleware, metrics and lifetimes on ``app``; return its state.
 
@@ -314,7 +337,14 @@ def setup(
     ``flowctl.metrics.MultiprocessPublisher``); None: when
     ``PROMETHEUS_MULTIPROC_DIR`` is set. ``/metrics`` then serves every
     worker's metrics merged; ``registry`` still holds this worker's live
-    collectors. Raises ``ConfigError`` for invalid options.
+    collectors. ``quotas``: quota rules (texts like
+    ``"key=header:X-Tenant,rate=100/s,burst=20"`` or ``QuotaRule``s), or a ready
+    ``flowctl.quota.Quotas`` (then the ``quota_*`` options must be left out);
+    ``quota_store``: the Redis URL they are shared through (None: each process
+    enforces them alone); ``quota_on_error``: ``local`` | ``open`` | ``closed``
+    while the store cannot answer; ``quota_replicas``: what ``local`` divides by
+    (None: counted from the store's heartbeats); ``quota_timeout_s``: bound of
+    one store call. Raises ``ConfigError`` for invalid options.
     """
     if hook not in ("wrap", "middleware"):
         raise ConfigError(f"hook must be 'wrap' or 'middleware', got {hook!r}")
@@ -376,6 +406,12 @@ def setup(
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     collector = FlowctlCollector(limiter, views=views, loop_lag=monitor)
     registry.register(collector)
+    quota_state = _make_quotas(quotas, quota_store, quota_on_error, quota_replicas, quota_timeout_s, classes)
+    if quota_state is not None:
+        from flowctl.quota import QuotaCollector
+
+        registry.register(QuotaCollector(quota_state))
+        owned.append(quota_state)
     durations = RequestDurations(registry, buckets=duration_buckets)
     sessions = SessionMetrics(registry)
     publisher: MultiprocessPublisher | None = None
@@ -404,6 +440,7 @@ def setup(
         hook=hook,
         owned=owned,
         publisher=publisher,
+        quotas=quota_state,
     )
     if debug_path is not None:
         app.router.add_get(debug_path, debug_handler(state), name="flowctl_debug_limiter")
@@ -422,6 +459,32 @@ def setup(
         app.middlewares.append(_middleware(state))
     app.cleanup_ctx.append(_lifetime)
     return state
+
+
+def _make_quotas(
+    quotas: Iterable[str | QuotaRule] | Quotas,
+    store: str | None,
+    on_error: str,
+    replicas: int | None,
+    timeout_s: float,
+    classes: Sequence[str],
+) -> Quotas | None:
+    """setup's quotas: None without rules; a ready ``Quotas`` as given; rules checked against ``classes``."""
+    from flowctl.quota import Quotas, make_quotas
+
+    if isinstance(quotas, Quotas):
+        if store is not None or on_error != "local" or replicas is not None or timeout_s != 0.02:
+            raise ConfigError("pass either a Quotas object or quota rules with quota_* options, not both")
+        made = quotas
+    else:
+        rules = [quotas] if isinstance(quotas, str) else list(quotas)
+        if not rules:
+            if store is not None:
+                raise ConfigError("quota_store given without quotas=[...] rules")
+            return None
+        made = make_quotas(rules, store_url=store, on_error=on_error, replicas=replicas, timeout_s=timeout_s)
+    made.check_priorities(classes)
+    return made
 
 
 def _make_signal(view: str, *, fallback: bool = True) -> CpuSignal:
@@ -502,6 +565,8 @@ def _make_guard(
     CancelledError = asyncio.CancelledError
     sessions = state.sessions
     recent = state.rejections
+    quotas = state.quotas
+    default_priority = limiter.default_priority
 
     async def serve_session(
         handler: _Handler, request: web.Request, slot: Any, start: float, resource: str, observer: DurationHistogram
@@ -553,21 +618,36 @@ def _make_guard(
         resource, prio, observer, check_path, is_long_lived = entry
         counts, bounds = observer.counts, observer.bounds
         route_slot = slot_of(resource, prio)  # resolved once: no (resource, priority) lookup per request
+        route_priority = prio or default_priority
 
         async def flowctl_guarded(request: web.Request) -> web.StreamResponse:
             if check_path and request.path in exempt:
                 return await handler(request)
             slot = route_slot
+            priority_name = route_priority
             if header is not None:
                 raw = request.headers.get(header)
                 if raw is not None:
-                    slot = slot_of(resource, priority_by_text.get(raw.strip().lower(), prio))
+                    named = priority_by_text.get(raw.strip().lower(), prio)
+                    slot = slot_of(resource, named)
+                    priority_name = named or default_priority
             # The slot API, not acquire(): no Token object per request. Every path below releases
             # exactly once. The histogram records the RT the release returns (no clock read here).
             start = admit(slot)
             if start.__class__ is Rejection:
                 recent.append((time.time(), request.method, request.path, start.reason))
                 return rejection_response(start, status=reject_status, reason_header=reason_header)
+            if quotas is not None:  # only an admitted request is debited
+                matched = quotas.match(request.headers.get, request.path, priority_name)
+                if matched:
+                    try:
+                        refused = await quotas.debit(matched)
+                    except BaseException:
+                        ignore(slot, start)
+                        raise
+                    if refused is not None:
+                        ignore(slot, start)
+                        return quota_response(refused)
             if is_long_lived or request._message.upgrade:  # a WebSocket handshake, or a long-lived route
                 return await serve_session(handler, request, slot, start, resource, observer)
             try:

@@ -10,6 +10,7 @@ or change, a workload we cannot start::
      ├── CgroupError          the cgroup filesystem cannot be read or written
      │    └── ControllerMissingError   a needed controller is not mounted/enabled
      ├── LxcfsError           lxcfs is not installed, will not start, or is dead
+     ├── QuotaStoreError      the quota store (Redis) did not answer in time or failed
      └── WorkloadError        a limited workload cannot be launched or cleaned up
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "FlowctlError",
     "LxcfsError",
     "ParseError",
+    "QuotaStoreError",
     "WorkloadError",
 ]
 
@@ -48,6 +50,10 @@ class ControllerMissingError(CgroupError):
 
 class LxcfsError(FlowctlError):
     """lxcfs is not installed, could not be started, or its mount is dead."""
+
+
+class QuotaStoreError(FlowctlError):
+    """The quota store (Redis) did not answer within its timeout, or answered with an error."""
 
 
 class WorkloadError(FlowctlError):

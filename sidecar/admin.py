@@ -87,8 +87,8 @@ class SidecarCollector:
         )
         errors = CounterMetricFamily(
             "flowctl_sidecar_errors",
-            "Responses the sidecar made itself, by status (408 body too slow, 413 body too large, 502, 503 shed, "
-            "504).",
+            "Responses the sidecar made itself, by status (408 body too slow, 413 body too large, 429 over a quota, "
+            "502, 503 shed or quota store down in mode closed, 504).",
             labels=["status"],
         )
         clients = GaugeMetricFamily("flowctl_sidecar_client_connections", "Client connections open now.")
@@ -111,7 +111,7 @@ class SidecarCollector:
             if ok is not None:
                 signal_ok.add_metric([str(getattr(sc.signal, "name", "container"))], 1.0 if ok else 0.0)
             counts = sc.proxy.errors_total if sc.proxy is not None else {}
-            for status in ("408", "413", "502", "503", "504"):
+            for status in ("408", "413", "429", "502", "503", "504"):
                 errors.add_metric([status], counts.get(status, 0))
         return [ready, draining, signal_ok, errors, clients, refused, bad, slow]
 

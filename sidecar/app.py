@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from flowctl.limit import make_algorithm
 from flowctl.limiter import Limiter
+from flowctl.quota import Quotas
 from flowctl.signal import CpuSignal
 from sidecar.admin import SidecarCollector, build_admin_app
 from sidecar.clients import ClientGuard, GuardedServer
@@ -81,6 +82,7 @@ class Sidecar:
         self.views: dict[str, CpuSignal] = {}
         self.proxy: Proxy | None = None
         self.probe: UpstreamProbe | None = None
+        self.quotas: Quotas | None = None
         self.draining = False
         self._owned: list[Any] = []  # things with async stop(), stopped in reverse order
         self._proxy_server: GuardedServer | None = None
@@ -115,7 +117,17 @@ class Sidecar:
 
         sessions = SessionMetrics(self.registry)  # streams and WebSockets past their admission
 
-        self.proxy = Proxy(cfg, limiter=self.limiter, durations=durations, sessions=sessions, clock=self._clock)
+        quotas = await self._start_quotas()
+        self.proxy = Proxy(
+            cfg,
+            limiter=self.limiter,
+            durations=durations,
+            sessions=sessions,
+            clock=self._clock,
+            quotas=quotas,
+            priorities=self.limiter.priorities if self.limiter is not None else ("default",),
+            default_priority=self.limiter.default_priority if self.limiter is not None else "default",
+        )
         await self.proxy.start()
         self._owned.append(self.proxy)
         self.probe = UpstreamProbe(
@@ -169,6 +181,28 @@ class Sidecar:
             "sidecar listening on %s:%d -> %s; admin on %s:%d; watching %s",
             cfg.listen.host, self.listen_port, cfg.upstream, cfg.admin.host, self.admin_port, cfg.watch,
         )  # fmt: skip
+
+    async def _start_quotas(self) -> Quotas | None:
+        """The configured quotas (None without rules), started, with their collector on the registry."""
+        cfg = self.config
+        if not cfg.quota:
+            return None
+        from flowctl.quota import QuotaCollector, make_quotas
+
+        quotas = make_quotas(
+            cfg.quota,
+            store_url=cfg.quota_store or None,
+            on_error=cfg.quota_on_error,
+            replicas=cfg.quota_replicas,
+            timeout_s=cfg.quota_timeout_s,
+        )
+        if self.limiter is not None:
+            quotas.check_priorities(self.limiter.priorities)
+        await quotas.start()
+        self._owned.append(quotas)
+        self.registry.register(QuotaCollector(quotas))
+        self.quotas = quotas
+        return quotas
 
     def _session(self) -> aiohttp.ClientSession:
         assert self.proxy is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -20,6 +21,8 @@ from urllib.parse import urlsplit
 from flowctl.errors import ConfigError
 from flowctl.limit import ALGORITHMS, FIXED_LIMIT
 from flowctl.limiter.policy import DEFAULT_POLICY, Policy
+from flowctl.quota.rules import QuotaRule, parse_rules
+from flowctl.quota.store import check_store_url
 
 __all__ = [
     "ENV_PREFIX",
@@ -85,6 +88,13 @@ class SidecarConfig:
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
+    engine: str = "python"
+    queue_timeout_s: float = 1.0
+    quota: tuple[QuotaRule, ...] = ()
+    quota_store: str = ""
+    quota_on_error: str = "local"
+    quota_replicas: int | None = None
+    quota_timeout_s: float = 0.02
 
     def policy(self) -> Policy:
         """The admission ``Policy``: the library's defaults with this config's options; a fixed or
@@ -129,17 +139,28 @@ def parse_bytes(text: str) -> int:
     return int(value * _BYTE_UNITS[unit])
 
 
+# A host name, an IPv4 address or a bracketed IPv6 literal; a prefix of unreserved path characters.
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]*)*")
+
+
 def _parse_upstream(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    text = text.strip()
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"must not contain spaces or control characters: {text!r}")
+    parts = urlsplit(text)
+    host = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[0] if parts.port is not None else parts.netloc
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or not _HOST.fullmatch(host):
         raise ValueError(f"expected http://HOST[:PORT][/PREFIX], got {text!r}")
+    if not _PREFIX.fullmatch(parts.path):
+        raise ValueError(f"the path prefix may hold only letters, digits and ._~-/, got {parts.path!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"must not have a query or fragment: {text!r}")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError as e:
         raise ValueError(str(e)) from None
-    return text.strip().rstrip("/")
+    return text.rstrip("/")
 
 
 def _parse_watch(text: str) -> str:
@@ -200,7 +221,22 @@ def _path_prefixes(text: str) -> tuple[str, ...]:
     for p in out:
         if not p.startswith("/"):
             raise ValueError(f"each prefix must start with '/', got {p!r}")
+        if not _PREFIX.fullmatch(p):
+            raise ValueError(f"a prefix may hold only letters, digits and ._~-/, got {p!r}")
     return out
+
+
+def _quota_rules(text: str) -> tuple[QuotaRule, ...]:
+    """Quota rules separated by ';' (one rule uses ','); see flowctl.quota.rules."""
+    return parse_rules(r for r in text.split(";") if r.strip())
+
+
+def _quota_store(text: str) -> str:
+    return check_store_url(text) if text.strip() else ""
+
+
+def _replicas(text: str) -> int | None:
+    return None if text.strip().lower() == "auto" else _number(int, 1)(text)
 
 
 def _path(text: str) -> str:
@@ -267,9 +303,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
     Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
+    Option("engine", "engine", _choice("python", "haproxy", "auto"), "data plane: this process (python), HAProxy as a "
+           "child driven over its admin socket (haproxy; docs/haproxy.md), or haproxy when installed (auto)", "NAME"),
+    Option("queue_timeout", "queue_timeout_s", _number(float, 0, 3600, lo_open=True), "haproxy engine: the longest a "
+           "request waits in HAProxy's queue before a 503 (the queue is also bounded by length)", "S"),
+    Option("quota", "quota", _quota_rules, "a quota rule, e.g. 'key=header:X-Tenant,rate=100/s,burst=20' "
+           "(repeatable; in the environment, rules separated by ';'); see docs/quota.md", "RULE"),
+    Option("quota_store", "quota_store", _quota_store, "Redis URL the quotas are shared through "
+           "(redis://HOST:PORT/DB; empty: each sidecar enforces them alone)", "URL"),
+    Option("quota_on_error", "quota_on_error", _choice("local", "open", "closed"), "while the quota store cannot "
+           "answer: local (quota / replicas here), open (admit) or closed (503 quota_store)", "MODE"),
+    Option("quota_replicas", "quota_replicas", _replicas, "replicas the local mode divides quotas by "
+           "(auto: counted from heartbeats in the store)", "N|auto"),
+    Option("quota_timeout", "quota_timeout_s", _number(float, 0, 10, lo_open=True), "bound of one quota store call, "
+           "seconds", "S"),
 )
 
 _BY_KEY = {o.key: o for o in OPTIONS}
+#: options whose flag may be given several times (and whose TOML value may be a list): joined with ';'
+_REPEATABLE = frozenset({"quota"})
 assert {o.field for o in OPTIONS} == {f.name for f in fields(SidecarConfig)}
 
 
@@ -284,6 +336,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest="cfg_" + o.key,
             metavar=o.metavar or None,
             default=None,
+            action="append" if o.key in _REPEATABLE else "store",
             help=f"{o.help} [{o.env}; default {default!s}]",
         )
 
@@ -316,6 +369,9 @@ def _read_toml(path: str) -> dict[str, str]:
         k = key.replace("-", "_")
         if k not in _BY_KEY:
             raise ConfigError(f"{key}: unknown key in {path}")
+        if k in _REPEATABLE and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[k] = ";".join(value)
+            continue
         try:
             out[k] = _toml_text(value)
         except ValueError as e:
@@ -338,7 +394,9 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
         if o.env in env:
             raw[o.key] = (env[o.env], o.env)
     for o in OPTIONS:
-        flag_value: str | None = getattr(args, "cfg_" + o.key, None) if args is not None else None
+        flag_value: str | list[str] | None = getattr(args, "cfg_" + o.key, None) if args is not None else None
+        if isinstance(flag_value, list):
+            flag_value = ";".join(flag_value)
         if flag_value is not None:
             raw[o.key] = (flag_value, o.flag)
     values: dict[str, Any] = {}
@@ -351,6 +409,8 @@ def load_config(args: argparse.Namespace | None = None, env: Mapping[str, str] |
     cfg = SidecarConfig(**values)
     if cfg.listen == cfg.admin and cfg.listen.port != 0:
         raise ConfigError(f"admin: must differ from listen ({cfg.listen})")
+    if cfg.quota_store and not cfg.quota:
+        raise ConfigError("quota_store: given without any quota rule (--quota)")
     return cfg
 
 

@@ -30,7 +30,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -41,6 +41,7 @@ from yarl import URL
 
 from flowctl.http import rejection_parts
 from flowctl.limiter import DryRunStart, Reason, Rejection, Slot
+from flowctl.quota import QuotaRejection, Quotas, quota_parts
 from sidecar.config import SidecarConfig
 from sidecar.fastpath import SMALL_BODY_BYTES, PlainConnection, PlainRequest
 from sidecar.wire import error_body, header_block, plain_response, reason_phrase, status_line
@@ -140,9 +141,15 @@ class Proxy:
         durations: Observer | None = None,
         sessions: Sessions | None = None,
         clock: Callable[[], float] = time.monotonic,
+        quotas: Quotas | None = None,
+        priorities: Sequence[str] = ("critical", "default", "sheddable"),
+        default_priority: str = "default",
     ) -> None:
         self.config = config
         self.limiter = limiter
+        self._quotas = quotas
+        self._priorities = frozenset(priorities)
+        self._default_priority = default_priority
         self._durations = durations
         self._sessions = sessions
         self._clock = clock
@@ -249,17 +256,22 @@ class Proxy:
             self.errors_total["413"] += 1
             return _error(413, f"request body of {length} bytes exceeds max_body {self._max_body}")
         admission: tuple[Slot, float] | None = None
+        # None means the limiter's default class; so does a name it does not know.
+        priority = None
+        if self._priority_header:
+            header = request.headers.get(self._priority_header)
+            priority = header.lower() if header else None
         if self.limiter is not None:
-            # None means the limiter's default class; so does a name it does not know.
-            priority = None
-            if self._priority_header:
-                header = request.headers.get(self._priority_header)
-                priority = header.lower() if header else None
             got = self._admit(priority, request.method, request.path)
             if isinstance(got, Rejection):
                 headers, body = rejection_parts(got)
                 return web.json_response(body, status=503, headers=headers)
             admission = got
+        if self._quotas is not None:  # only an admitted request is debited
+            refused = await self._debit_quota(request.headers.get, request.path, priority, admission)
+            if refused is not None:
+                status, headers, body = quota_parts(refused)
+                return web.json_response(body, status=status, headers=headers)
         if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # Admitted and within max_body: ask the client for the body (this hop answers Expect).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -289,6 +301,28 @@ class Proxy:
         if isinstance(start, DryRunStart):  # a dry-run shed: admitted, but recorded
             self._record_rejection(method, path, start.reason, counted=False)
         return slot, start
+
+    async def _debit_quota(
+        self, header: Callable[[str], str | None], path: str, priority: str | None, admission: tuple[Slot, float] | None
+    ) -> QuotaRejection | None:
+        """Debit the request's quotas (``flowctl.quota``); on a refusal the admission is released
+        (``ignore``) and counted by status, and the refusal returned for the caller to answer."""
+        quotas = self._quotas
+        assert quotas is not None
+        matched = quotas.match(header, path, priority if priority in self._priorities else self._default_priority)
+        if not matched:
+            return None
+        try:
+            refused = await quotas.debit(matched)
+        except BaseException:
+            if admission is not None and self.limiter is not None:
+                self.limiter.ignore(*admission)
+            raise
+        if refused is not None:
+            if admission is not None and self.limiter is not None:
+                self.limiter.ignore(*admission)
+            self.errors_total[str(refused.status)] += 1
+        return refused
 
     def _begin(self) -> float:
         """Count a request as being forwarded; returns its start time (for the duration histogram)."""
@@ -504,13 +538,20 @@ class Proxy:
         """
         self.requests_total += 1
         admission: tuple[Slot, float] | None = None
+        priority = req.priority.lower() if req.priority else None
         if self.limiter is not None:
-            got = self._admit(req.priority.lower() if req.priority else None, req.method, req.path)
+            got = self._admit(priority, req.method, req.path)
             if isinstance(got, Rejection):
                 headers, body = rejection_parts(got)
                 conn.write(plain_response(503, list(headers.items()), json.dumps(body).encode(), close=close))
                 return True
             admission = got
+        if self._quotas is not None:  # only an admitted request is debited
+            refused = await self._debit_quota(_header_getter(req.headers), req.path, priority, admission)
+            if refused is not None:
+                status, quota_headers, quota_body = quota_parts(refused)
+                conn.write(plain_response(status, list(quota_headers.items()), json.dumps(quota_body).encode(), close=close))
+                return True
         held = _Held(admission, self._begin(), bool(self._stream_paths) and self._is_stream_path(req.target))
         outcome = "ignore"
         try:
@@ -673,6 +714,18 @@ class Proxy:
             await up_ws.close()
             await ws.close()
         return ws, "ignore"
+
+
+def _header_getter(headers: list[tuple[str, str]]) -> Callable[[str], str | None]:
+    """``get(name)`` over a plain request's header list: the first value of ``name`` (given in lower case)."""
+
+    def get(name: str) -> str | None:
+        for k, v in headers:
+            if len(k) == len(name) and k.lower() == name:
+                return v
+        return None
+
+    return get
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:

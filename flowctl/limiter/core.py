@@ -1,28 +1,21 @@
-"""``Limiter``: BBR-style admission composing the partitions, the hot gate, triggers and decisions.
+"""``Limiter``: admission in four stages, in order (docs/limiter.md, "How it decides").
 
-Always, before anything else, a request is shed when in-flight has reached its
-priority's *ceiling* (reason ``queue``): the group's CPU capacity times the
-min RT plus ``queue_allowance`` requests (``_set_ceiling``). It needs no CPU
-reading, so it caps the onset of an overload; it starts no cool-off.
+1. ``ceiling`` (always; reason ``queue``): in-flight has reached the class's ceiling, the group's
+   CPU capacity (usable cores / CPU per request) times min RT plus ``Policy.queue_allowance``
+   requests (``_set_ceiling``). It needs no CPU reading and starts no cool-off.
+2. ``limit`` (engaged; reason: what is hot, ``cool_off``, or ``limit`` when ungated): in-flight would
+   exceed the class's share of the algorithm's limit (floored by ``busy_floor``). A ``reserve``
+   class (critical) is not shed here.
+3. ``period`` (reason ``cpu_period``): the group's current CFS period has no quota left for the
+   request (``PeriodGate``; engaged it paces, not engaged only a spent quota sheds).
+4. ``lag``: a bypass ``Trigger`` (the event loop's lag) at its threshold times the class's
+   ``trigger_scale``, engaged or not.
 
-The limiter is *engaged* while hot (``HotGate``: the CPU signal against
-``Thresholds``, judged once per new reading) or in its cool-off (until
-``cool_off_s`` after the last shed). While engaged it sheds::
-
-    in-flight including this request > the priority's limit   (reason: what is hot, or cool_off)
-    or the CPU budget has no token for the priority            (reason: cpu_budget)
-
-The limit has a floor (``busy_floor``): the requests that keep a core busy
-while the group runs. A ``reserve`` class (critical) is shed only at its
-ceiling. Non-bypass triggers count as hot when in-flight is over the limit. A
-bypass ``Trigger`` sheds on its own, engaged or not, at its threshold times
-the priority's ``trigger_scale``. Every shed but a ceiling shed (or dry-run
-"would shed") restarts the cool-off. The cool-off ends early at a clearly
-cool reading (``Thresholds.cool_fraction``) unless the CPU budget shed since
-the reading before: shedding that began on a spike stops at the next reading
-that shows it, while pacing that keeps the CPU cool does not switch itself off. One admission path: ``admit(slot)``;
-``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the
-limiter's ``success / ignore / dropped``.
+The limiter is *engaged* while hot (``HotGate``: the CPU reading against the ``Policy``, judged once
+per new reading; a long CFS freeze too) and for ``cool_off_s`` after the last shed that is not a
+ceiling shed; a clearly cool reading ends that early. One admission path: ``admit(slot)``;
+``acquire`` is ``admit`` plus a ``Token``, and a Token's releases are the limiter's
+``success / ignore / dropped``.
 """
 
 from __future__ import annotations

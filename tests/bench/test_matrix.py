@@ -138,7 +138,7 @@ def test_cells_judge_each_target_and_count_sheds_by_reason_inside_the_cell() -> 
     ref = _reference()
     sched = mx.schedule(shape, (0.9, 4.0), 40.0, mx.DEFAULT, seed=None)
     fs, ov = sched.cells
-    lg = {"phases": {"0.9x": _stats(400, 8, 20.0, 36.0, 36.0), "4x": _stats(400, 250, 50.0, 50.0, 160.0)},
+    lg = {"phases": {"0.9x": _stats(400, 8, 20.0, 36.0, 36.0), "4x": {**_stats(400, 250, 50.0, 50.0, 160.0), "send_lag_p99_ms": 9.0}},
           "loadgen": {"send_lag_p99_ms": 1.0, "send_overrun_s": 0.0}}  # fmt: skip
     samples = [{"t_s": fs.start_s - 0.2, "shed_by_reason": {}},
                {"t_s": fs.end_s, "shed_by_reason": {"cpu": 8}},
@@ -150,7 +150,8 @@ def test_cells_judge_each_target_and_count_sheds_by_reason_inside_the_cell() -> 
         assert CELL_FIELDS <= set(x)
     f = cells[("flowctl-sidecar", "false_shed")]
     assert f["value"] == pytest.approx(0.02) and f["pass"] is False and f["requests"] == 400
-    assert f["shed_by_reason"] == {"cpu": 8}
+    assert f["shed_by_reason"] == {"cpu": 8} and f["shed"] == 8
+    assert f["harness_lagged"] is False and cells[("flowctl-sidecar", "p99")]["harness_lagged"] is True  # 9 ms late at p99
     p = cells[("flowctl-sidecar", "p99")]
     assert p["value"] == pytest.approx(5.0) and p["pass"] is False
     assert p["shed_by_reason"] == {"cpu": 50, "limit": 200}
@@ -216,7 +217,8 @@ def test_matrix_quick_writes_cells_and_a_summary(tmp_path: Path) -> None:
     for x in cells:
         assert CELL_FIELDS <= set(x), x
         assert x["shape"] == shape["index"] and x["error"] is None
-        assert x["requests"] > 0
+        assert x["requests"] > 0 and 0 <= x["shed"] <= x["requests"]
+        assert x["send_lag_p99_ms"] is not None and x["send_lag_p99_ms"] >= 0
         assert x["value"] is None or (math.isfinite(x["value"]) and x["value"] >= 0)
         assert x["pass"] == (x["value"] is not None and (x["value"] <= x["limit"] if x["better"] == "lower" else x["value"] >= x["limit"]))
     # every variant has a false-shed cell at 0.9x and p99 and goodput cells at 4x
