@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",
     "soak": "bench.soak",
+    "quota": "bench.quota",
 }
 
 

@@ -139,6 +139,7 @@ class RedisStore:
         self._client: Redis | None = None
         self._gcra: Any = None
         self._heartbeat: Any = None
+        self._loaded = False  # the GCRA script is known to be in the server's script cache
 
     async def start(self) -> None:
         """Create the client and its pool (connections open on first use: a store that is down
@@ -166,7 +167,13 @@ class RedisStore:
         return Verdict(bool(allowed), blocking - 1, retry_us / 1e6, max(0, remaining), reset_us / 1e6)
 
     async def heartbeat(self, replica: str, ttl_s: float, *, leave: bool = False) -> int:
+        """Also loads the GCRA script when the server may not have it (first beat, or after a failure:
+        a restarted Redis has an empty script cache), so requests do not pay the NOSCRIPT round trips."""
         reply = await self._call(self._heartbeat, [self.prefix + "replicas"], [replica, int(ttl_s * 1000), "1" if leave else "0"])
+        if not self._loaded and not leave:
+            assert self._client is not None
+            await self._call(None, [GCRA_SCRIPT], [])
+            self._loaded = True
         return int(reply)
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -174,12 +181,17 @@ class RedisStore:
             raise QuotaStoreError("quota store: not started")
         try:
             async with asyncio.timeout(self.timeout_s):
+                if script is None:  # SCRIPT LOAD of keys[0]
+                    return await self._client.script_load(keys[0])
                 return await script(keys=keys, args=args)
         except TimeoutError:
+            self._loaded = False
             raise QuotaStoreError(f"quota store: no answer within {self.timeout_s * 1000:g} ms") from None
         except (OSError, ConnectionError) as e:
+            self._loaded = False
             raise QuotaStoreError(f"quota store: {type(e).__name__}: {e}") from e
         except Exception as e:  # redis.exceptions.RedisError and whatever the client raises
+            self._loaded = False
             raise QuotaStoreError(f"quota store: {type(e).__name__}: {e}") from e
 
 
