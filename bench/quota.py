@@ -72,7 +72,7 @@ def run_replica(argv: Sequence[str]) -> int:
 
     import flowctl.aiohttp as fa
     from flowctl.limit.fixed import FixedLimit
-    from flowctl.limiter import Limiter
+    from flowctl.limiter import Limiter, Policy
     from flowctl.signal import StaticSignal
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s replica %(levelname)s %(name)s: %(message)s")
@@ -86,7 +86,7 @@ def run_replica(argv: Sequence[str]) -> int:
     app = web.Application()
     app.router.add_get("/", hello)
     app.router.add_get("/healthz", healthz)
-    limiter = Limiter(StaticSignal("container"), FixedLimit(100_000), cpu_gate=False)
+    limiter = Limiter(StaticSignal("container"), FixedLimit(100_000), policy=Policy(cpu_gate=False))
     fa.setup(
         app,
         limiter=limiter,
@@ -271,7 +271,7 @@ async def accuracy(a: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:
         codes = stop_replicas(replicas)
     a_counts, b_counts = counts(results, "A"), counts(results, "B")
     admitted_a = a_counts.get("200", 0)
-    steady_from = 2.0
+    steady_from = min(2.0, a.seconds / 2)
     steady_a = counts(results, "A", steady_from).get("200", 0)
     outcome = {o: sum(metric(t, "flowctl_quota_requests_total", outcome=o) for t in texts)
                for o in ("admitted", "rejected", "rejected_cached")}  # fmt: skip
