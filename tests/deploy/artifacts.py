@@ -42,6 +42,10 @@ CONTRACT_METRICS = frozenset(
         "flowctl_event_loop_lag_seconds",
         "flowctl_upstream_ready",
         "flowctl_draining",
+        "flowctl_quota_requests_total",
+        "flowctl_quota_store_seconds",
+        "flowctl_quota_store_errors_total",
+        "flowctl_quota_mode",
     }
 )
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

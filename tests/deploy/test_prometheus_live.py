@@ -41,6 +41,7 @@ from tests.deploy.artifacts import (
 )
 from tests.realenv import need_binary, need_cgroup_v1
 from bench.ports import free_port
+from bench.redis_server import RedisServer
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -135,7 +136,9 @@ async def test_dashboard_rules_and_alerts_on_real_prometheus(tmp_path: Path) -> 
     stop = asyncio.Event()
 
     upstream_cmd = [sys.executable, "-m", "tests.deploy.live_upstream", "--port", str(up_port)]
-    with (tmp_path / "upstream.log").open("wb") as up_log:
+    # The sidecar's quota (never binding) goes through a real Redis, so the quota panels have data.
+    redis = RedisServer(need_binary("redis-server", "redis-server"))
+    with redis, (tmp_path / "upstream.log").open("wb") as up_log:
         async with (
             aiohttp.ClientSession() as session,
             launch(upstream_cmd, cpus=UPSTREAM_CPUS, name=f"flowctl-test-{os.urandom(4).hex()}",
@@ -147,6 +150,7 @@ async def test_dashboard_rules_and_alerts_on_real_prometheus(tmp_path: Path) -> 
                 f"--listen=127.0.0.1:{proxy_port}", f"--upstream=http://127.0.0.1:{up_port}",
                 f"--admin=127.0.0.1:{admin_port}", f"--watch=pid:{upstream.pid}",
                 "--health-path=/healthz", "--probe-interval=0.5", "--drain-seconds=2",
+                "--quota=key=const:all,rate=1000000/s", f"--quota-store={redis.url}",
             ]  # fmt: skip
             prom_cmd = [
                 prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",

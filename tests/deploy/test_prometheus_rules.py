@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "FlowctlHeavyThrottling",
     "FlowctlCpuViewDisagreement",
     "FlowctlUpstreamNotReady",
+    "FlowctlQuotaStoreDown",
 }
 _DURATION = re.compile(r"^(\d+)([smh])$")
 
