@@ -397,6 +397,7 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(cpu, dict):
         out["limiter_cpu_utilization"] = cpu.get("utilization")
         out["limiter_cpu_utilization_smoothed"] = cpu.get("utilization_smoothed")
+        out["limiter_usable_cores"] = cpu.get("usable_cores")
     if "signal_name" in snap:
         out["signal_name"] = snap["signal_name"]
     lag = data.get("loop_lag")

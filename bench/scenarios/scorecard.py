@@ -244,7 +244,8 @@ class Run:
         """Raw detail of one load run, for the JSON (per-phase stats, timeline, monitor samples)."""
         keys = ("t_s", "container_cpu_utilization", "container_throttled_ratio", "host_cpu_utilization", "inflight",
                 "max_inflight", "shed_total", "hot", "limiter_cpu_utilization", "limit_cores", "shed_by_reason", "period_margin",
-                "period_overhead_s", "cpu_per_request_s")  # fmt: skip
+                "period_overhead_s", "cpu_per_request_s", "min_rt_s", "limiter_usable_cores",
+                "limiter_cpu_utilization_smoothed")  # fmt: skip
         self.runs.append({
             "scenario": scenario, "variant": variant, **cond,
             "phases": lg["phases"], "measured": lg["measured"], "timeline": lg["timeline"],
