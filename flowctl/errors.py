@@ -6,6 +6,7 @@ or change, a workload we cannot start::
 
     FlowctlError
      ├── ConfigError          an option or config value is invalid (names the key)
+     ├── DataPlaneError       the sidecar's HAProxy child cannot start, or its admin socket fails
      ├── ParseError           a kernel or lxcfs file's text does not parse
      ├── CgroupError          the cgroup filesystem cannot be read or written
      │    └── ControllerMissingError   a needed controller is not mounted/enabled
@@ -20,6 +21,7 @@ __all__ = [
     "CgroupError",
     "ConfigError",
     "ControllerMissingError",
+    "DataPlaneError",
     "FlowctlError",
     "LxcfsError",
     "ParseError",
@@ -34,6 +36,10 @@ class FlowctlError(Exception):
 
 class ConfigError(FlowctlError, ValueError):
     """An option or configuration value is invalid; the message names the key."""
+
+
+class DataPlaneError(FlowctlError):
+    """The sidecar's data plane (the HAProxy child) cannot start, died, or its runtime API failed."""
 
 
 class ParseError(FlowctlError, ValueError):

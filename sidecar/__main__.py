@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from flowctl.errors import ConfigError
+from flowctl.errors import ConfigError, DataPlaneError
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "sidecar") -> int:
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "sidecar") -> int:
     except ConfigError as e:
         print(f"{prog}: invalid configuration: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # e.g. the listen address is in use
+    except (OSError, DataPlaneError) as e:  # e.g. the listen address is in use, haproxy refused to start
         print(f"{prog}: cannot start: {e}", file=sys.stderr)
         return 1
 

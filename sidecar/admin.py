@@ -32,14 +32,24 @@ from flowctl.limiter import Limiter
 from flowctl.signal import CpuSignal
 from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
-from sidecar.probe import UpstreamProbe
 from sidecar.proxy import Proxy
 
-__all__ = ["SIDECAR_KEY", "AdminView", "SidecarCollector", "build_admin_app", "jsonable"]
+__all__ = ["SIDECAR_KEY", "AdminView", "Probe", "SidecarCollector", "build_admin_app", "jsonable"]
+
+
+class Probe(Protocol):
+    """Readiness as ``/readyz`` reads it (``sidecar.probe.UpstreamProbe``, or the haproxy engine's)."""
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def last_error(self) -> str | None: ...
+    def describe(self) -> dict[str, object]: ...
 
 
 class AdminView(Protocol):
-    """What the admin endpoints and the collector read of the running sidecar (``sidecar.app.Sidecar``)."""
+    """What the admin endpoints and the collector read of the running sidecar (``sidecar.app.Sidecar``,
+    ``sidecar.haproxy.engine.HaproxySidecar``)."""
 
     @property
     def config(self) -> SidecarConfig: ...
@@ -54,11 +64,14 @@ class AdminView(Protocol):
     @property
     def proxy(self) -> Proxy | None: ...
     @property
-    def probe(self) -> UpstreamProbe | None: ...
+    def probe(self) -> Probe | None: ...
     @property
     def clients(self) -> ClientGuard: ...
     @property
     def draining(self) -> bool: ...
+    def data_plane(self) -> dict[str, Any]:
+        """The data plane's figures: ``engine``, ``inflight``, ``requests_total``, ``errors_total`` by status, ..."""
+        ...
 
 
 SIDECAR_KEY: web.AppKey[AdminView] = web.AppKey("flowctl_sidecar")
@@ -110,7 +123,7 @@ class SidecarCollector:
             ok = _signal_ok(sc)
             if ok is not None:
                 signal_ok.add_metric([str(getattr(sc.signal, "name", "container"))], 1.0 if ok else 0.0)
-            counts = sc.proxy.errors_total if sc.proxy is not None else {}
+            counts = sc.data_plane().get("errors_total", {})
             for status in ("408", "413", "429", "502", "503", "504"):
                 errors.add_metric([status], counts.get(status, 0))
         return [ready, draining, signal_ok, errors, clients, refused, bad, slow]
@@ -171,11 +184,7 @@ async def _debug_limiter(request: web.Request) -> web.Response:
             name: jsonable(getattr(sig, "views", None) or getattr(getattr(sig, "sampler", None), "views", None))
             for name, sig in sc.views.items()
         },
-        "proxy": {
-            "inflight": sc.proxy.inflight if sc.proxy is not None else 0,
-            "requests_total": sc.proxy.requests_total if sc.proxy is not None else 0,
-            "errors_total": dict(sc.proxy.errors_total) if sc.proxy is not None else {},
-        },
+        "proxy": sc.data_plane(),
         "rejections": sc.proxy.rejection_log() if sc.proxy is not None else [],
     }
     return web.json_response(jsonable(body), dumps=_dumps)

@@ -32,6 +32,7 @@ from flowctl.signal import CpuSignal
 from sidecar.admin import SidecarCollector, build_admin_app
 from sidecar.clients import ClientGuard, GuardedServer
 from sidecar.config import SidecarConfig
+from sidecar.engine import SidecarEngine
 from sidecar.fastpath import FastListener
 from sidecar.probe import UpstreamProbe
 from sidecar.proxy import Proxy
@@ -204,6 +205,21 @@ class Sidecar:
         self.quotas = quotas
         return quotas
 
+    def data_plane(self) -> dict[str, Any]:
+        """The proxy's figures for the admin listener (``AdminView.data_plane``)."""
+        p = self.proxy
+        return {
+            "engine": "python",
+            "inflight": p.inflight if p is not None else 0,
+            "requests_total": p.requests_total if p is not None else 0,
+            "errors_total": dict(p.errors_total) if p is not None else {},
+        }
+
+    async def failed(self) -> str:
+        """Returns only if the data plane failed for good: never for this engine (its errors are per request)."""
+        await asyncio.Event().wait()
+        return ""
+
     def _session(self) -> aiohttp.ClientSession:
         assert self.proxy is not None
         return self.proxy.session
@@ -286,19 +302,33 @@ def _bound_port(site: web.TCPSite) -> int:
     return 0
 
 
-async def serve(config: SidecarConfig, *, ready: Callable[[Sidecar], None] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then drain and stop; returns the exit code (0 on a clean drain)."""
+async def serve(config: SidecarConfig, *, ready: Callable[[SidecarEngine], None] | None = None) -> int:
+    """Run the configured engine until SIGTERM/SIGINT, then drain and stop: exit code 0. If the data
+    plane fails for good (the haproxy engine's child died twice), stop at once: exit code 1."""
+    from sidecar.engine import make_engine
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal_mod.SIGTERM, signal_mod.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Sidecar(config) as sc:
+        engine = make_engine(config)
+        try:
+            await engine.start()
             if ready is not None:
-                ready(sc)
-            await stop.wait()
+                ready(engine)
+            stopped = asyncio.ensure_future(stop.wait())
+            failed = asyncio.ensure_future(engine.failed())
+            await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
+            for t in (stopped, failed):
+                t.cancel()
+            if failed.done() and not failed.cancelled():
+                log.error("data plane failed: %s", failed.result())
+                return 1
             log.info("signal received: draining")
-            await sc.drain()
+            await engine.drain()
+        finally:
+            await engine.stop()
         log.info("stopped")
         return 0
     finally:

@@ -1,0 +1,175 @@
+"""The control loop's decisions: what HAProxy should admit, and what the Limiter learns from HAProxy.
+
+The rule (``admission``): the haproxy engine admits what the Python engine
+would, with HAProxy's queue in place of an immediate shed for what waits.
+Per priority class the *room* is the requests it may find in service plus
+queued and still be let in: while the limiter is engaged (hot, or cooling
+off) ``min(class limit, class ceiling)``, otherwise the class ceiling (the
+always-on Little's-law cap). The upstream's ``maxconn`` is the default
+class's room: requests beyond it wait in HAProxy's queue, critical dequeued
+first. A limit or ceiling that is not known yet (infinite) leaves HAProxy at
+``max_connections`` in service and ``max_clients`` admitted, as the Python
+engine admits without bound then. Dry-run: nothing is capped (the figures are
+still computed and shown). HAProxy's own sheds restart a cool-off of the
+engine (``cool_off_s``), as every shed restarts the limiter's.
+
+The learning (``Mirror``): the Limiter is fed as if it had admitted
+HAProxy's requests. Every control tick, each response the upstream sent
+since the last tick is one admission released with ``success`` and the RT
+HAProxy measures (connect plus response time, its average over the last 1024
+requests, in whole ms), and the Limiter's in-flight is kept at the
+upstream's current sessions (capped by the room, so it never refuses). The
+limit, the ceiling, the CPU cost per request and min RT then come out of the
+same code as in the Python engine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from flowctl.limiter import Rejection, Slot
+
+__all__ = ["Admission", "Limits", "Mirror", "Setting", "admission", "rt_seconds", "uncapped"]
+
+MIN_RT_S = 0.0005  # HAProxy reports whole milliseconds: a 0 is read as half of one
+
+
+class Limits(Protocol):
+    """What ``admission`` reads of a ``LimiterSnapshot``."""
+
+    @property
+    def priority_limits(self) -> dict[str, float]: ...
+    @property
+    def priority_ceilings(self) -> dict[str, float]: ...
+    @property
+    def hot(self) -> bool: ...
+    @property
+    def cool_off(self) -> bool: ...
+    @property
+    def dry_run(self) -> bool: ...
+
+
+class Admission(Protocol):
+    """The slot API of ``flowctl.limiter.Limiter`` (the Python engine's proxy uses the same)."""
+
+    def slot(self, resource: str = "default", priority: str | None = None) -> Slot: ...
+    def admit(self, slot: Slot) -> float | Rejection: ...
+    def success(self, slot: Slot, start: float) -> float: ...
+    def ignore(self, slot: Slot, start: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What HAProxy is told: the server's ``maxconn`` and each class's room (``admission.map``)."""
+
+    maxconn: int
+    rooms: Mapping[str, int] = field(default_factory=dict)
+    engaged: bool = False
+    capped: bool = True  # False in dry-run: the values are what would be set
+
+
+def _whole(value: float | None) -> int | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return max(1, math.ceil(value - 1e-9))
+
+
+def admission(
+    snap: Limits,
+    *,
+    priorities: Sequence[str],
+    default: str,
+    engaged: bool,
+    max_connections: int,
+    max_clients: int,
+) -> Setting:
+    """The ``Setting`` for ``snap`` (the module docstring's rule); ``engaged`` already includes the engine's
+    own cool-off. Every value is at least 1 (a 0 maxconn is unlimited to HAProxy)."""
+    rooms: dict[str, int] = {}
+    for p in priorities:
+        ceiling = _whole(snap.priority_ceilings.get(p))
+        limit = _whole(snap.priority_limits.get(p)) if engaged else None
+        room = min(x for x in (limit, ceiling) if x is not None) if (limit or ceiling) else None
+        rooms[p] = min(room, max_clients) if room is not None else max_clients
+    room_default = rooms.get(default, max_clients)
+    maxconn = max(1, min(room_default, max_connections))
+    if snap.dry_run:
+        return Setting(maxconn, rooms, engaged, capped=False)
+    return Setting(maxconn, rooms, engaged)
+
+
+def uncapped(priorities: Sequence[str], *, max_connections: int, max_clients: int) -> Setting:
+    """Nothing capped: dry-run, and the first config before any limit is known."""
+    return Setting(max(1, max_connections), {p: max(1, max_clients) for p in priorities}, capped=False)
+
+
+def rt_seconds(ctime_ms: int, rtime_ms: int) -> float:
+    """An admission's RT from HAProxy's averages: connect plus response time, at least ``MIN_RT_S``."""
+    return max(MIN_RT_S, (ctime_ms + rtime_ms) / 1000.0)
+
+
+class Mirror:
+    """Feeds HAProxy's completed requests to a Limiter as admissions of the default class.
+
+    ``update`` each tick with the upstream's cumulative responses, its current sessions and the RT
+    estimate. ``held`` is how many admissions the Limiter counts in flight now; ``refused`` counts
+    admissions the Limiter refused (it should not: the hold is capped by the room).
+    """
+
+    def __init__(self, limiter: Admission, *, resource: str = "default", clock: Callable[[], float] = time.monotonic) -> None:
+        self._limiter = limiter
+        self._slot = limiter.slot(resource, None)
+        self._clock = clock
+        self._last_total: int | None = None
+        self.held = 0
+        self.replayed_total = 0
+        self.refused = 0
+
+    def _admit(self) -> bool:
+        got = self._limiter.admit(self._slot)
+        if isinstance(got, Rejection):
+            self.refused += 1
+            return False
+        self.held += 1
+        return True
+
+    def _release(self, rt_s: float) -> None:
+        self._limiter.success(self._slot, self._clock() - rt_s)
+        self.held -= 1
+        self.replayed_total += 1
+
+    def reset(self) -> None:
+        """HAProxy restarted: its counters start over and its requests are gone (released as ignored)."""
+        while self.held > 0:
+            self._limiter.ignore(self._slot, self._clock())
+            self.held -= 1
+        self._last_total = None
+
+    def update(self, completed_total: int, inflight: int, rt_s: float, hold_max: int) -> int:
+        """Replay the completions since the last call; keep ``min(inflight, hold_max)`` held.
+        Returns how many completions were replayed."""
+        if self._last_total is None or completed_total < self._last_total:
+            if self._last_total is not None:
+                self.reset()
+            self._last_total = completed_total
+            done = 0
+        else:
+            done = completed_total - self._last_total
+            self._last_total = completed_total
+        target = max(0, min(inflight, hold_max))
+        for _ in range(done):
+            if self.held == 0 and not self._admit():
+                continue
+            self._release(rt_s)  # in flight as the Limiter sees it: held, before this release
+            if self.held < target:
+                self._admit()
+        while self.held < target and self._admit():
+            pass
+        while self.held > target:
+            self._limiter.ignore(self._slot, self._clock())
+            self.held -= 1
+        return done

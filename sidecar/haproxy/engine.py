@@ -1,0 +1,443 @@
+"""``HaproxySidecar``: the sidecar with HAProxy as its data plane and flowctl as the brain.
+
+``start()`` checks that the listen port is free and HAProxy is installed,
+writes the config (``render``) in a private run directory (mode 0700: the
+admin socket, 0600, is reachable by this user alone), starts the child, the
+CPU watch, the Limiter (``sidecar.app.build_limiter``), the control loop and
+the admin listener. The control loop (every ``TICK_S``) reads ``show info``
+and ``show stat`` in one exchange, replays the upstream's completions into
+the Limiter (``Mirror``), takes a snapshot, and sets ``maxconn`` and the
+rooms when they change, and again whenever HAProxy's Pid changed.
+
+Supervision: a child that exits while it should run is restarted once (the
+config carries the current limits; the loop re-sends them); a second exit
+ends the sidecar with a failure (``failed()`` returns), so the Pod restarts.
+``drain()`` is HAProxy's soft stop (listeners close, in-flight requests
+finish) bounded by ``drain_seconds``; ``stop()`` kills what is left and
+removes the run directory.
+
+The Limiter runs without the period gate: it paces single admissions, and
+HAProxy does not ask flowctl about single requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from flowctl.errors import DataPlaneError
+from flowctl.limiter import Limiter
+from flowctl.periodic import Periodic
+from flowctl.signal import CpuSignal
+from sidecar.admin import SidecarCollector, build_admin_app
+from sidecar.clients import ClientGuard
+from sidecar.config import SidecarConfig
+from sidecar.haproxy.control import Mirror, Setting, admission, rt_seconds, uncapped
+from sidecar.haproxy.metrics import HaproxyCollector
+from sidecar.haproxy.process import HaproxyProcess, find_haproxy
+from sidecar.haproxy.render import APP, FRONTEND, SERVER, STREAMS, Plan, map_text, render, shed_backend
+from sidecar.haproxy.runtime import Runtime, Stats, set_map, set_maxconn
+from sidecar.probe import UpstreamProbe
+from sidecar.watch import WatchedSignal, parse_watch
+
+__all__ = ["TICK_S", "HaproxySidecar"]
+
+log = logging.getLogger("sidecar.haproxy")
+
+TICK_S = 0.1  # the control loop's period: one show stat, one snapshot, set commands only on change
+MAX_RESTARTS = 1
+
+
+def _port_free(host: str, port: int) -> None:
+    """Raise OSError (one line, naming the address) unless ``host:port`` can be bound now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class _Readiness:
+    """``/readyz``'s probe for this engine: the upstream answers and HAProxy runs."""
+
+    def __init__(self, probe: UpstreamProbe, engine: HaproxySidecar) -> None:
+        self.upstream = probe
+        self._engine = engine
+
+    @property
+    def ready(self) -> bool:
+        return self.upstream.ready and self._engine.up
+
+    @property
+    def last_error(self) -> str | None:
+        if not self._engine.up:
+            return "haproxy is not running"
+        return self.upstream.last_error
+
+    def describe(self) -> dict[str, object]:
+        return {**self.upstream.describe(), "haproxy_up": self._engine.up}
+
+
+class HaproxySidecar:
+    """The sidecar on HAProxy. Inject ``signal`` (a StaticSignal) in tests; ``binary`` to pick a haproxy."""
+
+    engine = "haproxy"
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        signal: CpuSignal | None = None,
+        registry: CollectorRegistry | None = None,
+        binary: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float = TICK_S,
+    ) -> None:
+        self.config = config
+        self.signal: CpuSignal | None = signal
+        self.limiter: Limiter | None = None
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.views: dict[str, CpuSignal] = {}
+        self.proxy = None
+        self.probe: _Readiness | None = None
+        self.clients = ClientGuard(max_clients=config.max_clients)
+        self.draining = False
+        self._binary = binary
+        self._clock = clock
+        self._tick_s = tick_s
+        self._owned: list[Any] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._loop: Periodic | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._failed: asyncio.Future[str] | None = None
+        self._stopping = False
+        self.run_dir = ""
+        self.runtime: Runtime | None = None
+        self.process: HaproxyProcess | None = None
+        self.mirror: Mirror | None = None
+        self.listen_port = 0
+        self.admin_port = 0
+        # control state (read by the collector and /debug/limiter)
+        self.setting: Setting | None = None  # the last computed
+        self._sent: list[str] | None = None  # the set commands the running child last got (None: resend)
+        self._plan: Plan | None = None
+        self.pid: int | None = None  # the child's Pid as its show info says
+        self.restarts_total = 0
+        self.control_errors_total = 0
+        self.last_error: str | None = None
+        self.figures: dict[str, int] = {}
+        self.sheds_total: dict[str, int] = {}
+        self._base: dict[str, int] = {}  # counters of children that are gone (totals survive a restart)
+        self._seen: dict[str, int] = {}
+        self._cool_until = -1.0
+        self.priorities: tuple[str, ...] = ()
+        self.default_priority = "default"
+
+    # -- the AdminView the admin listener reads ---------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def data_plane(self) -> dict[str, Any]:
+        """/debug/limiter's "proxy" section: HAProxy's figures and what the loop told it."""
+        s = self.setting
+        return {
+            "engine": "haproxy",
+            "inflight": self.figures.get("current_sessions", 0),
+            "requests_total": self.figures.get("requests_total", 0),
+            "errors_total": {"503": sum(self.sheds_total.values()) + self.figures.get("queue_timeouts_total", 0)},
+            "haproxy": {
+                "up": self.up,
+                "pid": self.pid,
+                "binary": self._binary,
+                "run_dir": self.run_dir,
+                "restarts_total": self.restarts_total,
+                "maxconn": s.maxconn if s is not None else None,
+                "rooms": dict(s.rooms) if s is not None else {},
+                "engaged": s.engaged if s is not None else False,
+                "capped": s.capped if s is not None else False,
+                "queue": self.figures.get("queue", 0),
+                "stream_sessions": self.figures.get("stream_sessions", 0),
+                "shed_total": dict(self.sheds_total),
+                "queue_timeouts_total": self.figures.get("queue_timeouts_total", 0),
+                "replayed_total": self.mirror.replayed_total if self.mirror is not None else 0,
+                "mirror_held": self.mirror.held if self.mirror is not None else 0,
+                "mirror_refused": self.mirror.refused if self.mirror is not None else 0,
+                "control_errors_total": self.control_errors_total,
+                "last_error": self.last_error,
+            },
+        }
+
+    def errors_total(self) -> dict[str, int]:
+        return {"503": sum(self.sheds_total.values()) + self.figures.get("queue_timeouts_total", 0)}
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        binary = find_haproxy(self._binary)
+        if binary is None:
+            raise DataPlaneError("engine haproxy: no haproxy binary (apt-get install haproxy, or --engine python)")
+        self._binary = binary
+        listen_port = cfg.listen.port or _free_port(cfg.listen.host)
+        _port_free(cfg.listen.host, listen_port)
+        self._failed = asyncio.get_running_loop().create_future()
+        self.run_dir = tempfile.mkdtemp(prefix="flowctl-haproxy-")  # 0700, ours alone
+        sock = os.path.join(self.run_dir, "admin.sock")
+        self.runtime = Runtime(sock)
+        if self.signal is None:
+            sig = WatchedSignal(parse_watch(cfg.watch), view=cfg.view, interval_s=cfg.sample_interval_s, clock=self._clock)
+            await sig.start()
+            self._owned.append(sig)
+            self.signal = sig
+        self.views[self.signal.name] = self.signal
+        # The period gate paces single admissions: HAProxy does not ask about those.
+        from sidecar.app import build_limiter
+
+        self.limiter = build_limiter(replace(cfg, period_gate=False), self.signal, clock=self._clock)
+        self.priorities = self.limiter.priorities
+        self.default_priority = self.limiter.default_priority
+        self.mirror = Mirror(self.limiter, resource=cfg.resource, clock=self._clock)
+        self.setting = uncapped(self.priorities, max_connections=cfg.max_connections, max_clients=cfg.max_clients)
+        self._plan = Plan(listen_port, sock, os.path.join(self.run_dir, "admission.map"), self.priorities,
+                          self.default_priority, self.setting.maxconn, dict(self.setting.rooms))  # fmt: skip
+        self._write_files()  # ConfigError here: nothing started yet but the watch
+        from flowctl.metrics import FlowctlCollector
+
+        self.registry.register(FlowctlCollector(self.limiter, views=self.views))
+        self.registry.register(SidecarCollector(self))
+        self.registry.register(HaproxyCollector(self))
+        self.process = HaproxyProcess(binary, os.path.join(self.run_dir, "haproxy.cfg"), self.runtime)
+        await self.process.start()
+        self.pid = self.process.pid
+        self._sent = self._commands(self.setting)
+        self.listen_port = listen_port
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="flowctl-haproxy-supervisor")
+        self._loop = Periodic(self.tick, self._tick_s, name="flowctl-haproxy-control")
+        await self._loop.start()
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        probe = UpstreamProbe(cfg.upstream, interval_s=cfg.probe_interval_s, timeout_s=cfg.connect_timeout_s,
+                              health_path=cfg.health_path, session=self._get_session)  # fmt: skip
+        await probe.start()
+        self._owned.append(probe)
+        self.probe = _Readiness(probe, self)
+        self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None, shutdown_timeout=1.0)
+        await self._admin_runner.setup()
+        site = web.TCPSite(self._admin_runner, cfg.admin.host, cfg.admin.port)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound socket only here
+        for s in getattr(server, "sockets", ()) or ():
+            self.admin_port = int(s.getsockname()[1])
+            break
+        log.info("sidecar (haproxy %s, pid %s) listening on %s:%d -> %s; admin on %s:%d; watching %s",
+                 binary, self.pid, cfg.listen.host, listen_port, cfg.upstream, cfg.admin.host, self.admin_port,
+                 cfg.watch)  # fmt: skip
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        assert self._session is not None
+        return self._session
+
+    def _applied(self, s: Setting) -> tuple[int, dict[str, int]]:
+        """What HAProxy is given for ``s``: its values, or nothing capped in dry-run."""
+        if s.capped:
+            return s.maxconn, dict(s.rooms)
+        return self.config.max_connections, {p: self.config.max_clients for p in s.rooms}
+
+    def _write_files(self) -> None:
+        """The config and admission.map with the current setting's values, for a (re)start."""
+        assert self._plan is not None and self.setting is not None
+        maxconn, rooms = self._applied(self.setting)
+        plan = replace(self._plan, maxconn=maxconn, rooms=rooms)
+        text = render(self.config, plan)
+        with open(plan.map_path, "w") as f:
+            f.write(map_text(rooms))
+        with open(os.path.join(self.run_dir, "haproxy.cfg"), "w") as f:
+            f.write(text)
+
+    async def _supervise(self) -> None:
+        """Restart a child that exits unasked once; the next exit fails the sidecar."""
+        while True:
+            proc = self.process
+            assert proc is not None and self._failed is not None
+            rc = await proc.wait()
+            if self._stopping or self.draining:
+                return
+            if self.restarts_total >= MAX_RESTARTS:
+                msg = f"haproxy exited again (code {rc}) after {self.restarts_total} restart(s); giving up"
+                log.error("%s", msg)
+                if not self._failed.done():
+                    self._failed.set_result(msg)
+                return
+            self.restarts_total += 1
+            log.error("haproxy exited unexpectedly (code %s); restarting it (%d of %d)", rc, self.restarts_total, MAX_RESTARTS)
+            try:
+                self._write_files()
+                await proc.start()
+            except DataPlaneError as e:
+                if not self._failed.done():
+                    self._failed.set_result(f"haproxy could not be restarted: {e}")
+                return
+
+    async def failed(self) -> str:
+        """Returns (why) when the data plane failed for good; the sidecar must then exit non-zero."""
+        assert self._failed is not None
+        return await asyncio.shield(self._failed)
+
+    # -- the control loop ------------------------------------------------------------------------
+
+    def _total(self, key: str, value: int) -> int:
+        """A counter of the current child plus those of children gone before (restarts reset HAProxy's)."""
+        seen = self._seen.get(key)
+        if seen is not None and value < seen:  # a new child: what the old one counted is kept
+            self._base[key] = self._base.get(key, 0) + seen
+        self._seen[key] = value
+        return self._base.get(key, 0) + value
+
+    def _read(self, stats: Stats) -> tuple[int, int, float]:
+        """Update the figures from one ``show stat``; returns (responses total, in service, RT seconds)."""
+        server = stats.row(APP, SERVER)
+        backend = stats.row(APP, "BACKEND")
+        front = stats.row(FRONTEND, "FRONTEND")
+        streams = stats.row(STREAMS, SERVER)
+        if server is None or backend is None or front is None:
+            raise DataPlaneError("show stat: the app backend or its server is missing")
+        f = self.figures
+        f["current_sessions"] = server.num("scur")
+        f["queue"] = backend.num("qcur") + server.num("qcur")
+        f["stream_sessions"] = streams.num("scur") if streams is not None else 0
+        f["requests_total"] = self._total("requests", front.num("req_tot"))
+        # 5xx HAProxy made in the app backend (queue timeouts) = the backend's 5xx minus the server's own
+        f["queue_timeouts_total"] = self._total("queue_timeouts", max(0, backend.num("hrsp_5xx") - server.num("hrsp_5xx")))
+        for p in self.priorities:
+            row = stats.row(shed_backend(p), "BACKEND")
+            self.sheds_total[p] = self._total("shed_" + p, row.num("req_tot") if row is not None else 0)
+        self.clients.open = front.num("scur")
+        self.clients.bad_requests_total = self._total("ereq", front.num("ereq"))
+        return server.responses(), server.num("scur"), rt_seconds(server.num("ctime"), server.num("rtime"))
+
+    def _commands(self, s: Setting) -> list[str]:
+        assert self._plan is not None
+        maxconn, rooms = self._applied(s)
+        return [set_maxconn(APP, SERVER, maxconn), *(set_map(self._plan.map_path, p, n) for p, n in rooms.items())]
+
+    async def tick(self) -> None:
+        """One control step (the module docstring); errors are counted and logged once, never raised."""
+        runtime, mirror, limiter = self.runtime, self.mirror, self.limiter
+        if runtime is None or mirror is None or limiter is None or not self.up:
+            return
+        try:
+            stats = await runtime.stats()
+            pid = stats.pid
+            if pid != self.pid:  # a new child: its counters start over and it runs the config's values
+                log.warning("haproxy Pid %s -> %s: re-sending the limits", self.pid, pid)
+                self.pid = pid
+                self._sent = None
+                mirror.reset()
+            sheds_before = sum(self.sheds_total.values())
+            completed, inflight, rt_s = self._read(stats)
+            now = self._clock()
+            prev = self.setting
+            if prev is not None and prev.engaged and sum(self.sheds_total.values()) > sheds_before:
+                self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
+            hold = prev.maxconn if prev is not None and prev.capped else inflight
+            mirror.update(completed, inflight, rt_s, hold)
+            limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
+            snap = limiter.snapshot()
+            engaged = snap.hot or snap.cool_off or now < self._cool_until
+            setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
+                                max_connections=self.config.max_connections, max_clients=self.config.max_clients)  # fmt: skip
+            self.setting = setting
+            commands = self._commands(setting)
+            if commands != self._sent:
+                await runtime.apply(commands)
+                self._sent = commands
+            if self.last_error is not None:
+                log.warning("haproxy control loop: recovered (%s)", self.last_error)
+            self.last_error = None
+        except DataPlaneError as e:
+            self.control_errors_total += 1
+            if str(e) != self.last_error and not self.draining:
+                log.warning("haproxy control loop: %s", e)
+            self.last_error = str(e)
+
+    # -- drain and stop --------------------------------------------------------------------------
+
+    async def drain(self) -> bool:
+        """HAProxy's soft stop: listeners close, in-flight requests finish; True if it ended within
+        ``drain_seconds``."""
+        self.draining = True
+        proc = self.process
+        if proc is None or not proc.running:
+            return True
+        log.info("draining: %d request(s) in service, %d queued; waiting up to %.1f s",
+                 self.figures.get("current_sessions", 0), self.figures.get("queue", 0), self.config.drain_seconds)  # fmt: skip
+        proc.soft_stop()
+        try:
+            async with asyncio.timeout(self.config.drain_seconds):
+                await proc.wait()
+        except TimeoutError:
+            log.warning("drain: haproxy still serving after %.1f s", self.config.drain_seconds)
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop the loop and the child (killed if still running), the admin listener, the probe and the watch."""
+        self._stopping = True
+        if self._loop is not None:
+            await self._loop.stop()
+            self._loop = None
+        if self.process is not None:
+            await self.process.kill()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+            self._supervisor = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        while self._owned:
+            thing = self._owned.pop()
+            with contextlib.suppress(Exception):
+                await thing.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = ""
+
+    async def __aenter__(self) -> HaproxySidecar:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
