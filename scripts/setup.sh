@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(lxcfs prometheus nginx wrk redis-server)
-BINS=(lxcfs prometheus nginx wrk redis-server)
+DEBS=(lxcfs prometheus nginx wrk redis-server haproxy)
+BINS=(lxcfs prometheus nginx wrk redis-server haproxy)
 missing=()
 for i in "${!BINS[@]}"; do
     command -v "${BINS[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${BINS[$i]}" ] || [ -x "/usr/bin/${BINS[$i]}" ] || missing+=("${DEBS[$i]}")
@@ -15,7 +15,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing Debian packages: ${missing[*]}"
-        # Keep package scripts from starting services (nginx, prometheus, lxcfs, redis): tests start their own.
+        # Keep package scripts from starting services (nginx, prometheus, lxcfs, redis, haproxy): tests start their own.
         policy=/usr/sbin/policy-rc.d
         if [ ! -e "$policy" ]; then
             printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
