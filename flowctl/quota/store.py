@@ -140,13 +140,14 @@ class RedisStore:
         self._gcra: Any = None
         self._heartbeat: Any = None
         self._loaded = False  # the GCRA script is known to be in the server's script cache
+        self._sentinels: list[Redis] = []  # the clients of a redis+sentinel:// URL's sentinels
 
     async def start(self) -> None:
         """Create the client and its pool (connections open on first use: a store that is down
         at start-up is a failure of the first call, not of start)."""
         if self._client is not None:
             return
-        self._client = _client(self.url, self.timeout_s, self.max_connections)
+        self._client, self._sentinels = _client(self.url, self.timeout_s, self.max_connections)
         self._gcra = self._client.register_script(GCRA_SCRIPT)
         self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
 
@@ -154,6 +155,9 @@ class RedisStore:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()
 
     async def debit(self, debits: Sequence[Debit], now_us: int | None = None) -> Verdict:
         args: list[Any] = ["" if now_us is None else int(now_us)]
@@ -195,7 +199,8 @@ class RedisStore:
             raise QuotaStoreError(f"quota store: {type(e).__name__}: {e}") from e
 
 
-def _client(url: str, timeout_s: float, max_connections: int) -> Redis:
+def _client(url: str, timeout_s: float, max_connections: int) -> tuple[Redis, list[Redis]]:
+    """The client for ``url``, and the sentinels' own clients (to close) for a sentinel URL."""
     try:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -224,6 +229,6 @@ def _client(url: str, timeout_s: float, max_connections: int) -> Redis:
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"], socket_connect_timeout=options["socket_connect_timeout"])
         client: Redis = sentinel.master_for(path[0], db=db, password=password, **options)
-        return client
+        return client, list(sentinel.sentinels)
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=None, **options)
-    return aioredis.Redis.from_pool(pool)
+    return aioredis.Redis.from_pool(pool), []
