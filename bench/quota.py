@@ -622,10 +622,119 @@ def _git(*args: str) -> str:
     return p.stdout.strip()
 
 
+def _med(xs: Sequence[float | None]) -> float | None:
+    ys = [x for x in xs if x is not None]
+    return statistics.median(ys) if ys else None
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """Markdown for one or more runs: each run's figures, and the median where there are several."""
+    lines = ["# bench quota: quotas across replicas on a real redis-server", ""]
+    lines.append("Produced by `python -m bench quota --report " + " ".join(names) + "` from the runs below.")
+    lines.append("")
+    lines.append("| run | date | command | commit | load before / after | redis |")
+    lines.append("|---|---|---|---|---|---|")
+    for n, r in zip(names, runs):
+        m = r["machine"]
+        load = f"{m['loadavg'][0]:.2f} / {m.get('loadavg_after', [float('nan')])[0]:.2f}"
+        dirty = " (+ local changes)" if r.get("product_changes_on_top") else ""
+        lines.append(f"| {n} | {m['date']} | `{r['command']}` | {r['commit'][:7]}{dirty} | {load} | {r['redis_server'].split(' sha')[0]} |")
+    lines += ["", f"Machine: {runs[0]['machine']['cpus']} CPUs ({runs[0]['machine']['cpu_model']}), kernel "
+              f"{runs[0]['machine']['kernel']}, Python {runs[0]['machine']['python']}. Replicas, load generator and "
+              "redis-server share these CPUs.", ""]  # fmt: skip
+    acc = [r["accuracy"] for r in runs if "accuracy" in r]
+    if acc:
+        a0 = acc[0]
+        lines += ["## Accuracy", "",
+                  f"{a0['replicas']} replicas (in-process aiohttp apps, one process each) behind a round-robin open-loop "
+                  f"client; tenant A offered {a0['offered_per_s']['A']:g}/s (3x), B {a0['offered_per_s']['B']:g}/s (0.5x); "
+                  f"quota {a0['quota_per_s']}/s per tenant, burst {a0['burst']}, {a0['seconds']:g} s. "
+                  f"Expected A admitted: quota x seconds + burst + 1 = {a0['expected_admitted_a']:g}.", "",
+                  "| run | A admitted | A rate /s | vs quota | after the first 2 s | A per replica | B lost | store calls per counted request | refusals without a call |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for n, a in zip(names, acc):
+            lines.append(f"| {n} | {a['statuses']['A'].get('200', 0)} | {a['admitted_rate_a_per_s']:.2f} | "
+                         f"{100 * a['admitted_a_error_ratio']:+.2f}% | {100 * a['steady_admitted_a_error_ratio']:+.2f}% | "
+                         f"{a['admitted_a_per_replica']} | {a['b_lost']} | {_fmt(a['store_calls_per_checked_request'], '.3f')} | "
+                         f"{100 * a['rejections_without_a_call_ratio']:.1f}% |")  # fmt: skip
+        if len(acc) > 1:
+            lines.append(f"| median | | {_fmt(_med([a['admitted_rate_a_per_s'] for a in acc]))} | "
+                         f"{_fmt(_med([100 * a['admitted_a_error_ratio'] for a in acc]), '+.2f')}% | "
+                         f"{_fmt(_med([100 * a['steady_admitted_a_error_ratio'] for a in acc]), '+.2f')}% | | "
+                         f"{_fmt(_med([a['b_lost'] for a in acc]), '.0f')} | | |")  # fmt: skip
+        lines.append("")
+    bur = [r["bursts"] for r in runs if "bursts" in r]
+    if bur:
+        b0 = bur[0]
+        lines += ["## Bursts at a window edge", "",
+                  f"Two idle tenants, each offered {b0['offered_per_s']}/s (6x) from 0.5 s before a wall-clock second "
+                  f"edge to 0.5 s after it, through {b0['clients']} store clients (one per replica), no HTTP: flowctl's "
+                  "GCRA script, and the peer, a fixed-window counter as envoyproxy/ratelimit keeps it (`INCRBY` + "
+                  f"`EXPIRE` on a key named for the current second). Quota {b0['quota_per_s']}/s, burst {b0['burst']}: "
+                  f"GCRA's bound in any 1 s window is {b0['quota_per_s'] + b0['burst']}.", "",
+                  "| run | GCRA: most in any 1 s | extra over the quota | fixed window: most in any 1 s | extra | fixed window before / after the edge |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for n, b in zip(names, bur):
+            g, f = b["gcra"], b["fixed_window"]
+            lines.append(f"| {n} | {g['max_in_any_1s']} | {g['extra_over_quota_in_any_1s']} | {f['max_in_any_1s']} | "
+                         f"{f['extra_over_quota_in_any_1s']} | {f['admitted_before_edge']} / {f['admitted_after_edge']} |")
+        lines.append("")
+    cst = [r["cost"] for r in runs if "cost" in r]
+    if cst:
+        lines += ["## Cost on loopback", "",
+                  f"One replica with a never-binding rule (every request makes its store call) and one without, "
+                  f"{len(cst[0]['runs']['quota'])} alternated pairs of {cst[0]['requests_per_run']} sequential requests "
+                  "(closed loop, one connection); p50 and p99 are the medians over the pairs. A tenant over its quota: "
+                  "1 admitted request, then 1000 refused.", "",
+                  "| run | p50 without / with (ms) | added p50 | p99 without / with (ms) | added p99 | store calls per request, under quota | over quota (calls / requests) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for n, c in zip(names, cst):
+            m = c["median"]
+            o = c["tenant_over"]
+            lines.append(f"| {n} | {m['none']['p50_ms']:.3f} / {m['quota']['p50_ms']:.3f} | {c['added_p50_ms']:+.3f} | "
+                         f"{m['none']['p99_ms']:.3f} / {m['quota']['p99_ms']:.3f} | {c['added_p99_ms']:+.3f} | "
+                         f"{_fmt(c['store_calls_per_request_under_quota'], '.3f')} | {o['store_calls']:.0f} / {o['requests']} |")  # fmt: skip
+        if len(cst) > 1:
+            lines.append(f"| median | | {_fmt(_med([c['added_p50_ms'] for c in cst]), '+.3f')} | | "
+                         f"{_fmt(_med([c['added_p99_ms'] for c in cst]), '+.3f')} | | |")
+        lines.append("")
+    flt = [r["faults"] for r in runs if "faults" in r]
+    if flt:
+        lines += ["## Faults: redis-server killed -9, then restarted", "",
+                  "The accuracy load (A 3x, B 0.5x) on 3 replicas per mode; redis-server killed -9 at a third of the run "
+                  "and started again at two thirds. Mode changes are read from each replica's `flowctl_quota_mode` "
+                  "every 50 ms. 5xx counts are of answers the client got (before / while down / after).", "",
+                  "| run | mode | 5xx before / down / after | no answer | slowest answer while down (ms) | declared mode after the kill (s, per replica) | store mode after the restart (s, per replica) | A admitted /s while down | B lost while down | replicas alive |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for n, fs in zip(names, flt):
+            for mode, f in fs.items():
+                x = f["five_xx"]
+                na = sum(f["no_answer"].values())
+                sw = ", ".join(_fmt(v) for v in f["declared_mode_after_kill_s"].values())
+                bk = ", ".join(_fmt(v) for v in f["store_mode_after_restart_s"].values())
+                lines.append(f"| {n} | {mode} | {x['before']} / {x['down']} / {x['after']} | {na} | "
+                             f"{f['slowest_answer_while_down_ms']:.1f} | {sw} | {bk} | {f['a_admitted_rate_while_down_per_s']:.1f} | "
+                             f"{f['b_lost_while_down']} | {all(f['replicas_alive_at_end'])} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["replica"]:
         return run_replica(args[1:])
+    if args[:1] == ["--report"]:
+        names = args[1:]
+        runs = []
+        for name in names:
+            with open(name) as f:
+                runs.append(json.load(f))
+        print(render(runs, [os.path.basename(n).removesuffix(".json") for n in names]))
+        return 0
     a = build_parser().parse_args(args)
     out = asyncio.run(run(a))
     os.makedirs(os.path.dirname(os.path.abspath(a.json_out)), exist_ok=True)

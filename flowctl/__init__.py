@@ -13,6 +13,7 @@ Module map, in the direction data flows (each uses only what is above it)::
     limiter/    admission: partitions, decisions, triggers, gate (hot or not), budget
                 (CPU pacing), snapshot, core (Limiter)
     looplag.py  the event-loop lag trigger (sees the queue in front of a blocked loop)
+    quota/      quotas across replicas: rules, GCRA in one Redis script, failure modes, metrics
     http.py     framework-neutral rejection parts and metrics page
     metrics.py  Prometheus collector over snapshots
     aiohttp.py  the aiohttp integration: setup(app)
