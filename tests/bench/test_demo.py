@@ -42,7 +42,10 @@ def test_the_readme_shows_the_committed_run() -> None:
     data = json.loads(RESULT.read_text())
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## What `make demo` shows", 1)[1].split("\n## ", 1)[0]
-    assert demo.readme_section(data) in section
+    assert demo.readme_section(data) in section, (
+        "README.md does not show bench/results/demo.json: after a local `make demo`, restore the committed run "
+        "(git checkout bench/results/demo*) or put bench.scenarios.demo.readme_section(<the new JSON>) in the README"
+    )
     assert "bench/results/demo-timeseries-yielding.png" in section
     labels = tuple(what + " " for _, what in demo.ROWS.values())
     printed = [ln for ln in demo.verdict_text(data).splitlines() if ln.startswith(labels)]
