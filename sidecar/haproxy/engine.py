@@ -45,11 +45,12 @@ from flowctl.signal import CpuSignal
 from sidecar.admin import SidecarCollector, build_admin_app
 from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
-from sidecar.haproxy.control import Mirror, Setting, admission, rt_seconds, uncapped
+from sidecar.haproxy.control import Setting
+from sidecar.haproxy.loop import Controller
 from sidecar.haproxy.metrics import HaproxyCollector
 from sidecar.haproxy.process import HaproxyProcess, find_haproxy
-from sidecar.haproxy.render import APP, FRONTEND, SERVER, STREAMS, Plan, map_text, render, shed_backend
-from sidecar.haproxy.runtime import Runtime, Stats, set_map, set_maxconn
+from sidecar.haproxy.render import Plan, map_text, render
+from sidecar.haproxy.runtime import Runtime
 from sidecar.probe import UpstreamProbe
 from sidecar.watch import WatchedSignal, parse_watch
 
@@ -137,22 +138,11 @@ class HaproxySidecar:
         self.run_dir = ""
         self.runtime: Runtime | None = None
         self.process: HaproxyProcess | None = None
-        self.mirror: Mirror | None = None
         self.listen_port = 0
         self.admin_port = 0
-        # control state (read by the collector and /debug/limiter)
-        self.setting: Setting | None = None  # the last computed
-        self._sent: list[str] | None = None  # the set commands the running child last got (None: resend)
+        self.controller: Controller | None = None
         self._plan: Plan | None = None
-        self.pid: int | None = None  # the child's Pid as its show info says
         self.restarts_total = 0
-        self.control_errors_total = 0
-        self.last_error: str | None = None
-        self.figures: dict[str, int] = {}
-        self.sheds_total: dict[str, int] = {}
-        self._base: dict[str, int] = {}  # counters of children that are gone (totals survive a restart)
-        self._seen: dict[str, int] = {}
-        self._cool_until = -1.0
         self.priorities: tuple[str, ...] = ()
         self.default_priority = "default"
 
@@ -162,17 +152,36 @@ class HaproxySidecar:
     def up(self) -> bool:
         return self.process is not None and self.process.running
 
+    @property
+    def setting(self) -> Setting | None:
+        return self.controller.setting if self.controller is not None else None
+
+    @property
+    def figures(self) -> dict[str, int]:
+        return self.controller.figures if self.controller is not None else {}
+
+    @property
+    def sheds_total(self) -> dict[str, int]:
+        return self.controller.sheds_total if self.controller is not None else {}
+
+    @property
+    def control_errors_total(self) -> int:
+        return self.controller.control_errors_total if self.controller is not None else 0
+
     def data_plane(self) -> dict[str, Any]:
         """/debug/limiter's "proxy" section: HAProxy's figures and what the loop told it."""
+        c = self.controller
         s = self.setting
+        f = self.figures
+        shed = sum(self.sheds_total.values()) + f.get("queue_timeouts_total", 0)
         return {
             "engine": "haproxy",
-            "inflight": self.figures.get("current_sessions", 0),
-            "requests_total": self.figures.get("requests_total", 0),
-            "errors_total": {"503": sum(self.sheds_total.values()) + self.figures.get("queue_timeouts_total", 0)},
+            "inflight": f.get("current_sessions", 0),
+            "requests_total": f.get("requests_total", 0),
+            "errors_total": {"503": shed},
             "haproxy": {
                 "up": self.up,
-                "pid": self.pid,
+                "pid": c.pid if c is not None else None,
                 "binary": self._binary,
                 "run_dir": self.run_dir,
                 "restarts_total": self.restarts_total,
@@ -180,20 +189,17 @@ class HaproxySidecar:
                 "rooms": dict(s.rooms) if s is not None else {},
                 "engaged": s.engaged if s is not None else False,
                 "capped": s.capped if s is not None else False,
-                "queue": self.figures.get("queue", 0),
-                "stream_sessions": self.figures.get("stream_sessions", 0),
+                "queue": f.get("queue", 0),
+                "stream_sessions": f.get("stream_sessions", 0),
                 "shed_total": dict(self.sheds_total),
-                "queue_timeouts_total": self.figures.get("queue_timeouts_total", 0),
-                "replayed_total": self.mirror.replayed_total if self.mirror is not None else 0,
-                "mirror_held": self.mirror.held if self.mirror is not None else 0,
-                "mirror_refused": self.mirror.refused if self.mirror is not None else 0,
+                "queue_timeouts_total": f.get("queue_timeouts_total", 0),
+                "replayed_total": c.mirror.replayed_total if c is not None else 0,
+                "mirror_held": c.mirror.held if c is not None else 0,
+                "mirror_refused": c.mirror.refused if c is not None else 0,
                 "control_errors_total": self.control_errors_total,
-                "last_error": self.last_error,
+                "last_error": c.last_error if c is not None else None,
             },
         }
-
-    def errors_total(self) -> dict[str, int]:
-        return {"503": sum(self.sheds_total.values()) + self.figures.get("queue_timeouts_total", 0)}
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -221,10 +227,11 @@ class HaproxySidecar:
         self.limiter = build_limiter(replace(cfg, period_gate=False), self.signal, clock=self._clock)
         self.priorities = self.limiter.priorities
         self.default_priority = self.limiter.default_priority
-        self.mirror = Mirror(self.limiter, resource=cfg.resource, clock=self._clock)
-        self.setting = uncapped(self.priorities, max_connections=cfg.max_connections, max_clients=cfg.max_clients)
-        self._plan = Plan(listen_port, sock, os.path.join(self.run_dir, "admission.map"), self.priorities,
-                          self.default_priority, self.setting.maxconn, dict(self.setting.rooms))  # fmt: skip
+        map_path = os.path.join(self.run_dir, "admission.map")
+        self.controller = Controller(cfg, self.limiter, self.runtime, priorities=self.priorities,
+                                     default_priority=self.default_priority, map_path=map_path, clients=self.clients,
+                                     clock=self._clock)  # fmt: skip
+        self._plan = Plan(listen_port, sock, map_path, self.priorities, self.default_priority, 1, {})
         self._write_files()  # ConfigError here: nothing started yet but the watch
         from flowctl.metrics import FlowctlCollector
 
@@ -233,8 +240,7 @@ class HaproxySidecar:
         self.registry.register(HaproxyCollector(self))
         self.process = HaproxyProcess(binary, os.path.join(self.run_dir, "haproxy.cfg"), self.runtime)
         await self.process.start()
-        self.pid = self.process.pid
-        self._sent = self._commands(self.setting)
+        self.controller.pid = self.process.pid
         self.listen_port = listen_port
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="flowctl-haproxy-supervisor")
         self._loop = Periodic(self.tick, self._tick_s, name="flowctl-haproxy-control")
@@ -254,23 +260,18 @@ class HaproxySidecar:
             self.admin_port = int(s.getsockname()[1])
             break
         log.info("sidecar (haproxy %s, pid %s) listening on %s:%d -> %s; admin on %s:%d; watching %s",
-                 binary, self.pid, cfg.listen.host, listen_port, cfg.upstream, cfg.admin.host, self.admin_port,
+                 binary, self.process.pid, cfg.listen.host, listen_port, cfg.upstream, cfg.admin.host, self.admin_port,
                  cfg.watch)  # fmt: skip
 
     def _get_session(self) -> aiohttp.ClientSession:
         assert self._session is not None
         return self._session
 
-    def _applied(self, s: Setting) -> tuple[int, dict[str, int]]:
-        """What HAProxy is given for ``s``: its values, or nothing capped in dry-run."""
-        if s.capped:
-            return s.maxconn, dict(s.rooms)
-        return self.config.max_connections, {p: self.config.max_clients for p in s.rooms}
-
     def _write_files(self) -> None:
-        """The config and admission.map with the current setting's values, for a (re)start."""
-        assert self._plan is not None and self.setting is not None
-        maxconn, rooms = self._applied(self.setting)
+        """The config and admission.map with the controller's current values, for a (re)start."""
+        assert self._plan is not None and self.controller is not None
+        c = self.controller
+        maxconn, rooms = c.applied(c.setting)
         plan = replace(self._plan, maxconn=maxconn, rooms=rooms)
         text = render(self.config, plan)
         with open(plan.map_path, "w") as f:
@@ -309,80 +310,10 @@ class HaproxySidecar:
 
     # -- the control loop ------------------------------------------------------------------------
 
-    def _total(self, key: str, value: int) -> int:
-        """A counter of the current child plus those of children gone before (restarts reset HAProxy's)."""
-        seen = self._seen.get(key)
-        if seen is not None and value < seen:  # a new child: what the old one counted is kept
-            self._base[key] = self._base.get(key, 0) + seen
-        self._seen[key] = value
-        return self._base.get(key, 0) + value
-
-    def _read(self, stats: Stats) -> tuple[int, int, float]:
-        """Update the figures from one ``show stat``; returns (responses total, in service, RT seconds)."""
-        server = stats.row(APP, SERVER)
-        backend = stats.row(APP, "BACKEND")
-        front = stats.row(FRONTEND, "FRONTEND")
-        streams = stats.row(STREAMS, SERVER)
-        if server is None or backend is None or front is None:
-            raise DataPlaneError("show stat: the app backend or its server is missing")
-        f = self.figures
-        f["current_sessions"] = server.num("scur")
-        f["queue"] = backend.num("qcur") + server.num("qcur")
-        f["stream_sessions"] = streams.num("scur") if streams is not None else 0
-        f["requests_total"] = self._total("requests", front.num("req_tot"))
-        # 5xx HAProxy made in the app backend (queue timeouts) = the backend's 5xx minus the server's own
-        f["queue_timeouts_total"] = self._total("queue_timeouts", max(0, backend.num("hrsp_5xx") - server.num("hrsp_5xx")))
-        for p in self.priorities:
-            row = stats.row(shed_backend(p), "BACKEND")
-            self.sheds_total[p] = self._total("shed_" + p, row.num("req_tot") if row is not None else 0)
-        self.clients.open = front.num("scur")
-        self.clients.bad_requests_total = self._total("ereq", front.num("ereq"))
-        return server.responses(), server.num("scur"), rt_seconds(server.num("ctime"), server.num("rtime"))
-
-    def _commands(self, s: Setting) -> list[str]:
-        assert self._plan is not None
-        maxconn, rooms = self._applied(s)
-        return [set_maxconn(APP, SERVER, maxconn), *(set_map(self._plan.map_path, p, n) for p, n in rooms.items())]
-
     async def tick(self) -> None:
-        """One control step (the module docstring); errors are counted and logged once, never raised."""
-        runtime, mirror, limiter = self.runtime, self.mirror, self.limiter
-        if runtime is None or mirror is None or limiter is None or not self.up:
-            return
-        try:
-            stats = await runtime.stats()
-            pid = stats.pid
-            if pid != self.pid:  # a new child: its counters start over and it runs the config's values
-                log.warning("haproxy Pid %s -> %s: re-sending the limits", self.pid, pid)
-                self.pid = pid
-                self._sent = None
-                mirror.reset()
-            sheds_before = sum(self.sheds_total.values())
-            completed, inflight, rt_s = self._read(stats)
-            now = self._clock()
-            prev = self.setting
-            if prev is not None and prev.engaged and sum(self.sheds_total.values()) > sheds_before:
-                self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
-            hold = prev.maxconn if prev is not None and prev.capped else inflight
-            mirror.update(completed, inflight, rt_s, hold)
-            limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
-            snap = limiter.snapshot()
-            engaged = snap.hot or snap.cool_off or now < self._cool_until
-            setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
-                                max_connections=self.config.max_connections, max_clients=self.config.max_clients)  # fmt: skip
-            self.setting = setting
-            commands = self._commands(setting)
-            if commands != self._sent:
-                await runtime.apply(commands)
-                self._sent = commands
-            if self.last_error is not None:
-                log.warning("haproxy control loop: recovered (%s)", self.last_error)
-            self.last_error = None
-        except DataPlaneError as e:
-            self.control_errors_total += 1
-            if str(e) != self.last_error and not self.draining:
-                log.warning("haproxy control loop: %s", e)
-            self.last_error = str(e)
+        """One control step while the child runs (``Controller.tick``)."""
+        if self.controller is not None and self.up:
+            await self.controller.tick()
 
     # -- drain and stop --------------------------------------------------------------------------
 
@@ -390,6 +321,8 @@ class HaproxySidecar:
         """HAProxy's soft stop: listeners close, in-flight requests finish; True if it ended within
         ``drain_seconds``."""
         self.draining = True
+        if self.controller is not None:
+            self.controller.quiet = True  # the admin socket closes with the listeners
         proc = self.process
         if proc is None or not proc.running:
             return True

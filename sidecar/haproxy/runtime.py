@@ -148,7 +148,7 @@ class Runtime:
             return
         for command, answer in zip(commands, await self.send(commands)):
             if answer.strip():
-                raise DataPlaneError(f"runtime API: {command!r} -> {answer.strip()[:200]!r}")
+                raise DataPlaneError(f"runtime API: {command!r} answered {answer.strip()[:200]!r}")
 
 
 def set_maxconn(backend: str, server: str, n: int) -> str:

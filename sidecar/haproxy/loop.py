@@ -1,0 +1,167 @@
+"""``Controller``: one control step, from HAProxy's counters to the limits HAProxy is given.
+
+Each ``tick`` (the engine calls it every 100 ms):
+
+1. ``show info`` and ``show stat`` in one exchange. A Pid other than the last
+   one is a new child: its counters start over, it runs the values of its
+   config, and everything is sent again.
+2. The figures (in service, queued, streams, requests, sheds per class, queue
+   timeouts), as totals that survive a restart.
+3. HAProxy's completions since the last tick go to the Limiter (``Mirror``).
+4. ``Limiter.observe()`` and ``snapshot()``, then ``admission`` (the rule in
+   ``sidecar.haproxy.control``) gives the ``Setting``.
+5. The set commands are sent when they differ from what the child last got.
+
+A failure of the admin socket is counted, logged once per distinct error,
+and retried next tick; it never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from flowctl.errors import DataPlaneError
+from flowctl.limiter import LimiterSnapshot
+from sidecar.clients import ClientGuard
+from sidecar.config import SidecarConfig
+from sidecar.haproxy.control import Admission, Mirror, Setting, admission, rt_seconds, uncapped
+from sidecar.haproxy.render import APP, FRONTEND, SERVER, STREAMS, shed_backend
+from sidecar.haproxy.runtime import Stats, set_map, set_maxconn
+
+__all__ = ["Controller", "LimiterView", "RuntimeApi"]
+
+log = logging.getLogger("sidecar.haproxy")
+
+
+class RuntimeApi(Protocol):
+    """The two calls the controller makes on ``sidecar.haproxy.runtime.Runtime``."""
+
+    async def stats(self) -> Stats: ...
+    async def apply(self, commands: Sequence[str]) -> None: ...
+
+
+class LimiterView(Admission, Protocol):
+    """The Limiter as the controller uses it: the slot API (``Mirror``), ``observe`` and ``snapshot``."""
+
+    def observe(self) -> None: ...
+    def snapshot(self) -> LimiterSnapshot: ...
+
+
+class Controller:
+    """The control state of one engine: what HAProxy was told, what it did, what the Limiter learnt."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        limiter: LimiterView,
+        runtime: RuntimeApi,
+        *,
+        priorities: Sequence[str],
+        default_priority: str,
+        map_path: str,
+        clients: ClientGuard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.limiter = limiter
+        self.runtime = runtime
+        self.priorities = tuple(priorities)
+        self.default_priority = default_priority
+        self.map_path = map_path
+        self.clients = clients
+        self._clock = clock
+        self._gated = config.policy().cpu_gate  # an ungated limiter (fixed, gradient) is always engaged
+        self.mirror = Mirror(limiter, resource=config.resource, clock=clock)
+        self.setting: Setting = uncapped(self.priorities, max_connections=config.max_connections,
+                                         max_clients=config.max_clients)  # fmt: skip
+        self.sent: list[str] | None = self.commands(self.setting)  # what the running child has (its config)
+        self.pid: int | None = None
+        self.figures: dict[str, int] = {}
+        self.sheds_total: dict[str, int] = {p: 0 for p in self.priorities}
+        self.control_errors_total = 0
+        self.last_error: str | None = None
+        self.quiet = False  # draining: errors are expected, not logged
+        self._base: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._cool_until = -1.0
+
+    def applied(self, s: Setting) -> tuple[int, dict[str, int]]:
+        """What HAProxy is given for ``s``: its values, or nothing capped (dry-run)."""
+        if s.capped:
+            return s.maxconn, dict(s.rooms)
+        return self.config.max_connections, {p: self.config.max_clients for p in s.rooms}
+
+    def commands(self, s: Setting) -> list[str]:
+        maxconn, rooms = self.applied(s)
+        return [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items())]
+
+    def _total(self, key: str, value: int) -> int:
+        """A counter of the current child plus those of the children before it."""
+        seen = self._seen.get(key)
+        if seen is not None and value < seen:
+            self._base[key] = self._base.get(key, 0) + seen
+        self._seen[key] = value
+        return self._base.get(key, 0) + value
+
+    def read(self, stats: Stats) -> tuple[int, int, float]:
+        """Update the figures from one ``show stat``; returns (the upstream's responses so far, in service
+        now, the RT estimate in seconds)."""
+        server = stats.row(APP, SERVER)
+        backend = stats.row(APP, "BACKEND")
+        front = stats.row(FRONTEND, "FRONTEND")
+        streams = stats.row(STREAMS, SERVER)
+        if server is None or backend is None or front is None:
+            raise DataPlaneError("show stat: the flowctl frontend, the app backend or its server is missing")
+        f = self.figures
+        f["current_sessions"] = server.num("scur")
+        f["queue"] = backend.num("qcur") + server.num("qcur")
+        f["stream_sessions"] = streams.num("scur") if streams is not None else 0
+        f["requests_total"] = self._total("requests", front.num("req_tot"))
+        # the 5xx HAProxy itself answered in the app backend (queue timeouts): the backend's minus the server's
+        f["queue_timeouts_total"] = self._total("queue_timeouts", max(0, backend.num("hrsp_5xx") - server.num("hrsp_5xx")))
+        for p in self.priorities:
+            row = stats.row(shed_backend(p), "BACKEND")
+            self.sheds_total[p] = self._total("shed_" + p, row.num("req_tot") if row is not None else 0)
+        if self.clients is not None:
+            self.clients.open = front.num("scur")
+            self.clients.bad_requests_total = self._total("ereq", front.num("ereq"))
+        return server.responses(), server.num("scur"), rt_seconds(server.num("ctime"), server.num("rtime"))
+
+    async def tick(self) -> None:
+        """One control step (the module docstring)."""
+        try:
+            stats = await self.runtime.stats()
+            if stats.pid != self.pid:
+                if self.pid is not None:  # not the first child, whose config holds what ``sent`` says
+                    log.warning("haproxy Pid %s -> %s: sending the limits again", self.pid, stats.pid)
+                    self.sent = None
+                    self.mirror.reset()
+                self.pid = stats.pid
+            sheds_before = sum(self.sheds_total.values())
+            completed, inflight, rt_s = self.read(stats)
+            now = self._clock()
+            prev = self.setting
+            if prev.engaged and sum(self.sheds_total.values()) > sheds_before:
+                self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
+            self.mirror.update(completed, inflight, rt_s, prev.maxconn if prev.capped else inflight)
+            self.limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
+            snap = self.limiter.snapshot()
+            engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
+            self.setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
+                                     max_connections=self.config.max_connections,
+                                     max_clients=self.config.max_clients)  # fmt: skip
+            commands = self.commands(self.setting)
+            if commands != self.sent:
+                await self.runtime.apply(commands)
+                self.sent = commands
+            if self.last_error is not None and not self.quiet:
+                log.warning("haproxy control loop: recovered (%s)", self.last_error)
+            self.last_error = None
+        except DataPlaneError as e:
+            self.control_errors_total += 1
+            if str(e) != self.last_error and not self.quiet:
+                log.warning("haproxy control loop: %s", e)
+            self.last_error = str(e)

@@ -1,0 +1,119 @@
+"""The control loop's steps over recorded ``show stat`` output, with a real Limiter and a fake admin socket."""
+
+from __future__ import annotations
+
+from flowctl.limiter import Limiter
+from flowctl.signal import StaticSignal
+from sidecar.app import build_limiter
+from sidecar.clients import ClientGuard
+from sidecar.config import SidecarConfig
+from sidecar.haproxy.loop import Controller
+from tests.sidecar.haproxy.helpers import FakeRuntime, loopback_config, recorded
+from tests.test_limiter import FakeClock
+
+MAP = "/run/x/admission.map"
+
+
+def controller(clock: FakeClock, cfg: SidecarConfig, stats_file: str = "show_stat_after.csv",
+               reading: float = 0.3) -> tuple[Controller, FakeRuntime, StaticSignal, Limiter]:  # fmt: skip
+    sig = StaticSignal("container", at=clock.now, utilization=reading, utilization_smoothed=reading, usage_cores=0.15,
+                       limit_cores=0.5, seq=1)  # fmt: skip
+    lim = build_limiter(cfg, sig, clock=clock)
+    rt = FakeRuntime(recorded(stats_file, pid=100))
+    c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
+                   clients=ClientGuard(), clock=clock)  # fmt: skip
+    return c, rt, sig, lim
+
+
+def expected(maxconn: int, critical: int, default: int, sheddable: int) -> list[str]:
+    return [f"set maxconn server app/upstream {maxconn}", f"set map {MAP} critical {critical}",
+            f"set map {MAP} default {default}", f"set map {MAP} sheddable {sheddable}"]  # fmt: skip
+
+
+async def test_a_fixed_limit_is_sent_once_then_only_on_change() -> None:
+    clock = FakeClock()
+    c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2))
+    await c.tick()
+    # ungated (always engaged), no ceiling known yet: the class limits, critical at 3x, sheddable at half
+    assert rt.applied == [expected(2, 6, 2, 1)]
+    clock.advance(0.1)
+    await c.tick()
+    assert len(rt.applied) == 1  # unchanged: nothing sent
+    assert c.figures["queue_timeouts_total"] == 2 and c.sheds_total == {"critical": 1, "default": 6, "sheddable": 5}
+    assert c.figures["requests_total"] == 18 and c.clients is not None and c.clients.open == 0
+
+
+async def test_a_new_pid_gets_everything_again_and_counters_add_up_across_children() -> None:
+    clock = FakeClock()
+    c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2))
+    await c.tick()
+    rt.next = recorded("show_stat_after.csv", pid=101, override={("shed_default", "BACKEND"): {"req_tot": "1"},
+                                                                  ("flowctl", "FRONTEND"): {"req_tot": "3"}})  # fmt: skip
+    clock.advance(0.1)
+    await c.tick()
+    assert rt.applied == [expected(2, 6, 2, 1)] * 2 and c.pid == 101
+    assert c.sheds_total["default"] == 7  # 6 from the first child, 1 from the new one
+    assert c.figures["requests_total"] == 21
+
+
+async def test_bbr_not_engaged_leaves_haproxy_unbounded_until_a_ceiling_is_known() -> None:
+    clock = FakeClock()
+    c, rt, _, _ = controller(clock, loopback_config())
+    await c.tick()
+    assert c.setting.engaged is False
+    assert rt.applied == []  # the child's config already says max_connections / max_clients
+
+
+async def test_hot_cpu_engages_and_haproxys_sheds_hold_a_cool_off() -> None:
+    clock = FakeClock()
+    cfg = loopback_config(cool_off_s=1.0)
+    c, rt, sig, _ = controller(clock, cfg, reading=0.95)
+    for _ in range(3):  # hot takes two fast readings over the threshold
+        clock.advance(0.1)
+        sig.set(at=clock.now, utilization=0.95, utilization_smoothed=0.95)
+        await c.tick()
+    assert c.setting.engaged
+    cold = 0.1
+    clock.advance(0.1)
+    sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
+    # HAProxy shed 3 more default requests over the limit since the last tick
+    rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "9"}})
+    await c.tick()
+    assert c.setting.engaged  # its own sheds keep the engine engaged, as a limiter's restart its cool-off
+    clock.advance(1.1)
+    sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
+    await c.tick()
+    assert not c.setting.engaged
+
+
+async def test_dry_run_never_caps_haproxy() -> None:
+    clock = FakeClock()
+    c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2, dry_run=True))
+    await c.tick()
+    assert c.setting.maxconn == 2 and not c.setting.capped  # computed, shown in /debug/limiter
+    assert rt.applied == []  # what the child runs (max_connections, max_clients) already is uncapped
+
+
+async def test_an_admin_socket_failure_is_counted_not_raised() -> None:
+    clock = FakeClock()
+    c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2))
+    rt.fail = "runtime API at /run/x/admin.sock: ConnectionRefusedError"
+    await c.tick()
+    await c.tick()
+    assert c.control_errors_total == 2 and c.last_error is not None and rt.applied == []
+    rt.fail = None
+    await c.tick()
+    assert c.last_error is None and rt.applied == [expected(2, 6, 2, 1)]
+
+
+async def test_loaded_stats_feed_the_limiter_what_haproxy_serves() -> None:
+    clock = FakeClock()
+    c, _, _, lim = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2), "show_stat_loaded.csv")
+    await c.tick()
+    assert c.figures["current_sessions"] == 2 and c.figures["queue"] == 4
+    assert lim.inflight == 2  # the two requests in service, held as the Limiter's in-flight
+    rt_next = recorded("show_stat_after.csv", pid=100)
+    c.runtime = FakeRuntime(rt_next)
+    clock.advance(0.1)
+    await c.tick()
+    assert c.mirror.replayed_total == 4 and lim.inflight == 0  # the server's 4 responses since, none in service
