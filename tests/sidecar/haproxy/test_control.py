@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
 from sidecar.app import build_limiter
 from sidecar.haproxy.control import MIN_RT_S, Mirror, admission, rt_seconds, uncapped
@@ -63,18 +64,14 @@ def test_rt_from_haproxy_averages() -> None:
     assert rt_seconds(0, 0) == MIN_RT_S  # under a millisecond: whole-ms figures read 0
 
 
-def make_limiter(clock: FakeClock, **cfg: object) -> tuple[object, StaticSignal]:
+def make_limiter(clock: FakeClock, **cfg: object) -> tuple[Limiter, StaticSignal]:
     sig = StaticSignal("container", at=clock.now, utilization=0.3, usage_cores=0.15, limit_cores=0.5, seq=1)
-    lim = build_limiter(loopback_config(**cfg), sig, clock=clock)  # type: ignore[arg-type]
-    return lim, sig
+    return build_limiter(loopback_config(**cfg), sig, clock=clock), sig
 
 
 def test_mirror_replays_completions_and_holds_the_upstreams_sessions() -> None:
     clock = FakeClock()
     lim, _ = make_limiter(clock, period_gate=False)
-    from flowctl.limiter import Limiter
-
-    assert isinstance(lim, Limiter)
     m = Mirror(lim, clock=clock)
     assert m.update(completed_total=100, inflight=3, rt_s=0.008, hold_max=10) == 0  # a baseline, nothing replayed
     assert (m.held, lim.inflight) == (3, 3)
@@ -92,7 +89,7 @@ def test_mirror_replays_completions_and_holds_the_upstreams_sessions() -> None:
 def test_mirror_hold_is_capped_and_a_restart_releases_the_old_childs_requests() -> None:
     clock = FakeClock()
     lim, _ = make_limiter(clock, period_gate=False)
-    m = Mirror(lim, clock=clock)  # type: ignore[arg-type]
+    m = Mirror(lim, clock=clock)
     m.update(0, inflight=50, rt_s=0.01, hold_max=4)
     assert m.held == 4
     clock.advance(0.1)
