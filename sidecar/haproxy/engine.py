@@ -49,7 +49,7 @@ from sidecar.haproxy.control import Setting
 from sidecar.haproxy.loop import Controller
 from sidecar.haproxy.metrics import HaproxyCollector
 from sidecar.haproxy.process import HaproxyProcess, find_haproxy
-from sidecar.haproxy.render import Plan, map_text, render
+from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render
 from sidecar.haproxy.runtime import Runtime
 from sidecar.probe import UpstreamProbe
 from sidecar.watch import WatchedSignal, parse_watch
@@ -70,7 +70,7 @@ def _port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def _free_port(host: str) -> int:
@@ -231,7 +231,10 @@ class HaproxySidecar:
         self.controller = Controller(cfg, self.limiter, self.runtime, priorities=self.priorities,
                                      default_priority=self.default_priority, map_path=map_path, clients=self.clients,
                                      clock=self._clock)  # fmt: skip
-        self._plan = Plan(listen_port, sock, map_path, self.priorities, self.default_priority, 1, {})
+        self._plan = Plan(listen_port, sock, map_path, os.path.join(self.run_dir, "hop.lua"), self.priorities,
+                          self.default_priority, 1, {})  # fmt: skip
+        with open(self._plan.lua_path, "w") as f:
+            f.write(HOP_LUA)
         self._write_files()  # ConfigError here: nothing started yet but the watch
         from flowctl.metrics import FlowctlCollector
 

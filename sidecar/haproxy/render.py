@@ -5,7 +5,7 @@ What the generated file does (names are fixed: the control loop addresses them):
 - frontend ``flowctl`` on ``--listen``: header hygiene as the Python engine
   (X-Forwarded-For appended to one header, X-Forwarded-Proto/Host set,
   ``Via: 1.1 flowctl`` appended, Keep-Alive, TE, Trailer and Proxy-* removed
-  both ways), 413 over ``max_body`` (by Content-Length), the priority class
+  both ways, and the names a Connection header lists, by ``HOP_LUA``), 413 over ``max_body`` (by Content-Length), the priority class
   from ``--priority-header`` (``http-request set-priority-class``: the class
   index minus the default's, so critical -1 is dequeued first), and
   admission: a request is shed (503, reason ``queue``) when the upstream's
@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from flowctl.errors import ConfigError
 from sidecar.config import SidecarConfig
 
-__all__ = ["APP", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend"]
+__all__ = ["APP", "HOP_LUA", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend"]
 
 APP = "app"
 STREAMS = "streams"
@@ -57,10 +57,51 @@ class Plan:
     listen_port: int
     socket_path: str
     map_path: str
+    lua_path: str
     priorities: tuple[str, ...]  # most important first (``Limiter.priorities``)
     default_priority: str
     maxconn: int  # the server's maxconn at start
     rooms: Mapping[str, int]  # per class: in service + queued at most (admission.map at start)
+
+
+# Loaded with ``lua-load``: removes the headers a Connection header names (RFC 9110 7.6.1), which HAProxy
+# itself forwards; run only for a message that has a Connection header left after HAProxy's own parsing.
+HOP_LUA = """\
+-- flowctl: remove the headers a Connection header names (RFC 9110 7.6.1), as the Python engine does.
+local kept = { ["keep-alive"] = true, ["close"] = true, ["upgrade"] = true }
+
+local function strip(get, del, set)
+  local hdrs = get()
+  local conn = hdrs["connection"]
+  if conn == nil then return end
+  local left = {}
+  for i = 0, #conn do
+    local v = conn[i]
+    if v ~= nil then
+      for tok in string.gmatch(v, "[^,%s]+") do
+        local t = string.lower(tok)
+        if kept[t] then
+          left[#left + 1] = t
+        elseif t ~= "connection" then
+          del(t)
+        end
+      end
+    end
+  end
+  if #left == 0 then del("connection") else set("connection", table.concat(left, ", ")) end
+end
+
+core.register_action("flowctl_hop_req", { "http-req" }, function(txn)
+  local h = txn.http
+  strip(function() return h:req_get_headers() end, function(n) h:req_del_header(n) end,
+        function(n, v) h:req_set_header(n, v) end)
+end)
+core.register_action("flowctl_hop_res", { "http-res" }, function(txn)
+  local h = txn.http
+  strip(function() return h:res_get_headers() end, function(n) h:res_del_header(n) end,
+        function(n, v) h:res_set_header(n, v) end)
+end)
+"""
 
 
 def shed_backend(priority: str) -> str:
@@ -138,6 +179,7 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     add("# Written by flowctl sidecar --engine haproxy at every start; edits are lost. See docs/haproxy.md.")
     add("global")
     add(f"    stats socket {sock} mode 600 level admin")
+    add(f"    lua-load {_word(plan.lua_path, 'run directory')}")
     add("    stats timeout 10s")
     # A backstop for a soft stop flowctl did not finish (flowctl ends its own drain first).
     add(f"    hard-stop-after {_ms(config.drain_seconds + 5.0)}")
@@ -159,7 +201,10 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     add(f"frontend {FRONTEND}")
     add(f"    bind {bind}")
     add(f"    maxconn {config.max_clients}")
-    # hop-by-hop headers (HAProxy itself handles Connection, Transfer-Encoding and Upgrade)
+    # hop-by-hop headers: HAProxy handles Transfer-Encoding, Upgrade and the keep-alive/close tokens;
+    # the names a Connection header lists are removed by HOP_LUA
+    add("    http-request lua.flowctl_hop_req if { req.fhdr(connection) -m found }")
+    add("    http-response lua.flowctl_hop_res if { res.fhdr(connection) -m found }")
     add("    http-request del-header keep-alive")
     add("    http-request del-header te")
     add("    http-request del-header trailer")

@@ -11,7 +11,7 @@ import pytest
 from flowctl.errors import ConfigError
 from flowctl.quota.rules import parse_rules
 from sidecar.config import HostPort, add_arguments, load_config
-from sidecar.haproxy.render import Plan, map_text, render, retry_after_s
+from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render, retry_after_s
 from tests.realenv import need_binary
 from tests.sidecar.haproxy.helpers import loopback_config
 
@@ -19,7 +19,8 @@ PRIOS = ("critical", "default", "sheddable")
 
 
 def plan(**kw: object) -> Plan:
-    base = Plan(18080, "/run/x/admin.sock", "/run/x/admission.map", PRIOS, "default", 7, {p: 9 for p in PRIOS})
+    base = Plan(18080, "/run/x/admin.sock", "/run/x/admission.map", "/run/x/hop.lua", PRIOS, "default", 7,
+                {p: 9 for p in PRIOS})  # fmt: skip
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -171,8 +172,11 @@ def test_haproxy_accepts_every_rendered_variant(tmp_path: object) -> None:
         amap = os.path.join(d, f"a{i}.map")
         with open(amap, "w") as f:
             f.write(map_text({p: 5 for p in PRIOS}))
+        lua = os.path.join(d, "hop.lua")
+        with open(lua, "w") as f:
+            f.write(HOP_LUA)
         path = os.path.join(d, f"h{i}.cfg")
         with open(path, "w") as f:
-            f.write(render(cfg, plan(socket_path=os.path.join(d, f"s{i}.sock"), map_path=amap)))
+            f.write(render(cfg, plan(socket_path=os.path.join(d, f"s{i}.sock"), map_path=amap, lua_path=lua)))
         out = subprocess.run([binary, "-c", "-f", path], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, f"variant {i}: {out.stdout}{out.stderr}"
