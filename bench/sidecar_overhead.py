@@ -1,4 +1,4 @@
-"""What the sidecar costs: wrk on loopback, direct vs nginx (1 worker) vs the sidecar, in one session.
+"""What the sidecar costs: wrk on loopback, direct vs nginx (1 worker) vs the sidecar's two engines, in one session.
 
 One command (the lead re-runs it on a quiet machine)::
 
@@ -8,20 +8,22 @@ One command (the lead re-runs it on a quiet machine)::
 It starts a tiny aiohttp upstream (hello, 13 bytes, uvloop when installed),
 an nginx reverse proxy in front of it (Debian package, ``worker_processes 1``,
 upstream keep-alive, its own temporary prefix and config; stopped at the
-end), and the sidecar (``python -m sidecar``, default limiter on, watching
-itself). Then, alternating A/B/C for ``--rounds`` rounds so drift hits all
-three alike:
+end), the sidecar (``python -m sidecar``, default limiter on, watching
+itself) and the sidecar with ``--engine haproxy`` (HAProxy as its child, the
+same options; its CPU is the flowctl process and the haproxy child together).
+Then, alternating the order every round for ``--rounds`` rounds so drift hits
+all alike:
 
 1. **Throughput**: ``wrk -t1 -c{connections} -d{seconds}s --latency`` against
    each; medians of req/s and p99 over rounds; the ratio sidecar/nginx; and
    the CPU time the target process tree spent per request (utime+stime from
    /proc: the proxy's own cost, much steadier than req/s on a shared machine).
-2. **Added latency with one connection** (``wrk -c1``): p50(sidecar) - p50(direct)
-   when nothing queues.
+2. **Added latency with one connection** (``wrk -c1``): p50(proxy) - p50(direct)
+   when nothing queues, for each proxy.
 3. **Added latency at 25% and 50% load**: an open-loop generator
-   (``bench.loadgen``, constant arrivals) at that fraction of the sidecar's
-   measured req/s, against direct and the sidecar; the median over rounds of
-   p50(sidecar) - p50(direct).
+   (``bench.loadgen``, constant arrivals) at that fraction of the (Python)
+   sidecar's measured req/s, against direct and each proxy; the median over
+   rounds of p50(proxy) - p50(direct), and the same for p99.
 
 Everything runs on the same 2 cores, so the numbers include contention
 between wrk, the proxy and the upstream; the load average is recorded.
@@ -266,12 +268,22 @@ def _p50_ms(result: dict[str, Any]) -> float:
     return float(total["admitted_p50_ms"])
 
 
+def _p99_ms(result: dict[str, Any]) -> float:
+    total = result.get("total", result)
+    return float(total["admitted_p99_ms"])
+
+
+def _added(ms: dict[str, list[float]], proxy: str) -> float:
+    """The median over rounds of the proxy's figure minus the direct one's (same round)."""
+    return statistics.median(p - d for p, d in zip(ms[proxy], ms["direct"], strict=True))
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     py = sys.executable
-    up_port, nginx_port, sc_port, admin_port = (free_port() for _ in range(4))
+    up_port, nginx_port, sc_port, admin_port, hx_port, hx_admin = (free_port() for _ in range(6))
     procs: list[subprocess.Popen[bytes]] = []
     nginx_proc: subprocess.Popen[bytes] | None = None
     prefix = tempfile.mkdtemp(prefix="flowctl-bench-nginx-")
@@ -293,6 +305,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         targets["sidecar"] = f"http://127.0.0.1:{sc_port}/"
         pids["sidecar"] = procs[-1].pid
         _wait_http(targets["sidecar"])
+        if not args.no_haproxy:
+            hx_cmd = [py, "-m", "sidecar", "--engine", "haproxy", "--listen", f"127.0.0.1:{hx_port}",
+                      "--admin", f"127.0.0.1:{hx_admin}", "--upstream", f"http://127.0.0.1:{up_port}",
+                      "--log-level", "warning", *args.sidecar_arg]  # fmt: skip
+            procs.append(subprocess.Popen(_pinned(hx_cmd, "servers"), cwd=REPO))
+            targets["haproxy"] = f"http://127.0.0.1:{hx_port}/"
+            pids["haproxy"] = procs[-1].pid  # the flowctl process; tree_cpu_s adds its haproxy child
+            _wait_http(targets["haproxy"])
+        proxies = [n for n in targets if n != "direct"]
 
         for url in targets.values():  # warm-up: connections, caches, the limiter's window
             run_wrk(url, 2, args.connections)
@@ -316,29 +337,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "rounds": [x.__dict__ for x in results],
             }
         # One connection, one request at a time: what the hop itself adds when nothing queues.
-        idle: dict[str, list[float]] = {"direct": [], "sidecar": []}
+        names = ["direct", *proxies]
+        idle: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.rounds):
-            for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
+            for name in (names if r % 2 == 0 else list(reversed(names))):
                 res = run_wrk(targets[name], min(args.seconds, 5), 1)
                 idle[name].append(res.p50_ms)
                 print(f"c=1 round {r + 1} {name:8s} {res.rps:7.0f} req/s  p50 {res.p50_ms:6.3f} ms", file=sys.stderr, flush=True)
         one_conn = {
             "p50_ms": idle,
-            "added_p50_ms_median": statistics.median(s_ - d for s_, d in zip(idle["sidecar"], idle["direct"], strict=True)),
+            "added_p50_ms_median": _added(idle, "sidecar"),
+            "added_p50_ms_median_by_proxy": {n: _added(idle, n) for n in proxies},
         }
         half: dict[str, Any] = {}
         if not args.no_half_load:
             for fraction in (0.25, 0.5):
                 rate = fraction * summary["sidecar"]["rps_median"]
-                p50: dict[str, list[float]] = {"direct": [], "sidecar": []}
+                p50: dict[str, list[float]] = {n: [] for n in names}
+                p99: dict[str, list[float]] = {n: [] for n in names}
                 for r in range(args.rounds):
-                    for name in (("direct", "sidecar") if r % 2 == 0 else ("sidecar", "direct")):
+                    for name in (names if r % 2 == 0 else list(reversed(names))):
                         rr = run_rate(targets[name], rate, args.half_seconds)
                         p50[name].append(_p50_ms(rr))
+                        p99[name].append(_p99_ms(rr))
                         print(f"{fraction:.0%}-load round {r + 1} {name:8s} {rate:7.0f} req/s  p50 {p50[name][-1]:8.3f} ms"
-                              f"  timeouts {rr.get('timeouts', 0)}", file=sys.stderr, flush=True)
-                added = [sc - d for sc, d in zip(p50["sidecar"], p50["direct"], strict=True)]
-                half[f"{fraction:g}"] = {"rate_rps": rate, "p50_ms": p50, "added_p50_ms_median": statistics.median(added)}
+                              f"  p99 {p99[name][-1]:8.3f} ms  timeouts {rr.get('timeouts', 0)}", file=sys.stderr, flush=True)
+                half[f"{fraction:g}"] = {"rate_rps": rate, "p50_ms": p50, "p99_ms": p99,
+                                         "added_p50_ms_median": _added(p50, "sidecar"),
+                                         "added_p50_ms_median_by_proxy": {n: _added(p50, n) for n in proxies},
+                                         "added_p99_ms_median_by_proxy": {n: _added(p99, n) for n in proxies}}  # fmt: skip
+        nginx_rps = summary["nginx"]["rps_median"] if "nginx" in summary else None
         return {
             "connections": args.connections,
             "seconds": args.seconds,
@@ -349,8 +377,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "loadavg_after": os.getloadavg(),
             "cpus": os.cpu_count(),
             "wrk": summary,
-            "ratio_sidecar_over_nginx": (summary["sidecar"]["rps_median"] / summary["nginx"]["rps_median"])
-            if "nginx" in summary else None,
+            "ratio_sidecar_over_nginx": summary["sidecar"]["rps_median"] / nginx_rps if nginx_rps else None,
+            "ratio_haproxy_over_nginx": summary["haproxy"]["rps_median"] / nginx_rps if nginx_rps and "haproxy" in summary
+            else None,
+            "ratio_over_nginx_by_round": {n: [a.rps / b.rps for a, b in zip(wrk[n], wrk["nginx"], strict=True)]
+                                          for n in proxies if n != "nginx"} if nginx_rps else {},  # fmt: skip
             "one_connection": one_conn,
             "half_load": half,
         }
@@ -369,25 +400,27 @@ def render(result: dict[str, Any]) -> str:
         "| target | req/s | p50 | p99 | CPU per request |",
         "|---|---:|---:|---:|---:|",
     ]
-    what = {"direct": "upstream", "nginx": "nginx", "sidecar": "sidecar"}
+    what = {"direct": "upstream", "nginx": "nginx", "sidecar": "sidecar", "haproxy": "flowctl + its haproxy child"}
     for name, s in result["wrk"].items():
         lines.append(f"| {name} | {s['rps_median']:.0f} | {s['p50_ms_median']:.2f} ms | {s['p99_ms_median']:.2f} ms | "
                      f"{s['cpu_us_per_request_median']:.0f} us ({what.get(name, name)}) |")
     if result["ratio_sidecar_over_nginx"] is not None:
         lines.append("")
         lines.append(f"sidecar / nginx req/s: {result['ratio_sidecar_over_nginx']:.0%}")
+        if result.get("ratio_haproxy_over_nginx") is not None:
+            per_round = ", ".join(f"{x:.0%}" for x in result["ratio_over_nginx_by_round"]["haproxy"])
+            lines.append(f"haproxy engine / nginx req/s: {result['ratio_haproxy_over_nginx']:.0%} (per round {per_round})")
     oc = result["one_connection"]
-    lines.append(
-        f"added p50 with one connection (wrk -c1, nothing queues): {oc['added_p50_ms_median']:.3f} ms "
-        f"(direct p50s {', '.join(f'{x:.3f}' for x in oc['p50_ms']['direct'])}; "
-        f"sidecar p50s {', '.join(f'{x:.3f}' for x in oc['p50_ms']['sidecar'])})"
-    )
+    by = oc.get("added_p50_ms_median_by_proxy", {"sidecar": oc["added_p50_ms_median"]})
+    lines.append("added p50 with one connection (wrk -c1, nothing queues): "
+                 + "; ".join(f"{n} {v:.3f} ms" for n, v in by.items()))  # fmt: skip
     for fraction, h in result["half_load"].items():
+        by50 = h.get("added_p50_ms_median_by_proxy", {"sidecar": h["added_p50_ms_median"]})
+        by99 = h.get("added_p99_ms_median_by_proxy", {})
         lines.append(
-            f"added p50 at {float(fraction):.0%} of the sidecar's req/s ({h['rate_rps']:.0f} req/s, constant arrivals, "
-            f"bench.loadgen): {h['added_p50_ms_median']:.3f} ms (direct p50s "
-            f"{', '.join(f'{x:.3f}' for x in h['p50_ms']['direct'])}; "
-            f"sidecar p50s {', '.join(f'{x:.3f}' for x in h['p50_ms']['sidecar'])})"
+            f"added at {float(fraction):.0%} of the sidecar's req/s ({h['rate_rps']:.0f} req/s, constant arrivals, "
+            "bench.loadgen): "
+            + "; ".join(f"{n} p50 {v:+.3f} ms" + (f", p99 {by99[n]:+.3f} ms" if n in by99 else "") for n, v in by50.items())
         )
     return "\n".join(lines)
 
@@ -400,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--half-seconds", type=float, default=8.0, help="duration of each half-load run")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument("--no-half-load", action="store_true")
+    p.add_argument("--no-haproxy", action="store_true", help="leave out the sidecar's haproxy engine")
     p.add_argument("--sidecar-arg", action="append", default=None,
                    help="sidecar flag (repeatable), e.g. --sidecar-arg=--client=aiohttp; default: "
                    + " ".join(DEFAULT_SIDECAR_ARGS))

@@ -1,8 +1,10 @@
 """``python -m bench scorecard``: flowctl and its peers on one fixed matrix, one verdict table.
 
 Variants under test: ``flowctl-inprocess`` (the upstream app with
-``flowctl.aiohttp.setup(app)`` defaults) and ``flowctl-sidecar`` (the sidecar
-with its defaults, watching the upstream). Peers, measured in the same run:
+``flowctl.aiohttp.setup(app)`` defaults), ``flowctl-sidecar`` (the sidecar
+with its defaults, watching the upstream) and ``flowctl-haproxy`` (the same
+sidecar with ``--engine haproxy``: HAProxy as its data plane; it runs in every
+scenario the sidecar runs). Peers, measured in the same run:
 ``none`` (no limiter), ``kratos`` (CPU-gated BBR, 1 s cool-off, no loop-lag
 trigger: ``bench.upstream.kratos_limiter``) and ``nginx-limit-conn``.
 
@@ -44,9 +46,12 @@ from bench.scenarios import common as c
 from bench.scenarios.step import front, recovery
 from bench.upstream import HANDLERS
 
-FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")
+FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")  # bench matrix runs these
+HAPROXY = "flowctl-haproxy"  # the sidecar's haproxy engine: every scenario the sidecar runs, not the matrix
+SIDECARS = ("flowctl-sidecar", HAPROXY)
+OURS = (*FLOWCTL_VARIANTS, HAPROXY)
 PEERS = ("none", "kratos", "nginx-limit-conn")
-ALL_VARIANTS = FLOWCTL_VARIANTS + PEERS
+ALL_VARIANTS = OURS + PEERS
 SPEED_DRIFT_MAX = 1.15  # the CPU speed moving more than this between start and end is reported
 SCENARIOS = ("false_shed", "overload", "tight_quota", "gil_quota", "bursts", "step", "priority", "long_lived")
 PRIORITY_CLASSES = (
@@ -80,7 +85,7 @@ class Plan:
 FULL = Plan(seconds=4.0, bursts_s=16.0, step_before_s=3.0, step_after_s=6.0, probe_s=1.5, unloaded_s=2.5, max_probes=5,
             saturation_s=2.0)  # fmt: skip
 QUICK = Plan(seconds=1.5, bursts_s=4.0, step_before_s=1.5, step_after_s=2.0, probe_s=0.8, unloaded_s=1.5, max_probes=2,
-             saturation_s=1.0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,), variants=FLOWCTL_VARIANTS)  # fmt: skip
+             saturation_s=1.0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,), variants=OURS)  # fmt: skip
 
 
 # ------------------------------------------------------------------ verdict rows
@@ -223,8 +228,8 @@ class Run:
         """What the load hits for ``variant``, on a fresh upstream at ``cpus``."""
         in_process = {"flowctl-inprocess": "flowctl", "kratos": "kratos"}.get(variant, "none")
         async with c.upstream(in_process, cpus=cpus, work_cpu_ms=work_ms) as up:
-            if variant == "flowctl-sidecar":
-                async with c.sidecar(up) as sc:
+            if variant in SIDECARS:
+                async with c.sidecar(up, extra_args=("--engine", "haproxy") if variant == "flowctl-haproxy" else ()) as sc:
                     yield sc
             elif variant == "nginx-limit-conn":
                 async with front("nginx-limit-conn", up, limit_conn) as fr:
@@ -279,7 +284,7 @@ async def false_shed(r: Run) -> None:
     for handler in p.handlers:
         ref = await r.reference(0.5, 5.0, handler)
         cap = ref.capacity.capacity_rps
-        for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "kratos")):
+        for v in r.pick(("flowctl-inprocess", *SIDECARS, "kratos")):
             r.log(f"false_shed {handler} {v}: 0.5x then 0.9x of {cap:.0f} rps, {p.seconds:g} s each")
             async with r.serve(v, 0.5, 5.0) as run:
                 lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 0.5, "0.5x"),
@@ -295,7 +300,7 @@ async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, han
     for handler in handlers:
         ref = await r.reference(cpus, work_ms, handler, answer_cost="flowctl-inprocess" in r.variants)
         cap = ref.capacity.capacity_rps
-        for v in r.pick(FLOWCTL_VARIANTS + tuple(peers)):
+        for v in r.pick(OURS + tuple(peers)):
             limit = r.nginx_limit(ref)
             r.log(f"{scenario} {handler} {v}: 4x of {cap:.0f} rps at {cpus:g} CPU, {work_ms:g} ms, {p.seconds:g} s"
                   + (f" (limit_conn {limit})" if v == "nginx-limit-conn" else ""))  # fmt: skip
@@ -334,7 +339,7 @@ async def bursts(r: Run) -> None:
     cap = ref.capacity.capacity_rps
     cycles = max(1, int(p.bursts_s // 4))
     phases = [_warm(p)] + [Phase(2.0, 4.0, "burst"), Phase(2.0, 0.5, "calm")] * cycles
-    for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "none", "kratos")):
+    for v in r.pick(("flowctl-inprocess", *SIDECARS, "none", "kratos")):
         r.log(f"bursts {handler} {v}: {cycles} x (2 s at 4x, 2 s at 0.5x) of {cap:.0f} rps")
         async with r.serve(v, 0.5, 5.0) as run:
             lg, samples = await r.load(run, HANDLERS[handler], cap, phases)
@@ -356,7 +361,7 @@ async def step(r: Run) -> None:
     for load in p.step_loads:
         rate = load * after.capacity.capacity_rps
         # the unprotected service never recovers at either load: measured once, at the highest
-        for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "nginx-limit-conn") + (("none",) if load == max(p.step_loads) else ())):
+        for v in r.pick(("flowctl-inprocess", *SIDECARS, "nginx-limit-conn") + (("none",) if load == max(p.step_loads) else ())):
             r.log(f"step {v}: {rate:.0f} rps ({load:g}x post-step capacity), quota 1.0 -> 0.5 at {step_at:g} s of {seconds:g} s"
                   + (f" (limit_conn {limit})" if v == "nginx-limit-conn" else ""))  # fmt: skip
             async with r.serve(v, 1.0, 5.0, limit) as run:
@@ -379,7 +384,7 @@ async def priority(r: Run) -> None:
     handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
     ref = await r.reference(0.5, 5.0, handler)
     cap = ref.capacity.capacity_rps
-    for v in r.pick(("flowctl-inprocess", "flowctl-sidecar", "none")):
+    for v in r.pick(("flowctl-inprocess", *SIDECARS, "none")):
         r.log(f"priority {handler} {v}: 50/50 critical/sheddable at 1x then 3x of {cap:.0f} rps")
         async with r.serve(v, 0.5, 5.0) as run:
             lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 1.0, "1x"),
@@ -406,7 +411,9 @@ async def _hold_sessions(base_url: str, kind: str, n: int, opened: list[int], st
                         await stop.wait()
                         await ws.close()
                 else:
-                    async with session.get(base_url + "/sse", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                    # as a browser's EventSource asks (the haproxy engine routes streams by it)
+                    async with session.get(base_url + "/sse", headers={"Accept": "text/event-stream"},
+                                           timeout=aiohttp.ClientTimeout(total=None)) as resp:
                         if resp.status != 200:
                             return
                         opened.append(1)
@@ -433,7 +440,7 @@ async def long_lived(r: Run) -> None:
     handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
     ref = await r.reference(0.5, 5.0, handler)
     cap = ref.capacity.capacity_rps
-    for v, kind in (("flowctl-inprocess", "ws"), ("flowctl-sidecar", "sse")):
+    for v, kind in (("flowctl-inprocess", "ws"), ("flowctl-sidecar", "sse"), ("flowctl-haproxy", "sse")):
         if v not in r.variants:
             continue
         r.log(f"long_lived {handler} {v}: {SESSIONS} {kind} sessions held, plain traffic at 0.9x of {cap:.0f} rps")
@@ -561,7 +568,7 @@ def plot(rows: list[dict[str, Any]], variants: Sequence[str], path: str, title: 
             val = vals[i]
             color = "tab:green" if sel[v]["pass"] else "tab:red"
             ax.bar(i, top if val is None else val, color=color, alpha=0.35 if val is None else 0.85,
-                   hatch="//" if val is None else None, edgecolor="black", linewidth=1.5 if v in FLOWCTL_VARIANTS else 0.3)  # fmt: skip
+                   hatch="//" if val is None else None, edgecolor="black", linewidth=1.5 if v in OURS else 0.3)  # fmt: skip
             ax.text(i, (top if val is None else val), "never" if val is None else f"{val:.2g}", ha="center", va="bottom", fontsize=7)
         ax.axhline(target, color="black", linestyle="--", linewidth=1)
         ax.set_ylim(0, top * 1.12)
@@ -603,6 +610,11 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(ALL_VARIANTS)}")
     nginx = "nginx-limit-conn" in variants and bool({"overload", "step"} & set(scenarios))
     c.check_environment(nginx=nginx)
+    if HAPROXY in variants:
+        from sidecar.haproxy.process import find_haproxy
+
+        if find_haproxy() is None:
+            raise c.EnvironmentMissing(f"{HAPROXY} needs haproxy (apt-get install -y haproxy), or leave it out with --variants")
     machine = c.machine_info()
     started = time.time()
     from bench.upstream import calibrate_iters_per_ms
@@ -661,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.log(f"wrote {md}")
     print(f"\n== {title} ==")
     print(table(out["rows"], ALL_VARIANTS))
-    flow = [row for row in out["rows"] if row["variant"] in FLOWCTL_VARIANTS]
+    flow = [row for row in out["rows"] if row["variant"] in OURS]
     print(f"\nflowctl rows passing: {sum(row['pass'] for row in flow)} of {len(flow)}")
     return 0
 
