@@ -70,6 +70,8 @@ class Setting:
     rooms: Mapping[str, int] = field(default_factory=dict)
     engaged: bool = False
     capped: bool = True  # False in dry-run: the values are what would be set
+    #: per class, what a shed of it says: (reason, stage), as the Python engine's 503 body
+    why: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _whole(value: float | None) -> int | None:
@@ -86,25 +88,29 @@ def admission(
     engaged: bool,
     max_connections: int,
     max_clients: int,
+    reason: str = "cpu",
 ) -> Setting:
     """The ``Setting`` for ``snap`` (the module docstring's rule); ``engaged`` already includes the engine's
-    own cool-off. Every value is at least 1 (a 0 maxconn is unlimited to HAProxy)."""
+    own cool-off, ``reason`` is what engages it (a hot trigger, ``cool_off``, or ``limit`` when ungated).
+    Every value is at least 1 (a 0 maxconn is unlimited to HAProxy)."""
     rooms: dict[str, int] = {}
+    why: dict[str, tuple[str, str]] = {}
     for p in priorities:
         ceiling = _whole(snap.priority_ceilings.get(p))
         limit = _whole(snap.priority_limits.get(p)) if engaged else None
-        room = min(x for x in (limit, ceiling) if x is not None) if (limit or ceiling) else None
-        rooms[p] = min(room, max_clients) if room is not None else max_clients
+        if limit is not None and (ceiling is None or limit < ceiling):
+            rooms[p], why[p] = min(limit, max_clients), (reason, "limit")
+        else:
+            rooms[p], why[p] = min(ceiling, max_clients) if ceiling is not None else max_clients, ("queue", "ceiling")
     room_default = rooms.get(default, max_clients)
     maxconn = max(1, min(room_default, max_connections))
-    if snap.dry_run:
-        return Setting(maxconn, rooms, engaged, capped=False)
-    return Setting(maxconn, rooms, engaged)
+    return Setting(maxconn, rooms, engaged, capped=not snap.dry_run, why=why)
 
 
 def uncapped(priorities: Sequence[str], *, max_connections: int, max_clients: int) -> Setting:
     """Nothing capped: dry-run, and the first config before any limit is known."""
-    return Setting(max(1, max_connections), {p: max(1, max_clients) for p in priorities}, capped=False)
+    return Setting(max(1, max_connections), {p: max(1, max_clients) for p in priorities}, capped=False,
+                   why={p: ("queue", "ceiling") for p in priorities})
 
 
 def rt_seconds(ctime_ms: int, rtime_ms: int) -> float:

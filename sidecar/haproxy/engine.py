@@ -49,7 +49,7 @@ from sidecar.haproxy.control import Setting
 from sidecar.haproxy.loop import Controller
 from sidecar.haproxy.metrics import HaproxyCollector
 from sidecar.haproxy.process import HaproxyProcess, find_haproxy
-from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render
+from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render, why_text
 from sidecar.haproxy.runtime import Runtime
 from sidecar.probe import UpstreamProbe
 from sidecar.watch import WatchedSignal, parse_watch
@@ -228,10 +228,11 @@ class HaproxySidecar:
         self.priorities = self.limiter.priorities
         self.default_priority = self.limiter.default_priority
         map_path = os.path.join(self.run_dir, "admission.map")
+        why_path = os.path.join(self.run_dir, "why.map")
         self.controller = Controller(cfg, self.limiter, self.runtime, priorities=self.priorities,
-                                     default_priority=self.default_priority, map_path=map_path, clients=self.clients,
-                                     clock=self._clock)  # fmt: skip
-        self._plan = Plan(listen_port, sock, map_path, os.path.join(self.run_dir, "hop.lua"), self.priorities,
+                                     default_priority=self.default_priority, map_path=map_path, why_path=why_path,
+                                     clients=self.clients, clock=self._clock)  # fmt: skip
+        self._plan = Plan(listen_port, sock, map_path, why_path, os.path.join(self.run_dir, "hop.lua"), self.priorities,
                           self.default_priority, 1, {})  # fmt: skip
         with open(self._plan.lua_path, "w") as f:
             f.write(HOP_LUA)
@@ -274,11 +275,13 @@ class HaproxySidecar:
         """The config and admission.map with the controller's current values, for a (re)start."""
         assert self._plan is not None and self.controller is not None
         c = self.controller
-        maxconn, rooms = c.applied(c.setting)
+        maxconn, rooms, why = c.applied(c.setting)
         plan = replace(self._plan, maxconn=maxconn, rooms=rooms)
         text = render(self.config, plan)
         with open(plan.map_path, "w") as f:
             f.write(map_text(rooms))
+        with open(plan.why_path, "w") as f:
+            f.write(why_text(why))
         with open(os.path.join(self.run_dir, "haproxy.cfg"), "w") as f:
             f.write(text)
 

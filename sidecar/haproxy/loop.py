@@ -62,6 +62,7 @@ class Controller:
         priorities: Sequence[str],
         default_priority: str,
         map_path: str,
+        why_path: str = "",
         clients: ClientGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -71,6 +72,7 @@ class Controller:
         self.priorities = tuple(priorities)
         self.default_priority = default_priority
         self.map_path = map_path
+        self.why_path = why_path
         self.clients = clients
         self._clock = clock
         self._gated = config.policy().cpu_gate  # an ungated limiter (fixed, gradient) is always engaged
@@ -88,15 +90,20 @@ class Controller:
         self._seen: dict[str, int] = {}
         self._cool_until = -1.0
 
-    def applied(self, s: Setting) -> tuple[int, dict[str, int]]:
-        """What HAProxy is given for ``s``: its values, or nothing capped (dry-run)."""
+    def applied(self, s: Setting) -> tuple[int, dict[str, int], dict[str, tuple[str, str]]]:
+        """What HAProxy is given for ``s``: its maxconn, rooms and shed answers, or nothing capped (dry-run)."""
         if s.capped:
-            return s.maxconn, dict(s.rooms)
-        return self.config.max_connections, {p: self.config.max_clients for p in s.rooms}
+            return s.maxconn, dict(s.rooms), dict(s.why)
+        return (self.config.max_connections, {p: self.config.max_clients for p in s.rooms},
+                {p: ("queue", "ceiling") for p in s.rooms})  # fmt: skip
 
     def commands(self, s: Setting) -> list[str]:
-        maxconn, rooms = self.applied(s)
-        return [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items())]
+        maxconn, rooms, why = self.applied(s)
+        out = [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items())]
+        if self.why_path:
+            for p, (reason, stage) in why.items():
+                out += [set_map(self.why_path, f"{p}.reason", reason), set_map(self.why_path, f"{p}.stage", stage)]
+        return out
 
     def _total(self, key: str, value: int) -> int:
         """A counter of the current child plus those of the children before it."""
@@ -150,9 +157,15 @@ class Controller:
             self.limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
             snap = self.limiter.snapshot()
             engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
+            if not self._gated:
+                reason = "limit"
+            elif snap.hot:
+                reason = snap.hot_triggers[0] if snap.hot_triggers else "cpu"
+            else:
+                reason = "cool_off"
             self.setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
                                      max_connections=self.config.max_connections,
-                                     max_clients=self.config.max_clients)  # fmt: skip
+                                     max_clients=self.config.max_clients, reason=reason)  # fmt: skip
             commands = self.commands(self.setting)
             if commands != self.sent:
                 await self.runtime.apply(commands)

@@ -62,9 +62,9 @@ class HaproxyCollector:
         streams = GaugeMetricFamily("flowctl_haproxy_stream_sessions", "Streams (WebSocket, SSE, stream paths) open now: "
                                     "they hold no admission.")
         requests = CounterMetricFamily("flowctl_haproxy_requests", "HTTP requests HAProxy received.")
-        shed = CounterMetricFamily("flowctl_haproxy_shed", "Requests HAProxy answered 503: reason queue (the class's room "
-                                   "was full) by priority, or queue_timeout (waited past --queue-timeout).",
-                                   labels=["reason", "priority"])
+        shed = CounterMetricFamily("flowctl_haproxy_shed", "Requests HAProxy answered 503: reason room (the class's room "
+                                   "was full; the 503 body names the limit or ceiling behind it) by priority, or "
+                                   "queue_timeout (waited past --queue-timeout).", labels=["reason", "priority"])
         errors = CounterMetricFamily("flowctl_haproxy_control_errors", "Control ticks that failed (admin socket errors).")
         if live:
             e = self._engine
@@ -83,7 +83,7 @@ class HaproxyCollector:
             streams.add_metric([], f.get("stream_sessions", 0))
             requests.add_metric([], f.get("requests_total", 0))
             for p, n in e.sheds_total.items():
-                shed.add_metric(["queue", p], n)
+                shed.add_metric(["room", p], n)
             shed.add_metric(["queue_timeout", ""], f.get("queue_timeouts_total", 0))
             errors.add_metric([], e.control_errors_total)
         return [up, restarts, maxconn, room, engaged, capped, current, queue, streams, requests, shed, errors]

@@ -8,9 +8,10 @@ What the generated file does (names are fixed: the control loop addresses them):
   both ways, and the names a Connection header lists, by ``HOP_LUA``), 413 over ``max_body`` (by Content-Length), the priority class
   from ``--priority-header`` (``http-request set-priority-class``: the class
   index minus the default's, so critical -1 is dequeued first), and
-  admission: a request is shed (503, reason ``queue``) when the upstream's
-  requests in service plus those queued reach its class's *room*, read from
-  ``admission.map`` (``set map`` at run time);
+  admission: a request is shed (503) when the upstream's requests in service
+  plus those queued reach its class's *room*, read from ``admission.map``
+  (``set map`` at run time); the 503 body's reason and stage come from
+  ``why.map`` (``queue``/``ceiling``, or the limit's reason/``limit``);
 - backend ``app``, server ``upstream``: ``maxconn`` is the admission limit
   (``set maxconn server app/upstream N`` at run time); the queue ends at
   ``timeout queue`` (503, reason ``queue_timeout``);
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit
 from flowctl.errors import ConfigError
 from sidecar.config import SidecarConfig
 
-__all__ = ["APP", "HOP_LUA", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend"]
+__all__ = ["APP", "HOP_LUA", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend", "why_text"]
 
 APP = "app"
 STREAMS = "streams"
@@ -56,7 +57,8 @@ class Plan:
 
     listen_port: int
     socket_path: str
-    map_path: str
+    map_path: str  # admission.map: the rooms (integers)
+    why_path: str  # why.map: what each class's shed says (strings)
     lua_path: str
     priorities: tuple[str, ...]  # most important first (``Limiter.priorities``)
     default_priority: str
@@ -155,6 +157,12 @@ def map_text(rooms: Mapping[str, int]) -> str:
     return "".join(f"{_name(k, 'priority')} {int(v)}\n" for k, v in rooms.items())
 
 
+def why_text(why: Mapping[str, tuple[str, str]]) -> str:
+    """``why.map``: what a shed of each class says, ``<class>.reason <reason>`` and ``<class>.stage <stage>``."""
+    return "".join(f"{_name(k, 'priority')}.reason {_name(r, 'reason')}\n{_name(k, 'priority')}.stage {_name(st, 'stage')}\n"
+                   for k, (r, st) in why.items())  # fmt: skip
+
+
 def render(config: SidecarConfig, plan: Plan) -> str:
     """The whole haproxy.cfg for ``config`` (validated) and ``plan``."""
     if config.quota:
@@ -168,6 +176,7 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     bind = _word(f"[{host}]:{plan.listen_port}" if ":" in host else f"{host}:{plan.listen_port}", "listen")
     sock = _word(plan.socket_path, "run directory")
     amap = _word(plan.map_path, "run directory")
+    wmap = _word(plan.why_path, "run directory")
     retry = retry_after_s(config)
     header = _name(config.priority_header, "priority_header") if config.priority_header else ""
     streams = [_word(p, "stream_paths") for p in config.stream_paths]
@@ -262,7 +271,7 @@ def render(config: SidecarConfig, plan: Plan) -> str:
         add("    http-check expect rstatus ^[1-4]")
     if prefix:
         add(f"    http-request set-path {prefix}%[path]")
-    overloaded = _json({"error": "overloaded", "reason": "queue_timeout", "retry_after_s": float(retry)})
+    overloaded = _json({"error": "overloaded", "reason": "queue_timeout", "stage": "queue", "retry_after_s": float(retry)})
     add(f"    http-error status 503 content-type application/json string {overloaded} hdr retry-after {retry}")
     add(f"    server {SERVER} {server} maxconn {max(1, plan.maxconn)} {check}")
     add("")
@@ -277,8 +286,10 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     for p in prios:
         add("")
         add(f"backend {shed_backend(p)}")
-        body = _json({"error": "overloaded", "reason": "queue", "retry_after_s": float(retry)})
-        add(f"    http-request return status 503 content-type application/json string {body} hdr retry-after {retry}")
+        # reason and stage as the Python engine's body: what holds the class's room now (admission.map)
+        body = (f'\'{{"error": "overloaded", "reason": "%[str({p}.reason),map({wmap},queue)]", '
+                f'"stage": "%[str({p}.stage),map({wmap},ceiling)]", "retry_after_s": {float(retry)}}}\'')
+        add(f"    http-request return status 503 content-type application/json lf-string {body} hdr retry-after {retry}")
     return "\n".join(out) + "\n"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -158,5 +159,12 @@ def set_maxconn(backend: str, server: str, n: int) -> str:
     return f"set maxconn server {backend}/{server} {int(n)}"
 
 
-def set_map(map_path: str, key: str, value: int) -> str:
-    return f"set map {map_path} {key} {int(value)}"
+_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def set_map(map_path: str, key: str, value: int | str) -> str:
+    """The command setting one ``admission.map`` entry (key and value: single tokens)."""
+    text = str(int(value)) if isinstance(value, int) else value
+    if not _TOKEN.fullmatch(key) or not _TOKEN.fullmatch(text):
+        raise ValueError(f"map entry {key!r} {text!r}: not single tokens")
+    return f"set map {map_path} {key} {text}"

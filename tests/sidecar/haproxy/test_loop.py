@@ -12,6 +12,7 @@ from tests.sidecar.haproxy.helpers import FakeRuntime, loopback_config, recorded
 from tests.test_limiter import FakeClock
 
 MAP = "/run/x/admission.map"
+WHY = "/run/x/why.map"
 
 
 def controller(clock: FakeClock, cfg: SidecarConfig, stats_file: str = "show_stat_after.csv",
@@ -21,13 +22,17 @@ def controller(clock: FakeClock, cfg: SidecarConfig, stats_file: str = "show_sta
     lim = build_limiter(cfg, sig, clock=clock)
     rt = FakeRuntime(recorded(stats_file, pid=100))
     c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
-                   clients=ClientGuard(), clock=clock)  # fmt: skip
+                   why_path=WHY, clients=ClientGuard(), clock=clock)  # fmt: skip
     return c, rt, sig, lim
 
 
-def expected(maxconn: int, critical: int, default: int, sheddable: int) -> list[str]:
-    return [f"set maxconn server app/upstream {maxconn}", f"set map {MAP} critical {critical}",
-            f"set map {MAP} default {default}", f"set map {MAP} sheddable {sheddable}"]  # fmt: skip
+def expected(maxconn: int, critical: int, default: int, sheddable: int, reason: str = "limit") -> list[str]:
+    """The commands for a setting whose rooms all come from the class limits (engaged, no ceiling known)."""
+    out = [f"set maxconn server app/upstream {maxconn}", f"set map {MAP} critical {critical}",
+           f"set map {MAP} default {default}", f"set map {MAP} sheddable {sheddable}"]  # fmt: skip
+    for p in ("critical", "default", "sheddable"):
+        out += [f"set map {WHY} {p}.reason {reason}", f"set map {WHY} {p}.stage limit"]
+    return out
 
 
 async def test_a_fixed_limit_is_sent_once_then_only_on_change() -> None:
@@ -73,6 +78,9 @@ async def test_hot_cpu_engages_and_haproxys_sheds_hold_a_cool_off() -> None:
         sig.set(at=clock.now, utilization=0.95, utilization_smoothed=0.95)
         await c.tick()
     assert c.setting.engaged
+    assert c.setting.why["default"] == ("cpu", "limit")  # what a shed's 503 body says now (why.map)
+    assert [f"set map {WHY} default.reason cpu", f"set map {WHY} default.stage limit"] == \
+        [x for x in rt.applied[-1] if x.startswith(f"set map {WHY} default.")]  # fmt: skip
     cold = 0.1
     clock.advance(0.1)
     sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
@@ -80,6 +88,7 @@ async def test_hot_cpu_engages_and_haproxys_sheds_hold_a_cool_off() -> None:
     rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "9"}})
     await c.tick()
     assert c.setting.engaged  # its own sheds keep the engine engaged, as a limiter's restart its cool-off
+    assert c.setting.why["default"] == ("cool_off", "limit")
     clock.advance(1.1)
     sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
     await c.tick()

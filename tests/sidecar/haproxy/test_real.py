@@ -145,17 +145,18 @@ async def test_queue_overflow_and_queue_timeout_answer_503_with_retry_after_and_
         async with client.get(url(sc, "/echo")) as r:  # default: room 1 is taken
             assert r.status == 503 and r.headers["Retry-After"] == "1"
             assert r.headers["Content-Type"] == "application/json"
-            assert await r.json() == {"error": "overloaded", "reason": "queue", "retry_after_s": 1.0}
+            # as the Python engine answers a fixed limiter's shed
+            assert await r.json() == {"error": "overloaded", "reason": "limit", "stage": "limit", "retry_after_s": 1.0}
         async with client.get(url(sc, "/echo"), headers={"X-Priority": "critical"}) as r:  # queued, then too long
             assert r.status == 503 and r.headers["Retry-After"] == "1"
-            assert await r.json() == {"error": "overloaded", "reason": "queue_timeout", "retry_after_s": 1.0}
+            assert await r.json() == {"error": "overloaded", "reason": "queue_timeout", "stage": "queue", "retry_after_s": 1.0}
         resp = await busy
         assert resp.status == 200
         resp.release()
     await until(lambda: sc.figures.get("queue_timeouts_total") == 1 and sc.sheds_total.get("default") == 1,
                 what="the sheds counted")  # fmt: skip
     text = await _get_text(f"http://127.0.0.1:{sc.admin_port}/metrics")
-    assert 'flowctl_haproxy_shed_total{priority="default",reason="queue"} 1.0' in text
+    assert 'flowctl_haproxy_shed_total{priority="default",reason="room"} 1.0' in text
     assert 'flowctl_haproxy_shed_total{priority="",reason="queue_timeout"} 1.0' in text
     assert 'flowctl_sidecar_errors_total{status="503"} 2.0' in text
 

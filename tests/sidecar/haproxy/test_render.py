@@ -11,7 +11,7 @@ import pytest
 from flowctl.errors import ConfigError
 from flowctl.quota.rules import parse_rules
 from sidecar.config import HostPort, add_arguments, load_config
-from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render, retry_after_s
+from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render, retry_after_s, why_text
 from tests.realenv import need_binary
 from tests.sidecar.haproxy.helpers import loopback_config
 
@@ -19,7 +19,7 @@ PRIOS = ("critical", "default", "sheddable")
 
 
 def plan(**kw: object) -> Plan:
-    base = Plan(18080, "/run/x/admin.sock", "/run/x/admission.map", "/run/x/hop.lua", PRIOS, "default", 7,
+    base = Plan(18080, "/run/x/admin.sock", "/run/x/admission.map", "/run/x/why.map", "/run/x/hop.lua", PRIOS, "default", 7,
                 {p: 9 for p in PRIOS})  # fmt: skip
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -49,10 +49,11 @@ def test_defaults_render_the_named_pieces_the_control_loop_addresses() -> None:
 def test_the_shed_and_timeout_answers_carry_the_python_engines_json_and_retry_after() -> None:
     cfg = render(loopback_config(cool_off_s=2.5), plan())
     assert retry_after_s(loopback_config(cool_off_s=2.5)) == 3
-    assert ('http-request return status 503 content-type application/json string '
-            '\'{"error": "overloaded", "reason": "queue", "retry_after_s": 3.0}\' hdr retry-after 3') in cfg  # fmt: skip
-    assert ('http-error status 503 content-type application/json string '
-            '\'{"error": "overloaded", "reason": "queue_timeout", "retry_after_s": 3.0}\' hdr retry-after 3') in cfg  # fmt: skip
+    assert ('http-request return status 503 content-type application/json lf-string '
+            '\'{"error": "overloaded", "reason": "%[str(default.reason),map(/run/x/why.map,queue)]", '
+            '"stage": "%[str(default.stage),map(/run/x/why.map,ceiling)]", "retry_after_s": 3.0}\' hdr retry-after 3') in cfg  # fmt: skip
+    assert ('http-error status 503 content-type application/json string \'{"error": "overloaded", '
+            '"reason": "queue_timeout", "stage": "queue", "retry_after_s": 3.0}\' hdr retry-after 3') in cfg  # fmt: skip
 
 
 def test_priority_header_maps_to_priority_classes_critical_first() -> None:
@@ -99,6 +100,7 @@ def test_ipv6_listen_and_upstream_are_bracketed() -> None:
 
 def test_map_text() -> None:
     assert map_text({"critical": 9, "default": 3, "sheddable": 1}) == "critical 9\ndefault 3\nsheddable 1\n"
+    assert why_text({"default": ("cpu", "limit")}) == "default.reason cpu\ndefault.stage limit\n"
     with pytest.raises(ConfigError):
         map_text({"crit ical": 1})
 
@@ -169,14 +171,17 @@ def test_haproxy_accepts_every_rendered_variant(tmp_path: object) -> None:
         loopback_config(listen=HostPort("::1", 0), upstream="http://[::1]:8080"),
     ]
     for i, cfg in enumerate(variants):
-        amap = os.path.join(d, f"a{i}.map")
+        amap, wmap = os.path.join(d, f"a{i}.map"), os.path.join(d, f"w{i}.map")
         with open(amap, "w") as f:
             f.write(map_text({p: 5 for p in PRIOS}))
+        with open(wmap, "w") as f:
+            f.write(why_text({p: ("queue", "ceiling") for p in PRIOS}))
         lua = os.path.join(d, "hop.lua")
         with open(lua, "w") as f:
             f.write(HOP_LUA)
         path = os.path.join(d, f"h{i}.cfg")
         with open(path, "w") as f:
-            f.write(render(cfg, plan(socket_path=os.path.join(d, f"s{i}.sock"), map_path=amap, lua_path=lua)))
+            f.write(render(cfg, plan(socket_path=os.path.join(d, f"s{i}.sock"), map_path=amap, why_path=wmap,
+                                     lua_path=lua)))
         out = subprocess.run([binary, "-c", "-f", path], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, f"variant {i}: {out.stdout}{out.stderr}"
