@@ -63,10 +63,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def sig() -> StaticSignal:
-    return StaticSignal("container", utilization=0.3, utilization_smoothed=0.3)
+    return StaticSignal("container", utilization=0.5, utilization_smoothed=0.5)
 
 
-# The concurrency rules below are tested on their own: any single hot reading counts (hot_samples=1),
+# The group reads 0.5 (busy enough to shed: Policy.busy_fraction, not hot). The concurrency rules below are tested on their own: any single hot reading counts (hot_samples=1),
 # a cool-off always runs its course (cool_fraction=0) and no CPU budget. tests/limiter/test_policy.py tests those two rules.
 RULES: dict[str, object] = {"hot_samples": 1, "cool_fraction": 0.0, "limit_refresh_s": 0.0}
 RULES_POLICY = Policy(hot_samples=1, cool_fraction=0.0, limit_refresh_s=0.0)
@@ -805,7 +805,7 @@ def test_snapshot_lists_every_hot_signal_and_a_shed_names_the_first(sig: StaticS
         d = lim.acquire()
         assert isinstance(d, Rejection) and (d.reason.trigger, d.reason.signal_value) == (trigger, value)
         if trigger == "cpu":
-            sig.set(utilization=0.1, utilization_smoothed=0.1)
+            sig.set(utilization=0.45, utilization_smoothed=0.45)  # not hot, still busy
         elif trigger == "throttled":
             sig.set(throttled_ratio=0.0)
         elif trigger == "pressure":
@@ -816,7 +816,7 @@ def test_snapshot_lists_every_hot_signal_and_a_shed_names_the_first(sig: StaticS
 def test_snapshot_before_any_drop_has_no_cool_off_time(sig: StaticSignal, clock: FakeClock) -> None:
     snap = make(sig, clock).snapshot()
     assert snap.cool_off_until is None and not snap.cool_off
-    assert snap.cpu == CpuReading(utilization=0.3, utilization_smoothed=0.3)
+    assert snap.cpu == CpuReading(utilization=0.5, utilization_smoothed=0.5)
 
 
 def test_unknown_cpu_while_overloaded_logs_once(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:

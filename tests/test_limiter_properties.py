@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, rule
 
@@ -202,3 +202,65 @@ def test_traced_memory_stays_flat(make_algo: Callable[[], LimitAlgorithm]) -> No
     finally:
         tracemalloc.stop()
     assert growth < 8 * 1024, growth
+
+
+class _Queue:
+    """A non-bypass trigger (counts as hot) whose value the test sets."""
+
+    name = "depth"
+    threshold = 1.0
+    bypass_inflight = False
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def check(self, now: float) -> float | None:
+        return self.value if self.value >= self.threshold else None
+
+
+Step = tuple[float | None, float, float, float, float, float, list[str]]
+_READING = st.tuples(
+    st.one_of(st.none(), st.floats(0.0, 2.0)),  # fast utilization (None: unknown)
+    st.floats(0.0, 2.0),  # smoothed
+    st.floats(0.0, 1.0),  # throttled ratio
+    st.floats(0.0, 1.0),  # pressure ratio
+    st.floats(0.0, 3.0),  # the non-bypass trigger's value
+    st.sampled_from((0.01, 0.1, 0.1, 0.1, 0.35, 1.2)),  # seconds since the last reading
+    st.lists(st.sampled_from(("default", "sheddable", "critical", "release", "release")), max_size=15),
+)
+
+
+
+@pytest.mark.parametrize("algorithm", ["fixed", "bbr"])
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_READING, max_size=40), queue=st.sampled_from((None, 0, 3)))
+def test_an_idle_looking_group_never_sheds_a_default_request(algorithm: str, steps: list[Step],
+                                                             queue: int | None) -> None:  # fmt: skip
+    """Whatever the readings, triggers and in-flight: a default-class request is never shed while the
+    group's utilization over the last second (the sampler's 1 s EMA) is under half the threshold (no
+    loop-lag trigger here: it is the one stage allowed to shed a queue the CPU does not show)."""
+    now = [1000.0]
+    sig = StaticSignal("container")
+    depth = _Queue()
+    algo: LimitAlgorithm = FixedLimit(1) if algorithm == "fixed" else Bbr(window_s=1.0, buckets=10, cold_start_inflight=2)
+    policy = Policy(limit_refresh_s=0.0, queue_allowance=queue, throttled_threshold=0.2, pressure_threshold=0.2,
+                    busy_fraction=0.5)  # fmt: skip
+    lim = Limiter(sig, algo, policy=policy, triggers=[depth], clock=lambda: now[0])
+    held: list[Token] = []
+    for fast, smoothed, throttled, pressure, value, dt, ops in steps:
+        now[0] += dt
+        sig.set(at=now[0], utilization=fast, utilization_smoothed=smoothed, throttled_ratio=throttled,
+                pressure_ratio=pressure, usage_cores=None if fast is None else fast * 0.5, limit_cores=0.5)  # fmt: skip
+        depth.value = value
+        idle = smoothed < 0.4 - 1e-9  # the last second (the 1 s EMA) under half the threshold
+        for op in ops:
+            now[0] += 0.002
+            if op == "release":
+                if held:
+                    held.pop(0).success()
+                continue
+            d = lim.acquire(op)
+            if isinstance(d, Token):
+                held.append(d)
+            elif op == "default":
+                assert not idle, (d.reason, smoothed)

@@ -159,6 +159,7 @@ class Limiter:
     def _apply(self, policy: Policy) -> None:
         """Copy the policy into the attributes the hot path reads."""
         self._gate.policy = policy
+        self._may_shed = True  # the gate starts over: busy until readings say otherwise
         self._cool_off_s = policy.cool_off_s
         self._retry_floor_s = max(policy.cool_off_s, policy.min_retry_after_s)
         self.limit_refresh_s = policy.limit_refresh_s
@@ -267,23 +268,26 @@ class Limiter:
         if gate._signal.reading is not gate.seen:
             self._observe(now)
         inflight = self._inflight
-        if inflight >= slot.partition.ceiling:
-            self._queue_sheds += 1
-            return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling, False,
-                              "ceiling")  # fmt: skip
-        if now < self._engaged_until:
-            decision = self._engaged(now, slot, inflight)
-            if decision is not None:
-                return decision
-        elif inflight or (self._own_group and now >= self._period.read_at + self._policy.idle_read_s):  # type: ignore[union-attr]
-            if self._pacing and not slot.partition.reserve:
-                decision = self._paced(now, slot, inflight, False)
+        if self._may_shed:  # stages 1-3 shed only while the group looks busy (Policy.busy_fraction)
+            if inflight >= slot.partition.ceiling:
+                self._queue_sheds += 1
+                return self._shed(now, slot, inflight, "queue", gate.signal_name, inflight, slot.partition.ceiling,
+                                  False, "ceiling")  # fmt: skip
+            if now < self._engaged_until:
+                decision = self._engaged(now, slot, inflight)
                 if decision is not None:
                     return decision
-            if inflight >= slot.partition.limit and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
-                decision = self._triggered(now, slot, inflight)
-                if decision is not None:
-                    return decision
+            elif inflight or (self._own_group and now >= self._period.read_at + self._policy.idle_read_s):  # type: ignore[union-attr]
+                if self._pacing and not slot.partition.reserve:
+                    decision = self._paced(now, slot, inflight, False)
+                    if decision is not None:
+                        return decision
+                if inflight >= slot.partition.limit and (gate.triggers or gate.seen.utilization is None):  # type: ignore[union-attr]
+                    decision = self._triggered(now, slot, inflight)
+                    if decision is not None:
+                        return decision
+        elif self._own_group and now >= self._period.read_at + self._policy.idle_read_s:  # type: ignore[union-attr]
+            self._read_bandwidth(now, inflight)  # not busy: no shed, but a freeze still tells the lag stage
         for t in self._polled:  # the loop-lag trigger (written out: no helper frame)
             if now >= t.quiet_until:  # else its check would return None: no call
                 v = t.check(now)
@@ -334,6 +338,7 @@ class Limiter:
         r = gate._signal.reading
         hot = gate.observe(r, self._queue_sheds != self._queue_sheds_seen)
         self._queue_sheds_seen = self._queue_sheds
+        self._may_shed = gate.busy or not gate.policy.cpu_gate
         pacing = self._period_shed_at >= self._observed_at  # and the period gate
         if not gate.policy.cpu_gate:
             self._engaged_until = math.inf
@@ -465,21 +470,28 @@ class Limiter:
         (critical) is never shed here: only at its ceiling."""
         period = self._period
         assert period is not None
-        bandwidth = self._bandwidth
         cost = self._cost.cpu_per_request_s
-        if bandwidth is not None and now >= period.read_at + self._policy.bandwidth_read_s:
-            counters = bandwidth.read()
-            if counters is not None:
-                usage_s, periods, throttled, throttled_s = counters
-                frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
-                if frozen:
-                    self._froze(now, frozen, period.period_s)
+        if now >= period.read_at + self._policy.bandwidth_read_s:
+            self._read_bandwidth(now, inflight)
         if period.allows(now, inflight, cost, slot.partition.level, strict=engaged):
             return None
         if not engaged:
             self._queue_sheds += 1
         return self._shed(now, slot, inflight, "cpu_period", self._gate.signal_name, period.used_s(), period.quota_s,
                           engaged, "period")  # fmt: skip
+
+    def _read_bandwidth(self, now: float, inflight: int) -> None:
+        """Read the group's counters into the period gate; a freeze they show goes to ``_froze``."""
+        period, bandwidth = self._period, self._bandwidth
+        if period is None or bandwidth is None:
+            return
+        counters = bandwidth.read()
+        if counters is not None:
+            usage_s, periods, throttled, throttled_s = counters
+            cost = self._cost.cpu_per_request_s
+            frozen = period.update(now, usage_s, periods, throttled, self._admits - inflight, cost, throttled_s)
+            if frozen:
+                self._froze(now, frozen, period.period_s)
 
     def _froze(self, now: float, frozen_s: float, period_s: float | None) -> None:
         """The group was frozen ``frozen_s`` until about ``now`` (its period's quota was spent):

@@ -83,6 +83,7 @@ class HotGate:
         self._streak_seq = -1
         self._min_gap_s = math.inf
         self.consecutive = False
+        self.busy = True  # the group looks busy enough to shed (see ``Policy.busy_fraction``); unknown: True
 
     def set_triggers(self, triggers: tuple[Trigger, ...]) -> None:
         self.triggers = triggers
@@ -114,6 +115,7 @@ class HotGate:
         self._streak_at = r.at
         self._streak_seq = r.seq
         slow = r.utilization_smoothed
+        self._track_busy(slow)
         hot: Hot | None = None
         if self._streak >= th.hot_samples or (queued and self._streak):
             hot = ("cpu", self.signal_name, fast, limit)
@@ -123,6 +125,12 @@ class HotGate:
             hot = next(iter(self._optional_hot(r)), None)
         self.hot = hot
         return hot
+
+    def _track_busy(self, slow: float | None) -> None:
+        """``busy``: the smoothed utilization is at least ``busy_fraction * cpu_threshold`` (True while
+        unknown)."""
+        th = self._policy
+        self.busy = slow is None or slow >= th.busy_fraction * th.cpu_threshold - 1e-12
 
     def _optional_hot(self, r: CpuReading) -> list[Hot]:
         """The optional signals (throttled, then pressure) at or over their thresholds in ``r``."""

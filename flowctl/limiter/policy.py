@@ -43,6 +43,10 @@ class Policy:
       at or over which the limiter is hot too (None: off).
     - ``cpu_gate``: False makes the limiter always engaged: a plain concurrency limiter.
     - ``freeze_engages``: a CFS freeze of the group this long (fraction of the period) engages.
+    - ``busy_fraction``: no stage but lag sheds while the smoothed utilization (the sampler's 1 s
+      EMA) is under ``busy_fraction * cpu_threshold``: a group that was not busy over the last
+      second is not overloaded, whatever its in-flight count or a spike says. 0 (the default until
+      the matrix shows 0.5 helps on two seeds: docs/decisions.md): no such rule.
 
     Limits:
 
@@ -78,6 +82,7 @@ class Policy:
     pressure_threshold: float | None = None
     cpu_gate: bool = True
     freeze_engages: float = 0.2
+    busy_fraction: float = 0.0
     queue_allowance: int | None = 3
     busy_floor: bool = True
     period_gate: bool = True
@@ -105,7 +110,7 @@ class Policy:
             raise ConfigError(f"cool_fraction must be in [0, 1), got {self.cool_fraction!r}")
         for name in ("cool_off_s", "limit_refresh_s", "rescale_fraction", "period_margin", "margin_up", "margin_down",
                      "max_margin", "overhead_cap", "freeze_seen_s", "bandwidth_read_s", "idle_read_s",
-                     "min_retry_after_s", "freeze_engages"):  # fmt: skip
+                     "min_retry_after_s", "freeze_engages", "busy_fraction"):  # fmt: skip
             _positive(name, getattr(self, name), allow_zero=True)
         qa = self.queue_allowance
         if qa is not None and not (isinstance(qa, int) and not isinstance(qa, bool) and qa >= 0):

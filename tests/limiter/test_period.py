@@ -212,7 +212,7 @@ def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
 def test_not_engaged_it_sheds_only_once_the_quota_is_spent_never_critical_and_starts_no_cool_off() -> None:
     clock = Clock()
     lim, sig, bw = paced_limiter(clock, queue_allowance=None)
-    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    sig.reading = CpuReading(at=clock.now, utilization=0.5, utilization_smoothed=0.5, limit_cores=0.5, seq=1)
     held = [lim.acquire() for _ in range(5)]
     bw.spend(0.0499)  # 49.9 ms used: not engaged, in-flight work and this request are not counted
     held.append(lim.acquire())
@@ -401,7 +401,7 @@ def test_a_long_freeze_of_a_sidecars_target_engages_without_telling_the_loop_lag
     clock = Clock()
     hook = FrozenHook()
     lim, sig, bw = paced_limiter(clock, triggers=[hook])  # not our own group: a sidecar reads its target's
-    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    sig.reading = CpuReading(at=clock.now, utilization=0.5, utilization_smoothed=0.5, limit_cores=0.5, seq=1)
     held = lim.acquire()  # in flight: the gate reads
     clock.now += 0.01
     lim.acquire().success()

@@ -29,7 +29,7 @@ class Clock:
 
 
 def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: float) -> CpuReading:
-    return CpuReading(at=clock.now, utilization=fast, utilization_smoothed=smoothed if smoothed is not None else 0.1,
+    return CpuReading(at=clock.now, utilization=fast, utilization_smoothed=smoothed if smoothed is not None else 0.45,
                       seq=round(clock.now / INTERVAL_S), **kw)  # fmt: skip
 
 
@@ -110,29 +110,34 @@ def test_hot_samples_must_be_a_positive_integer() -> None:
         max_size=40,
     ),
     st.sampled_from([None, 0, 3]),
+    st.sampled_from([0.0, 0.5]),
 )
-def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float, list[str]]], queue: int | None) -> None:
+def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float, list[str]]], queue: int | None,
+                                                 busy_fraction: float) -> None:  # fmt: skip
     """Readings whose smoothed value stays under the threshold and whose fast value never reaches it
     twice in a row (nor once after a ceiling shed): whatever the in-flight count, nothing is shed
-    (default policy) but at the always-on ceiling, and a ceiling shed starts no cool-off: the next request under the
-    ceiling is admitted. Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
+    (default policy) but at the always-on ceiling, while the smoothed utilization is at least half the
+    threshold, and a ceiling shed starts no cool-off: the next request under the ceiling is admitted.
+    Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
     clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, FixedLimit(1), policy=Policy(limit_refresh_s=0.0, queue_allowance=queue), clock=clock)  # fmt: skip
+    lim = Limiter(sig, FixedLimit(1), policy=Policy(limit_refresh_s=0.0, queue_allowance=queue, busy_fraction=busy_fraction),
+                  clock=clock)  # fmt: skip
     held: list[Token] = []
     prev_hot = queued = False  # queued: a ceiling shed that no observed reading has seen yet
     for fast, smoothed, ops in steps:
         if (prev_hot or queued) and fast >= 0.8:
             fast = 0.5  # never two hot fast readings in a row, nor one after a ceiling shed
-        prev_hot, seen = fast >= 0.8, False
+        prev_hot = fast >= 0.8
         tick(sig, clock, fast, smoothed, usage_cores=fast * 0.5, limit_cores=0.5)
+        lim.observe()  # every reading is seen, as under steady traffic
+        queued = False  # this reading saw the last step's ceiling sheds
+        busy = smoothed >= busy_fraction * 0.8 - 1e-12  # the last second (the 1 s EMA): Policy.busy_fraction
         for op in ops:
             clock.now += 0.001
             if op == "acquire":
-                ceiling, before = observed(lim).priority_ceilings["default"], lim.inflight
-                queued = queued and seen  # the snapshot observed this reading, with the shed
-                seen = True
+                ceiling, before = lim.snapshot().priority_ceilings["default"], lim.inflight
                 d = lim.acquire()
-                if before < ceiling:
+                if before < ceiling or not busy:
                     assert isinstance(d, Token), d
                     held.append(d)
                 else:

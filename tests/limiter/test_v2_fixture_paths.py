@@ -27,8 +27,8 @@ def test_pressure_trigger_fires_on_the_groups_own_psi(tmp_path: Path) -> None:
     leaf = group(tmp_path, "/flowctl-test-psi", cpu_max="50000 100000")
     process(tmp_path, PID, "/flowctl-test-psi")
     sig = make_signal("container", root=str(tmp_path), pid=PID, interval_s=0.1)
-    # CPU gate out of reach (threshold 100x): only the pressure trigger can make it hot.
-    lim = Limiter(sig, FixedLimit(1), policy=Policy(cpu_threshold=100.0, pressure_threshold=0.1, cool_off_s=0.0), clock=FakeClock())
+    # CPU gate out of reach (threshold 100x, and no busy precondition): only the pressure trigger can make it hot.
+    lim = Limiter(sig, FixedLimit(1), policy=Policy(cpu_threshold=100.0, busy_fraction=0.0, pressure_threshold=0.1, cool_off_s=0.0), clock=FakeClock())
     sig.sample(now=0.0)
     (leaf / "cpu.stat").write_text(cpu_stat(7.5, 410, 109, 3.45))
     (leaf / "cpu.pressure").write_text(cpu_pressure(PSI_TOTAL_US + 300_000))  # 30% of 1 s

@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 async def test_pressure_trigger_fires_on_the_groups_own_psi() -> None:
     with v2_group(cpu_max={"": "50000 100000"}) as leaf, burner_in(leaf) as p:
         sig = make_signal("container", pid=p.pid, interval_s=0.1)
-        # CPU gate out of reach (threshold 100x): only the pressure trigger can make it hot.
-        lim = Limiter(sig, FixedLimit(1), policy=Policy(cpu_threshold=100.0, pressure_threshold=0.1, cool_off_s=0.0))
+        # CPU gate out of reach (threshold 100x, and no busy precondition): only the pressure trigger can make it hot.
+        lim = Limiter(sig, FixedLimit(1), policy=Policy(cpu_threshold=100.0, busy_fraction=0.0, pressure_threshold=0.1, cool_off_s=0.0))
         async with sig:
             for _ in range(300):
                 await asyncio.sleep(0.01)
