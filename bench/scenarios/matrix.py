@@ -532,7 +532,9 @@ def markdown(out: dict[str, Any]) -> str:
     shapes = {s["index"]: s for s in out["shapes"]}
     lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s'] / 60:.1f} min; {m['cpus']} CPUs ({m['cpu_model']}), "
              f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after. Seed {out['seed']}, "
-             f"{len(out['shapes'])} shapes.", "", "Targets: " + "; ".join(t["rule"] for t in out["targets"]) + ".",
+             f"{len(out['shapes'])} shapes. Code: commit {str(out['code']['commit'])[:10]}"
+             + (f" with changes to {', '.join(out['code']['changed'])}" if out["code"]["changed"] else "") + ".",
+             "", "Targets: " + "; ".join(t["rule"] for t in out["targets"]) + ".",
              "Interval: Wilson 95%, cells taken as independent (they are not quite: one shape's cells share a service).",
              "", *summary_table(out["summary"])]  # fmt: skip
     lines += ["", "Worst flowctl cells (value against limit):", "",
