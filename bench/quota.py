@@ -631,10 +631,12 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def render(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+def render(runs: Sequence[dict[str, Any]], names: Sequence[str], paths: Sequence[str] = ()) -> str:
     """Markdown for one or more runs: each run's figures, and the median where there are several."""
     lines = ["# bench quota: quotas across replicas on a real redis-server", ""]
-    lines.append("Produced by `python -m bench quota --report " + " ".join(names) + "` from the runs below.")
+    lines.append("Produced by `python -m bench quota --report " + " ".join(paths or names) + "` from the runs below; "
+                 "each run is `python -m bench quota` (the JSON files beside this page keep every figure). Timing "
+                 "figures are medians (of alternated pairs within a run; across runs where there are several).")
     lines.append("")
     lines.append("| run | date | command | commit | load before / after | redis |")
     lines.append("|---|---|---|---|---|---|")
@@ -733,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             with open(name) as f:
                 runs.append(json.load(f))
-        print(render(runs, [os.path.basename(n).removesuffix(".json") for n in names]))
+        print(render(runs, [os.path.basename(n).removesuffix(".json") for n in names], names))
         return 0
     a = build_parser().parse_args(args)
     out = asyncio.run(run(a))

@@ -53,6 +53,11 @@ def resolve_engine(name: str, *, haproxy_found: bool | None = None) -> str:
 def make_engine(config: SidecarConfig) -> SidecarEngine:
     """The engine ``config.engine`` names (built, not started)."""
     name = resolve_engine(config.engine)
+    if name == "haproxy" and config.quota:
+        from flowctl.errors import ConfigError
+
+        raise ConfigError(f"quota: the haproxy engine does not enforce quotas (engine {config.engine!r} chose haproxy); "
+                          "use --engine python")
     if name == "haproxy":
         from sidecar.haproxy.engine import HaproxySidecar
 

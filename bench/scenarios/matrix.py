@@ -5,7 +5,10 @@ handler (``blocking``, ``yielding``, or ``mixed`` CPU and I/O: ``bench.upstream.
 and the load pattern (steady Poisson, or bursts of one period). Shapes are drawn with a
 seeded RNG as a Latin hypercube: with N shapes each of N equal slices of the quota range
 (uniform) and of the work range (log-uniform: 1-2 ms is as likely as 12-24 ms) holds one
-shape, paired at random; handlers and patterns are dealt in equal shares, shuffled.
+shape, paired at random; handlers and patterns are dealt in equal shares, shuffled. The work
+range ends where the quota would serve fewer than ``min_rate_rps`` requests a second, and a
+draw predicted to take longer than the plan's budget is paired again (``sample_shapes``): the
+default 8 shapes fit 20 minutes here.
 
 Every shape's references are measured in this run, as the scorecard measures them
 (``scorecard.Run.reference``): the unprotected upstream's capacity (highest rate with p99 <=
@@ -20,8 +23,9 @@ for that many Poisson arrivals of this run's seed (counted up front with the loa
 generator's own draws), never a higher rate. Overload cells are shorter (``overload_s``).
 In a *bursts* shape every cell alternates half a period at its load and half a period at
 0.2x (the calm rate): a false-shed cell never offers more than its load, and its shed ratio
-counts both halves; an overload cell's goodput is judged on its bursts (where the ideal is
-saturation), its p99 on the requests sent in them.
+counts both halves; an overload cell's goodput and p99 are those of the requests sent in its
+bursts (goodput can then exceed saturation: a burst's requests may be answered in the calm
+half after it, which the p99 target sees).
 
 Targets per cell (``TARGETS``): at <= 0.9x, shed ratio <= 1% (``false_shed``); at >= 2x,
 admitted p99 <= 4x the unloaded p99 (``p99``) and goodput (2xx within 1 s) >= 0.75 of
@@ -48,7 +52,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -71,7 +75,7 @@ QUOTA_RANGE = (0.2, 1.0)  # cores
 WORK_RANGE_MS = (1.0, 25.0)
 BURST_PERIOD_RANGE_S = (0.3, 3.0)
 CALM = 0.2  # x capacity: between bursts, and in the gap before each overload cell
-CAPACITY_GUESS = 0.6  # capacity / (quota / work) (0.52-0.78 measured), for the time estimate before a reference
+CAPACITY_GUESS = 0.55  # capacity / (quota / work) (0.52-0.78 measured, mostly 0.56): the time estimate before a reference
 LAGGED_MS = 5.0  # a cell whose sends ran later than this at p99 was limited by the load generator's core
 MIN_UNLOADED_REQUESTS = 60  # the unloaded p99 (the p99 target's denominator) comes from at least this many
 
@@ -108,13 +112,14 @@ class Plan:
     warmup_s: float
     reference: sc.Plan  # the scorecard's reference durations, start-in and client timeout
     min_rate_rps: float  # shapes keep quota x 1000 / work_ms >= this (see sample_shapes)
+    budget_per_shape_s: float | None  # a draw predicted to take longer (all variants) is paired again (sample_shapes)
     min_unloaded_requests: int = MIN_UNLOADED_REQUESTS
 
 
 DEFAULT = Plan(shapes=8, loads=LOADS, peer_loads=PEER_LOADS, min_requests=400, overload_s=2.5, gap_s=1.0, warmup_s=1.0,
-               reference=sc.FULL, min_rate_rps=50.0)  # fmt: skip
+               reference=sc.FULL, min_rate_rps=50.0, budget_per_shape_s=19.5 * 60 / 8)  # fmt: skip
 QUICK = Plan(shapes=1, loads=(0.9, 4.0), peer_loads=(0.9, 4.0), min_requests=50, overload_s=1.5, gap_s=0.5, warmup_s=0.5,
-             reference=sc.QUICK, min_rate_rps=60.0, min_unloaded_requests=20)  # fmt: skip
+             reference=sc.QUICK, min_rate_rps=60.0, budget_per_shape_s=None, min_unloaded_requests=20)  # fmt: skip
 
 
 # ------------------------------------------------------------------ shapes
@@ -140,13 +145,17 @@ class Shape:
         return CAPACITY_GUESS * self.cpus * 1000.0 / self.work_ms
 
 
-def sample_shapes(n: int, seed: int, *, min_rate_rps: float = DEFAULT.min_rate_rps) -> list[Shape]:
+def sample_shapes(n: int, seed: int, *, min_rate_rps: float = DEFAULT.min_rate_rps,
+                  cost: Callable[[Sequence[Shape]], float] | None = None, budget: float | None = None,
+                  tries: int = 200) -> list[Shape]:  # fmt: skip
     """``n`` shapes from the ranges, as a Latin hypercube over (quota, log work); reproducible from ``seed``.
 
     Work is drawn log-uniformly from 1 ms up to ``min(25, quota x 1000 / min_rate_rps)`` ms: a
     shape whose quota serves fewer than ``min_rate_rps`` requests a second at full use (heavy
     work at a tight quota) would need minutes for a 400-request cell at 0.5x. ``min_rate_rps``
-    0 samples the whole range."""
+    0 samples the whole range. With ``cost`` and ``budget``, a draw that costs more is paired
+    again (the same quota and work slices, matched anew; up to ``tries`` times, then the
+    cheapest); a draw within the budget is kept as drawn."""
     if n < 1:
         raise ValueError("need at least one shape")
     rng = random.Random(seed)
@@ -161,17 +170,32 @@ def sample_shapes(n: int, seed: int, *, min_rate_rps: float = DEFAULT.min_rate_r
     patterns = [PATTERNS[i % len(PATTERNS)] for i in range(n)]
     rng.shuffle(handlers)
     rng.shuffle(patterns)
-    out = []
     lo_q, hi_q = QUOTA_RANGE
     lo_w, hi_w = WORK_RANGE_MS
     lo_p, hi_p = BURST_PERIOD_RANGE_S
-    for i in range(n):
-        cpus = round(lo_q + uq[i] * (hi_q - lo_q), 2)
-        top = hi_w if min_rate_rps <= 0 else max(lo_w, min(hi_w, cpus * 1000.0 / min_rate_rps))
-        work = round(math.exp(math.log(lo_w) + uw[i] * (math.log(top) - math.log(lo_w))), 1)
-        period = round(math.exp(rng.uniform(math.log(lo_p), math.log(hi_p))), 2) if patterns[i] == "bursts" else None
-        out.append(Shape(i + 1, cpus, work, handlers[i], patterns[i], period))
-    return out
+    periods = [round(math.exp(rng.uniform(math.log(lo_p), math.log(hi_p))), 2) if p == "bursts" else None for p in patterns]
+
+    def build() -> list[Shape]:
+        out = []
+        for i in range(n):
+            cpus = round(lo_q + uq[i] * (hi_q - lo_q), 2)
+            top = hi_w if min_rate_rps <= 0 else max(lo_w, min(hi_w, cpus * 1000.0 / min_rate_rps))
+            work = round(math.exp(math.log(lo_w) + uw[i] * (math.log(top) - math.log(lo_w))), 1)
+            out.append(Shape(i + 1, cpus, work, handlers[i], patterns[i], periods[i]))
+        return out
+
+    shapes = build()
+    if cost is None or budget is None:
+        return shapes
+    best, best_cost = shapes, cost(shapes)
+    for _ in range(tries):
+        if best_cost <= budget:
+            break
+        rng.shuffle(uw)
+        shapes = build()
+        if (c := cost(shapes)) < best_cost:
+            best, best_cost = shapes, c
+    return best
 
 
 # ------------------------------------------------------------------ the load schedule of one lifetime
@@ -370,6 +394,15 @@ REFERENCE_GUESS_S = 31.0  # a capacity search, saturation and the answer cost (2
 LIFETIME_OVERHEAD_S = 2.5  # starting the service and the load generator, the last answers (1-5 s measured)
 
 
+def predicted_s(shape: Shape, plan: Plan, variants: Sequence[str], capacity_rps: float | None = None, *,
+                reference: bool = True) -> float:  # fmt: skip
+    """The seconds ``shape`` is expected to take (its reference unless not ``reference``, and a
+    lifetime per variant), at ``capacity_rps`` or the guess from its quota and work."""
+    cap = shape.guess_capacity_rps() if capacity_rps is None else capacity_rps
+    lifetimes = sum(LIFETIME_OVERHEAD_S + schedule(shape, variant_loads(v, plan), cap, plan, None).seconds for v in variants)
+    return (REFERENCE_GUESS_S if reference else 0.0) + lifetimes
+
+
 class Matrix:
     """One matrix run: the plan, the shapes, the references and the cells."""
 
@@ -378,7 +411,9 @@ class Matrix:
         self.seed = seed
         self.variants = list(variants)
         self.iters_per_ms = iters_per_ms
-        self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps)
+        budget = None if plan.budget_per_shape_s is None else plan.budget_per_shape_s * plan.shapes
+        self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps, budget=budget,
+                                    cost=lambda shapes: sum(predicted_s(s, plan, variants) for s in shapes))  # fmt: skip
         self.refs: dict[int, sc.Reference] = {}
         self.ref_wall_s: dict[int, float] = {}
         self.cells: list[dict[str, Any]] = []
@@ -391,8 +426,7 @@ class Matrix:
         if reference:
             self.eta.plan(f"{shape.index}/reference", REFERENCE_GUESS_S)
         for v in self.variants:
-            secs = schedule(shape, variant_loads(v, self.plan), capacity_rps, self.plan, None).seconds
-            self.eta.plan(f"{shape.index}/{v}", LIFETIME_OVERHEAD_S + secs)
+            self.eta.plan(f"{shape.index}/{v}", predicted_s(shape, self.plan, (v,), capacity_rps, reference=False))
 
     def log(self, msg: str) -> None:
         c.log(msg)
@@ -498,7 +532,9 @@ def markdown(out: dict[str, Any]) -> str:
     shapes = {s["index"]: s for s in out["shapes"]}
     lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s'] / 60:.1f} min; {m['cpus']} CPUs ({m['cpu_model']}), "
              f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after. Seed {out['seed']}, "
-             f"{len(out['shapes'])} shapes.", "", "Targets: " + "; ".join(t["rule"] for t in out["targets"]) + ".",
+             f"{len(out['shapes'])} shapes. Code: commit {str(out['code']['commit'])[:10]}"
+             + (f" with changes to {', '.join(out['code']['changed'])}" if out["code"]["changed"] else "") + ".",
+             "", "Targets: " + "; ".join(t["rule"] for t in out["targets"]) + ".",
              "Interval: Wilson 95%, cells taken as independent (they are not quite: one shape's cells share a service).",
              "", *summary_table(out["summary"])]  # fmt: skip
     lines += ["", "Worst flowctl cells (value against limit):", "",

@@ -23,6 +23,7 @@ URLs (``redis.asyncio`` parses them): ``redis://[:password@]host:port/db``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["GCRA_SCRIPT", "HEARTBEAT_SCRIPT", "KEY_PREFIX", "QuotaStore", "RedisStore", "check_store_url"]
 
 KEY_PREFIX = "flowctl:quota:"
+#: pooled connections opened ahead of traffic when the store (re)appears
+WARM_CONNECTIONS = 4
 
 #: KEYS: one per rule. ARGV[1]: now in microseconds, or "" for the server's TIME.
 #: Then per key i (1-based): ARGV[3i-1] = T (us), ARGV[3i] = tau (us), ARGV[3i+1] = cost.
@@ -75,7 +78,8 @@ for i = 1, #KEYS do
   end
 end
 for i = 1, #KEYS do
-  local ttl_ms = math.ceil((new_tats[i] - now) / 1000) + 1
+  -- expire a second after the TAT has passed (an expired key and a passed TAT are the same)
+  local ttl_ms = math.ceil((new_tats[i] - now) / 1000) + 1000
   redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl_ms)
 end
 return {1, 0, 0, remaining, math.ceil(reset)}
@@ -178,7 +182,17 @@ class RedisStore:
             assert self._client is not None
             await self._call(None, [GCRA_SCRIPT], [])
             self._loaded = True
+            await self._warm()
         return int(reply)
+
+    async def _warm(self) -> None:
+        """Open a few pooled connections ahead of traffic (best effort): the first requests of a
+        load ramp then do not each pay a connect within their timeout."""
+        client = self._client
+        assert client is not None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(max(self.timeout_s, 0.5)):
+                await asyncio.gather(*(client.ping() for _ in range(min(WARM_CONNECTIONS, self.max_connections))))
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if self._client is None:

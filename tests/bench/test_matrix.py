@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -83,6 +84,24 @@ def test_shapes_are_reproducible_stratified_and_in_range() -> None:
     assert [s.index for s in shapes] == list(range(1, 9))
     whole = mx.sample_shapes(40, seed=1, min_rate_rps=0)
     assert max(s.work_ms / s.cpus for s in whole) > 25.0  # the heavy corner is reachable with --min-rate 0
+
+
+def test_a_draw_over_the_time_budget_is_paired_again() -> None:
+    def cost(shapes: Sequence[mx.Shape]) -> float:
+        return sum(mx.predicted_s(s, mx.DEFAULT, mx.VARIANTS) for s in shapes)
+
+    budget = 19.5 * 60
+    for seed in range(1, 30):
+        drawn = mx.sample_shapes(8, seed)
+        kept = mx.sample_shapes(8, seed, cost=cost, budget=budget)
+        if cost(drawn) <= budget:
+            assert kept == drawn
+            continue
+        assert cost(kept) <= budget < cost(drawn)
+        assert sorted(s.cpus for s in kept) == sorted(s.cpus for s in drawn)  # the same quota slices
+        assert [(s.handler, s.pattern, s.burst_period_s) for s in kept] == [(s.handler, s.pattern, s.burst_period_s) for s in drawn]
+    assert all(cost(mx.sample_shapes(8, seed, cost=cost, budget=budget)) <= budget for seed in range(1, 30))
+    assert mx.sample_shapes(8, 1) == mx.sample_shapes(8, 1, cost=cost, budget=budget)  # seed 1 fits as drawn
 
 
 def _spec(sched: mx.Schedule, rate: float, seed: int) -> LoadSpec:

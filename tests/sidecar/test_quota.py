@@ -105,3 +105,11 @@ async def test_two_sidecars_share_one_quota_through_redis(
         assert a.quotas is not None and a.quotas.mode == "store"
         for sc in (a, b):
             await sc.stop()
+
+
+def test_the_haproxy_engine_refuses_quotas_instead_of_ignoring_them() -> None:
+    from sidecar.engine import make_engine
+
+    cfg = load_config(args("--quota", RULE, "--engine", "haproxy"), env={})
+    with pytest.raises(ConfigError, match="^quota: the haproxy engine does not enforce quotas"):
+        make_engine(cfg)
