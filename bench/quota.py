@@ -722,6 +722,16 @@ def render(runs: Sequence[dict[str, Any]], names: Sequence[str], paths: Sequence
                              f"{f['slowest_answer_while_down_ms']:.1f} | {sw} | {bk} | {f['a_admitted_rate_while_down_per_s']:.1f} | "
                              f"{f['b_lost_while_down']} | {all(f['replicas_alive_at_end'])} |")  # fmt: skip
         lines.append("")
+        lines += ["Reading the fault rows: phases are split by each request's intended send time, so a request sent "
+                  "just before the kill and answered after it counts as before. In mode closed, 503 (reason "
+                  "`quota_store`) is the declared answer while the store is down, and it stays the answer after the "
+                  "restart until each replica's breaker lets a probe through (it stays open 0.5 s after its last failure) "
+                  "or its heartbeat (once a second) finds the store: the store-mode column.", ""]  # fmt: skip
+    if acc:
+        lines += ["Store calls at 3x: a refused key is remembered until its retry time, but at 100/s that time is at "
+                  "most 10 ms, about the gap between two of A's requests at one replica, so most refusals still make "
+                  "their call. A tenant whose retry time is long (the cost phase's 1/h tenant) is refused without "
+                  "calls: 2 calls for 1001 requests.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
