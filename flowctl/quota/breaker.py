@@ -68,7 +68,7 @@ class CircuitBreaker:
         return was_open
 
     def trip(self, now: float) -> None:
-        """Open now, whatever the count (the store was down at start-up)."""
+        """Make the next failure open the breaker, whatever the count (the store was down at start-up)."""
         self._failed = max(self._failed, self.failures - 1)
 
     def failure(self, now: float) -> bool:
