@@ -213,6 +213,26 @@ def test_summary_and_worst_cells() -> None:
     assert mx.severity(worst[1]) == pytest.approx(3.0) and math.isinf(mx.severity(worst[0]))
 
 
+def test_markdown_shows_the_summary_the_worst_cells_and_every_cell() -> None:
+    shape = mx.Shape(1, 0.5, 5.0, "blocking", "bursts", 0.5)
+    ref = _reference()
+    sched = mx.schedule(shape, (0.9, 4.0), 40.0, mx.DEFAULT, seed=None)
+    lg = {"phases": {"0.9x": _stats(400, 8, 20.0, 36.0, 36.0), "4x": {**_stats(400, 250, 50.0, 50.0, 160.0), "send_lag_p99_ms": 9.0}},
+          "loadgen": {}}  # fmt: skip
+    cells = mx.cells_of(shape, "flowctl-sidecar", ref, sched, lg, [{"t_s": 0.0, "shed_by_reason": {"queue": 3}}])
+    out = {"command": "python -m bench matrix --seed 3", "started": "2026-12-04T00:00:00Z", "wall_s": 60.0, "seed": 3,
+           "machine": {"cpus": 2, "cpu_model": "x", "loadavg": [0.5], "loadavg_after": [0.6]},
+           "code": {"commit": "0123456789abcdef", "changed": []}, "targets": [vars(t) for t in mx.TARGETS],
+           "variants": ["flowctl-sidecar"], "shapes": [{"index": 1, "label": shape.label, "reference": ref.as_dict(),
+                                                        "in_process_bound_4x": 0.9}],
+           "cells": cells, "summary": mx.summarize(cells, ["flowctl-sidecar"]), "worst": mx.worst(cells)}  # fmt: skip
+    md = mx.markdown(out)
+    assert md.startswith("`python -m bench matrix --seed 3`") and "commit 0123456789" in md
+    assert "| flowctl-sidecar | false_shed | 0 of 1 | 0.00 | 0.00-0.79 |" in md
+    assert "| 1 | 0.9x | **2%** |" in md and "| 1 | 4x | **5x** / **0.62** |" in md
+    assert "shape 1 flowctl-sidecar 4x (9 ms)" in md  # the late sends are named
+
+
 # ---------------------------------------------------------------- the quick run (root, cgroups)
 
 
