@@ -123,7 +123,7 @@ def kratos_limiter(view: str = "container") -> Any:
     """The Kratos-style peer: BBR gated by the ``view``'s CPU as Kratos' rule has it, on flowctl's parts.
 
     Bare Little's law (no headroom), any single reading over 0.8 is hot, a 1 s cool-off
-    that always runs its course, no CPU budget or period gate, no in-flight ceiling, no busy floor, no loop-lag trigger. (Kinder to it than Kratos
+    that always runs its course, no period gate, no in-flight ceiling, no busy floor, no loop-lag trigger. (Kinder to it than Kratos
     itself is: RT is not rounded to ms; with ``view="container"`` the CPU is the cgroup's, re-read
     every second. Kratos and go-zero ship it reading /proc: ``view="host"``.)
     """

@@ -462,9 +462,8 @@ class Limiter:
         Engaged: with the gate's margin and the class's level, as pacing; the shed restarts the
         cool-off (pacing holds through a reading that dips under the threshold), and while the
         gate sheds, only a reading whose smoothed value is clearly cool too ends it early (one
-        100 ms dip ended pacing mid-overload: sidecar 4x p99 5.0). Unlike the CPU budget's,
-        its sheds do not hold the cool-off against every cool reading: the gate keeps the group
-        near its quota, not cool, so a settled cool reading means the load fell. Not engaged: only
+        100 ms dip would end pacing mid-overload): the gate keeps the group near its quota, not
+        cool, so a settled cool reading means the load fell. Not engaged: only
         when the period's whole quota is spent (a request admitted now would wait for the next
         period); that is queue evidence for the hot gate and starts no cool-off. A reserve class
         (critical) is never shed here: only at its ceiling."""
