@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -71,6 +72,19 @@ def _port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def own_threads() -> int | None:
+    """HAProxy's threads: this container's CPUs rounded up (its quota, cpuset or affinity, whichever is
+    least; HAProxy itself counts only the affinity, so a 1-CPU sidecar on a 32-core node would run 32
+    threads). None when unknown (HAProxy's default then)."""
+    try:
+        from flowctl.cpu.sources import ContainerSource
+
+        cores = ContainerSource().read_limits().limit_cores
+    except Exception:  # noqa: BLE001 - an unreadable cgroup leaves HAProxy its default
+        return None
+    return max(1, math.ceil(cores - 1e-9)) if cores else None
 
 
 def _free_port(host: str) -> int:
@@ -233,7 +247,7 @@ class HaproxySidecar:
                                      default_priority=self.default_priority, map_path=map_path, why_path=why_path,
                                      clients=self.clients, clock=self._clock)  # fmt: skip
         self._plan = Plan(listen_port, sock, map_path, why_path, os.path.join(self.run_dir, "hop.lua"), self.priorities,
-                          self.default_priority, 1, {})  # fmt: skip
+                          self.default_priority, 1, {}, nbthread=own_threads())  # fmt: skip
         with open(self._plan.lua_path, "w") as f:
             f.write(HOP_LUA)
         self._write_files()  # ConfigError here: nothing started yet but the watch

@@ -3,8 +3,8 @@
 What the generated file does (names are fixed: the control loop addresses them):
 
 - frontend ``flowctl`` on ``--listen``: header hygiene as the Python engine
-  (X-Forwarded-For appended to one header, X-Forwarded-Proto/Host set,
-  ``Via: 1.1 flowctl`` appended, Keep-Alive, TE, Trailer and Proxy-* removed
+  (X-Forwarded-For and ``Via: 1.1 flowctl`` appended as one more header
+  line each, X-Forwarded-Proto/Host set, Keep-Alive, TE, Trailer and Proxy-* removed
   both ways, and the names a Connection header lists, by ``HOP_LUA``), 413 over ``max_body`` (by Content-Length), the priority class
   from ``--priority-header`` (``http-request set-priority-class``: the class
   index minus the default's, so critical -1 is dequeued first), and
@@ -64,6 +64,7 @@ class Plan:
     default_priority: str
     maxconn: int  # the server's maxconn at start
     rooms: Mapping[str, int]  # per class: in service + queued at most (admission.map at start)
+    nbthread: int | None = None  # HAProxy's threads; None: its default (the CPUs its affinity allows)
 
 
 # Loaded with ``lua-load``: removes the headers a Connection header names (RFC 9110 7.6.1), which HAProxy
@@ -189,6 +190,8 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     add("global")
     add(f"    stats socket {sock} mode 600 level admin")
     add(f"    lua-load {_word(plan.lua_path, 'run directory')}")
+    if plan.nbthread is not None:
+        add(f"    nbthread {max(1, int(plan.nbthread))}")
     add("    stats timeout 10s")
     # A backstop for a soft stop flowctl did not finish (flowctl ends its own drain first).
     add(f"    hard-stop-after {_ms(config.drain_seconds + 5.0)}")
@@ -221,10 +224,9 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     add("    http-response del-header keep-alive")
     add("    http-response del-header trailer")
     add("    http-response del-header proxy- -m beg")
-    # X-Forwarded-For: the peer appended to what came, in one header (order matters: eq 1 before eq 0)
-    add('    http-request set-header x-forwarded-for "%[req.fhdr(x-forwarded-for)], %[src]" if { req.fhdr_cnt(x-forwarded-for) eq 1 }')
-    add("    http-request add-header x-forwarded-for %[src] if { req.fhdr_cnt(x-forwarded-for) gt 1 }")
-    add("    http-request set-header x-forwarded-for %[src] if { req.fhdr_cnt(x-forwarded-for) eq 0 }")
+    # X-Forwarded-For gets the peer appended and Via "1.1 flowctl", each as one more header line (the same
+    # list as the Python engine's comma-joined value: RFC 9110 5.3); one rule each keeps the hot path short
+    add("    option forwardfor")
     if config.trust_forwarded:
         add("    http-request set-header x-forwarded-proto http unless { req.hdr(x-forwarded-proto) -m found }")
         add("    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found } !{ req.hdr(x-forwarded-host) -m found }")
@@ -232,12 +234,8 @@ def render(config: SidecarConfig, plan: Plan) -> str:
         add("    http-request set-header x-forwarded-proto http")
         add("    http-request del-header x-forwarded-host")
         add("    http-request set-header x-forwarded-host %[req.hdr(host)] if { req.hdr(host) -m found }")
-    add('    http-request set-header via "%[req.fhdr(via)], 1.1 flowctl" if { req.fhdr_cnt(via) eq 1 }')
-    add('    http-request add-header via "1.1 flowctl" if { req.fhdr_cnt(via) gt 1 }')
-    add('    http-request set-header via "1.1 flowctl" if { req.fhdr_cnt(via) eq 0 }')
-    add('    http-response set-header via "%[res.fhdr(via)], 1.1 flowctl" if { res.fhdr_cnt(via) eq 1 }')
-    add('    http-response add-header via "1.1 flowctl" if { res.fhdr_cnt(via) gt 1 }')
-    add('    http-response set-header via "1.1 flowctl" if { res.fhdr_cnt(via) eq 0 }')
+    add('    http-request add-header via "1.1 flowctl"')
+    add('    http-response add-header via "1.1 flowctl"')
     if config.max_body_bytes:
         body = _json({"error": "Payload Too Large", "detail": f"request body exceeds max_body {config.max_body_bytes}"})
         add(f"    http-request return status 413 content-type application/json string {body} "
