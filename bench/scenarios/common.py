@@ -403,6 +403,12 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
     lag = data.get("loop_lag")
     if isinstance(lag, dict):
         out["loop_lag_max_s"] = lag.get("max_s")
+    hx = data.get("proxy", {}).get("haproxy") if isinstance(data.get("proxy"), dict) else None
+    if isinstance(hx, dict):  # the sidecar's haproxy engine: what it set, and HAProxy's queue
+        out["haproxy_maxconn"] = hx.get("maxconn")
+        out["haproxy_rooms"] = hx.get("rooms")
+        out["haproxy_engaged"] = hx.get("engaged")
+        out["haproxy_queue"] = hx.get("queue")
     return out
 
 

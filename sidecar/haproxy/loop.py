@@ -7,9 +7,12 @@ Each ``tick`` (the engine calls it every 100 ms):
    config, and everything is sent again.
 2. The figures (in service, queued, streams, requests, sheds per class, queue
    timeouts), as totals that survive a restart.
-3. HAProxy's completions since the last tick go to the Limiter (``Mirror``).
-4. ``Limiter.observe()`` and ``snapshot()``, then ``admission`` (the rule in
-   ``sidecar.haproxy.control``) gives the ``Setting``.
+3. ``Limiter.observe()`` and ``snapshot()``, then ``admission`` (the rule in
+   ``sidecar.haproxy.control``) gives the ``Setting``. The engine's own
+   cool-off (restarted by HAProxy's sheds while engaged) ends early at a
+   clearly cool reading, by the Limiter's rule.
+4. HAProxy's completions since the last tick go to the Limiter (``Mirror``),
+   held in flight up to the new ``maxconn`` (so the Limiter never refuses one).
 5. The set commands are sent when they differ from what the child last got.
 
 A failure of the admin socket is counted, logged once per distinct error,
@@ -25,6 +28,7 @@ from typing import Protocol
 
 from flowctl.errors import DataPlaneError
 from flowctl.limiter import LimiterSnapshot
+from flowctl.signal import CpuReading
 from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
 from sidecar.haproxy.control import Admission, Mirror, Setting, admission, rt_seconds, uncapped
@@ -75,7 +79,8 @@ class Controller:
         self.why_path = why_path
         self.clients = clients
         self._clock = clock
-        self._gated = config.policy().cpu_gate  # an ungated limiter (fixed, gradient) is always engaged
+        self._policy = config.policy()
+        self._gated = self._policy.cpu_gate  # an ungated limiter (fixed, gradient) is always engaged
         self.mirror = Mirror(limiter, resource=config.resource, clock=clock)
         self.setting: Setting = uncapped(self.priorities, max_connections=config.max_connections,
                                          max_clients=config.max_clients)  # fmt: skip
@@ -89,6 +94,14 @@ class Controller:
         self._base: dict[str, int] = {}
         self._seen: dict[str, int] = {}
         self._cool_until = -1.0
+
+    def _clearly_cool(self, r: CpuReading) -> bool:
+        """The Limiter's own rule (``Policy.cool_fraction``): the fast reading well under the threshold
+        and the smoothed one under it."""
+        policy = self._policy
+        cool = policy.cool_fraction * policy.cpu_threshold
+        fast, slow = r.utilization, r.utilization_smoothed
+        return fast is not None and fast < cool and (slow is None or slow < policy.cpu_threshold)
 
     def applied(self, s: Setting) -> tuple[int, dict[str, int], dict[str, tuple[str, str]]]:
         """What HAProxy is given for ``s``: its maxconn, rooms and shed answers, or nothing capped (dry-run)."""
@@ -150,12 +163,12 @@ class Controller:
             sheds_before = sum(self.sheds_total.values())
             completed, inflight, rt_s = self.read(stats)
             now = self._clock()
-            prev = self.setting
-            if prev.engaged and sum(self.sheds_total.values()) > sheds_before:
+            if self.setting.engaged and sum(self.sheds_total.values()) > sheds_before:
                 self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
-            self.mirror.update(completed, inflight, rt_s, prev.maxconn if prev.capped else inflight)
             self.limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
             snap = self.limiter.snapshot()
+            if now < self._cool_until and self._clearly_cool(snap.cpu):
+                self._cool_until = now  # as the limiter's cool-off: a clearly cool reading ends it early
             engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
             if not self._gated:
                 reason = "limit"
@@ -166,6 +179,8 @@ class Controller:
             self.setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
                                      max_connections=self.config.max_connections,
                                      max_clients=self.config.max_clients, reason=reason)  # fmt: skip
+            # HAProxy's completions to the Limiter, held in flight up to what the new setting admits
+            self.mirror.update(completed, inflight, rt_s, self.setting.maxconn if self.setting.capped else inflight)
             commands = self.commands(self.setting)
             if commands != self.sent:
                 await self.runtime.apply(commands)

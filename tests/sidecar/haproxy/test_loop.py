@@ -81,18 +81,29 @@ async def test_hot_cpu_engages_and_haproxys_sheds_hold_a_cool_off() -> None:
     assert c.setting.why["default"] == ("cpu", "limit")  # what a shed's 503 body says now (why.map)
     assert [f"set map {WHY} default.reason cpu", f"set map {WHY} default.stage limit"] == \
         [x for x in rt.applied[-1] if x.startswith(f"set map {WHY} default.")]  # fmt: skip
-    cold = 0.1
+    warm = 0.7  # under the threshold (0.8), not clearly cool (0.75 x 0.8 = 0.6)
     clock.advance(0.1)
-    sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
+    sig.set(at=clock.now, utilization=warm, utilization_smoothed=warm)
     # HAProxy shed 3 more default requests over the limit since the last tick
     rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "9"}})
     await c.tick()
     assert c.setting.engaged  # its own sheds keep the engine engaged, as a limiter's restart its cool-off
     assert c.setting.why["default"] == ("cool_off", "limit")
     clock.advance(1.1)
-    sig.set(at=clock.now, utilization=cold, utilization_smoothed=cold)
+    sig.set(at=clock.now, utilization=warm, utilization_smoothed=warm)
     await c.tick()
-    assert not c.setting.engaged
+    assert not c.setting.engaged  # cool_off_s after the last shed
+    rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "12"}})
+    for u in (0.95, 0.95, 0.95):
+        clock.advance(0.1)
+        sig.set(at=clock.now, utilization=u, utilization_smoothed=0.9)
+        await c.tick()
+    assert c.setting.engaged
+    rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "15"}})
+    clock.advance(0.1)
+    sig.set(at=clock.now, utilization=0.2, utilization_smoothed=0.5)
+    await c.tick()
+    assert not c.setting.engaged  # a clearly cool reading ends the cool-off early, as the Limiter's
 
 
 async def test_dry_run_never_caps_haproxy() -> None:
