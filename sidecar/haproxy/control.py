@@ -5,9 +5,12 @@ would, with HAProxy's queue in place of an immediate shed for what waits.
 Per priority class the *room* is the requests it may find in service plus
 queued and still be let in: while the limiter is engaged (hot, or cooling
 off) ``min(class limit, class ceiling)``, otherwise the class ceiling (the
-always-on Little's-law cap). The upstream's ``maxconn`` is the default
-class's room: requests beyond it wait in HAProxy's queue, critical dequeued
-first. A limit or ceiling that is not known yet (infinite) leaves HAProxy at
+always-on Little's-law cap). The upstream's ``maxconn`` is the largest room
+(critical's): as in the Python engine, a class is shed at its own room and
+critical, the reserve, may keep more in service than the others. HAProxy's
+queue (critical dequeued first) holds what passed the room check in the same
+instant as others, and what is above a ``maxconn`` that was just lowered. A
+limit or ceiling that is not known yet (infinite) leaves HAProxy at
 ``max_connections`` in service and ``max_clients`` admitted, as the Python
 engine admits without bound then. Dry-run: nothing is capped (the figures are
 still computed and shown). HAProxy's own sheds restart a cool-off of the
@@ -102,8 +105,7 @@ def admission(
             rooms[p], why[p] = min(limit, max_clients), (reason, "limit")
         else:
             rooms[p], why[p] = min(ceiling, max_clients) if ceiling is not None else max_clients, ("queue", "ceiling")
-    room_default = rooms.get(default, max_clients)
-    maxconn = max(1, min(room_default, max_connections))
+    maxconn = max(1, min(max(rooms.values(), default=max_clients), max_connections))
     return Setting(maxconn, rooms, engaged, capped=not snap.dry_run, why=why)
 
 

@@ -30,21 +30,22 @@ def decide(snap: Snap, engaged: bool) -> tuple[int, dict[str, int], bool]:
     return s.maxconn, dict(s.rooms), s.capped
 
 
-def test_not_engaged_the_ceilings_apply_and_maxconn_is_the_default_ceiling() -> None:
-    assert decide(Snap(), engaged=False) == (7, {"critical": 13, "default": 7, "sheddable": 7}, True)
+def test_not_engaged_the_ceilings_apply_and_maxconn_is_the_largest_room() -> None:
+    # critical, the reserve, may keep more in service than the others (each class is shed at its own room)
+    assert decide(Snap(), engaged=False) == (13, {"critical": 13, "default": 7, "sheddable": 7}, True)
 
 
 def test_engaged_each_class_gets_the_lower_of_its_limit_and_ceiling() -> None:
-    # default: no queue above maxconn; sheddable: shed while half the limit is busy; critical queues
-    assert decide(Snap(), engaged=True) == (2, {"critical": 6, "default": 2, "sheddable": 1}, True)
+    # default: shed while its limit is busy; sheddable: while half of it is; critical: at 3x
+    assert decide(Snap(), engaged=True) == (6, {"critical": 6, "default": 2, "sheddable": 1}, True)
     snap = Snap(priority_limits={"critical": 30.0, "default": 10.0, "sheddable": 5.0})
-    assert decide(snap, engaged=True) == (7, {"critical": 13, "default": 7, "sheddable": 5}, True)
+    assert decide(snap, engaged=True) == (13, {"critical": 13, "default": 7, "sheddable": 5}, True)
 
 
 def test_unknown_ceilings_leave_haproxy_at_the_configured_bounds() -> None:
     snap = Snap(priority_ceilings={p: INF for p in PRIOS})
     assert decide(snap, engaged=False) == (1024, {p: 10000 for p in PRIOS}, True)
-    assert decide(snap, engaged=True) == (2, {"critical": 6, "default": 2, "sheddable": 1}, True)
+    assert decide(snap, engaged=True) == (6, {"critical": 6, "default": 2, "sheddable": 1}, True)
 
 
 def test_never_zero_which_haproxy_reads_as_unlimited() -> None:
@@ -55,7 +56,7 @@ def test_never_zero_which_haproxy_reads_as_unlimited() -> None:
 
 def test_dry_run_computes_but_does_not_cap() -> None:
     maxconn, rooms, capped = decide(Snap(dry_run=True), engaged=True)
-    assert (maxconn, capped) == (2, False)
+    assert (maxconn, capped) == (6, False)
     assert uncapped(PRIOS, max_connections=64, max_clients=100).rooms == {p: 100 for p in PRIOS}
 
 

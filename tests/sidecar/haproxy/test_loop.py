@@ -39,8 +39,9 @@ async def test_a_fixed_limit_is_sent_once_then_only_on_change() -> None:
     clock = FakeClock()
     c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2))
     await c.tick()
-    # ungated (always engaged), no ceiling known yet: the class limits, critical at 3x, sheddable at half
-    assert rt.applied == [expected(2, 6, 2, 1)]
+    # ungated (always engaged), no ceiling known yet: the class limits, critical at 3x, sheddable at half;
+    # maxconn is the largest room (critical's)
+    assert rt.applied == [expected(6, 6, 2, 1)]
     clock.advance(0.1)
     await c.tick()
     assert len(rt.applied) == 1  # unchanged: nothing sent
@@ -56,7 +57,7 @@ async def test_a_new_pid_gets_everything_again_and_counters_add_up_across_childr
                                                                   ("flowctl", "FRONTEND"): {"req_tot": "3"}})  # fmt: skip
     clock.advance(0.1)
     await c.tick()
-    assert rt.applied == [expected(2, 6, 2, 1)] * 2 and c.pid == 101
+    assert rt.applied == [expected(6, 6, 2, 1)] * 2 and c.pid == 101
     assert c.sheds_total["default"] == 7  # 6 from the first child, 1 from the new one
     assert c.figures["requests_total"] == 21
 
@@ -110,7 +111,7 @@ async def test_dry_run_never_caps_haproxy() -> None:
     clock = FakeClock()
     c, rt, _, _ = controller(clock, loopback_config(algorithm="fixed", fixed_limit=2, dry_run=True))
     await c.tick()
-    assert c.setting.maxconn == 2 and not c.setting.capped  # computed, shown in /debug/limiter
+    assert c.setting.maxconn == 6 and not c.setting.capped  # computed, shown in /debug/limiter
     assert rt.applied == []  # what the child runs (max_connections, max_clients) already is uncapped
 
 
@@ -123,7 +124,7 @@ async def test_an_admin_socket_failure_is_counted_not_raised() -> None:
     assert c.control_errors_total == 2 and c.last_error is not None and rt.applied == []
     rt.fail = None
     await c.tick()
-    assert c.last_error is None and rt.applied == [expected(2, 6, 2, 1)]
+    assert c.last_error is None and rt.applied == [expected(6, 6, 2, 1)]
 
 
 async def test_loaded_stats_feed_the_limiter_what_haproxy_serves() -> None:
