@@ -50,8 +50,8 @@ FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")  # bench matrix runs
 HAPROXY = "flowctl-haproxy"  # the sidecar's haproxy engine: every scenario the sidecar runs, not the matrix
 SIDECARS = ("flowctl-sidecar", HAPROXY)
 OURS = (*FLOWCTL_VARIANTS, HAPROXY)
-MAXCONN_1 = "haproxy-maxconn-1"  # the haproxy engine held at maxconn 1: the p99 bound of a concurrency cap
-PEERS = ("none", "kratos", "nginx-limit-conn", MAXCONN_1)
+LIMIT_1 = "haproxy-limit-1"  # the haproxy engine at --fixed-limit 1: the p99 bound of a concurrency cap
+PEERS = ("none", "kratos", "nginx-limit-conn", LIMIT_1)
 ALL_VARIANTS = OURS + PEERS
 SPEED_DRIFT_MAX = 1.15  # the CPU speed moving more than this between start and end is reported
 SCENARIOS = ("false_shed", "overload", "tight_quota", "gil_quota", "bursts", "step", "priority", "long_lived")
@@ -229,9 +229,9 @@ class Run:
         """What the load hits for ``variant``, on a fresh upstream at ``cpus``."""
         in_process = {"flowctl-inprocess": "flowctl", "kratos": "kratos"}.get(variant, "none")
         async with c.upstream(in_process, cpus=cpus, work_cpu_ms=work_ms) as up:
-            if variant in SIDECARS or variant == MAXCONN_1:
+            if variant in SIDECARS or variant == LIMIT_1:
                 extra = {HAPROXY: ("--engine", "haproxy"),
-                         MAXCONN_1: ("--engine", "haproxy", "--algorithm", "fixed", "--fixed-limit", "1")}.get(variant, ())
+                         LIMIT_1: ("--engine", "haproxy", "--algorithm", "fixed", "--fixed-limit", "1")}.get(variant, ())
                 async with c.sidecar(up, extra_args=extra) as sc:
                     yield sc
             elif variant == "nginx-limit-conn":
@@ -320,28 +320,29 @@ async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, han
             r.add(row)
             r.add(verdict_row(scenario, v, f"p99/unloaded_p99 4x {handler}",
                               _ratio(m["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
-        _maxconn_bound(r, scenario, f"p99/unloaded_p99 4x {handler}")
+        _limit_1_bound(r, scenario, f"p99/unloaded_p99 4x {handler}")
 
 
-def _maxconn_bound(r: Run, scenario: str, metric: str) -> None:
-    """The haproxy engine's p99 row gets, as its bound, the p99 of the same engine at maxconn 1 in this run
-    (``MAXCONN_1``): the least concurrency a limiter that only caps concurrency can run."""
+def _limit_1_bound(r: Run, scenario: str, metric: str) -> None:
+    """The haproxy engine's p99 row gets, as its bound, the p99 of the same engine at a fixed limit of 1 in
+    this run (``LIMIT_1``: one default request in service at a time): the least concurrency a limiter that
+    only caps concurrency can run."""
     rows = {row["variant"]: row for row in r.rows if row["scenario"] == scenario and row["metric"] == metric}
-    if HAPROXY in rows and MAXCONN_1 in rows and rows[MAXCONN_1]["value"] is not None:
-        rows[HAPROXY]["bound"] = rows[MAXCONN_1]["value"]
+    if HAPROXY in rows and LIMIT_1 in rows and rows[LIMIT_1]["value"] is not None:
+        rows[HAPROXY]["bound"] = rows[LIMIT_1]["value"]
 
 
 async def overload(r: Run) -> None:
-    await _overload_like(r, "overload", 0.5, 5.0, r.plan.handlers, ("none", "kratos", "nginx-limit-conn", MAXCONN_1))
+    await _overload_like(r, "overload", 0.5, 5.0, r.plan.handlers, ("none", "kratos", "nginx-limit-conn", LIMIT_1))
 
 
 async def tight_quota(r: Run) -> None:
-    await _overload_like(r, "tight_quota", 0.3, 2.0, r.plan.tight_handlers, ("none", "kratos", MAXCONN_1))
+    await _overload_like(r, "tight_quota", 0.3, 2.0, r.plan.tight_handlers, ("none", "kratos", LIMIT_1))
 
 
 async def gil_quota(r: Run) -> None:
     """A 1.5-CPU quota (no cpuset) that one Python process can use only 1 core of: 4x as ``overload``."""
-    await _overload_like(r, "gil_quota", 1.5, 5.0, r.plan.handlers, ("none", MAXCONN_1))
+    await _overload_like(r, "gil_quota", 1.5, 5.0, r.plan.handlers, ("none", LIMIT_1))
 
 
 async def bursts(r: Run) -> None:
@@ -484,13 +485,13 @@ RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_
 BOUND_LEGEND = ("bound: measured in this run, the target is out of reach of that kind of limiter. On a goodput row of "
                 "an in-process limiter, the most goodput/saturation any limiter inside the group could reach (every "
                 "shed answered at the CPU cost of the app's cheapest route); on a p99 row of flowctl-haproxy, the "
-                f"p99 of the same engine held at maxconn 1 ({MAXCONN_1}): the least concurrency a limiter that only "
+                f"p99 of the same engine at a fixed limit of 1 ({LIMIT_1}): the least concurrency a limiter that only "
                 "caps concurrency can run")  # fmt: skip
 
 
 def _bound_note(row: dict[str, Any]) -> str:
     """The row's measured bound when it is on the wrong side of the target (the row is out of reach for
-    that kind of limiter: ``Reference.in_process_bound``, ``_maxconn_bound``), else ""."""
+    that kind of limiter: ``Reference.in_process_bound``, ``_limit_1_bound``), else ""."""
     bound = row.get("bound")
     if bound is None:
         return ""
@@ -551,7 +552,7 @@ def markdown(out: dict[str, Any]) -> str:
                 vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}" + (f" (bound {note})" if note else ""))
         lines.append(f"| {s} | {metric} | {op} {first['target']:g} | " + " | ".join(vals) + " |")
     if any(_bound_note(r) for r in rows):
-        lines += ["", "(bound x): " + BOUND_LEGEND + " (`Reference.in_process_bound`, `_maxconn_bound` in bench/scenarios/scorecard.py)."]
+        lines += ["", "(bound x): " + BOUND_LEGEND + " (`Reference.in_process_bound`, `_limit_1_bound` in bench/scenarios/scorecard.py)."]
     refs = out.get("references", {})
     if refs:
         lines += ["", "| reference (unprotected upstream) | capacity rps | saturation answers/s | unloaded p50 ms | unloaded p99 ms | nginx limit_conn |",
