@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.scorecard_median bench/results/scorecard_haproxy_run*.json \
         --md bench/results/scorecard_haproxy.md --json bench/results/scorecard_haproxy.json
 
-Each cell is the median of the runs' values, its verdict against the row's target, and how many
-of the runs passed (k/n). Runs are whole ``python -m bench scorecard`` runs (each measures its own
+Each cell is the median of the runs' values (a value a run could not measure, such as a recovery
+that never came, counts as the worst), its verdict against the row's target, and how many of the
+runs passed (k/n). Runs are whole ``python -m bench scorecard`` runs (each measures its own
 references), so a cell's spread is run to run, machine load included.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -30,9 +32,11 @@ def combine(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             cells.setdefault((row["scenario"], row["variant"], row["metric"]), []).append(row)
     out: list[dict[str, Any]] = []
     for (scenario, variant, metric), rows in cells.items():
-        values = [r["value"] for r in rows if r["value"] is not None]
-        median = statistics.median(values) if len(values) == len(rows) and values else None
         first = rows[0]
+        worst = math.inf if first["better"] == "lower" else -math.inf  # an unknown value ("never") is the worst
+        median: float | None = statistics.median(worst if r["value"] is None else r["value"] for r in rows)
+        if median is not None and math.isinf(median):
+            median = None
         row = verdict_row(scenario, variant, metric, median, first["target"], first["better"],
                           strict=metric.startswith("sheddable"))  # fmt: skip
         row.update(values=[r["value"] for r in rows], passed=sum(bool(r["pass"]) for r in rows), runs=len(rows))
