@@ -18,7 +18,8 @@
 # 6.18.44, every v1 hierarchy "busy"), or do not bind the freed controller to cgroup2: then `on`
 # exits 4 with one line "cgroup2.sh: refused by kernel K (...)": the machine cannot switch, nothing
 # of ours is at fault. If `on` fails half-way it restores what it changed. Every `on` records its
-# outcome for this boot in $STATE (read by `status`).
+# outcome for this boot in $STATE (read by `status`); once a refusal is recorded, `on` repeats it at
+# once (exit 4, same line) for the rest of the boot, before any other check.
 # `off` works from any state (it is also what recovers a machine left switched by a crash): it
 # disables the controllers in every cgroup2 group's cgroup.subtree_control (deepest first, removing
 # no group), then remounts each v1 hierarchy at /sys/fs/cgroup/CTRL, retrying for a while because
@@ -153,6 +154,16 @@ refuse() {
     exit "$REFUSED"
 }
 
+# The refusal `on` recorded on this boot, without its "refused by kernel " prefix, or nothing.
+recorded_refusal() {
+    [[ -r $STATE ]] || return 0
+    [[ $(sed -n 's/^boot=//p' "$STATE") == "$(boot_id)" && $(sed -n 's/^result=//p' "$STATE") == refused ]] || return 0
+    local reason when
+    reason=$(sed -n 's/^reason=//p' "$STATE"); when=$(sed -n 's/^when=//p' "$STATE")
+    [[ $reason == "refused by kernel "* ]] || return 0
+    echo "${reason#refused by kernel } [recorded at $when on this boot]"
+}
+
 # What is known on this boot about switching: the outcome `on` recorded, or that it was not tried.
 switch_verdict() {
     local boot="" result="" reason="" when=""
@@ -203,6 +214,14 @@ on() {
     ((${#wanted[@]})) || wanted=("${MOVABLE[@]}")
     [[ $(id -u) -eq 0 ]] || die "must be root (switching cgroup controllers needs CAP_SYS_ADMIN)"
     [[ -f $UNIFIED/cgroup.controllers ]] || die "no cgroup2 mounted at $UNIFIED"
+    # The kernel's refusal does not change within a boot: once recorded, say it again without retrying
+    # (and whatever else is going on in the v1 hierarchy, such as another job's groups, does not matter).
+    local recorded
+    recorded=$(recorded_refusal)
+    if [[ -n $recorded ]]; then
+        echo "cgroup2.sh: refused by kernel $recorded" >&2
+        exit "$REFUSED"
+    fi
     # Check everything before changing anything.
     for c in "${wanted[@]}"; do
         valid_ctrl "$c" || die "only ${MOVABLE[*]} can be moved (not '$c'; memory stays on v1 here)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,6 +105,76 @@ class SwitchRefused(RuntimeError):
     """The kernel refused the switch (``SwitchOutcome.kind == "refused"``); the message says how."""
 
 
+class HierarchyInUse(RuntimeError):
+    """Another job's live processes keep groups in the v1 cpu hierarchy (a benchmark run by someone else
+    on this shared machine): the switch cannot be tried now. Not raised for our own processes or for an
+    empty group left behind: those are leaks of ours."""
+
+
+V1_CPU = "/sys/fs/cgroup/cpu"
+FOREIGN_WAIT_S = float(os.environ.get("FLOWCTL_CGROUP2_FOREIGN_WAIT_S", "60"))
+
+
+def _ancestors(pid: int) -> set[int]:
+    """``pid`` and its parents up to PID 1 (empty if it is gone)."""
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return seen
+
+
+def v1_cpu_children(root: str = V1_CPU) -> dict[str, list[int]]:
+    """The child groups of the v1 cpu hierarchy (top level; podman's empty libpod_parent left out, as
+    the script removes it) and the pids anywhere below each."""
+    out: dict[str, list[int]] = {}
+    for entry in os.scandir(root) if os.path.isdir(root) else ():
+        if not entry.is_dir():
+            continue
+        pids: list[int] = []
+        for dirpath, _dirs, files in os.walk(entry.path):
+            if "cgroup.procs" in files:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    pids += [int(line) for line in f if line.strip()]
+        if entry.name == "libpod_parent" and not pids:
+            continue
+        out[entry.name] = pids
+    return out
+
+
+def wait_v1_cpu_free(timeout_s: float = FOREIGN_WAIT_S, *, root: str = V1_CPU, poll_s: float = 1.0) -> None:
+    """Return once the v1 cpu hierarchy has no child group. Groups held by another job's live processes
+    are waited for up to ``timeout_s``, then HierarchyInUse; an empty group, or one holding a process of
+    this test session, is a leak of ours: RuntimeError at once."""
+    me = os.getpid()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        children = v1_cpu_children(root)
+        if not children:
+            return
+        ours = {name: pids for name, pids in children.items() if not pids or any(me in _ancestors(p) for p in pids)}
+        if ours:
+            raise RuntimeError(f"groups left in {root} by this session (empty, or holding its processes): {ours}")
+        if time.monotonic() >= deadline:
+            jobs = "; ".join(f"{name}: {_describe(pids)}" for name, pids in children.items())
+            raise HierarchyInUse(f"the v1 cpu hierarchy is in use by another job after {timeout_s:.0f} s ({jobs})")
+        time.sleep(poll_s)
+
+
+def _describe(pids: list[int]) -> str:
+    """The first pid of a group and its command line (for a message)."""
+    try:
+        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except OSError:
+        cmd = "?"
+    return f"pid {pids[0]} ({cmd})" + (f" and {len(pids) - 1} more" if len(pids) > 1 else "")
+
+
 class _Terminated(BaseException):
     """SIGTERM while switched: unwinds like Ctrl-C so the restore runs."""
 
@@ -111,8 +182,9 @@ class _Terminated(BaseException):
 @contextmanager
 def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountKey]]:
     """cpu (and cpuset) on the cgroup2 mount for the body (yields the mounts from before); v1 restored
-    and the mounts compared after. SwitchRefused when the kernel refuses, RuntimeError on any other
-    failure (a process of ours holding the v1 hierarchy open included)."""
+    and the mounts compared after. SwitchRefused when the kernel refuses, HierarchyInUse when another
+    job's groups stay in the v1 cpu hierarchy past the wait, RuntimeError on any other failure (a
+    process of ours holding the v1 hierarchy open, or a group of ours left in it, included)."""
     before = cgroup_mounts()
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -122,6 +194,9 @@ def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountK
     signal.signal(signal.SIGTERM, on_term)
     try:
         r = run_script("on", *controllers)
+        if r.returncode == 2 and "has child groups" in r.stderr:
+            wait_v1_cpu_free()  # another job's benchmark: wait for it (HierarchyInUse if it outlasts the wait)
+            r = run_script("on", *controllers)
         outcome = classify_switch(r.returncode, r.stdout, r.stderr)
         if outcome.kind == "refused":
             raise SwitchRefused(outcome.detail)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import cgroup2
-from tests.realenv import need, need_root
+from tests.realenv import machine_lacks, need, need_root
 
 # Recorded on 2026-12-04, kernel 6.18.44 (every v1 umount refused with no holder).
 BUSY_NO_HOLDER = (4, "", "cgroup2.sh: umount: /sys/fs/cgroup/cpu: target is busy.\n"
@@ -58,11 +58,14 @@ def test_anything_else_fails(recorded: tuple[int, str, str]) -> None:
 @pytest.mark.real
 def test_probe_decides_and_leaves_v1_as_it_was(tmp_path: Path) -> None:
     """`probe` on this machine: exit 0 (switch possible) or 4 (refused, with the line); v1 mounts unchanged;
-    `status` then reports the same verdict. Skips when the machine is not switchable in principle."""
+    `status` then reports the same verdict. Skips when the machine is not switchable in principle, or
+    while another job's groups stay in the v1 cpu hierarchy (waited for first)."""
     need_root()
     need(os.path.exists(os.path.join(cgroup2.UNIFIED, "cgroup.controllers")), f"needs a cgroup2 mount at {cgroup2.UNIFIED}")
-    children = [e.name for e in os.scandir("/sys/fs/cgroup/cpu") if e.is_dir() and e.name != "libpod_parent"]
-    need(not children, f"the v1 cpu hierarchy has child groups {children}: `probe` would refuse to start")
+    try:
+        cgroup2.wait_v1_cpu_free()  # `probe` refuses to start while the hierarchy has child groups
+    except cgroup2.HierarchyInUse as busy:
+        machine_lacks("live cgroup v2", str(busy))
     before = cgroup2.cgroup_mounts()
     env = {**os.environ, "FLOWCTL_CGROUP2_STATE": f"{tmp_path}/state"}
     r = subprocess.run(["bash", cgroup2.SCRIPT, "probe"], capture_output=True, text=True, timeout=120, env=env, check=False)
@@ -73,3 +76,46 @@ def test_probe_decides_and_leaves_v1_as_it_was(tmp_path: Path) -> None:
     assert st.returncode == 0, st.stdout + st.stderr
     expected = f"impossible, {outcome.detail}" if outcome.kind == "refused" else "possible"
     assert f"switch on this boot: {expected}" in st.stdout
+
+
+def _group(root: Path, name: str, pids: list[int]) -> None:
+    (root / name).mkdir()
+    (root / name / "cgroup.procs").write_text("".join(f"{p}\n" for p in pids))
+
+
+def test_wait_v1_cpu_free_tells_another_jobs_groups_from_our_leaks(tmp_path: Path) -> None:
+    """On a fixture tree: PID 1's group is another job's (waited for, then HierarchyInUse naming it);
+    an empty group, or one holding this process, is ours (RuntimeError at once); none: returns."""
+    cgroup2.wait_v1_cpu_free(0, root=str(tmp_path))
+    _group(tmp_path, "flowctl-bench-other", [1])
+    with pytest.raises(cgroup2.HierarchyInUse, match=r"another job .*flowctl-bench-other: pid 1 "):
+        cgroup2.wait_v1_cpu_free(0.05, root=str(tmp_path), poll_s=0.01)
+    _group(tmp_path, "flowctl-bench-mine", [os.getpid()])
+    with pytest.raises(RuntimeError, match="flowctl-bench-mine") as leaked:
+        cgroup2.wait_v1_cpu_free(0.05, root=str(tmp_path), poll_s=0.01)
+    assert not isinstance(leaked.value, cgroup2.HierarchyInUse)
+    (tmp_path / "flowctl-bench-mine" / "cgroup.procs").write_text("")
+    with pytest.raises(RuntimeError, match="flowctl-bench-mine"):
+        cgroup2.wait_v1_cpu_free(0.05, root=str(tmp_path), poll_s=0.01)
+
+
+@pytest.mark.real
+def test_a_refusal_recorded_on_this_boot_is_repeated_at_once(tmp_path: Path) -> None:
+    """`on` with a state file recording a refusal for this boot exits 4 with the refusal line before any
+    other check (another job's groups in the hierarchy included), and changes nothing."""
+    need_root()
+    need(os.path.exists(os.path.join(cgroup2.UNIFIED, "cgroup.controllers")), f"needs a cgroup2 mount at {cgroup2.UNIFIED}")
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    state = tmp_path / "state"
+    state.write_text(f"boot={boot}\nkernel=k\nresult=refused\nreason=refused by kernel k (umount busy, no holder)\n"
+                     "when=2026-12-05T00:00:00Z\n")
+    before = cgroup2.cgroup_mounts()
+    env = {**os.environ, "FLOWCTL_CGROUP2_STATE": str(state)}
+    r = subprocess.run(["bash", cgroup2.SCRIPT, "on"], capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert cgroup2.cgroup_mounts() == before
+    outcome = cgroup2.classify_switch(r.returncode, r.stdout, r.stderr)
+    assert outcome.kind == "refused", outcome.detail
+    assert outcome.detail.startswith("refused by kernel k (umount busy, no holder) [recorded at 2026-12-05T00:00:00Z")
+    state.write_text(state.read_text().replace(boot, "another-boot"))
+    assert "not tried yet" in subprocess.run(["bash", cgroup2.SCRIPT, "status"], capture_output=True, text=True,
+                                             timeout=30, env=env, check=False).stdout
