@@ -429,7 +429,8 @@ class Limiter:
                 if floor != self._busy_floor:
                     self._busy_floor = floor
                     self._refresh_at = -math.inf
-        self._partitions.set_ceiling(pipe if self.queue_allowance is not None else None, self.queue_allowance)
+        self._partitions.set_ceiling(pipe if self.queue_allowance is not None else None, self.queue_allowance,
+                                     self._policy.pipe_sigmas)
 
     def _engaged(self, now: float, slot: Slot, inflight: int) -> float | Rejection | None:
         """Hot or cooling off: shed over the priority's limit, or when the period gate has no quota left; else None."""

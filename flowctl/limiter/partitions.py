@@ -48,8 +48,8 @@ class PriorityClass:
     - ``reserve``: while hot, the class is shed only at its ceiling, not at its
       share of the limit (while no ceiling is known, at its share): the queue
       allowance is its reserve. The ceiling
-      (always on) is ``ceil(pipe + queue_allowance * max(1, share))`` in flight,
-      ``pipe`` the in-flight the group carries at its CPU capacity without
+      (always on) is ``ceil(pipe + pipe_sigmas * sqrt(pipe) + queue_allowance * max(1, share))``
+      in flight, ``pipe`` the in-flight the group carries at its CPU capacity without
       queueing (see ``flowctl.limiter.core``).
     """
 
@@ -160,13 +160,15 @@ class Partitions:
         for part in self.by_name.values():
             part.limit = float(max(1, math.ceil(part.share * limit - _ROUNDING_SLACK)))
 
-    def set_ceiling(self, pipe: float | None, queue: int | None) -> None:
-        """Every class's ceiling: ``max(1, ceil(pipe + queue * max(1, share)))``; inf when either is None."""
+    def set_ceiling(self, pipe: float | None, queue: int | None, sigmas: float = 0.0) -> None:
+        """Every class's ceiling: ``max(1, ceil(pipe + sigmas * sqrt(pipe) + queue * max(1, share)))``;
+        inf when ``pipe`` or ``queue`` is None."""
         for part in self.by_name.values():
             if pipe is None or queue is None:
                 part.ceiling = math.inf
             else:
-                part.ceiling = float(max(1, math.ceil(pipe + queue * max(1.0, part.share) - _ROUNDING_SLACK)))
+                chance = pipe + sigmas * math.sqrt(pipe)
+                part.ceiling = float(max(1, math.ceil(chance + queue * max(1.0, part.share) - _ROUNDING_SLACK)))
 
     def ceilings(self) -> dict[str, float]:
         return {name: part.ceiling for name, part in self.by_name.items()}

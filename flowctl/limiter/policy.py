@@ -52,6 +52,9 @@ class Policy:
 
     - ``queue_allowance``: requests allowed to queue above the pipe (CPU capacity x min RT)
       before the always-on ceiling sheds (reason ``queue``); None: no ceiling.
+    - ``pipe_sigmas``: the ceiling also admits this many standard deviations of the in-flight a
+      group at capacity carries by chance (Poisson arrivals: ``sqrt(pipe)``) above the pipe, so a
+      handler that waits on I/O (a pipe of many requests) is not shed by arrival noise; 0: none.
     - ``busy_floor``: the engaged limit never drops under the requests that keep the group's
       cores busy while it runs (min RT / CPU per request x cores).
     - ``period_gate``: pace admissions inside each CFS period of a group with a quota.
@@ -84,6 +87,7 @@ class Policy:
     freeze_engages: float = 0.2
     busy_fraction: float = 0.0
     queue_allowance: int | None = 3
+    pipe_sigmas: float = 2.0
     busy_floor: bool = True
     period_gate: bool = True
     limit_refresh_s: float = 0.01
@@ -110,7 +114,7 @@ class Policy:
             raise ConfigError(f"cool_fraction must be in [0, 1), got {self.cool_fraction!r}")
         for name in ("cool_off_s", "limit_refresh_s", "rescale_fraction", "period_margin", "margin_up", "margin_down",
                      "max_margin", "overhead_cap", "freeze_seen_s", "bandwidth_read_s", "idle_read_s",
-                     "min_retry_after_s", "freeze_engages", "busy_fraction"):  # fmt: skip
+                     "min_retry_after_s", "freeze_engages", "busy_fraction", "pipe_sigmas"):  # fmt: skip
             _positive(name, getattr(self, name), allow_zero=True)
         qa = self.queue_allowance
         if qa is not None and not (isinstance(qa, int) and not isinstance(qa, bool) and qa >= 0):

@@ -302,22 +302,27 @@ def _feed_50ms_requests(lim: Limiter, sig: StaticSignal, clock: Clock) -> None:
 
 
 def test_the_pipe_is_capacity_times_min_rt_and_follows_the_quota() -> None:
-    """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 3; critical's
-    allowance is 3x (ceil(5 + 9) = 14). Half the quota halves the capacity: ceiling 3 + 3."""
+    """Bbr's min RT 50 ms at 100 requests/s of capacity: a pipe of 5, ceiling 5 + 2 sqrt(5) + 3 (the
+    chance in-flight above the pipe, then the queue); critical's allowance is 3x. Half the quota halves
+    the capacity. With ``pipe_sigmas=0``: the pipe plus the allowance alone."""
     from flowctl.limit.bbr import Bbr
 
-    clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, queue_allowance=3), clock=clock)
-    _feed_50ms_requests(lim, sig, clock)
-    snap = observed(lim)
-    assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
-    assert snap.min_rt_s == pytest.approx(0.05)
-    pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
-    assert 4 < pipe <= 5.5
-    assert snap.priority_ceilings == {"critical": math.ceil(pipe + 9), "default": math.ceil(pipe + 3),
-                                      "sheddable": math.ceil(pipe + 3)}  # fmt: skip
-    tick(sig, clock, 0.5, usage_cores=0.0, limit_cores=0.25)
-    assert observed(lim).priority_ceilings["default"] == math.ceil(pipe / 2 + 3)
+    for sigmas in (2.0, 0.0):
+        clock, sig = Clock(), StaticSignal("container")
+        lim = Limiter(sig, Bbr(), policy=Policy(limit_refresh_s=0.0, queue_allowance=3, pipe_sigmas=sigmas),
+                      clock=clock)  # fmt: skip
+        _feed_50ms_requests(lim, sig, clock)
+        snap = observed(lim)
+        assert snap.cpu_per_request_s is not None and snap.min_rt_s is not None
+        assert snap.min_rt_s == pytest.approx(0.05)
+        pipe = 0.5 / snap.cpu_per_request_s * snap.min_rt_s
+        assert 4 < pipe <= 5.5
+        chance = pipe + sigmas * math.sqrt(pipe)
+        assert snap.priority_ceilings == {"critical": math.ceil(chance + 9), "default": math.ceil(chance + 3),
+                                          "sheddable": math.ceil(chance + 3)}  # fmt: skip
+        tick(sig, clock, 0.5, usage_cores=0.0, limit_cores=0.25)
+        half = pipe / 2 + sigmas * math.sqrt(pipe / 2)
+        assert observed(lim).priority_ceilings["default"] == math.ceil(half + 3)
 
 
 def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:

@@ -122,8 +122,9 @@ def test_every_machine_input_comes_from_the_view_under_test(
     cost, min_rt = snap.cpu_per_request_s, snap.min_rt_s
     assert cost is not None and min_rt is not None
     # The ceiling is the view's capacity (its CPUs / CPU per request, the cost learned from the view's
-    # usage) times the min RT, plus the queue allowance of 3.
-    assert snap.priority_ceilings["default"] == math.ceil(cpus / cost * min_rt + 3 - 1e-9)
+    # usage) times the min RT (the pipe), its chance excess (2 sqrt(pipe)), plus the queue allowance of 3.
+    pipe = cpus / cost * min_rt
+    assert snap.priority_ceilings["default"] == math.ceil(pipe + 2 * math.sqrt(pipe) + 3 - 1e-9)
     assert lim.period_gate is not None
     if view == "container":
         assert cgroup_files and lim.period_gate.quota_s == pytest.approx(0.05)
