@@ -85,6 +85,7 @@ class SidecarConfig:
     health_path: str = ""
     trust_forwarded: bool = False
     stream_paths: tuple[str, ...] = ()
+    exempt_paths: tuple[str, ...] = ("/healthz", "/metrics")
     uvloop: str = "auto"
     client: str = "fast"
     log_level: str = "info"
@@ -300,6 +301,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("trust_forwarded", "trust_forwarded", _bool, "keep incoming X-Forwarded-Proto/Host instead of overwriting", "BOOL"),
     Option("stream_paths", "stream_paths", _path_prefixes, "path prefixes whose responses are streams: the admission "
            "ends at the response headers (text/event-stream is detected anyway)", "P1,P2"),
+    Option("exempt_paths", "exempt_paths", _path_prefixes, "paths (exact, without the query) proxied without "
+           "admission: never shed, and their RT is not a sample (probes; as the aiohttp middleware's); '' for none",
+           "P1,P2"),
     Option("uvloop", "uvloop", _choice("auto", "on", "off"), "use uvloop if installed (auto), required (on) or never (off)", "MODE"),
     Option("client", "client", _choice("fast", "aiohttp"), "upstream HTTP client: the lean keep-alive pool (fast) or aiohttp's ClientSession", "NAME"),
     Option("log_level", "log_level", _choice("debug", "info", "warning", "error"), "log level", "LEVEL"),
@@ -347,7 +351,7 @@ def _toml_text(value: object) -> str:
     if isinstance(value, (int, float, str)):
         return str(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)  # a list option (stream_paths)
+        return ",".join(value)  # a list option (stream_paths, exempt_paths)
     raise ValueError(f"expected a string or number, got {type(value).__name__}")
 
 

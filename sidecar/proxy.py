@@ -164,6 +164,7 @@ class Proxy:
         self._prefix = ""
         self._total_timeout_s = config.total_timeout_s or None
         self._stream_paths = config.stream_paths
+        self._exempt_paths = frozenset(config.exempt_paths)  # proxied without admission (probes)
         self.inflight = 0
         #: streams (SSE, configured paths, WebSockets) past their headers: no longer admissions
         self.sessions_active = 0
@@ -261,7 +262,7 @@ class Proxy:
         if self._priority_header:
             header = request.headers.get(self._priority_header)
             priority = header.lower() if header else None
-        if self.limiter is not None:
+        if self.limiter is not None and request.path not in self._exempt_paths:
             got = self._admit(priority, request.method, request.path)
             if isinstance(got, Rejection):
                 headers, body = rejection_parts(got)
@@ -539,7 +540,7 @@ class Proxy:
         self.requests_total += 1
         admission: tuple[Slot, float] | None = None
         priority = req.priority.lower() if req.priority else None
-        if self.limiter is not None:
+        if self.limiter is not None and (not self._exempt_paths or req.path not in self._exempt_paths):
             got = self._admit(priority, req.method, req.path)
             if isinstance(got, Rejection):
                 headers, body = rejection_parts(got)
