@@ -324,13 +324,15 @@ def _arrivals(spec: LoadSpec) -> list[tuple[float, int, int]]:
     return out
 
 
-def arrivals_by_label(spec: LoadSpec) -> dict[str, int]:
-    """How many requests each phase label of ``spec`` will send: the draws :func:`run_load` makes
-    (the same seed, the same schedule), counted before any is sent."""
+def arrivals_by_label(spec: LoadSpec, traffic_class: str | None = None) -> dict[str, int]:
+    """How many requests each phase label of ``spec`` will send (of ``traffic_class`` only, if
+    named): the draws :func:`run_load` makes (the same seed, the same schedule), counted before
+    any is sent."""
     schedule = spec.schedule()
     counts = dict.fromkeys((ph.label for ph in schedule), 0)
-    for _, _, phase in _arrivals(spec):
-        counts[schedule[phase].label] += 1
+    for _, cls, phase in _arrivals(spec):
+        if traffic_class is None or spec.classes[cls].name == traffic_class:
+            counts[schedule[phase].label] += 1
     return counts
 
 

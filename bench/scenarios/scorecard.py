@@ -23,7 +23,20 @@ while the proxy hop turns the previous one around.
 
 Each run is one load-generator process with a rate schedule: a 1 s ``warmup``
 phase at 0.5x (left out of every figure), then the measured phases. Scenarios
-and their targets are in ``TARGETS`` below and in docs/scorecard.md.
+and their targets are in docs/scorecard.md.
+
+A phase that decides a false-shed target (a shed ratio <= 0.01 or <= 0.05, critical's goodput at
+1x >= 0.99) holds at least ``Plan.min_requests`` (400) requests of the counted class, at this
+run's measured capacity: it is made longer, never faster, until the load generator's own Poisson
+draws (seed ``SEED``) put that many in it (``long_enough``). Overload phases stay ``Plan.seconds``
+long. ``--quick`` keeps every phase short (a smoke test of the harness).
+
+A row that is a ratio of counts carries them: ``k`` of ``n`` requests (shed of sent; critical's
+answered in time of sent) and the Wilson 95% interval of ``k / n`` (``bench.stats``); the interval
+treats requests as independent trials, which they are not quite (one service, one lifetime). Any
+other row (a p99 ratio, goodput/saturation, a recovery time) carries ``n``, the requests its phase
+sent, and no ``k``. ``--runs N`` repeats the whole run and reports the median and the worst of
+each row (``bench.scorecard_median``).
 """
 
 from __future__ import annotations
@@ -33,17 +46,19 @@ import asyncio
 import contextlib
 import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 
-from bench.loadgen import WARMUP, Phase, TrafficClass
+from bench.loadgen import WARMUP, LoadSpec, Phase, TrafficClass, arrivals_by_label
 from bench.scenarios import common as c
 from bench.scenarios.step import front, recovery
+from bench.stats import wilson_interval
 from bench.upstream import HANDLERS
 
 FLOWCTL_VARIANTS = ("flowctl-inprocess", "flowctl-sidecar")  # bench matrix runs these
@@ -60,6 +75,9 @@ PRIORITY_CLASSES = (
     TrafficClass("sheddable", 0.5, ((c.PRIORITY_HEADER, "sheddable"),)),
 )
 SESSIONS = 50
+SEED = 1  # every load run's arrivals (the phase lengths are counted with these draws)
+MIN_REQUESTS = 400  # in a phase that decides a false-shed target: a 1% target is decided by 4 requests, not 1
+BURST_S = 2.0  # a bursts cycle: BURST_S at 4x, then BURST_S at 0.5x
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class Plan:
     unloaded_s: float
     max_probes: int
     saturation_s: float
+    min_requests: int = MIN_REQUESTS  # per false-shed phase (0: every phase as long as ``seconds``)
     warmup_s: float = 1.0
     handlers: tuple[str, ...] = ("blocking", "yielding")
     tight_handlers: tuple[str, ...] = ("blocking",)
@@ -86,23 +105,37 @@ class Plan:
 FULL = Plan(seconds=4.0, bursts_s=16.0, step_before_s=3.0, step_after_s=6.0, probe_s=1.5, unloaded_s=2.5, max_probes=5,
             saturation_s=2.0)  # fmt: skip
 QUICK = Plan(seconds=1.5, bursts_s=4.0, step_before_s=1.5, step_after_s=2.0, probe_s=0.8, unloaded_s=1.5, max_probes=2,
-             saturation_s=1.0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,), variants=OURS)  # fmt: skip
+             saturation_s=1.0, min_requests=0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,),
+             variants=OURS)  # fmt: skip
 
 
 # ------------------------------------------------------------------ verdict rows
 
 
 def verdict_row(scenario: str, variant: str, metric: str, value: float | None, target: float, better: str,
-                *, strict: bool = False) -> dict[str, Any]:  # fmt: skip
-    """One row of the table; ``pass`` is False when the value is unknown (None)."""
+                *, strict: bool = False, n: int | None = None, k: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One row of the table; ``pass`` is False when the value is unknown (None). ``n``: the requests
+    measured; ``k``: of those, the ones the value counts (the value is then ``k / n``, and the row
+    carries its Wilson 95% ``interval``)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         ok = False
     elif better == "lower":
         ok = value < target if strict else value <= target
     else:
         ok = value > target if strict else value >= target
+    interval = list(wilson_interval(k, n)) if k is not None and n is not None else None
     return {"scenario": scenario, "variant": variant, "metric": metric, "value": value, "target": target, "better": better,
-            "pass": ok}  # fmt: skip
+            "pass": ok, "k": k, "n": n, "interval": interval}  # fmt: skip
+
+
+def count_row(scenario: str, variant: str, metric: str, k: int, n: int, target: float, better: str) -> dict[str, Any]:
+    """A row whose value is ``k`` of ``n`` requests (0 when nothing was sent), with k, n and the interval."""
+    return verdict_row(scenario, variant, metric, k / n if n else 0.0, target, better, n=n, k=k)
+
+
+def shed_row(scenario: str, variant: str, metric: str, phase: dict[str, Any], target: float) -> dict[str, Any]:
+    """A shed-ratio row of one phase's (or class's) load-generator stats: shed (429/503) of sent."""
+    return count_row(scenario, variant, metric, int(phase["rejected"]), int(phase["sent"]), target, "lower")
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -246,7 +279,7 @@ class Run:
         p = self.plan
         seconds = sum(ph.seconds for ph in phases)
         return await c.drive(run, path, base_rps, seconds, classes=classes, timeout_s=p.timeout_s, start_in_s=p.start_in_s,
-                             at_offset=at_offset, phases=tuple(phases))  # fmt: skip
+                             at_offset=at_offset, seed=SEED, phases=tuple(phases))  # fmt: skip
 
     def keep(self, scenario: str, variant: str, cond: dict[str, Any], lg: dict[str, Any], samples: list[dict[str, Any]]) -> None:
         """Raw detail of one load run, for the JSON (per-phase stats, timeline, monitor samples)."""
@@ -279,6 +312,78 @@ def _warm(p: Plan) -> Phase:
     return Phase(p.warmup_s, 0.5, WARMUP)
 
 
+# ------------------------------------------------------------------ phase lengths
+
+
+def count_in(phases: Sequence[Phase], rate_rps: float, label: str, *, classes: tuple[TrafficClass, ...] = (TrafficClass(),),
+             traffic_class: str | None = None) -> int:  # fmt: skip
+    """The requests (of ``traffic_class``, if named) the load generator will send in the phases
+    labelled ``label`` of this schedule at ``rate_rps``: its own draws, seed ``SEED``."""
+    spec = LoadSpec(url="http://127.0.0.1/", rate_rps=rate_rps, duration_s=sum(ph.seconds for ph in phases), classes=classes,
+                    seed=SEED, phases=tuple(phases))  # fmt: skip
+    return arrivals_by_label(spec, traffic_class).get(label, 0)
+
+
+def long_enough(before: Sequence[Phase], phase: Phase, rate_rps: float, plan: Plan, *,
+                classes: tuple[TrafficClass, ...] = (TrafficClass(),), traffic_class: str | None = None) -> Phase:  # fmt: skip
+    """``phase`` (after ``before``), at least as long as given and long enough to hold
+    ``plan.min_requests`` requests (of ``traffic_class``) at ``rate_rps``: longer, never faster."""
+    if not plan.min_requests:
+        return phase
+    share = 1.0 if traffic_class is None else sum(x.weight for x in classes if x.name == traffic_class) / sum(x.weight for x in classes)
+    seconds = max(phase.seconds, plan.min_requests / (phase.multiplier * rate_rps * share))
+    for _ in range(100):
+        out = replace(phase, seconds=seconds)
+        if count_in([*before, out], rate_rps, phase.label, classes=classes, traffic_class=traffic_class) >= plan.min_requests:
+            return out
+        seconds *= 1.03
+    raise ValueError(f"no length of {phase.label} holds {plan.min_requests} requests at {rate_rps:g} rps")
+
+
+def false_shed_phases(plan: Plan, capacity_rps: float) -> list[Phase]:
+    """Warm-up, then 0.5x and 0.9x of capacity, each long enough for ``plan.min_requests``."""
+    phases = [_warm(plan)]
+    for multiplier in (0.5, 0.9):
+        phases.append(long_enough(phases, Phase(plan.seconds, multiplier, f"{multiplier:g}x"), capacity_rps, plan))
+    return phases
+
+
+def bursts_phases(plan: Plan, capacity_rps: float) -> list[Phase]:
+    """Warm-up, then cycles of ``BURST_S`` at 4x and ``BURST_S`` at 0.5x ("calm"): at least
+    ``plan.bursts_s`` of them, and enough for ``plan.min_requests`` in the calm phases together."""
+    cycles = max(1, int(plan.bursts_s // (2 * BURST_S)))
+    if plan.min_requests:
+        cycles = max(cycles, math.ceil(plan.min_requests / (0.5 * capacity_rps * BURST_S)))
+
+    def build(n: int) -> list[Phase]:
+        return [_warm(plan)] + [Phase(BURST_S, 4.0, "burst"), Phase(BURST_S, 0.5, "calm")] * n
+
+    while plan.min_requests and count_in(build(cycles), capacity_rps, "calm") < plan.min_requests:
+        cycles += 1
+    return build(cycles)
+
+
+def step_phases(plan: Plan, rate_rps: float) -> list[Phase]:
+    """Warm-up, "before" (long enough for ``plan.min_requests``), then "after" the quota change,
+    all at ``rate_rps``; the change comes at the end of "before"."""
+    phases = [Phase(plan.warmup_s, 1.0, WARMUP)]
+    phases.append(long_enough(phases, Phase(plan.step_before_s, 1.0, "before"), rate_rps, plan))
+    return [*phases, Phase(plan.step_after_s, 1.0, "after")]
+
+
+def priority_phases(plan: Plan, capacity_rps: float) -> list[Phase]:
+    """Warm-up, 1x (long enough for ``plan.min_requests`` critical requests), then 3x."""
+    phases = [_warm(plan)]
+    phases.append(long_enough(phases, Phase(plan.seconds, 1.0, "1x"), capacity_rps, plan, classes=PRIORITY_CLASSES,
+                              traffic_class="critical"))  # fmt: skip
+    return [*phases, Phase(plan.seconds, 3.0, "3x")]
+
+
+def long_lived_phases(plan: Plan, capacity_rps: float) -> list[Phase]:
+    """Warm-up, then 0.9x long enough for ``plan.min_requests``."""
+    return [_warm(plan), long_enough([_warm(plan)], Phase(plan.seconds, 0.9, "0.9x"), capacity_rps, plan)]
+
+
 # ------------------------------------------------------------------ scenarios
 
 
@@ -288,14 +393,14 @@ async def false_shed(r: Run) -> None:
     for handler in p.handlers:
         ref = await r.reference(0.5, 5.0, handler)
         cap = ref.capacity.capacity_rps
+        phases = false_shed_phases(p, cap)
         for v in r.pick(("flowctl-inprocess", *SIDECARS, "kratos")):
-            r.log(f"false_shed {handler} {v}: 0.5x then 0.9x of {cap:.0f} rps, {p.seconds:g} s each")
+            r.log(f"false_shed {handler} {v}: 0.5x then 0.9x of {cap:.0f} rps, {phases[1].seconds:.1f} s and {phases[2].seconds:.1f} s")
             async with r.serve(v, 0.5, 5.0) as run:
-                lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 0.5, "0.5x"),
-                                                                          Phase(p.seconds, 0.9, "0.9x")])  # fmt: skip
+                lg, samples = await r.load(run, HANDLERS[handler], cap, phases)
             r.keep("false_shed", v, {"handler": handler, "capacity_rps": cap}, lg, samples)
             for lb in ("0.5x", "0.9x"):
-                r.add(verdict_row("false_shed", v, f"shed_ratio {lb} {handler}", lg["phases"][lb]["shed_ratio"], 0.01, "lower"))
+                r.add(shed_row("false_shed", v, f"shed_ratio {lb} {handler}", lg["phases"][lb], 0.01))
 
 
 async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, handlers: Sequence[str], peers: Sequence[str]) -> None:
@@ -314,12 +419,12 @@ async def _overload_like(r: Run, scenario: str, cpus: float, work_ms: float, han
                                  "limit_conn": limit if v == "nginx-limit-conn" else None}, lg, samples)  # fmt: skip
             m = lg["phases"]["4x"]
             row = verdict_row(scenario, v, f"goodput/saturation 4x {handler}", _ratio(m["goodput_rps"], ref.saturation_rps),
-                              0.75, "higher")  # fmt: skip
+                              0.75, "higher", n=m["sent"])  # fmt: skip
             if v in ("flowctl-inprocess", "kratos"):  # limiters that answer their sheds inside the group
                 row["bound"] = ref.in_process_bound(m["offered_rps"])
             r.add(row)
             r.add(verdict_row(scenario, v, f"p99/unloaded_p99 4x {handler}",
-                              _ratio(m["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
+                              _ratio(m["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower", n=m["sent"]))  # fmt: skip
         _limit_1_bound(r, scenario, f"p99/unloaded_p99 4x {handler}")
 
 
@@ -351,16 +456,16 @@ async def bursts(r: Run) -> None:
     handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
     ref = await r.reference(0.5, 5.0, handler)
     cap = ref.capacity.capacity_rps
-    cycles = max(1, int(p.bursts_s // 4))
-    phases = [_warm(p)] + [Phase(2.0, 4.0, "burst"), Phase(2.0, 0.5, "calm")] * cycles
+    phases = bursts_phases(p, cap)
+    cycles = (len(phases) - 1) // 2
     for v in r.pick(("flowctl-inprocess", *SIDECARS, "none", "kratos")):
-        r.log(f"bursts {handler} {v}: {cycles} x (2 s at 4x, 2 s at 0.5x) of {cap:.0f} rps")
+        r.log(f"bursts {handler} {v}: {cycles} x ({BURST_S:g} s at 4x, {BURST_S:g} s at 0.5x) of {cap:.0f} rps")
         async with r.serve(v, 0.5, 5.0) as run:
             lg, samples = await r.load(run, HANDLERS[handler], cap, phases)
         r.keep("bursts", v, {"handler": handler, "capacity_rps": cap, "cycles": cycles}, lg, samples)
-        r.add(verdict_row("bursts", v, f"p99/unloaded_p99 {handler}",
-                          _ratio(lg["measured"]["admitted_p99_ms"], ref.capacity.unloaded_p99_ms), 4.0, "lower"))  # fmt: skip
-        r.add(verdict_row("bursts", v, f"shed_ratio calm phases {handler}", lg["phases"]["calm"]["shed_ratio"], 0.05, "lower"))
+        r.add(verdict_row("bursts", v, f"p99/unloaded_p99 {handler}", _ratio(lg["measured"]["admitted_p99_ms"],
+                          ref.capacity.unloaded_p99_ms), 4.0, "lower", n=lg["measured"]["sent"]))  # fmt: skip
+        r.add(shed_row("bursts", v, f"shed_ratio calm phases {handler}", lg["phases"]["calm"], 0.05))
 
 
 async def step(r: Run) -> None:
@@ -370,26 +475,25 @@ async def step(r: Run) -> None:
     after = await r.reference(0.5, 5.0, handler)
     bound_ms = 4.0 * after.capacity.unloaded_p99_ms
     limit = r.nginx_limit(await r.reference(1.0, 5.0, handler)) if "nginx-limit-conn" in r.variants else 1
-    step_at = p.warmup_s + p.step_before_s
-    seconds = step_at + p.step_after_s
     for load in p.step_loads:
         rate = load * after.capacity.capacity_rps
+        phases = step_phases(p, rate)
+        step_at = phases[0].seconds + phases[1].seconds
+        seconds = step_at + phases[2].seconds
         # the unprotected service never recovers at either load: measured once, at the highest
         for v in r.pick(("flowctl-inprocess", *SIDECARS, "nginx-limit-conn") + (("none",) if load == max(p.step_loads) else ())):
             r.log(f"step {v}: {rate:.0f} rps ({load:g}x post-step capacity), quota 1.0 -> 0.5 at {step_at:g} s of {seconds:g} s"
                   + (f" (limit_conn {limit})" if v == "nginx-limit-conn" else ""))  # fmt: skip
             async with r.serve(v, 1.0, 5.0, limit) as run:
                 w = run.workload
-                lg, samples = await r.load(run, HANDLERS[handler], rate,
-                                           [Phase(p.warmup_s, 1.0, WARMUP), Phase(p.step_before_s, 1.0, "before"),
-                                            Phase(p.step_after_s, 1.0, "after")],
+                lg, samples = await r.load(run, HANDLERS[handler], rate, phases,
                                            at_offset=[(step_at, lambda w=w: w.set_cpus(0.5))])  # fmt: skip
             r.keep("step", v, {"handler": handler, "load": load, "rate_rps": rate, "step_at_s": step_at, "bound_ms": bound_ms,
                                "limit_conn": limit if v == "nginx-limit-conn" else None}, lg, samples)  # fmt: skip
             step_s = lg["events_at_s"][0] if lg.get("events_at_s") else step_at
             rec = recovery(lg["timeline"], step_s, seconds, bound_ms)
-            r.add(verdict_row("step", v, f"recovery_s {load:g}x", rec, 5.0, "lower"))
-            r.add(verdict_row("step", v, f"shed_ratio before step {load:g}x", lg["phases"]["before"]["shed_ratio"], 0.01, "lower"))
+            r.add(verdict_row("step", v, f"recovery_s {load:g}x", rec, 5.0, "lower", n=lg["phases"]["after"]["sent"]))
+            r.add(shed_row("step", v, f"shed_ratio before step {load:g}x", lg["phases"]["before"], 0.01))
 
 
 async def priority(r: Run) -> None:
@@ -398,19 +502,19 @@ async def priority(r: Run) -> None:
     handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
     ref = await r.reference(0.5, 5.0, handler)
     cap = ref.capacity.capacity_rps
+    phases = priority_phases(p, cap)
     for v in r.pick(("flowctl-inprocess", *SIDECARS, "none")):
-        r.log(f"priority {handler} {v}: 50/50 critical/sheddable at 1x then 3x of {cap:.0f} rps")
+        r.log(f"priority {handler} {v}: 50/50 critical/sheddable at 1x ({phases[1].seconds:.1f} s) then 3x of {cap:.0f} rps")
         async with r.serve(v, 0.5, 5.0) as run:
-            lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 1.0, "1x"),
-                                                                      Phase(p.seconds, 3.0, "3x")], classes=PRIORITY_CLASSES)  # fmt: skip
+            lg, samples = await r.load(run, HANDLERS[handler], cap, phases, classes=PRIORITY_CLASSES)
         r.keep("priority", v, {"handler": handler, "capacity_rps": cap}, lg, samples)
         for lb, target in (("3x", 0.95), ("1x", 0.99)):
             crit = lg["phases"][lb]["classes"]["critical"]
-            r.add(verdict_row("priority", v, f"critical goodput/offered {lb}", _ratio(crit["goodput_rps"], crit["offered_rps"]),
-                              target, "higher"))  # fmt: skip
+            # goodput/offered over one phase is answered-in-time of sent
+            r.add(count_row("priority", v, f"critical goodput/offered {lb}", int(crit["good"]), int(crit["sent"]), target, "higher"))
         cl = lg["phases"]["3x"]["classes"]
         r.add(verdict_row("priority", v, "sheddable minus critical shed 3x", cl["sheddable"]["shed_ratio"] - cl["critical"]["shed_ratio"],
-                          0.0, "higher", strict=True))  # fmt: skip
+                          0.0, "higher", strict=True, n=lg["phases"]["3x"]["sent"]))  # fmt: skip
 
 
 async def _hold_sessions(base_url: str, kind: str, n: int, opened: list[int], stop: asyncio.Event) -> None:
@@ -454,6 +558,7 @@ async def long_lived(r: Run) -> None:
     handler = "yielding" if "yielding" in p.handlers else p.handlers[0]
     ref = await r.reference(0.5, 5.0, handler)
     cap = ref.capacity.capacity_rps
+    phases = long_lived_phases(p, cap)
     for v, kind in (("flowctl-inprocess", "ws"), ("flowctl-sidecar", "sse"), ("flowctl-haproxy", "sse")):
         if v not in r.variants:
             continue
@@ -464,15 +569,14 @@ async def long_lived(r: Run) -> None:
             holder = asyncio.create_task(_hold_sessions(run.base_url, kind, SESSIONS, opened, stop))
             await asyncio.sleep(1.0)
             try:
-                lg, samples = await r.load(run, HANDLERS[handler], cap, [_warm(p), Phase(p.seconds, 0.9, "0.9x")])
+                lg, samples = await r.load(run, HANDLERS[handler], cap, phases)
             finally:
                 stop.set()
                 await holder
         r.keep("long_lived", v, {"handler": handler, "capacity_rps": cap, "sessions": kind, "sessions_opened": len(opened)},
                lg, samples)  # fmt: skip
         r.log(f"  {len(opened)} of {SESSIONS} {kind} sessions were open")
-        r.add(verdict_row("long_lived", v, f"shed_ratio plain 0.9x +{SESSIONS} {kind}", lg["phases"]["0.9x"]["shed_ratio"],
-                          0.01, "lower"))  # fmt: skip
+        r.add(shed_row("long_lived", v, f"shed_ratio plain 0.9x +{SESSIONS} {kind}", lg["phases"]["0.9x"], 0.01))
 
 
 RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_quota, "gil_quota": gil_quota, "bursts": bursts, "step": step,
@@ -499,6 +603,29 @@ def _bound_note(row: dict[str, Any]) -> str:
     return f"{bound:.2f}" if out_of_reach else ""
 
 
+def _g(x: float) -> str:
+    return f"{x:.2g}" if x < 0.1 else f"{x:.3g}"
+
+
+def counts_text(row: dict[str, Any]) -> str:
+    """What a row was measured on: "k/n, lo-hi" (its 95% interval) for a ratio of counts, "n N"
+    (requests measured) for any other row, "" when unknown."""
+    k, n, interval = row.get("k"), row.get("n"), row.get("interval")
+    if k is not None and n is not None and interval is not None:
+        return f"{k}/{n}, {_g(interval[0])}-{_g(interval[1])}"
+    return "" if n is None else f"n {n}"
+
+
+def op_text(row: dict[str, Any]) -> str:
+    """The target as text: "<= 0.01", ">= 0.75", "> 0"."""
+    op = "<=" if row["better"] == "lower" else (">" if row["metric"].startswith("sheddable") else ">=")
+    return f"{op} {row['target']:g}"
+
+
+def value_text(row: dict[str, Any]) -> str:
+    return "never" if row["value"] is None else f"{row['value']:.3g}"
+
+
 def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
     """The verdict table: one line per (scenario, metric), one column per variant (value and PASS/fail)."""
     keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
@@ -509,48 +636,67 @@ def table(rows: list[dict[str, Any]], variants: Sequence[str]) -> str:
     lines = [head, "-" * len(head)]
     for s, m in keys:
         first = next(r for r in rows if r["scenario"] == s and r["metric"] == m)
-        tgt = f"{'<=' if first['better'] == 'lower' else ('>' if m.startswith('sheddable') else '>=')}{first['target']:g}"
+        tgt = op_text(first).replace(" ", "")
         out = []
         for v in shown:
             r = cells.get((s, m, v))
             if r is None:
                 out.append(f"{'':>18s}")
             else:
-                val = "never" if r["value"] is None else f"{r['value']:.3g}"
                 note = _bound_note(r)
-                out.append(f"{val + (' PASS' if r['pass'] else ' fail') + (f' b{note}' if note else ''):>18s}")
+                out.append(f"{value_text(r) + (' PASS' if r['pass'] else ' fail') + (f' b{note}' if note else ''):>18s}")
         lines.append(f"{s + ' ' + m:{width}s}  {tgt:>8s}  " + "  ".join(out))
     if any(_bound_note(r) for r in rows):
         lines += ["", "b<x>: " + BOUND_LEGEND]
     return "\n".join(lines)
 
 
+COUNTS_LEGEND = ("In brackets, what a row was measured on: k/n and the Wilson 95% interval of k/n for a ratio of "
+                 "counts (shed of sent; critical answered within 1 s of sent), n requests sent in the phase for any "
+                 "other row")  # fmt: skip
+
+
+def verdict_table(rows: Sequence[dict[str, Any]], cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A Markdown table, one line per (scenario, metric), one column per variant (in ``ALL_VARIANTS``
+    order) holding ``cell(row)``."""
+    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
+    cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
+    shown = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
+    lines = ["| scenario | metric | target | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]
+    for s, metric in keys:
+        first = next(cells[(s, metric, v)] for v in shown if (s, metric, v) in cells)
+        vals = ["" if (s, metric, v) not in cells else cell(cells[(s, metric, v)]) for v in shown]
+        lines.append(f"| {s} | {metric} | {op_text(first)} | " + " | ".join(vals) + " |")
+    return lines
+
+
+def verdict_text(row: dict[str, Any]) -> str:
+    """Value and verdict, and the row's measured bound when the target is out of its reach."""
+    note = _bound_note(row)
+    return f"{value_text(row)} {'pass' if row['pass'] else '**fail**'}" + (f" (bound {note})" if note else "")
+
+
+def run_cell(row: dict[str, Any]) -> str:
+    """One run's cell: value, verdict, bound, and what it was measured on."""
+    counts = counts_text(row)
+    return verdict_text(row) + (f" ({counts})" if counts else "")
+
+
 def markdown(out: dict[str, Any]) -> str:
     """The verdict table as Markdown, headed by the date, the machine load and the command."""
     rows = out["rows"]
     m = out["machine"]
-    keys = list(dict.fromkeys((r["scenario"], r["metric"]) for r in rows))
-    cells = {(r["scenario"], r["metric"], r["variant"]): r for r in rows}
-    shown = [v for v in ALL_VARIANTS if any(r["variant"] == v for r in rows)]
     drift = out.get("cpu_speed_end_over_start")
     speed = "" if drift is None else f" CPU speed at the end / at the start {drift:.2f} (burn() calibration)."
-    lines = [f"`{out['command']}`, started {out['started']}, {out['wall_s']:.0f} s; {m['cpus']} CPUs ({m['cpu_model']}), "
-             f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs ran).{speed}",
-             "", "| scenario | metric | target | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]  # fmt: skip
-    for s, metric in keys:
-        first = cells.get((s, metric, next(v for v in shown if (s, metric, v) in cells)))
-        assert first is not None
-        op = "<=" if first["better"] == "lower" else (">" if metric.startswith("sheddable") else ">=")
-        vals = []
-        for v in shown:
-            r = cells.get((s, metric, v))
-            if r is None:
-                vals.append("")
-            else:
-                val = "never" if r["value"] is None else f"{r['value']:.3g}"
-                note = _bound_note(r)
-                vals.append(f"{val} {'pass' if r['pass'] else '**fail**'}" + (f" (bound {note})" if note else ""))
-        lines.append(f"| {s} | {metric} | {op} {first['target']:g} | " + " | ".join(vals) + " |")
+    code = out.get("code") or {}
+    at = "" if not code.get("commit") else f" Code: commit {str(code['commit'])[:10]}" + (
+        f" with changes to {', '.join(code['changed'])}" if code.get("changed") else "") + "."
+    quick = (" `--quick`: short phases (a false-shed phase holds far fewer than 400 requests), a smoke test of the "
+             "harness; its figures mean nothing.") if out.get("quick") else ""  # fmt: skip
+    lines = [(f"`{out['command']}`, started {out['started']}, {out['wall_s']:.0f} s; {m['cpus']} CPUs ({m['cpu_model']}), "
+              f"load average {m['loadavg'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after (a shared machine: other jobs "
+              f"ran).{speed}{at}{quick}"),
+             "", *verdict_table(rows, run_cell), "", COUNTS_LEGEND + "."]  # fmt: skip
     if any(_bound_note(r) for r in rows):
         lines += ["", "(bound x): " + BOUND_LEGEND + " (`Reference.in_process_bound`, `_limit_1_bound` in bench/scenarios/scorecard.py)."]
     refs = out.get("references", {})
@@ -614,10 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke mode: tiny durations, blocking handler only (about 2 min)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of: " + ",".join(SCENARIOS))
     p.add_argument("--variants", help="comma list of: " + ",".join(ALL_VARIANTS) + " (default: all; --quick: the flowctl ones)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run the whole scorecard N times (each run's files as <json stem>-run<i>.*), then write the "
+                        "median and the worst of each row to --json and its .md (bench.scorecard_median)")  # fmt: skip
     return p
 
 
-async def run(a: argparse.Namespace) -> dict[str, Any]:
+async def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     c.pin_self()
     plan = QUICK if a.quick else FULL
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
@@ -640,7 +789,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     from bench.upstream import calibrate_iters_per_ms
 
     r = Run(plan, calibrate_iters_per_ms(), variants)
-    r.log(f"scorecard{' --quick' if a.quick else ''}: scenarios {scenarios}, variants {variants}; load average {machine['loadavg']}")
+    r.log(f"{command}: scenarios {scenarios}, variants {variants}; load average {machine['loadavg']}")
     for s in scenarios:
         await RUNNERS[s](r)
     wall_s = time.monotonic() - r.t0
@@ -658,7 +807,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": wall_s,
         "quick": bool(a.quick),
-        "command": "python -m bench scorecard" + (" --quick" if a.quick else ""),
+        "command": command,
+        "code": code_version(),
         "machine": machine,
         "plan": plan.__dict__,
         "scenarios": scenarios,
@@ -673,21 +823,29 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    try:
-        out = asyncio.run(run(a))
-    except c.EnvironmentMissing as exc:
-        print(f"bench scorecard: {exc}", file=sys.stderr)
-        return 2
-    c.write_json(out, a.json_out)
-    png = a.plot or os.path.splitext(a.json_out)[0] + ".png"
+def code_version() -> dict[str, Any]:
+    """The commit measured and the files changed on top of it (``bench matrix``'s rule)."""
+    from bench.scenarios.matrix import code_version as matrix_code_version  # matrix imports this module
+
+    return matrix_code_version()
+
+
+def run_path(json_out: str, index: int, runs: int) -> str:
+    """Where run ``index`` (from 1) of ``runs`` writes its JSON: ``json_out`` itself for a single run."""
+    stem, ext = os.path.splitext(json_out)
+    return json_out if runs == 1 else f"{stem}-run{index}{ext or '.json'}"
+
+
+def write_run(out: dict[str, Any], json_out: str, plot_out: str | None = None) -> None:
+    """One run's JSON, its PNG (``plot_out`` or beside the JSON) and Markdown, and its table on stdout."""
+    c.write_json(out, json_out)
+    png = plot_out or os.path.splitext(json_out)[0] + ".png"
     m = out["machine"]
     title = (f"flowctl scorecard {out['started']} ({'quick' if out['quick'] else 'full'}), load average "
              f"{m['loadavg'][0]:.2f} -> {m['loadavg_after'][0]:.2f}, {out['wall_s']:.0f} s")  # fmt: skip
     plot(out["rows"], ALL_VARIANTS, png, title)
     c.log(f"wrote {png}")
-    md = os.path.splitext(a.json_out)[0] + ".md"
+    md = os.path.splitext(json_out)[0] + ".md"
     with open(md, "w") as f:
         f.write(markdown(out))
     c.log(f"wrote {md}")
@@ -695,6 +853,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(out["rows"], ALL_VARIANTS))
     flow = [row for row in out["rows"] if row["variant"] in OURS]
     print(f"\nflowctl rows passing: {sum(row['pass'] for row in flow)} of {len(flow)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(args)
+    if a.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+    command = "python -m bench scorecard" + "".join(" " + shlex.quote(x) for x in args)
+    paths: list[str] = []
+    outs: list[dict[str, Any]] = []
+    for i in range(1, a.runs + 1):
+        try:
+            out = asyncio.run(run(a, command))
+        except c.EnvironmentMissing as exc:
+            print(f"bench scorecard: {exc}", file=sys.stderr)
+            return 2
+        if a.runs > 1:
+            out["run"] = {"index": i, "of": a.runs}
+        paths.append(run_path(a.json_out, i, a.runs))
+        write_run(out, paths[-1], a.plot if a.runs == 1 else None)
+        outs.append(out)
+    if a.runs > 1:
+        from bench.scorecard_median import write_median  # it imports this module
+
+        write_median(outs, paths, a.json_out, a.plot)
     return 0
 
 

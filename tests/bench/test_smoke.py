@@ -282,7 +282,7 @@ def test_overhead_smoke(tmp_path: Path) -> None:
     assert all(part.get("exit_code") == 0 for part in data["parts"].values())
 
 
-SCORECARD_ROW_FIELDS = {"scenario", "variant", "metric", "value", "target", "better", "pass"}
+SCORECARD_ROW_FIELDS = {"scenario", "variant", "metric", "value", "target", "better", "pass", "k", "n", "interval"}
 
 
 @pytest.mark.real
@@ -300,6 +300,9 @@ def test_scorecard_quick_writes_rows_for_every_scenario(tmp_path: Path) -> None:
     for row in data["rows"]:
         assert SCORECARD_ROW_FIELDS <= set(row), row
         assert row["better"] in ("lower", "higher")
+        assert row["n"] is not None and row["n"] >= 0  # what it was measured on
+        if row["metric"].startswith("shed_ratio") or row["metric"].startswith("critical"):
+            assert row["k"] is not None and 0 <= row["k"] <= row["n"] and len(row["interval"]) == 2
         assert isinstance(row["pass"], bool)
         assert row["value"] is None or math.isfinite(row["value"])
         if row["value"] is None:
