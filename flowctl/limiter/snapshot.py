@@ -7,9 +7,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from flowctl.signal import CpuReading
 
-__all__ = ["LimiterSnapshot"]
+if TYPE_CHECKING:
+    from flowctl.limit.base import LimitAlgorithm
+    from flowctl.limiter.gate import HotGate
+    from flowctl.limiter.partitions import Partitions
+    from flowctl.limiter.period import PeriodGate
+    from flowctl.limiter.triggers import Trigger
+
+__all__ = ["LimiterSnapshot", "snapshot_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,7 @@ class LimiterSnapshot:
     cpu_per_request_s: float | None = None
     period_margin: float | None = None  # the period gate's learned margin (None: off, or no quota to pace by)
     period_overhead_s: float | None = None  # and its learned overhead, CPU seconds per period
+    engaged: bool = False  # the limiter's one state (hot, or in its cool-off): stages 2-3 shed by the limit
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
@@ -82,6 +92,7 @@ class LimiterSnapshot:
             "cpu_per_request_s": self.cpu_per_request_s,
             "period_margin": self.period_margin,
             "period_overhead_s": self.period_overhead_s,
+            "engaged": self.engaged,
         }
 
 
@@ -92,3 +103,64 @@ def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
     return out
 
 
+
+
+def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, gate: HotGate,
+                triggers: tuple[Trigger, ...], *, inflight: int, engaged_until: float, cool_off_until: float,
+                dry_run: bool, tokens_leaked: int, cpu_per_request_s: float | None,
+                period: PeriodGate | None) -> LimiterSnapshot:  # fmt: skip
+    """The snapshot ``Limiter.snapshot`` returns, built from its parts (reads only: triggers are polled,
+    nothing is observed)."""
+    stats = algorithm.stats(now)
+    by_prio = {name: 0 for name in partitions.by_name}
+    by_res: dict[str, int] = {}
+    requests: dict[tuple[str, str, str], int] = {}
+    shed_by: dict[tuple[str, str], int] = {}
+    dry_by: dict[tuple[str, str], int] = {}
+    for slot in partitions.slots.values():
+        prio, res = slot.partition.name, slot.resource
+        for trigger, n in slot.shed_by.items():
+            shed_by[(res, trigger)] = shed_by.get((res, trigger), 0) + n
+        for trigger, n in slot.dry_by.items():
+            dry_by[(res, trigger)] = dry_by.get((res, trigger), 0) + n
+        by_prio[prio] += slot.inflight
+        by_res[res] = by_res.get(res, 0) + slot.inflight
+        requests[(res, prio, "admitted")] = slot.admitted
+        requests[(res, prio, "shed")] = slot.shed
+        requests[(res, prio, "dry_run_shed")] = slot.dry_run_shed
+    hot = gate.every_hot(now)
+    trig: dict[str, float | None] = {}
+    for t in triggers:
+        v = t.check(now)
+        trig[t.name] = v
+        if v is not None and v >= t.threshold and t.name not in hot:
+            hot.append(t.name)
+    return LimiterSnapshot(
+        at=now,
+        inflight=inflight,
+        inflight_by_priority=by_prio,
+        inflight_by_resource=by_res,
+        max_inflight=stats.max_inflight,
+        priority_limits=partitions.limits(),
+        min_rt_s=stats.min_rt_s,
+        max_pass_per_s=stats.max_pass_per_s,
+        warm=stats.warm,
+        algorithm=algorithm.name,
+        cpu=gate.signal.reading,
+        signal_name=gate.signal_name,
+        hot=bool(hot),
+        hot_triggers=tuple(hot),
+        cool_off=now < cool_off_until,
+        cool_off_until=None if cool_off_until == -math.inf else cool_off_until,
+        requests=requests,
+        shed_by_reason=shed_by,
+        dry_run_shed_by_reason=dry_by,
+        dry_run=dry_run,
+        tokens_leaked=tokens_leaked,
+        triggers=trig,
+        priority_ceilings=partitions.ceilings(),
+        cpu_per_request_s=cpu_per_request_s,
+        period_margin=period.margin if period is not None else None,
+        period_overhead_s=period.overhead_s if period is not None else None,
+        engaged=now < engaged_until,
+    )
