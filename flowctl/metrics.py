@@ -24,7 +24,7 @@ Metric names are fixed (dashboards and alerts depend on them)::
     flowctl_cpu_usage_cores, flowctl_cpu_limit_cores, flowctl_cpu_usable_cores,
     flowctl_cpu_throttled_ratio                           (the limiter's own signal)
     flowctl_cpu_pressure_ratio{view}                      PSI "some" of each view that has it
-    flowctl_hot, flowctl_cool_off, flowctl_dry_run      0/1
+    flowctl_hot, flowctl_engaged, flowctl_cool_off, flowctl_dry_run      0/1
     flowctl_tokens_leaked_total                         tokens never released (a bug if it grows)
     flowctl_event_loop_lag_seconds                      when a loop-lag monitor is attached
     flowctl_request_duration_seconds{resource}          histogram, admission to handler return
@@ -133,6 +133,7 @@ class FlowctlCollector:
         _set(g["flowctl_cpu_per_request_seconds"], snap.cpu_per_request_s)
         _set(g["flowctl_cpu_period_margin_ratio"], snap.period_margin)
         _set(g["flowctl_hot"], 1.0 if snap.hot else 0.0)
+        _set(g["flowctl_engaged"], 1.0 if snap.engaged else 0.0)
         _set(g["flowctl_cool_off"], 1.0 if snap.cool_off else 0.0)
         _set(g["flowctl_dry_run"], 1.0 if snap.dry_run else 0.0)
 
@@ -182,6 +183,8 @@ class _Families:
             G("flowctl_cpu_period_margin_ratio", "Fraction of each CFS period's quota the period gate holds back "
               "(learned from throttled periods); absent while the gate is off or has no quota."),
             G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),
+            G("flowctl_engaged", "1 while the limiter is engaged (hot, or in its cool-off): the limit and the "
+              "period gate's pacing shed only then."),
             G("flowctl_cool_off", "1 during the cool-off after a shed (shedding continues over the limit)."),
             G("flowctl_dry_run", "1 when the limiter only reports what it would shed, else 0."),
             G("flowctl_cpu_utilization_ratio", "CPU used over the last interval / the view's CPU budget.",
@@ -482,6 +485,7 @@ class MultiprocessPublisher:
         self._per_worker = {n: G(n, h, registry=None, multiprocess_mode="liveall") for n, h in per_worker.items()}
         shared = {
             "flowctl_hot": "1 while a shedding signal is over its threshold in some worker.",
+            "flowctl_engaged": "1 while some worker's limiter is engaged (hot, or in its cool-off).",
             "flowctl_cool_off": "1 while some worker is in its cool-off.",
             "flowctl_dry_run": "1 when the limiter only reports what it would shed.",
             "flowctl_cpu_usage_cores": "CPU cores in use over the last interval (limiter's signal).",
@@ -539,6 +543,7 @@ class MultiprocessPublisher:
             "flowctl_min_rt_seconds": snap.min_rt_s,
             "flowctl_max_pass_per_second": snap.max_pass_per_s,
             "flowctl_hot": 1.0 if snap.hot else 0.0,
+            "flowctl_engaged": 1.0 if snap.engaged else 0.0,
             "flowctl_cool_off": 1.0 if snap.cool_off else 0.0,
             "flowctl_dry_run": 1.0 if snap.dry_run else 0.0,
             "flowctl_cpu_usage_cores": snap.cpu.usage_cores,

@@ -35,6 +35,7 @@ class FakeSnapshot:
     )  # fmt: skip
     signal_name: str = "container"
     hot: bool = True
+    engaged: bool = True
     cool_off: bool = True
     dry_run: bool = False
     tokens_leaked: int = 0
@@ -72,6 +73,7 @@ def test_collector_exports_snapshot_at_scrape_time() -> None:
     assert get("flowctl_cpu_per_request_seconds") == 0.005
     assert get("flowctl_cpu_period_margin_ratio") == 0.1
     assert get("flowctl_hot") == 1 and get("flowctl_cool_off") == 1 and get("flowctl_dry_run") == 0
+    assert get("flowctl_engaged") == 1
     assert get("flowctl_tokens_leaked_total") == 0
     assert get("flowctl_cpu_utilization_ratio", {"view": "container"}) == 0.91
     assert get("flowctl_cpu_utilization_ratio", {"view": "host"}) == 0.23
