@@ -412,8 +412,10 @@ class Matrix:
         self.variants = list(variants)
         self.iters_per_ms = iters_per_ms
         budget = None if plan.budget_per_shape_s is None else plan.budget_per_shape_s * plan.shapes
+        # The draw is judged with every variant, so that a run of a few variants measures the same shapes
+        # as the full run of its seed (a candidate compared with a full run, cell by cell).
         self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps, budget=budget,
-                                    cost=lambda shapes: sum(predicted_s(s, plan, variants) for s in shapes))  # fmt: skip
+                                    cost=lambda shapes: sum(predicted_s(s, plan, VARIANTS) for s in shapes))  # fmt: skip
         self.refs: dict[int, sc.Reference] = {}
         self.ref_wall_s: dict[int, float] = {}
         self.cells: list[dict[str, Any]] = []
