@@ -89,7 +89,10 @@ def _run_line(path: str, run: dict[str, Any]) -> str:
             if m.get("loadavg") and m.get("loadavg_after") else "")  # fmt: skip
     code = (run.get("code") or {}).get("commit")
     wall = f", {run['wall_s'] / 60:.1f} min" if run.get("wall_s") else ""
-    return f"`{path}`: started {run.get('started', '?')}{wall}{load}" + (f", commit {str(code)[:10]}" if code else "")
+    refs = "; ".join(f"{k} {r['capacity_rps']:.0f} rps (unloaded p99 {r['unloaded_p99_ms']:.0f} ms)"
+                     for k, r in (run.get("references") or {}).items())  # fmt: skip
+    return (f"`{path}`: started {run.get('started', '?')}{wall}{load}" + (f", commit {str(code)[:10]}" if code else "")
+            + (f"; capacities {refs}" if refs else ""))  # fmt: skip
 
 
 def summary_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
