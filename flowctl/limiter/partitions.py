@@ -50,7 +50,7 @@ class PriorityClass:
       allowance is its reserve. The ceiling
       (always on) is ``ceil(pipe + pipe_sigmas * sqrt(pipe) + queue_allowance * max(1, share))``
       in flight, ``pipe`` the in-flight the group carries at its CPU capacity without
-      queueing (see ``flowctl.limiter.core``).
+      queueing (see ``flowctl.limiter.stages.CeilingStage``).
     """
 
     share: float
