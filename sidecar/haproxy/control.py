@@ -5,7 +5,10 @@ would, with HAProxy's queue in place of an immediate shed for what waits.
 Per priority class the *room* is the requests it may find in service plus
 queued and still be let in: while the limiter is engaged (hot, or cooling
 off) ``min(class limit, class ceiling)``, otherwise the class ceiling (the
-always-on Little's-law cap). The upstream's ``maxconn`` is the largest room
+always-on Little's-law cap). As in the Limiter, a reserve class (critical)
+is held at its ceiling alone, and so is every class while the period gate
+paces the group (``sidecar.haproxy.pace``: then the gate, not the limit,
+bounds the others inside each CFS period). The upstream's ``maxconn`` is the largest room
 (critical's): as in the Python engine, a class is shed at its own room and
 critical, the reserve, may keep more in service than the others. HAProxy's
 queue (critical dequeued first) holds what passed the room check in the same
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,15 +95,21 @@ def admission(
     max_connections: int,
     max_clients: int,
     reason: str = "cpu",
+    reserve: Collection[str] = (),
+    paced: bool = False,
 ) -> Setting:
     """The ``Setting`` for ``snap`` (the module docstring's rule); ``engaged`` already includes the engine's
     own cool-off, ``reason`` is what engages it (a hot trigger, ``cool_off``, or ``limit`` when ungated).
-    Every value is at least 1 (a 0 maxconn is unlimited to HAProxy)."""
+    A class in ``reserve`` (critical), and every class while the period gate ``paced`` the group, is held
+    at its ceiling alone when one is known, as the Limiter sheds them. Every value is at least 1 (a 0
+    maxconn is unlimited to HAProxy)."""
     rooms: dict[str, int] = {}
     why: dict[str, tuple[str, str]] = {}
     for p in priorities:
         ceiling = _whole(snap.priority_ceilings.get(p))
         limit = _whole(snap.priority_limits.get(p)) if engaged else None
+        if ceiling is not None and (paced or p in reserve):
+            limit = None
         if limit is not None and (ceiling is None or limit < ceiling):
             rooms[p], why[p] = min(limit, max_clients), (reason, "limit")
         else:

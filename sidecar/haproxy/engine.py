@@ -16,8 +16,9 @@ ends the sidecar with a failure (``failed()`` returns), so the Pod restarts.
 finish) bounded by ``drain_seconds``; ``stop()`` kills what is left and
 removes the run directory.
 
-The Limiter runs without the period gate: it paces single admissions, and
-HAProxy does not ask flowctl about single requests.
+The Limiter runs without its own period gate (it would refuse the mirrored
+admissions); the period gate runs beside HAProxy instead (``_pace``, every
+``PACE_S`` while the watched group is busy: ``sidecar.haproxy.pace``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from sidecar.config import SidecarConfig
 from sidecar.haproxy.control import Setting
 from sidecar.haproxy.loop import Controller
 from sidecar.haproxy.metrics import HaproxyCollector
+from sidecar.haproxy.pace import IDLE_PACE_S, PACE_S
 from sidecar.haproxy.process import HaproxyProcess, find_haproxy
 from sidecar.haproxy.render import HOP_LUA, Plan, map_text, render, why_text
 from sidecar.haproxy.runtime import Runtime
@@ -146,6 +148,7 @@ class HaproxySidecar:
         self._session: aiohttp.ClientSession | None = None
         self._admin_runner: web.AppRunner | None = None
         self._loop: Periodic | None = None
+        self._pacing: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._failed: asyncio.Future[str] | None = None
         self._stopping = False
@@ -211,6 +214,8 @@ class HaproxySidecar:
                 "mirror_held": c.mirror.held if c is not None else 0,
                 "mirror_refused": c.mirror.refused if c is not None else 0,
                 "control_errors_total": self.control_errors_total,
+                "period_gate": {**c.pacer.describe(), "caps": dict(c.caps), "pacing": c.pacing}
+                if c is not None and c.pacer is not None else None,
                 "last_error": c.last_error if c is not None else None,
             },
         }
@@ -235,7 +240,7 @@ class HaproxySidecar:
             self._owned.append(sig)
             self.signal = sig
         self.views[self.signal.name] = self.signal
-        # The period gate paces single admissions: HAProxy does not ask about those.
+        # The mirror's admissions must never be refused: the period gate runs in the Controller instead.
         from sidecar.app import build_limiter
 
         self.limiter = build_limiter(replace(cfg, period_gate=False), self.signal, clock=self._clock)
@@ -245,7 +250,7 @@ class HaproxySidecar:
         why_path = os.path.join(self.run_dir, "why.map")
         self.controller = Controller(cfg, self.limiter, self.runtime, priorities=self.priorities,
                                      default_priority=self.default_priority, map_path=map_path, why_path=why_path,
-                                     clients=self.clients, clock=self._clock)  # fmt: skip
+                                     clients=self.clients, signal=self.signal, clock=self._clock)  # fmt: skip
         self._plan = Plan(listen_port, sock, map_path, why_path, os.path.join(self.run_dir, "hop.lua"), self.priorities,
                           self.default_priority, 1, {}, nbthread=own_threads())  # fmt: skip
         with open(self._plan.lua_path, "w") as f:
@@ -263,6 +268,7 @@ class HaproxySidecar:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="flowctl-haproxy-supervisor")
         self._loop = Periodic(self.tick, self._tick_s, name="flowctl-haproxy-control")
         await self._loop.start()
+        self._pacing = asyncio.get_running_loop().create_task(self._pace(), name="flowctl-haproxy-pace")
         self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
         probe = UpstreamProbe(cfg.upstream, interval_s=cfg.probe_interval_s, timeout_s=cfg.connect_timeout_s,
                               health_path=cfg.health_path, session=self._get_session)  # fmt: skip
@@ -335,6 +341,17 @@ class HaproxySidecar:
         if self.controller is not None and self.up:
             await self.controller.tick()
 
+    async def _pace(self) -> None:
+        """The period gate between ticks (``Controller.pace``): every ``PACE_S`` while the watched group
+        uses CPU, every ``IDLE_PACE_S`` while it does not, every tick while there is nothing to pace."""
+        c = self.controller
+        assert c is not None
+        while True:
+            busy = False
+            if self.up and not self.draining:
+                busy = await c.pace()
+            await asyncio.sleep(PACE_S if busy else IDLE_PACE_S if c.pacing else self._tick_s)
+
     # -- drain and stop --------------------------------------------------------------------------
 
     async def drain(self) -> bool:
@@ -363,6 +380,11 @@ class HaproxySidecar:
         if self._loop is not None:
             await self._loop.stop()
             self._loop = None
+        if self._pacing is not None:
+            self._pacing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pacing
+            self._pacing = None
         if self.process is not None:
             await self.process.kill()
         if self._supervisor is not None:

@@ -13,7 +13,12 @@ Each ``tick`` (the engine calls it every 100 ms):
    clearly cool reading, by the Limiter's rule.
 4. HAProxy's completions since the last tick go to the Limiter (``Mirror``),
    held in flight up to the new ``maxconn`` (so the Limiter never refuses one).
-5. The set commands are sent when they differ from what the child last got.
+5. The set commands that differ from what the child last got are sent.
+
+Between ticks, ``pace`` (every ``PACE_S`` while the watched group is busy)
+reads the group's CFS counters into the period gate (``sidecar.haproxy.pace``)
+and sends each paced class's room capped by what the current period's quota
+still covers, when that changes.
 
 A failure of the admin socket is counted, logged once per distinct error,
 and retried next tick; it never raises.
@@ -21,6 +26,7 @@ and retried next tick; it never raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +34,11 @@ from typing import Protocol
 
 from flowctl.errors import DataPlaneError
 from flowctl.limiter import LimiterSnapshot
-from flowctl.signal import CpuReading
+from flowctl.signal import BandwidthSignal, CpuReading, CpuSignal
 from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
 from sidecar.haproxy.control import Admission, Mirror, Setting, admission, rt_seconds, uncapped
+from sidecar.haproxy.pace import Pacer
 from sidecar.haproxy.render import APP, FRONTEND, SERVER, STREAMS, shed_backend
 from sidecar.haproxy.runtime import Stats, set_map, set_maxconn
 
@@ -68,6 +75,7 @@ class Controller:
         map_path: str,
         why_path: str = "",
         clients: ClientGuard | None = None,
+        signal: CpuSignal | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -82,9 +90,21 @@ class Controller:
         self._policy = config.policy()
         self._gated = self._policy.cpu_gate  # an ungated limiter (fixed, gradient) is always engaged
         self.mirror = Mirror(limiter, resource=config.resource, clock=clock)
+        self.signal = signal
+        parts = {p: limiter.slot(config.resource, p).partition for p in self.priorities}
+        self.reserve = frozenset(p for p, part in parts.items() if part.reserve)
+        # the period gate, when the policy has it: the classes it may cap (a reserve class never)
+        self.pacer: Pacer | None = None
+        if self._policy.period_gate and self._gated:
+            self.pacer = Pacer(self._policy, {p: part.level for p, part in parts.items() if not part.reserve})
+        self.caps: dict[str, int] = {}  # per paced class: the room the current period's quota covers
+        self.cost_s: float | None = None  # the Limiter's CPU per request, at the last tick
+        self._follow_at = -1.0
+        self._send_lock = asyncio.Lock()
         self.setting: Setting = uncapped(self.priorities, max_connections=config.max_connections,
                                          max_clients=config.max_clients)  # fmt: skip
-        self.sent: list[str] | None = self.commands(self.setting)  # what the running child has (its config)
+        # what the running child has (its config), by what each command sets
+        self.sent: dict[str, str] | None = self._keyed(self.commands(self.setting))
         self.pid: int | None = None
         self.figures: dict[str, int] = {}
         self.sheds_total: dict[str, int] = {p: 0 for p in self.priorities}
@@ -111,7 +131,13 @@ class Controller:
                 {p: ("queue", "ceiling") for p in s.rooms})  # fmt: skip
 
     def commands(self, s: Setting) -> list[str]:
+        """Every set command for ``s``, with the period gate's caps on the rooms (a capped room's shed
+        says ``cpu_period``/``period``, as the Python engine's)."""
         maxconn, rooms, why = self.applied(s)
+        if s.capped:
+            for p, cap in self.caps.items():
+                if p in rooms and cap < rooms[p]:
+                    rooms[p], why[p] = cap, ("cpu_period", "period")
         out = [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items())]
         if self.why_path:
             for p, (reason, stage) in why.items():
@@ -150,6 +176,63 @@ class Controller:
             self.clients.bad_requests_total = self._total("ereq", front.num("ereq"))
         return server.responses(), server.num("scur"), rt_seconds(server.num("ctime"), server.num("rtime"))
 
+    @staticmethod
+    def _keyed(commands: list[str]) -> dict[str, str]:
+        """Commands by what they set (the command less its value)."""
+        return {c.rsplit(" ", 1)[0]: c for c in commands}
+
+    async def _send(self) -> None:
+        """Send the commands of the current setting and caps that differ from what the child has."""
+        async with self._send_lock:
+            commands = self.commands(self.setting)
+            sent = self.sent or {}
+            todo = [c for c in commands if sent.get(c.rsplit(" ", 1)[0]) != c]
+            if not todo:
+                return
+            await self.runtime.apply(todo)
+            self.sent = {**sent, **self._keyed(todo)}
+
+    def _follow(self, now: float, snap: LimiterSnapshot) -> None:
+        """Once a second: the period gate follows the watched group's bandwidth (as the Limiter's does)."""
+        if self.pacer is None or now < self._follow_at:
+            return
+        self._follow_at = now + 1.0
+        sig = self.signal
+        bandwidth = sig.bandwidth() if isinstance(sig, BandwidthSignal) else None
+        self.pacer.follow(bandwidth, snap.cpu.cores)
+
+    @property
+    def pacing(self) -> bool:
+        """The period gate paces the watched group (it has a quota of its own) and HAProxy is capped."""
+        return self.pacer is not None and self.pacer.active and self.setting.capped
+
+    async def pace(self) -> bool:
+        """One read of the period gate between ticks: the paced rooms sent when they change. True while
+        the group uses CPU (the caller reads again after ``PACE_S``, else after ``IDLE_PACE_S``)."""
+        pacer = self.pacer
+        if pacer is None or not self.pacing:
+            if self.caps:
+                self.caps = {}
+                await self._send_quietly()
+            return False
+        now = self._clock()
+        busy, engage = pacer.read(now)
+        if engage:  # a long freeze: the load does not fit, engage now (as the Limiter's _froze)
+            self._cool_until = max(self._cool_until, now + self.config.cool_off_s)
+        engaged = self.setting.engaged or now < self._cool_until
+        self.caps = pacer.caps(now, self.setting.rooms, self.cost_s, engaged)
+        await self._send_quietly()
+        return busy
+
+    async def _send_quietly(self) -> None:
+        try:
+            await self._send()
+        except DataPlaneError as e:
+            self.control_errors_total += 1
+            if str(e) != self.last_error and not self.quiet:
+                log.warning("haproxy control loop: %s", e)
+            self.last_error = str(e)
+
     async def tick(self) -> None:
         """One control step (the module docstring)."""
         try:
@@ -167,6 +250,8 @@ class Controller:
                 self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
             self.limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
             snap = self.limiter.snapshot()
+            self._follow(now, snap)
+            self.cost_s = snap.cpu_per_request_s
             if now < self._cool_until and self._clearly_cool(snap.cpu):
                 self._cool_until = now  # as the limiter's cool-off: a clearly cool reading ends it early
             engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
@@ -176,15 +261,16 @@ class Controller:
                 reason = snap.hot_triggers[0] if snap.hot_triggers else "cpu"
             else:
                 reason = "cool_off"
+            paced = self.pacer is not None and self.pacer.active and not snap.dry_run
             self.setting = admission(snap, priorities=self.priorities, default=self.default_priority, engaged=engaged,
                                      max_connections=self.config.max_connections,
-                                     max_clients=self.config.max_clients, reason=reason)  # fmt: skip
+                                     max_clients=self.config.max_clients, reason=reason, reserve=self.reserve,
+                                     paced=paced)  # fmt: skip
+            if not paced:
+                self.caps = {}
             # HAProxy's completions to the Limiter, held in flight up to what the new setting admits
             self.mirror.update(completed, inflight, rt_s, self.setting.maxconn if self.setting.capped else inflight)
-            commands = self.commands(self.setting)
-            if commands != self.sent:
-                await self.runtime.apply(commands)
-                self.sent = commands
+            await self._send()
             if self.last_error is not None and not self.quiet:
                 log.warning("haproxy control loop: recovered (%s)", self.last_error)
             self.last_error = None

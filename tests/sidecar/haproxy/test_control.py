@@ -42,6 +42,22 @@ def test_engaged_each_class_gets_the_lower_of_its_limit_and_ceiling() -> None:
     assert decide(snap, engaged=True) == (13, {"critical": 13, "default": 7, "sheddable": 5}, True)
 
 
+def test_the_reserve_and_every_paced_class_are_held_at_their_ceilings_alone() -> None:
+    # as the Limiter: critical (the reserve) is shed only at its ceiling; while the period gate paces,
+    # no class is shed at its limit (the gate bounds them inside each CFS period)
+    def rooms(**kw: object) -> dict[str, int]:
+        return dict(admission(Snap(), priorities=PRIOS, default="default", engaged=True, max_connections=1024,
+                              max_clients=10000, **kw).rooms)  # type: ignore[arg-type]  # fmt: skip
+
+    assert rooms(reserve={"critical"}) == {"critical": 13, "default": 2, "sheddable": 1}
+    assert rooms(reserve={"critical"}, paced=True) == {"critical": 13, "default": 7, "sheddable": 7}
+    # no ceiling known: the limits still hold
+    snap = Snap(priority_ceilings={p: INF for p in PRIOS})
+    s = admission(snap, priorities=PRIOS, default="default", engaged=True, max_connections=1024, max_clients=10000,
+                  reserve={"critical"}, paced=True)  # fmt: skip
+    assert dict(s.rooms) == {"critical": 6, "default": 2, "sheddable": 1}
+
+
 def test_unknown_ceilings_leave_haproxy_at_the_configured_bounds() -> None:
     snap = Snap(priority_ceilings={p: INF for p in PRIOS})
     assert decide(snap, engaged=False) == (1024, {p: 10000 for p in PRIOS}, True)

@@ -1,0 +1,114 @@
+"""The haproxy engine's period gate (``Pacer``) and the control loop's use of it, without HAProxy."""
+
+from __future__ import annotations
+
+from flowctl.limiter import DEFAULT_POLICY
+from flowctl.signal import StaticSignal
+from sidecar.app import build_limiter
+from sidecar.clients import ClientGuard
+from sidecar.haproxy.loop import Controller
+from sidecar.haproxy.pace import Pacer
+from tests.sidecar.haproxy.helpers import FakeRuntime, loopback_config, recorded
+from tests.test_limiter import FakeClock
+
+QUOTA, PERIOD = 0.05, 0.1  # 0.5 CPU
+COST = 0.005
+MAP = "/run/x/admission.map"
+WHY = "/run/x/why.map"
+
+
+class Group:
+    """A cgroup's CFS counters, moved by hand."""
+
+    own_group = False
+
+    def __init__(self, quota: tuple[float, float] | None = (QUOTA, PERIOD)) -> None:
+        self.usage_s, self.periods, self.throttled, self.throttled_s = 10.0, 100, 0, 0.0
+        self._quota = quota
+
+    def quota(self) -> tuple[float, float] | None:
+        return self._quota
+
+    def read(self) -> tuple[float, int, int, float | None]:
+        return self.usage_s, self.periods, self.throttled, self.throttled_s
+
+
+def pacer(group: Group) -> Pacer:
+    p = Pacer(DEFAULT_POLICY, {"default": 0.0, "sheddable": 0.5})
+    p.follow(group, 0.5)
+    return p
+
+
+def test_engaged_caps_shrink_as_the_period_is_spent_and_sheddable_gets_less() -> None:
+    clock, group = FakeClock(), Group()
+    p = pacer(group)
+    assert p.active
+    p.read(clock.now)
+    rooms = {"critical": 11, "default": 5, "sheddable": 5}
+    # margin 0.1: 45 ms of the 50 ms quota; (k + 1) x 5 ms fit: 9 in service at most, room 5 binds
+    assert p.caps(clock.now, rooms, COST, engaged=True) == {"default": 5, "sheddable": 5}
+    clock.advance(0.03)
+    group.usage_s += 0.03
+    p.read(clock.now)
+    # 30 ms used: 15 ms left for default (3 requests); sheddable's level: 0.75 x 45 - 30 = 3.75 ms (0)
+    assert p.caps(clock.now, rooms, COST, engaged=True) == {"default": 3, "sheddable": 0}
+    group.usage_s += 0.021  # the whole quota, and more
+    clock.advance(0.02)
+    p.read(clock.now)
+    assert p.caps(clock.now, rooms, COST, engaged=False) == {"default": 0, "sheddable": 0}
+    group.periods += 1  # a new period: all open again
+    clock.advance(0.05)
+    p.read(clock.now)
+    assert p.caps(clock.now, rooms, COST, engaged=False) == {"default": 5, "sheddable": 5}
+
+
+def test_a_long_freeze_engages_and_no_quota_means_nothing_to_pace() -> None:
+    clock, group = FakeClock(), Group()
+    p = pacer(group)
+    p.read(clock.now)
+    clock.advance(0.05)
+    group.usage_s += 0.05
+    p.read(clock.now)
+    clock.advance(0.05)  # frozen for the rest of the period
+    group.periods += 1
+    group.throttled += 1
+    group.throttled_s += 0.05
+    busy, engage = p.read(clock.now)
+    assert engage and not busy and p.freezes == 1
+    p.follow(Group(quota=None), 0.5)
+    assert not p.active
+
+
+async def test_the_controller_sends_capped_rooms_between_ticks_and_critical_stays_at_its_ceiling() -> None:
+    clock, group = FakeClock(), Group()
+    sig = StaticSignal("container", at=clock.now, utilization=0.3, utilization_smoothed=0.3, usage_cores=0.15,
+                       limit_cores=0.5, seq=1, bandwidth=group)  # fmt: skip
+    cfg = loopback_config(algorithm="fixed", fixed_limit=2)  # ungated: always engaged, but no period gate
+    lim = build_limiter(cfg, sig, clock=clock)
+    rt = FakeRuntime(recorded(pid=100))
+    c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
+                   why_path=WHY, clients=ClientGuard(), signal=sig, clock=clock)  # fmt: skip
+    assert c.pacer is None  # an ungated algorithm is a plain concurrency limiter: nothing to pace
+    cfg = loopback_config()
+    lim = build_limiter(cfg, sig, clock=clock)
+    c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
+                   why_path=WHY, clients=ClientGuard(), signal=sig, clock=clock)  # fmt: skip
+    assert c.pacer is not None
+    await c.tick()
+    assert c.pacing  # the group has a quota, and HAProxy is capped
+    c.setting = type(c.setting)(maxconn=11, rooms={"critical": 11, "default": 5, "sheddable": 5}, engaged=True)
+    c.cost_s = COST
+    rt.applied.clear()
+    assert await c.pace() is False  # the first read: no usage seen yet
+    assert c.caps == {"default": 5, "sheddable": 5}  # critical, the reserve, is never capped
+    rt.applied.clear()
+    group.usage_s += 0.03
+    clock.advance(0.03)
+    assert await c.pace() is True
+    assert c.caps == {"default": 3, "sheddable": 0}
+    # only what changed goes out: two rooms and the reason and stage of the two capped classes
+    assert rt.applied == [[f"set map {MAP} default 3", f"set map {MAP} sheddable 0",
+                           f"set map {WHY} default.reason cpu_period", f"set map {WHY} default.stage period",
+                           f"set map {WHY} sheddable.reason cpu_period", f"set map {WHY} sheddable.stage period"]]  # fmt: skip
+    await c.pace()
+    assert len(rt.applied) == 1  # unchanged: nothing sent
