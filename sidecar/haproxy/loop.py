@@ -123,6 +123,10 @@ class Controller:
         fast, slow = r.utilization, r.utilization_smoothed
         return fast is not None and fast < cool and (slow is None or slow < policy.cpu_threshold)
 
+    def _over_threshold(self, r: CpuReading) -> bool:
+        """The fast reading at or over the CPU threshold (one reading of the Limiter's hot streak)."""
+        return r.utilization is not None and r.utilization >= self._policy.cpu_threshold
+
     def applied(self, s: Setting) -> tuple[int, dict[str, int], dict[str, tuple[str, str]]]:
         """What HAProxy is given for ``s``: its maxconn, rooms and shed answers, or nothing capped (dry-run)."""
         if s.capped:
@@ -246,10 +250,16 @@ class Controller:
             sheds_before = sum(self.sheds_total.values())
             completed, inflight, rt_s = self.read(stats)
             now = self._clock()
-            if self.setting.engaged and sum(self.sheds_total.values()) > sheds_before:
+            shed = sum(self.sheds_total.values()) > sheds_before
+            if self.setting.engaged and shed:
                 self._cool_until = now + self.config.cool_off_s  # HAProxy shed over a limit: as a limiter shed
             self.limiter.observe()  # the latest CPU reading and limit (snapshot() only reads)
             snap = self.limiter.snapshot()
+            queued = shed and not self.setting.engaged and self._gated and self._over_threshold(snap.cpu)
+            if queued:
+                # HAProxy shed at a ceiling or a spent period while not engaged: queue evidence, which with one
+                # reading over the threshold makes the Limiter's hot gate hot (it sees no shed of HAProxy's)
+                self._cool_until = now + self.config.cool_off_s
             self._follow(now, snap)
             self.cost_s = snap.cpu_per_request_s
             if now < self._cool_until and self._clearly_cool(snap.cpu):
@@ -257,6 +267,8 @@ class Controller:
             engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
             if not self._gated:
                 reason = "limit"
+            elif queued:
+                reason = "cpu"
             elif snap.hot:
                 reason = snap.hot_triggers[0] if snap.hot_triggers else "cpu"
             else:

@@ -138,3 +138,21 @@ async def test_loaded_stats_feed_the_limiter_what_haproxy_serves() -> None:
     clock.advance(0.1)
     await c.tick()
     assert c.mirror.replayed_total == 4 and lim.inflight == 0  # the server's 4 responses since, none in service
+
+
+async def test_haproxys_sheds_with_one_hot_reading_engage_as_queue_evidence() -> None:
+    # the Limiter's hot gate takes a ceiling or period shed plus one reading over the threshold as hot; the
+    # Limiter behind this engine sees no shed of HAProxy's, so the controller applies that rule itself
+    clock = FakeClock()
+    c, _, sig, _ = controller(clock, loopback_config(), reading=0.3)
+    await c.tick()  # the recorded counters hold sheds: over a cool reading, nothing engages
+    assert not c.setting.engaged
+    clock.advance(0.1)
+    sig.set(at=clock.now, utilization=0.9, utilization_smoothed=0.5)
+    await c.tick()  # one hot reading, no new shed: not hot yet (two in a row make it hot)
+    assert not c.setting.engaged
+    c.runtime.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": "9"}})  # type: ignore[attr-defined]
+    clock.advance(0.1)
+    sig.set(at=clock.now, utilization=0.9, utilization_smoothed=0.5, seq=10)  # not in a row with the last
+    await c.tick()
+    assert c.setting.engaged and c.setting.why["default"] == ("cpu", "limit")
