@@ -158,7 +158,8 @@ class Partitions:
     def set_limit(self, limit: float) -> None:
         """Give every class its share of the algorithm's ``limit``: ``max(1, ceil(share * limit))``."""
         for part in self.by_name.values():
-            part.limit = float(max(1, math.ceil(part.share * limit - _ROUNDING_SLACK)))
+            share = part.share * limit
+            part.limit = math.inf if share == math.inf else float(max(1, math.ceil(share - _ROUNDING_SLACK)))
 
     def set_ceiling(self, pipe: float | None, queue: int | None, sigmas: float = 0.0) -> None:
         """Every class's ceiling: ``max(1, ceil(pipe + sigmas * sqrt(pipe) + queue * max(1, share)))``;

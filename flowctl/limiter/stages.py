@@ -57,7 +57,9 @@ class CeilingStage:
                 min_rt_s = self.min_rt_s
             self.min_rt_s = min_rt_s
             pipe = capacity_per_s * min_rt_s if min_rt_s is not None else 0.0
-            if policy.busy_floor and policy.cpu_gate and min_rt_s is not None and cost_s and usable_cores:
+            if not math.isfinite(pipe):  # a cost too small to divide by: no capacity known
+                pipe = None
+            elif policy.busy_floor and policy.cpu_gate and min_rt_s is not None and cost_s and usable_cores:
                 floor = float(round(min_rt_s / cost_s * math.ceil(usable_cores - 1e-9)))
                 changed, self.busy_floor = floor != self.busy_floor, floor
         allowance = policy.queue_allowance

@@ -166,3 +166,13 @@ def test_lag_stage_scales_the_threshold_by_the_class() -> None:
     assert stage.shed(1.0, parts.by_name["critical"]) is None  # 5 x 15 ms
     stage.set((Lag(None),))
     assert stage.shed(1.0, parts.by_name["sheddable"]) is None
+
+
+def test_a_capacity_too_large_to_use_means_no_ceiling_not_an_error() -> None:
+    """A CPU cost too small to divide by makes the pipe infinite (hypothesis found it): no ceiling is
+    known then, and an infinite limit is an infinite share, instead of an OverflowError."""
+    parts = partitions()
+    CeilingStage(Policy()).update(parts, 1e308, 10.0, 1e-300, 1.0)
+    assert set(parts.ceilings().values()) == {math.inf}
+    parts.set_limit(math.inf)
+    assert set(parts.limits().values()) == {math.inf}
