@@ -38,18 +38,8 @@ def _default_algorithm() -> LimitAlgorithm:
 
 
 class LimiterBase:
-    """The parts of a ``Limiter`` and its configuration (see ``Limiter`` for the contract).
-
-    ``signal=None`` creates the container CPU signal (``flowctl.cpu.make_signal``)
-    without starting it: the caller owns sampling (``async with limiter.signal``).
-    Until the signal has a reading, CPU is unknown and counts as not hot.
-    ``algorithm`` defaults to ``flowctl.limit.bbr.Bbr()``. ``Policy(cpu_gate=False)``
-    makes the limiter "always hot": a plain concurrency limiter (reason ``"limit"``),
-    as the Fixed and Gradient peers run in the benchmarks.
-
-    Not thread-safe: use it from one thread (one event loop). Per-request work is a
-    few integer updates; counters are exported by reading ``snapshot()`` at scrape time.
-    """
+    """The parts of a ``Limiter`` and its configuration; ``flowctl.limiter.core.Limiter`` states the
+    contract (its constructor's arguments included)."""
 
     def __init__(
         self,

@@ -184,8 +184,9 @@ class Limiter(LimiterBase):
         quiet, self._sheds_seen = shed == self._sheds_seen, shed  # nothing shed since the last reading
         cost = self._cost
         cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
-        min_rt = self.algorithm.stats(now).min_rt_s if cost.capacity_per_s(cores) is not None else None
-        if self._ceiling.update(self._partitions, cost.capacity_per_s(cores), min_rt, cost.cpu_per_request_s, cores):
+        capacity = cost.capacity_per_s(cores)
+        min_rt = self.algorithm.stats(now).min_rt_s if capacity is not None else None
+        if self._ceiling.update(self._partitions, capacity, min_rt, cost.cpu_per_request_s, cores):
             self._refresh_at = -math.inf
         if period is not None and now >= period.quota_at:
             period.follow(now, gate.signal, cores, self._lag.triggers)

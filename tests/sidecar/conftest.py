@@ -157,6 +157,17 @@ async def upstream() -> AsyncIterator[Upstream]:
 CLIENT = {"name": "fast"}
 
 
+@pytest.fixture(params=["fast", "aiohttp"])
+def both_upstream_clients(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per upstream client (the proxy's contract is the same on both): a module
+    opts in with ``pytestmark = pytest.mark.usefixtures("both_upstream_clients")``."""
+    CLIENT["name"] = request.param
+    try:
+        yield request.param
+    finally:
+        CLIENT["name"] = "fast"
+
+
 def config_for(upstream_url: str, **overrides: Any) -> SidecarConfig:
     base = SidecarConfig(
         client=CLIENT["name"],

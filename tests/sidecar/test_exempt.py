@@ -4,7 +4,6 @@ otherwise set min RT for the whole window)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -13,16 +12,10 @@ from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter, Policy
 from flowctl.signal import StaticSignal
 from sidecar.config import load_config
-from tests.sidecar.conftest import CLIENT, MakeSidecar, Upstream, config_for, url
+from tests.sidecar.conftest import MakeSidecar, Upstream, config_for, url
 
 
-@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
-def upstream_client(request: pytest.FixtureRequest) -> Iterator[str]:
-    CLIENT["name"] = request.param
-    try:
-        yield request.param
-    finally:
-        CLIENT["name"] = "fast"
+pytestmark = pytest.mark.usefixtures("both_upstream_clients")  # every test on both upstream clients
 
 
 def _admitted(limiter: Limiter) -> int:

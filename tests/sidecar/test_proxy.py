@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -12,17 +12,10 @@ from yarl import URL
 
 from sidecar.headers import VIA, connection_tokens, request_headers, response_headers
 from bench.ports import free_port
-from tests.sidecar.conftest import CLIENT, GZ_BODY, MakeSidecar, Upstream, config_for, echo_headers, url
+from tests.sidecar.conftest import GZ_BODY, MakeSidecar, Upstream, config_for, echo_headers, url
 
 
-@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
-def upstream_client(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every proxy test runs on both upstream clients (the contract is the same)."""
-    CLIENT["name"] = request.param
-    try:
-        yield request.param
-    finally:
-        CLIENT["name"] = "fast"
+pytestmark = pytest.mark.usefixtures("both_upstream_clients")  # every test on both upstream clients
 
 
 async def test_get_with_query_and_body_roundtrip(upstream: Upstream, make_sidecar: MakeSidecar, client: aiohttp.ClientSession) -> None:

@@ -5,7 +5,7 @@ arrived go out at once). Real upstream, real sidecar, real clients, on both upst
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,18 +16,12 @@ from flowctl.limit.fixed import FixedLimit
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
 from flowctl.limiter import Policy
-from tests.sidecar.conftest import CLIENT, MakeSidecar, admin_url, config_for, url
+from tests.sidecar.conftest import MakeSidecar, admin_url, config_for, url
 
 WAIT_S = 10.0  # generous: an event that never comes fails the test, it is not a timing goal
 
 
-@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
-def upstream_client(request: pytest.FixtureRequest) -> Iterator[str]:
-    CLIENT["name"] = request.param
-    try:
-        yield request.param
-    finally:
-        CLIENT["name"] = "fast"
+pytestmark = pytest.mark.usefixtures("both_upstream_clients")  # every test on both upstream clients
 
 
 class Gated:
