@@ -585,6 +585,29 @@ def test_success_feeds_rt_ignore_does_not_dropped_says_so(sig: StaticSignal, clo
     ]
 
 
+def test_completed_feeds_the_algorithm_as_success_does_and_runs_no_stage(sig: StaticSignal, clock: FakeClock) -> None:
+    seen: list[tuple[float, float, int, bool]] = []
+
+    class Recorder(FixedLimit):
+        def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
+            seen.append((now, rt_s, inflight, dropped))
+
+    lim = Limiter(sig, Recorder(1), clock=clock, **limiter_kwargs(RULES))
+    sig.set(utilization=0.99)  # hot, and one held request fills the limit: admit would shed
+    held = fill(lim, 1)
+    assert isinstance(lim.acquire(), Rejection)
+    slot = lim.slot("default", "default")
+    before = lim.snapshot().requests
+    lim.completed(slot, 3, 0.02, 2)
+    lim.completed(slot, 0, 0.02, 2)
+    assert seen == [(clock.now, 0.02, 2, False)] * 3
+    assert lim.inflight == 1 and held
+    after = lim.snapshot().requests
+    key = ("default", "default", "admitted")
+    assert after[key] - before[key] == 3
+    assert after[("default", "default", "shed")] == before[("default", "default", "shed")]
+
+
 def test_bbr_learns_from_released_tokens(sig: StaticSignal, clock: FakeClock) -> None:
     lim = Limiter(sig, Bbr(headroom=0), clock=clock, policy=replace(RULES_POLICY, limit_refresh_s=0.0))
     for _ in range(10):  # 10 sequential 10 ms requests per 100 ms bucket

@@ -135,6 +135,21 @@ class Limiter(LimiterBase):
         self._on_sample(now, rt_s, inflight, False)
         return rt_s
 
+    def completed(self, slot: Slot, count: int, rt_s: float, inflight: int) -> None:
+        """Record ``count`` requests that another admitter (a data plane such as HAProxy) admitted and
+        completed, each after ``rt_s`` seconds, with ``inflight`` in service as they left: the algorithm
+        and the CPU cost learn from them as from ``success``. No stage runs and the limiter's own
+        in-flight count is left as it is. O(count), a few times cheaper per request than admit+success."""
+        if count <= 0:
+            return
+        now = self._clock()
+        slot.admitted += count
+        slot.released += count
+        self._admits += count
+        on_sample = self._on_sample
+        for _ in range(count):
+            on_sample(now, rt_s, inflight, False)
+
     def ignore(self, slot: Slot, start: float) -> float:
         """Release a request admitted at ``start``; it failed for its own reasons: the RT is not
         fed to the algorithm. Returns the RT all the same (for the caller's metrics)."""

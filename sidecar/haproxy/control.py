@@ -20,11 +20,12 @@ still computed and shown). HAProxy's own sheds restart a cool-off of the
 engine (``cool_off_s``), as every shed restarts the limiter's.
 
 The learning (``Mirror``): the Limiter is fed as if it had admitted
-HAProxy's requests. Every control tick, each response the upstream sent
-since the last tick is one admission released with ``success`` and the RT
-HAProxy measures (connect plus response time, its average over the last 1024
-requests, in whole ms), and the Limiter's in-flight is kept at the
-upstream's current sessions (capped by the room, so it never refuses). The
+HAProxy's requests. Every control tick, the responses the upstream sent
+since the last tick are recorded as completed requests (``Limiter.completed``,
+one batch: no admission stage runs for them) with the RT HAProxy measures
+(connect plus response time, its average over the last 1024 requests, in
+whole ms), and the Limiter's in-flight is kept at the upstream's current
+sessions (capped by the room, so it never refuses). The
 limit, the ceiling, the CPU cost per request and min RT then come out of the
 same code as in the Python engine.
 """
@@ -66,6 +67,7 @@ class Admission(Protocol):
     def admit(self, slot: Slot) -> float | Rejection: ...
     def success(self, slot: Slot, start: float) -> float: ...
     def ignore(self, slot: Slot, start: float) -> float: ...
+    def completed(self, slot: Slot, count: int, rt_s: float, inflight: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +156,6 @@ class Mirror:
         self.held += 1
         return True
 
-    def _release(self, rt_s: float) -> None:
-        self._limiter.success(self._slot, self._clock() - rt_s)
-        self.held -= 1
-        self.replayed_total += 1
-
     def reset(self) -> None:
         """HAProxy restarted: its counters start over and its requests are gone (released as ignored)."""
         while self.held > 0:
@@ -178,12 +175,9 @@ class Mirror:
             done = completed_total - self._last_total
             self._last_total = completed_total
         target = max(0, min(inflight, hold_max))
-        for _ in range(done):
-            if self.held == 0 and not self._admit():
-                continue
-            self._release(rt_s)  # in flight as the Limiter sees it: held, before this release
-            if self.held < target:
-                self._admit()
+        if done:  # one batch: each completion left with about the upstream's sessions in service (itself included)
+            self._limiter.completed(self._slot, done, rt_s, max(1, target))
+            self.replayed_total += done
         while self.held < target and self._admit():
             pass
         while self.held > target:
