@@ -409,6 +409,10 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
         out["haproxy_rooms"] = hx.get("rooms")
         out["haproxy_engaged"] = hx.get("engaged")
         out["haproxy_queue"] = hx.get("queue")
+        out["haproxy_shed_total"] = hx.get("shed_total")
+        gate = hx.get("period_gate")
+        if isinstance(gate, dict):  # the period gate beside HAProxy: pacing, the caps, freezes that engaged
+            out["haproxy_period"] = {k: gate.get(k) for k in ("pacing", "caps", "margin", "freezes_engaged", "reads")}
     return out
 
 

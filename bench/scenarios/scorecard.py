@@ -287,7 +287,7 @@ class Run:
                 "max_inflight", "shed_total", "hot", "limiter_cpu_utilization", "limit_cores", "shed_by_reason", "period_margin",
                 "period_overhead_s", "cpu_per_request_s", "min_rt_s", "limiter_usable_cores",
                 "limiter_cpu_utilization_smoothed", "haproxy_maxconn", "haproxy_rooms", "haproxy_engaged",
-                "haproxy_queue")  # fmt: skip
+                "haproxy_queue", "haproxy_shed_total", "haproxy_period")  # fmt: skip
         self.runs.append({
             "scenario": scenario, "variant": variant, **cond,
             "phases": lg["phases"], "measured": lg["measured"], "timeline": lg["timeline"],

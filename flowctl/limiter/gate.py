@@ -25,7 +25,7 @@ from flowctl.limiter.policy import Policy
 from flowctl.limiter.triggers import Trigger
 from flowctl.signal import CpuReading, CpuSignal
 
-__all__ = ["Hot", "HotGate", "cpu_value"]
+__all__ = ["Hot", "HotGate", "clearly_cool", "cpu_value"]
 
 _log = logging.getLogger("flowctl.limiter")
 
@@ -40,6 +40,18 @@ def cpu_value(r: CpuReading) -> float | None:
     fast = r.utilization
     slow = r.utilization_smoothed
     return fast if slow is None or (fast is not None and fast >= slow) else slow
+
+
+def clearly_cool(policy: Policy, r: CpuReading, *, settled: bool = False) -> bool:
+    """The reading is well under the threshold (see ``Policy.cool_fraction``): a cool-off that began
+    on a spike need not run its course. ``settled``: the smoothed value must be well under it too
+    (while the period gate paces, one 100 ms reading can dip: the Limiter and the haproxy engine
+    both pass it then)."""
+    fast, slow = r.utilization, r.utilization_smoothed
+    cool = policy.cool_fraction * policy.cpu_threshold
+    if fast is None or fast >= cool:
+        return False
+    return slow is None or slow < (cool if settled else policy.cpu_threshold)
 
 
 class HotGate:
@@ -144,15 +156,8 @@ class HotGate:
         return hot
 
     def clearly_cool(self, r: CpuReading, *, settled: bool = False) -> bool:
-        """The reading is well under the threshold (see ``Policy.cool_fraction``): a cool-off
-        that began on a spike need not run its course. ``settled``: the smoothed value must be
-        well under it too (while the period gate paces, one 100 ms reading can dip)."""
-        th = self._policy
-        fast, slow = r.utilization, r.utilization_smoothed
-        cool = th.cool_fraction * th.cpu_threshold
-        if fast is None or fast >= cool:
-            return False
-        return slow is None or slow < (cool if settled else th.cpu_threshold)
+        """``clearly_cool`` under this gate's policy."""
+        return clearly_cool(self._policy, r, settled=settled)
 
     def trigger_hot(self, now: float) -> Hot | None:
         """The first non-bypass trigger firing at ``now``, or None."""

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from flowctl.errors import DataPlaneError
 from flowctl.limiter import LimiterSnapshot
+from flowctl.limiter.gate import clearly_cool
 from flowctl.signal import BandwidthSignal, CpuReading, CpuSignal
 from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
@@ -114,14 +115,7 @@ class Controller:
         self._base: dict[str, int] = {}
         self._seen: dict[str, int] = {}
         self._cool_until = -1.0
-
-    def _clearly_cool(self, r: CpuReading) -> bool:
-        """The Limiter's own rule (``Policy.cool_fraction``): the fast reading well under the threshold
-        and the smoothed one under it."""
-        policy = self._policy
-        cool = policy.cool_fraction * policy.cpu_threshold
-        fast, slow = r.utilization, r.utilization_smoothed
-        return fast is not None and fast < cool and (slow is None or slow < policy.cpu_threshold)
+        self._capped = False  # the period gate capped a class below its room since the last tick
 
     def _over_threshold(self, r: CpuReading) -> bool:
         """The fast reading at or over the CPU threshold (one reading of the Limiter's hot streak)."""
@@ -225,6 +219,8 @@ class Controller:
             self._cool_until = max(self._cool_until, now + self.config.cool_off_s)
         engaged = self.setting.engaged or now < self._cool_until
         self.caps = pacer.caps(now, self.setting.rooms, self.cost_s, engaged)
+        rooms = self.setting.rooms
+        self._capped = self._capped or any(cap < rooms.get(p, cap) for p, cap in self.caps.items())
         await self._send_quietly()
         return busy
 
@@ -262,8 +258,11 @@ class Controller:
                 self._cool_until = now + self.config.cool_off_s
             self._follow(now, snap)
             self.cost_s = snap.cpu_per_request_s
-            if now < self._cool_until and self._clearly_cool(snap.cpu):
-                self._cool_until = now  # as the limiter's cool-off: a clearly cool reading ends it early
+            # as the limiter's cool-off: a clearly cool reading ends it early; while the period gate capped
+            # a class since the last tick, the smoothed reading must be well under the threshold too
+            settled, self._capped = self._capped, False
+            if now < self._cool_until and clearly_cool(self._policy, snap.cpu, settled=settled):
+                self._cool_until = now
             engaged = not self._gated or snap.hot or snap.cool_off or now < self._cool_until
             if not self._gated:
                 reason = "limit"

@@ -112,3 +112,39 @@ async def test_the_controller_sends_capped_rooms_between_ticks_and_critical_stay
                            f"set map {WHY} sheddable.reason cpu_period", f"set map {WHY} sheddable.stage period"]]  # fmt: skip
     await c.pace()
     assert len(rt.applied) == 1  # unchanged: nothing sent
+
+
+async def test_while_the_gate_caps_only_a_settled_cool_reading_ends_the_engines_cool_off() -> None:
+    # The Limiter's rule: while the period gate sheds, one 100 ms reading can dip under the cool mark
+    # (the gate holds the group under its quota); the smoothed reading must be well under it too.
+    clock, group = FakeClock(), Group()
+    sig = StaticSignal("container", at=clock.now, utilization=0.95, utilization_smoothed=0.95, usage_cores=0.45,
+                       limit_cores=0.5, seq=1, bandwidth=group)  # fmt: skip
+    cfg = loopback_config(cool_off_s=1.0)
+    lim = build_limiter(cfg, sig, clock=clock)
+    rt = FakeRuntime(recorded(pid=100))
+    c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
+                   why_path=WHY, clients=ClientGuard(), signal=sig, clock=clock)  # fmt: skip
+    shed = 6  # shed_default's req_tot in the recorded stats
+    for _ in range(3):  # two fast readings over the threshold: hot
+        clock.advance(0.1)
+        sig.set(at=clock.now, utilization=0.95, utilization_smoothed=0.95)
+        shed += 1
+        rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": str(shed)}})
+        await c.tick()
+    assert c.setting.engaged and c.pacing
+    dip = {"utilization": 0.5, "utilization_smoothed": 0.7}  # fast under 0.6 (0.75 x 0.8), smoothed over it
+    c.cost_s = COST
+    await c.pace()
+    group.usage_s += 0.04  # 40 of the 50 ms quota spent: the gate caps default under its room
+    clock.advance(0.04)
+    await c.pace()
+    assert c.caps["default"] < c.setting.rooms["default"]
+    clock.advance(0.06)
+    sig.set(at=clock.now, **dip)
+    await c.tick()
+    assert c.setting.engaged  # capped since the last tick: the dip is not settled
+    clock.advance(0.1)
+    sig.set(at=clock.now, **dip)
+    await c.tick()
+    assert not c.setting.engaged  # nothing capped since: a clearly cool reading ends it, as before
