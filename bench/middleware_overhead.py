@@ -7,6 +7,8 @@ Commands (re-run them on a quiet machine)::
     .venv/bin/python -m bench.middleware_overhead --paired --variants bare,flowctl --rounds 4 --duration 10
     .venv/bin/python -m bench.middleware_overhead --idle 30 --variants bare,flowctl
     .venv/bin/python -m bench.middleware_overhead --micro   # in-process us/request, no sockets
+    .venv/bin/python -m bench.middleware_overhead --rate 1000 --cpus 0.48 --variants bare,flowctl_shed --rounds 3
+    .venv/bin/python -m bench.middleware_overhead --paired --variants flowctl_shed@base,flowctl_shed --base-tree /tmp/base
 
 Variants, each served by its own single-process aiohttp server on loopback:
 
@@ -20,7 +22,16 @@ Variants, each served by its own single-process aiohttp server on loopback:
   ``@web.middleware``: aiohttp's own price for any middleware),
   ``flowctl_nolag`` (``flowctl`` without the loop-lag monitor) and
   ``flowctl_middleware`` (``setup(app, hook="middleware")``: an aiohttp
-  middleware instead of wrapped handlers).
+  middleware instead of wrapped handlers), and ``flowctl_shed``: ``flowctl``
+  as the benchmark upstream sets it up (``trusted_priority_header``) plus a
+  trigger that always fires, so every request to ``/`` takes the whole
+  admission path and is shed by the middleware (503, stage ``lag``, reason
+  ``always``): the CPU one shed costs the app, against ``bare``'s 200; and
+  ``bare_shed``: no middleware, ``/`` answers the same 503 (headers and body
+  bytes as flowctl's): the floor of what answering a shed costs in aiohttp.
+- ``NAME@base`` (with ``--base-tree DIR``): variant NAME served with the
+  ``flowctl`` package of DIR (e.g. ``git archive HEAD flowctl | tar -x -C DIR``):
+  before/after of the library in one run, the bench code the same on both sides.
 
 Modes:
 
@@ -40,6 +51,14 @@ Modes:
   server started (and loaded) first alternates each round. No /metrics
   scrape. Prints per round each side's req/s and CPU us/request and the
   ratio B/A, then the median ratio. Needs CPUs 0 and 1 and ``taskset``.
+- ``--rate RPS``: open loop, as the scenarios load the app. Each variant's
+  server runs alone on CPU 0 (``--cpus Q``: inside a cgroup with a CFS quota of
+  Q on CPU 0, as ``bench.scenarios`` runs the upstream; needs root), is warmed
+  up for a second at RPS, left idle for ``--idle-window`` seconds (its timers
+  and samplers: ``idle_cores``), then offered Poisson arrivals at RPS by
+  ``bench.loadgen`` on CPU 1 for ``--duration`` seconds. Reported per round:
+  its CPU per answer (all of it, and with the idle CPU taken out), the
+  answers by status, and the cores it used. Rounds alternate the order.
 - ``--idle SECONDS``: each variant's server is started (all at once), sent
   one request, then left without load; its process CPU over SECONDS is
   reported as % of one core (the cost of timers and samplers).
@@ -62,6 +81,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -69,9 +89,28 @@ from typing import Any
 from bench.ports import free_port
 
 VARIANTS = ("bare", "flowctl", "flowctl_dry")
-EXTRA_VARIANTS = ("trivial_mw", "flowctl_nolag", "flowctl_middleware")  # for attributing cost: --variants bare,trivial_mw,...
+EXTRA_VARIANTS = ("trivial_mw", "flowctl_nolag", "flowctl_middleware", "flowctl_shed", "bare_shed")  # --variants bare,...
 PAIRED_VARIANTS = ("bare", "flowctl")  # --paired without --variants
 PAIRED_CONNECTIONS = 25  # per wrk in --paired (one wrk thread each)
+BASE_SUFFIX = "@base"  # NAME@base: variant NAME served with the flowctl package of --base-tree
+
+
+class _AlwaysShed:
+    """A bypass trigger that always fires: every admission runs the whole path and is shed (stage lag)."""
+
+    name = "always"
+    threshold = 0.0
+    bypass_inflight = True
+
+    def check(self, now: float) -> float | None:
+        return 1.0
+
+
+def _split_variant(variant: str) -> tuple[str, bool]:
+    """(the served variant, whether it runs with the base tree's flowctl)."""
+    if variant.endswith(BASE_SUFFIX):
+        return variant[: -len(BASE_SUFFIX)], True
+    return variant, False
 
 
 # ---------------------------------------------------------------- the served app
@@ -84,8 +123,14 @@ def serve(variant: str, port: int) -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello\n")
 
+    shed_body = b'{"error": "overloaded", "reason": "always", "stage": "lag", "retry_after_s": 1.0}'
+    shed_headers = {"Retry-After": "1", "Content-Type": "application/json; charset=utf-8"}
+
+    async def shed(request: web.Request) -> web.Response:  # bare_shed: flowctl_shed's answer, without flowctl
+        return web.Response(body=shed_body, status=503, headers=shed_headers)
+
     app = web.Application()
-    app.router.add_get("/", hello, name="hello")
+    app.router.add_get("/", shed if variant == "bare_shed" else hello, name="hello")
     if variant == "flowctl":
         import flowctl.aiohttp
 
@@ -102,6 +147,11 @@ def serve(variant: str, port: int) -> None:
         import flowctl.aiohttp
 
         flowctl.aiohttp.setup(app, hook="middleware")
+    elif variant == "flowctl_shed":
+        import flowctl.aiohttp
+
+        state = flowctl.aiohttp.setup(app, trusted_priority_header="X-Priority")  # as bench.upstream's flowctl
+        state.limiter.add_trigger(_AlwaysShed())
     elif variant == "trivial_mw":
 
         @web.middleware
@@ -110,7 +160,7 @@ def serve(variant: str, port: int) -> None:
             return resp
 
         app.middlewares.append(trivial)
-    elif variant != "bare":
+    elif variant not in ("bare", "bare_shed"):
         raise SystemExit(f"unknown variant {variant!r}")
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -119,11 +169,13 @@ def serve(variant: str, port: int) -> None:
 
 
 def micro(repeats: int = 7, n: int = 50_000) -> dict[str, float]:
-    """Median us per request: the handler alone, through a trivial middleware, through flowctl's.
+    """Median us per request: the handler alone, through a trivial middleware, through flowctl's,
+    and (``flowctl_shed``) a request flowctl sheds: admission and the 503 response, no handler.
 
     No sockets: a mocked request with its route resolved, awaited in a loop.
     The limiter is real (BBR, loop-lag trigger) with a cool static CPU signal;
     the lag monitor has a probe pending far in the future, so it never fires while the loop spins.
+    The shedding one has the ``flowctl_shed`` variant's trigger that always fires instead.
     """
     import asyncio
     import time as _time
@@ -157,8 +209,24 @@ def micro(repeats: int = 7, n: int = 50_000) -> dict[str, float]:
         req = make_mocked_request("GET", "/", app=app)
         req._match_info = await app.router.resolve(req)  # what aiohttp does before the handler
 
+        shed_app = web.Application()
+        shed_app.router.add_get("/", hello, name="hello")
+        shedding = Limiter(StaticSignal("container", utilization=0.3, limit_cores=2.0))
+        shedding.add_trigger(_AlwaysShed())
+        fa.setup(shed_app, limiter=shedding, registry=CollectorRegistry(), loop_lag=False)
+        shed_runner = web.AppRunner(shed_app)
+        await shed_runner.setup()
+        shed_guarded = next(r.handler for r in shed_app.router.routes()
+                            if r.resource is not None and r.resource.canonical == "/")  # fmt: skip
+        shed_req = make_mocked_request("GET", "/", app=shed_app)
+        shed_req._match_info = await shed_app.router.resolve(shed_req)
+        assert (await shed_guarded(shed_req)).status == 503
+
         async def bare() -> None:
             await hello(req)
+
+        async def via_flowctl_shed() -> None:
+            await shed_guarded(shed_req)
 
         async def via_trivial() -> None:
             await trivial(req, hello)
@@ -166,15 +234,17 @@ def micro(repeats: int = 7, n: int = 50_000) -> dict[str, float]:
         async def via_flowctl() -> None:
             await guarded(req)
 
-        out: dict[str, list[float]] = {"handler": [], "trivial_mw": [], "flowctl_mw": []}
+        out: dict[str, list[float]] = {"handler": [], "trivial_mw": [], "flowctl_mw": [], "flowctl_shed": []}
         for _ in range(repeats):
-            for name, fn in (("handler", bare), ("trivial_mw", via_trivial), ("flowctl_mw", via_flowctl)):
+            for name, fn in (("handler", bare), ("trivial_mw", via_trivial), ("flowctl_mw", via_flowctl),
+                             ("flowctl_shed", via_flowctl_shed)):  # fmt: skip
                 t0 = _time.perf_counter()
                 for _ in range(n):
                     await fn()
                 out[name].append((_time.perf_counter() - t0) / n * 1e6)
-        assert limiter.inflight == 0
+        assert limiter.inflight == 0 and shedding.inflight == 0
         await runner.cleanup()
+        await shed_runner.cleanup()
         return {k: statistics.median(v) for k, v in out.items()}
 
     return asyncio.run(run())
@@ -202,6 +272,8 @@ def _wait_ready(port: int, timeout_s: float = 15.0) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
                 r.read()
                 return
+        except urllib.error.HTTPError:  # answered (flowctl_shed sheds every request)
+            return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server on port {port} did not become ready")
@@ -252,13 +324,25 @@ def _scrape_loop(port: int, stop: threading.Event, interval_s: float = 1.0) -> N
             pass
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_base_tree: str | None = None  # --base-tree
+
+
+def _serve_cmd(variant: str, port: int) -> list[str]:
+    """The command serving ``variant`` (``NAME@base``: with the base tree's flowctl) on ``port``."""
+    name, base = _split_variant(variant)
+    tree: list[str] = []
+    if base:
+        if _base_tree is None:
+            raise SystemExit(f"{variant}: give --base-tree DIR (a tree holding the flowctl package to compare with)")
+        tree = ["--flowctl-tree", _base_tree]
+    return [sys.executable, "-m", "bench.middleware_overhead", "--serve", name, "--port", str(port), *tree]
+
+
 def _start_server(variant: str, port: int, *, cpu: int | None = None) -> subprocess.Popen[bytes]:
     """Start ``--serve variant`` on ``port`` (pinned to ``cpu`` with taskset if given); not yet ready."""
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-    return subprocess.Popen(
-        [*pin, sys.executable, "-m", "bench.middleware_overhead", "--serve", variant, "--port", str(port)],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
+    return subprocess.Popen([*pin, *_serve_cmd(variant, port)], cwd=_REPO)
 
 
 def _stop_server(server: subprocess.Popen[bytes]) -> None:
@@ -391,6 +475,110 @@ def paired(a: str, b: str, *, rounds: int, duration_s: int, connections: int = P
     return runs
 
 
+# ---------------------------------------------------------------- open loop (--rate)
+
+
+@dataclass
+class RateRun:
+    """One server under open-loop load: its CPU per answer (``cpu_us_per_answer``: all of it;
+    ``net_cpu_us_per_answer``: less its idle CPU over the same time) and the answers by status."""
+
+    variant: str
+    round: int
+    rate_rps: float
+    seconds: float
+    answers: int
+    ok: int
+    shed: int
+    other: int
+    timeouts: int
+    cpu_s: float
+    idle_cores: float
+    cores: float
+    cpu_us_per_answer: float
+    net_cpu_us_per_answer: float
+    admitted_p99_ms: float | None
+    rejected_p99_ms: float | None
+    send_lag_p99_ms: float | None
+
+
+async def _stop_async(proc: Any) -> None:
+    """SIGINT (aiohttp shuts down cleanly), then SIGKILL after 10 s."""
+    import asyncio
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(proc.wait(), 10)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def _rate_round(variant: str, rnd: int, *, rate_rps: float, duration_s: float, cpus: float | None,
+                      idle_window_s: float) -> RateRun:  # fmt: skip
+    """Serve ``variant`` on CPU 0 (in a cgroup with quota ``cpus`` if given), warm it up, measure it idle,
+    then offer ``rate_rps`` for ``duration_s`` from CPU 1 and read its CPU."""
+    import asyncio
+    import contextlib
+    import uuid
+
+    from bench.loadgen import LoadSpec, run_load_process_async
+
+    port = free_port()
+    cmd = _serve_cmd(variant, port)
+    async with contextlib.AsyncExitStack() as stack:
+        if cpus is not None:
+            from flowctl.workload import launch
+
+            w = await stack.enter_async_context(launch(cmd, cpus=cpus, cpuset="0", name=f"flowctl-bench-{uuid.uuid4().hex[:8]}",
+                                                       cwd=_REPO))  # fmt: skip
+            pid = w.pid
+        else:
+            proc = await asyncio.create_subprocess_exec("taskset", "-c", "0", *cmd, cwd=_REPO)
+            stack.push_async_callback(_stop_async, proc)
+            pid = proc.pid
+        await asyncio.to_thread(_wait_ready, port)
+        url = f"http://127.0.0.1:{port}/"
+        await run_load_process_async(LoadSpec(url=url, rate_rps=rate_rps, duration_s=1.0, seed=rnd + 1000), cpus=[1])
+        await asyncio.sleep(0.5)  # the warm-up's last answers
+        c0, t0 = _cpu_s(pid), time.monotonic()
+        await asyncio.sleep(idle_window_s)
+        c1, t1 = _cpu_s(pid), time.monotonic()
+        res = await run_load_process_async(LoadSpec(url=url, rate_rps=rate_rps, duration_s=duration_s, seed=rnd), cpus=[1])
+        c2, t2 = _cpu_s(pid), time.monotonic()
+    if c0 is None or c1 is None or c2 is None:
+        raise SystemExit("--rate reads /proc/PID/stat (Linux only)")
+    m = res["measured"]
+    ok, shed, other = int(m["ok"]), int(m["rejected"]), int(m["other_status"])
+    answers = ok + shed + other
+    if not answers:
+        raise RuntimeError(f"{variant}: no answers at {rate_rps} rps")
+    idle_cores = (c1 - c0) / (t1 - t0)
+    cpu_s = c2 - c1
+    lg = res["loadgen"]
+    return RateRun(variant, rnd, rate_rps, t2 - t1, answers, ok, shed, other, int(m["timeouts"]), cpu_s, idle_cores,
+                   cpu_s / (t2 - t1), cpu_s / answers * 1e6, max(0.0, cpu_s - idle_cores * (t2 - t1)) / answers * 1e6,
+                   m.get("admitted_p99_ms"), m.get("rejected_p99_ms"), lg.get("send_lag_p99_ms"))  # fmt: skip
+
+
+def rate(variants: Sequence[str], *, rounds: int, rate_rps: float, duration_s: float, cpus: float | None = None,
+         idle_window_s: float = 2.0, on_round: Callable[[RateRun], None] | None = None) -> list[RateRun]:  # fmt: skip
+    """``rounds`` rounds of every variant under open-loop load at ``rate_rps``, the order alternating."""
+    import asyncio
+
+    if not {0, 1} <= os.sched_getaffinity(0):
+        raise SystemExit("--rate puts the server on CPU 0 and the load generator on CPU 1: both must be available")
+    runs = []
+    for rnd in range(1, rounds + 1):
+        for v in variants if rnd % 2 else variants[::-1]:
+            r = asyncio.run(_rate_round(v, rnd, rate_rps=rate_rps, duration_s=duration_s, cpus=cpus,
+                                        idle_window_s=idle_window_s))  # fmt: skip
+            if on_round is not None:
+                on_round(r)
+            runs.append(r)
+    return runs
+
+
 # ---------------------------------------------------------------- idle
 
 
@@ -434,28 +622,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--paired", action="store_true", help="two variants side by side on CPU 0 (see the module doc)")
     mode.add_argument("--idle", type=float, metavar="SECONDS", help="only each variant's CPU use without load")
     mode.add_argument("--micro", action="store_true", help="only the in-process cost per request (no sockets, no wrk)")
+    mode.add_argument("--rate", type=float, metavar="RPS", help="open-loop load at RPS: CPU per answer (see the module doc)")
+    p.add_argument("--cpus", type=float, help="--rate: run each server in a cgroup with this CFS quota on CPU 0 (root)")
+    p.add_argument("--idle-window", type=float, default=2.0, help="--rate: seconds each server is measured idle")
+    p.add_argument("--base-tree", help=f"a tree holding the flowctl package that NAME{BASE_SUFFIX} variants run with")
     p.add_argument("--serve", choices=VARIANTS + EXTRA_VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8080, help=argparse.SUPPRESS)
+    p.add_argument("--flowctl-tree", help="import flowctl from this tree (--micro before/after; how NAME@base is served)")
     args = p.parse_args(argv)
+    if args.flowctl_tree:  # before anything imports flowctl: this tree's package wins
+        sys.path.insert(0, os.path.abspath(args.flowctl_tree))
     if args.serve:
         serve(args.serve, args.port)
         return 0
+    global _base_tree
+    _base_tree = os.path.abspath(args.base_tree) if args.base_tree else None
 
     if args.micro:
         mic = micro()
         print(f"in-process us/request (median of 7): handler {mic['handler']:.2f}, "
               f"+trivial middleware {mic['trivial_mw'] - mic['handler']:+.2f}, "
-              f"+flowctl middleware {mic['flowctl_mw'] - mic['handler']:+.2f} "
-              f"(load avg {os.getloadavg()[0]:.2f})")
+              f"+flowctl middleware {mic['flowctl_mw'] - mic['handler']:+.2f}; a shed through flowctl "
+              f"{mic['flowctl_shed']:.2f} (load avg {os.getloadavg()[0]:.2f})")
+        _write_json(args.json, {"mode": "micro", "us_per_request": mic, "flowctl_tree": args.flowctl_tree,
+                                "load": os.getloadavg()[0], "args": vars(args)})  # fmt: skip
         return 0
 
     default = PAIRED_VARIANTS if args.paired else VARIANTS
     variants = [v for v in args.variants.split(",") if v] if args.variants else list(default)
-    unknown = [v for v in variants if v not in VARIANTS + EXTRA_VARIANTS]
+    unknown = [v for v in variants if _split_variant(v)[0] not in VARIANTS + EXTRA_VARIANTS]
     if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + EXTRA_VARIANTS)}")
+        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS + EXTRA_VARIANTS)} (each also as NAME{BASE_SUFFIX})")
+    if any(_split_variant(v)[1] for v in variants) and _base_tree is None:
+        p.error(f"NAME{BASE_SUFFIX} variants need --base-tree DIR")
     if args.idle is not None:
         return _main_idle(variants, args)
+    if args.rate is not None:
+        return _main_rate(variants, args)
     if args.paired:
         if len(variants) != 2 or variants[0] == variants[1]:
             p.error("--paired needs exactly two different variants: --variants BASELINE,OTHER")
@@ -547,6 +750,39 @@ def _main_paired(a: str, b: str, args: argparse.Namespace) -> int:
           f"wrk -t1 -c{connections} each on CPU 1; load avg 1-min before {load_before:.2f}, after {load_after:.2f})")  # fmt: skip
     _write_json(args.json, {"mode": "paired", "variants": [a, b], "runs": [asdict(r) for r in runs], "median_ratio": median_ratio,
                             "medians": medians, "load_before": load_before, "load_after": load_after, "args": vars(args)})  # fmt: skip
+    return 0
+
+
+def _main_rate(variants: list[str], args: argparse.Namespace) -> int:
+    load_before = os.getloadavg()[0]
+    where = f"in a cgroup of {args.cpus:g} CPU on CPU 0" if args.cpus is not None else "pinned to CPU 0"
+
+    def show(r: RateRun) -> None:
+        print(f"round {r.round} {r.variant:22s} {r.cpu_us_per_answer:7.1f} us CPU/answer ({r.net_cpu_us_per_answer:7.1f} "
+              f"less idle {r.idle_cores:.3f} cores)  {r.cores:.3f} cores  answers {r.answers} (2xx {r.ok}, shed {r.shed}, "
+              f"other {r.other}, timeouts {r.timeouts})  p99 2xx {r.admitted_p99_ms} ms, shed {r.rejected_p99_ms} ms  "
+              f"send lag p99 {r.send_lag_p99_ms} ms", flush=True)  # fmt: skip
+
+    runs = rate(variants, rounds=args.rounds, rate_rps=args.rate, duration_s=args.duration, cpus=args.cpus,
+                idle_window_s=args.idle_window, on_round=show)  # fmt: skip
+    load_after = os.getloadavg()[0]
+    medians: dict[str, dict[str, float]] = {}
+    for v in variants:
+        mine = [r for r in runs if r.variant == v]
+        medians[v] = {k: statistics.median(getattr(r, k) for r in mine)
+                      for k in ("cpu_us_per_answer", "net_cpu_us_per_answer", "idle_cores", "cores", "answers", "shed")}  # fmt: skip
+    print(f"\nmedians over {args.rounds} rounds, {args.rate:g} rps open loop for {args.duration} s, server {where}; "
+          f"load avg 1-min before {load_before:.2f}, after {load_after:.2f}")  # fmt: skip
+    first = variants[0]
+    for v, m in medians.items():
+        vs = m["net_cpu_us_per_answer"] / medians[first]["net_cpu_us_per_answer"]
+        print(f"{v:22s} {m['cpu_us_per_answer']:7.1f} us CPU/answer, {m['net_cpu_us_per_answer']:7.1f} less idle "
+              f"({vs:.3f}x {first})  idle {m['idle_cores']:.3f} cores")  # fmt: skip
+    _write_json(args.json, {"mode": "rate", "variants": variants, "rate_rps": args.rate, "cpus": args.cpus,
+                            "base_tree": _base_tree, "runs": [asdict(r) for r in runs], "medians": medians,
+                            "load_before": load_before, "load_after": load_after,
+                            "command": " ".join(["python -m bench.middleware_overhead", *sys.argv[1:]]),
+                            "args": vars(args)})  # fmt: skip
     return 0
 
 

@@ -200,6 +200,23 @@ def test_middleware_overhead_idle_reports_cpu_per_variant(tmp_path: Path) -> Non
 
 @pytest.mark.real
 @pytest.mark.slow
+def test_middleware_overhead_rate_sheds_every_request_of_the_shed_variants(tmp_path: Path) -> None:
+    need_binary("taskset", "util-linux")
+    need({0, 1} <= os.sched_getaffinity(0), "--rate needs CPUs 0 and 1")
+    stdout, data = _run_middleware_overhead(["--rate", "100", "--variants", "bare,flowctl_shed,bare_shed", "--rounds", "1",
+                                             "--duration", "1", "--idle-window", "0.2"], tmp_path)  # fmt: skip
+    assert data["mode"] == "rate" and data["variants"] == ["bare", "flowctl_shed", "bare_shed"]
+    runs = {r["variant"]: r for r in data["runs"]}
+    assert runs["bare"]["ok"] == runs["bare"]["answers"] > 0 and runs["bare"]["shed"] == 0
+    for v in ("flowctl_shed", "bare_shed"):  # every answer a 503, none a 2xx
+        assert runs[v]["shed"] == runs[v]["answers"] > 0 and runs[v]["ok"] == 0
+    for r in runs.values():
+        assert r["cpu_us_per_answer"] == pytest.approx(r["cpu_s"] / r["answers"] * 1e6)
+    assert "CPU/answer" in stdout
+
+
+@pytest.mark.real
+@pytest.mark.slow
 def test_middleware_overhead_paired_smoke(tmp_path: Path) -> None:
     need_binary("wrk")
     need_binary("taskset", "util-linux")
