@@ -26,7 +26,7 @@ The middleware only translates (the Limiter decides):
 - **exempt paths** (default ``/healthz`` and ``/metrics``) bypass the limiter.
 - **rejection**: ``reject_status`` (503, or 429) with ``Retry-After`` (whole
   seconds, at least 1) and a small JSON body
-  ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``;
+  ``{"error": "overloaded", "reason": <trigger>, "stage": <stage>, "retry_after_s": <float>}``;
   ``reason_header`` (e.g. ``"X-Flowctl-Reason"``) adds the trigger as a header.
 - **timing**: RT runs from admission (``Limiter.admit``: the slot API, no
   Token object per request) to the handler's return, on the limiter's clock;
@@ -108,7 +108,7 @@ from aiohttp.web_urldispatcher import AbstractRoute, PlainResource
 from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
-from flowctl.http import metrics_page, rejection_parts
+from flowctl.http import metrics_page, rejection_bytes
 from flowctl.looplag import DEFAULT_THRESHOLD_S, LoopLagMonitor
 from flowctl.metrics import (
     DURATION_BUCKETS_S,
@@ -243,10 +243,11 @@ def long_lived(handler: _F) -> _F:
 
 def rejection_response(decision: Rejection, *, status: int = 503, reason_header: str | None = None) -> web.Response:
     """The shed response: ``status`` with ``Retry-After`` (whole seconds, at least 1) and the JSON body
-    ``{"error": "overloaded", "reason": <trigger>, "retry_after_s": <float>}``; with ``reason_header``
-    the trigger is also sent in that header (``flowctl.http.rejection_parts``)."""
-    headers, body = rejection_parts(decision, reason_header=reason_header)
-    return web.json_response(body, status=status, headers=headers)
+    ``{"error": "overloaded", "reason": <trigger>, "stage": <stage>, "retry_after_s": <float>}``; with ``reason_header``
+    the trigger is also sent in that header (``flowctl.http.rejection_parts``; the body encoded by
+    ``flowctl.http.rejection_bytes``, the same bytes as ``web.json_response`` of those parts)."""
+    headers, body = rejection_bytes(decision, reason_header=reason_header)
+    return web.Response(body=body, status=status, headers=headers)
 
 
 def quota_response(rejection: QuotaRejection) -> web.Response:

@@ -7,6 +7,7 @@ whichever way it was served.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -15,7 +16,11 @@ from prometheus_client.exposition import choose_encoder
 
 from flowctl.limiter import Rejection
 
-__all__ = ["metrics_page", "rejection_parts"]
+__all__ = ["metrics_page", "rejection_bytes", "rejection_parts"]
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+_BODY_HEADS: dict[tuple[str, str], bytes] = {}  # (trigger, stage) -> the body's bytes before its retry_after_s
+_BODY_HEADS_KEPT = 256
 
 
 def rejection_parts(decision: Rejection, *, reason_header: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
@@ -34,6 +39,29 @@ def rejection_parts(decision: Rejection, *, reason_header: str | None = None) ->
         headers[reason_header] = trigger
     body = {"error": "overloaded", "reason": trigger, "stage": decision.reason.stage, "retry_after_s": round(retry_after_s, 3)}
     return headers, body
+
+
+def rejection_bytes(decision: Rejection, *, reason_header: str | None = None) -> tuple[dict[str, str], bytes]:
+    """The shed response as sent: ``rejection_parts``' headers plus ``Content-Type`` (JSON, UTF-8), and
+    its body as ``json.dumps`` encodes it, byte for byte. For the hot path: everything but
+    ``retry_after_s`` is encoded once per (trigger, stage)."""
+    reason = decision.reason
+    trigger, stage = reason.trigger, reason.stage
+    retry_after_s = float(decision.retry_after_s)
+    if not math.isfinite(retry_after_s) or retry_after_s < 0:
+        retry_after_s = 1.0
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    if reason_header is not None:
+        headers[reason_header] = trigger
+    headers["Content-Type"] = JSON_CONTENT_TYPE
+    key = (trigger, stage)
+    head = _BODY_HEADS.get(key)
+    if head is None:  # json.dumps writes a float as its repr: the body is head + repr + "}"
+        text = json.dumps({"error": "overloaded", "reason": trigger, "stage": stage, "retry_after_s": 0.0})
+        head = text[: -len("0.0}")].encode("utf-8")
+        if len(_BODY_HEADS) < _BODY_HEADS_KEPT:
+            _BODY_HEADS[key] = head
+    return headers, head + repr(round(retry_after_s, 3)).encode("ascii") + b"}"
 
 
 def metrics_page(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:

@@ -317,7 +317,8 @@ def test_the_sidecar_and_the_middleware_shed_with_the_same_rejection_parts() -> 
     import sidecar.proxy
 
     assert vars(sidecar.proxy)["rejection_parts"] is flowctl.http.rejection_parts  # one shared shape
-    assert vars(flowctl.aiohttp)["rejection_parts"] is flowctl.http.rejection_parts
+    # the middleware sends rejection_bytes, the bytes of the JSON of rejection_parts (tests/test_http.py)
+    assert vars(flowctl.aiohttp)["rejection_bytes"] is flowctl.http.rejection_bytes
     shed = SimpleNamespace(reason=SimpleNamespace(trigger="cpu", stage="limit"), retry_after_s=math.inf)
     r = flowctl.aiohttp.rejection_response(shed, status=429, reason_header="X-Flowctl-Reason")  # type: ignore[arg-type]
     assert r.status == 429 and r.headers["Retry-After"] == "1" and r.headers["X-Flowctl-Reason"] == "cpu"
