@@ -337,9 +337,11 @@ class HaproxySidecar:
     # -- the control loop ------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """One control step while the child runs (``Controller.tick``)."""
-        if self.controller is not None and self.up:
-            await self.controller.tick()
+        """One control step while the child runs (``Controller.tick``); skipped when the pace loop
+        ticked less than half a period ago (on a new CPU reading)."""
+        c = self.controller
+        if c is not None and self.up and self._clock() - c.ticked_at >= self._tick_s / 2:
+            await c.tick()
 
     async def _pace(self) -> None:
         """The period gate between ticks (``Controller.pace``): every ``PACE_S`` while the watched group
@@ -350,6 +352,8 @@ class HaproxySidecar:
             busy = False
             if self.up and not self.draining:
                 busy = await c.pace()
+                if c.pacing and c.new_reading:  # decide on a new CPU reading now, not up to a tick later
+                    await c.tick()
             await asyncio.sleep(PACE_S if busy else IDLE_PACE_S if c.pacing else self._tick_s)
 
     # -- drain and stop --------------------------------------------------------------------------

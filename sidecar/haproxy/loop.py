@@ -1,6 +1,8 @@
 """``Controller``: one control step, from HAProxy's counters to the limits HAProxy is given.
 
-Each ``tick`` (the engine calls it every 100 ms):
+Each ``tick`` (the engine calls it every 100 ms, and, while the period gate
+paces, as soon as the CPU signal has a new reading: an onset is decided on
+the reading that shows it, not up to a tick later):
 
 1. ``show info`` and ``show stat`` in one exchange. A Pid other than the last
    one is a new child: its counters start over, it runs the values of its
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -116,6 +119,9 @@ class Controller:
         self._seen: dict[str, int] = {}
         self._cool_until = -1.0
         self._capped = False  # the period gate capped a class below its room since the last tick
+        self._tick_lock = asyncio.Lock()
+        self._ticked_reading: CpuReading | None = None  # the CPU reading the last tick decided on
+        self.ticked_at = -math.inf  # when the last tick began (clock seconds)
 
     def _over_threshold(self, r: CpuReading) -> bool:
         """The fast reading at or over the CPU threshold (one reading of the Limiter's hot streak)."""
@@ -233,8 +239,20 @@ class Controller:
                 log.warning("haproxy control loop: %s", e)
             self.last_error = str(e)
 
+    @property
+    def new_reading(self) -> bool:
+        """The CPU signal has a reading the last tick did not decide on (the caller may tick now)."""
+        return self.signal is not None and self.signal.reading is not self._ticked_reading
+
     async def tick(self) -> None:
-        """One control step (the module docstring)."""
+        """One control step (the module docstring); ticks never overlap."""
+        async with self._tick_lock:
+            self.ticked_at = self._clock()
+            if self.signal is not None:
+                self._ticked_reading = self.signal.reading
+            await self._tick()
+
+    async def _tick(self) -> None:
         try:
             stats = await self.runtime.stats()
             if stats.pid != self.pid:

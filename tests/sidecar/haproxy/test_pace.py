@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from flowctl.limiter import DEFAULT_POLICY
 from flowctl.signal import StaticSignal
 from sidecar.app import build_limiter
 from sidecar.clients import ClientGuard
 from sidecar.haproxy.loop import Controller
 from sidecar.haproxy.pace import Pacer
+from sidecar.haproxy.runtime import Stats
 from tests.sidecar.haproxy.helpers import FakeRuntime, loopback_config, recorded
 from tests.test_limiter import FakeClock
 
@@ -148,3 +151,35 @@ async def test_while_the_gate_caps_only_a_settled_cool_reading_ends_the_engines_
     sig.set(at=clock.now, **dip)
     await c.tick()
     assert not c.setting.engaged  # nothing capped since: a clearly cool reading ends it, as before
+
+
+async def test_a_new_cpu_reading_asks_for_a_tick_and_ticks_do_not_overlap() -> None:
+    clock, group = FakeClock(), Group()
+    sig = StaticSignal("container", at=clock.now, utilization=0.3, utilization_smoothed=0.3, usage_cores=0.15,
+                       limit_cores=0.5, seq=1, bandwidth=group)  # fmt: skip
+    cfg = loopback_config()
+    lim = build_limiter(cfg, sig, clock=clock)
+    class Slow(FakeRuntime):
+        """A show stat that takes a moment: counts how many are under way at once."""
+
+        active = most = calls = 0
+
+        async def stats(self) -> Stats:
+            self.calls += 1
+            self.active += 1
+            self.most = max(self.most, self.active)
+            await asyncio.sleep(0.01)
+            self.active -= 1
+            return await super().stats()
+
+    rt = Slow(recorded(pid=100))
+    c = Controller(cfg, lim, rt, priorities=lim.priorities, default_priority=lim.default_priority, map_path=MAP,
+                   why_path=WHY, clients=ClientGuard(), signal=sig, clock=clock)  # fmt: skip
+    assert c.new_reading  # never ticked
+    await c.tick()
+    assert not c.new_reading and c.ticked_at == clock.now
+    clock.advance(0.03)
+    sig.set(at=clock.now, utilization=0.9, utilization_smoothed=0.5)
+    assert c.new_reading
+    await asyncio.gather(c.tick(), c.tick())
+    assert not c.new_reading and (rt.calls, rt.most) == (3, 1)  # one after the other, each with its own show stat
