@@ -136,7 +136,7 @@ async def test_while_the_gate_caps_only_a_settled_cool_reading_ends_the_engines_
         rt.next = recorded(pid=100, override={("shed_default", "BACKEND"): {"req_tot": str(shed)}})
         await c.tick()
     assert c.setting.engaged and c.pacing
-    dip = {"utilization": 0.5, "utilization_smoothed": 0.7}  # fast under 0.6 (0.75 x 0.8), smoothed over it
+    fast, smoothed = 0.5, 0.7  # a dip: fast under 0.6 (0.75 x 0.8), smoothed over it
     c.cost_s = COST
     await c.pace()
     group.usage_s += 0.04  # 40 of the 50 ms quota spent: the gate caps default under its room
@@ -144,11 +144,11 @@ async def test_while_the_gate_caps_only_a_settled_cool_reading_ends_the_engines_
     await c.pace()
     assert c.caps["default"] < c.setting.rooms["default"]
     clock.advance(0.06)
-    sig.set(at=clock.now, **dip)
+    sig.set(at=clock.now, utilization=fast, utilization_smoothed=smoothed)
     await c.tick()
     assert c.setting.engaged  # capped since the last tick: the dip is not settled
     clock.advance(0.1)
-    sig.set(at=clock.now, **dip)
+    sig.set(at=clock.now, utilization=fast, utilization_smoothed=smoothed)
     await c.tick()
     assert not c.setting.engaged  # nothing capped since: a clearly cool reading ends it, as before
 
