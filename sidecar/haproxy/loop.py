@@ -43,12 +43,14 @@ from sidecar.clients import ClientGuard
 from sidecar.config import SidecarConfig
 from sidecar.haproxy.control import Admission, Mirror, Setting, admission, rt_seconds, uncapped
 from sidecar.haproxy.pace import Pacer
-from sidecar.haproxy.render import APP, FRONTEND, SERVER, STREAMS, shed_backend
-from sidecar.haproxy.runtime import Stats, set_map, set_maxconn
+from sidecar.haproxy.render import APP, FRONTEND, RT_SAMPLE_VAR, SERVER, STREAMS, shed_backend
+from sidecar.haproxy.runtime import Stats, set_map, set_maxconn, set_var
 
 __all__ = ["Controller", "LimiterView", "RuntimeApi"]
 
 log = logging.getLogger("sidecar.haproxy")
+
+RT_SAMPLES_PER_TICK = 16  # responses a tick whose time HAProxy sums (the per mille follows the request rate)
 
 
 class RuntimeApi(Protocol):
@@ -105,6 +107,8 @@ class Controller:
         self.cost_s: float | None = None  # the Limiter's CPU per request, at the last tick
         self._follow_at = -1.0
         self._send_lock = asyncio.Lock()
+        self.rt_sample = 1000  # per mille of the app's requests whose response time HAProxy sums (RT_SAMPLE_VAR)
+        self._rt_last: tuple[int, int] | None = None  # the last ``flowctl rt`` (sum us, count) of this child
         self.setting: Setting = uncapped(self.priorities, max_connections=config.max_connections,
                                          max_clients=config.max_clients)  # fmt: skip
         # what the running child has (its config), by what each command sets
@@ -142,7 +146,8 @@ class Controller:
             for p, cap in self.caps.items():
                 if p in rooms and cap < rooms[p]:
                     rooms[p], why[p] = cap, ("cpu_period", "period")
-        out = [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items())]
+        out = [set_maxconn(APP, SERVER, maxconn), *(set_map(self.map_path, p, n) for p, n in rooms.items()),
+               set_var(RT_SAMPLE_VAR, self.rt_sample)]
         if self.why_path:
             for p, (reason, stage) in why.items():
                 out += [set_map(self.why_path, f"{p}.reason", reason), set_map(self.why_path, f"{p}.stage", stage)]
@@ -178,7 +183,12 @@ class Controller:
         if self.clients is not None:
             self.clients.open = front.num("scur")
             self.clients.bad_requests_total = self._total("ereq", front.num("ereq"))
-        return server.responses(), server.num("scur"), rt_seconds(server.num("ctime"), server.num("rtime"))
+        rt_s = rt_seconds(server.num("ctime"), server.num("rtime"))  # HAProxy's: 1024 requests, whole ms
+        last, self._rt_last = self._rt_last, stats.rt
+        if stats.rt is not None and last is not None and stats.rt[1] > last[1] and stats.rt[0] >= last[0]:
+            # the mean of the responses sampled since the last tick, to the microsecond
+            rt_s = max(1e-5, (stats.rt[0] - last[0]) / (stats.rt[1] - last[1]) / 1e6)
+        return server.responses(), server.num("scur"), rt_s
 
     @staticmethod
     def _keyed(commands: list[str]) -> dict[str, str]:
@@ -260,6 +270,7 @@ class Controller:
                     log.warning("haproxy Pid %s -> %s: sending the limits again", self.pid, stats.pid)
                     self.sent = None
                     self.mirror.reset()
+                    self._rt_last = None
                 self.pid = stats.pid
             sheds_before = sum(self.sheds_total.values())
             completed, inflight, rt_s = self.read(stats)
@@ -298,7 +309,8 @@ class Controller:
             if not paced:
                 self.caps = {}
             # HAProxy's completions to the Limiter, held in flight up to what the new setting admits
-            self.mirror.update(completed, inflight, rt_s, self.setting.maxconn if self.setting.capped else inflight)
+            done = self.mirror.update(completed, inflight, rt_s, self.setting.maxconn if self.setting.capped else inflight)
+            self.rt_sample = max(1, min(1000, math.ceil(RT_SAMPLES_PER_TICK * 1000 / max(1, done))))
             await self._send()
             if self.last_error is not None and not self.quiet:
                 log.warning("haproxy control loop: recovered (%s)", self.last_error)

@@ -39,12 +39,13 @@ from urllib.parse import urlsplit
 from flowctl.errors import ConfigError
 from sidecar.config import SidecarConfig
 
-__all__ = ["APP", "HOP_LUA", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend", "why_text"]
+__all__ = ["APP", "HOP_LUA", "RT_SAMPLE_VAR", "SERVER", "STREAMS", "Plan", "map_text", "render", "shed_backend", "why_text"]
 
 APP = "app"
 STREAMS = "streams"
 UNREACHABLE = "unreachable"
 SERVER = "upstream"
+RT_SAMPLE_VAR = "proc.flowctl_rts"  # the per mille of the app's requests whose response time is summed
 FRONTEND = "flowctl"
 
 _SAFE_WORD = re.compile(r"[A-Za-z0-9._~/:\[\]-]+")
@@ -99,6 +100,23 @@ core.register_action("flowctl_hop_req", { "http-req" }, function(txn)
   strip(function() return h:req_get_headers() end, function(n) h:req_del_header(n) end,
         function(n, v) h:req_set_header(n, v) end)
 end)
+-- flowctl: the response time of sampled requests of the app backend (txn.t0, set at the request in microseconds
+-- since the epoch), summed, for the control loop: "flowctl rt" on the admin socket answers "<sum_us> <count>".
+local rt_sum, rt_count = 0, 0
+core.register_action("flowctl_rt", { "http-res" }, function(txn)
+  local t0 = txn:get_var("txn.t0")
+  if t0 == nil then return end
+  local now = core.now()
+  local rt = now.sec * 1000000 + now.usec - t0
+  if rt >= 0 then
+    rt_sum = rt_sum + rt
+    rt_count = rt_count + 1
+  end
+end)
+core.register_cli({ "flowctl", "rt" }, "flowctl: sampled response times, sum in us and count", function(applet)
+  applet:send(string.format("%d %d\\n", rt_sum, rt_count))
+end)
+
 core.register_action("flowctl_hop_res", { "http-res" }, function(txn)
   local h = txn.http
   strip(function() return h:res_get_headers() end, function(n) h:res_del_header(n) end,
@@ -193,6 +211,7 @@ def render(config: SidecarConfig, plan: Plan) -> str:
     if plan.nbthread is not None:
         add(f"    nbthread {max(1, int(plan.nbthread))}")
     add("    stats timeout 10s")
+    add(f"    set-var {RT_SAMPLE_VAR} int(1000)")
     # A backstop for a soft stop flowctl did not finish (flowctl ends its own drain first).
     add(f"    hard-stop-after {_ms(config.drain_seconds + 5.0)}")
     add("")
@@ -271,6 +290,10 @@ def render(config: SidecarConfig, plan: Plan) -> str:
         add(f"    http-request set-path {prefix}%[path]")
     overloaded = _json({"error": "overloaded", "reason": "queue_timeout", "stage": "queue", "retry_after_s": float(retry)})
     add(f"    http-error status 503 content-type application/json string {overloaded} hdr retry-after {retry}")
+    # the response time of a sample of requests (RT_SAMPLE_VAR: per mille, set by the control loop), summed by
+    # HOP_LUA's flowctl_rt: HAProxy's own rtime is an average of 1024 requests in whole ms
+    add(f"    http-request set-var(txn.t0) date(0,us) if {{ rand(1000),sub({RT_SAMPLE_VAR}) lt 0 }}")
+    add("    http-response lua.flowctl_rt if { var(txn.t0) -m found }")
     add(f"    server {SERVER} {server} maxconn {max(1, plan.maxconn)} {check}")
     add("")
     add(f"backend {STREAMS}")

@@ -4,7 +4,8 @@ One connection per exchange (non-interactive mode): the commands go out
 separated by ``;``, HAProxy answers each in turn and closes the connection.
 Each command's output ends with an empty line. Syntax as ``help`` prints it
 on 2.6: ``show stat``, ``show info``, ``set maxconn server <be>/<srv> <n>``,
-``set map <map> <key> <value>``. A server's maxconn of 0 means *unlimited* to
+``set map <map> <key> <value>``, ``set var proc.<name> int(<n>)`` (experimental
+on 2.6: ``experimental-mode on`` first, in the same exchange), and ``flowctl rt`` (our Lua). A server's maxconn of 0 means *unlimited* to
 HAProxy, so callers never send it (``set_maxconn`` refuses it).
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from flowctl.errors import DataPlaneError
 
-__all__ = ["Runtime", "StatRow", "Stats", "parse_info", "parse_stat", "set_map", "set_maxconn", "split_answers"]
+__all__ = ["Runtime", "StatRow", "Stats", "parse_info", "parse_rt", "parse_stat", "set_map", "set_maxconn", "set_var", "split_answers"]
 
 _READ_LIMIT = 1 << 22  # a show stat of a few proxies is a few kB; refuse runaway output
 
@@ -54,6 +55,9 @@ class Stats:
 
     rows: Mapping[tuple[str, str], StatRow]
     info: Mapping[str, str]
+    #: ``flowctl rt`` in the same exchange: the sampled responses' time sum (us) and count since the child
+    #: started (HAProxy's Lua, ``sidecar.haproxy.render.HOP_LUA``); None when it did not answer
+    rt: tuple[int, int] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +103,14 @@ def split_answers(text: str, n: int) -> list[str]:
     return out + [""] * (n - len(out))
 
 
+def parse_rt(text: str) -> tuple[int, int] | None:
+    """``flowctl rt`` (``<sum_us> <count>``) as integers; None for any other answer (an unknown command)."""
+    parts = text.split()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 def parse_info(text: str) -> dict[str, str]:
     """``show info`` (``Name: value`` lines) as a dict."""
     out: dict[str, str] = {}
@@ -139,17 +151,27 @@ class Runtime:
         return split_answers(data.decode("utf-8", "replace"), len(commands))
 
     async def stats(self) -> Stats:
-        """``show info`` and ``show stat`` in one exchange."""
-        info, stat = await self.send(["show info", "show stat"])
-        return Stats(parse_stat(stat), parse_info(info))
+        """``show info``, ``show stat`` and ``flowctl rt`` in one exchange."""
+        info, stat, rt = await self.send(["show info", "show stat", "flowctl rt"])
+        return Stats(parse_stat(stat), parse_info(info), parse_rt(rt))
 
     async def apply(self, commands: Sequence[str]) -> None:
-        """Run set commands; DataPlaneError naming the first that HAProxy answered with a message."""
+        """Run set commands; DataPlaneError naming the first that HAProxy answered with a message.
+        ``set var`` is experimental on 2.6's CLI: the exchange turns that mode on first."""
         if not commands:
             return
+        if any(c.startswith("set var ") for c in commands):
+            commands = ["experimental-mode on", *commands]
         for command, answer in zip(commands, await self.send(commands)):
             if answer.strip():
                 raise DataPlaneError(f"runtime API: {command!r} answered {answer.strip()[:200]!r}")
+
+
+def set_var(name: str, n: int) -> str:
+    """The command setting a process-scope integer variable (``proc.<name>``)."""
+    if not re.fullmatch(r"proc\.[A-Za-z0-9_]+", name):
+        raise ValueError(f"variable {name!r}: not proc.<word>")
+    return f"set var {name} int({int(n)})"
 
 
 def set_maxconn(backend: str, server: str, n: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flowctl.limiter import Limiter
 from flowctl.signal import StaticSignal
 from sidecar.app import build_limiter
@@ -26,10 +28,14 @@ def controller(clock: FakeClock, cfg: SidecarConfig, stats_file: str = "show_sta
     return c, rt, sig, lim
 
 
-def expected(maxconn: int, critical: int, default: int, sheddable: int, reason: str = "limit") -> list[str]:
-    """The commands for a setting whose rooms all come from the class limits (engaged, no ceiling known)."""
+def expected(maxconn: int, critical: int, default: int, sheddable: int, reason: str = "limit",
+             rt_sample: int | None = None) -> list[str]:  # fmt: skip
+    """The commands for a setting whose rooms all come from the class limits (engaged, no ceiling known);
+    with ``rt_sample``, the response-time sampling's per mille too (sent when it changed, or to a new child)."""
     out = [f"set maxconn server app/upstream {maxconn}", f"set map {MAP} critical {critical}",
            f"set map {MAP} default {default}", f"set map {MAP} sheddable {sheddable}"]  # fmt: skip
+    if rt_sample is not None:
+        out.append(f"set var proc.flowctl_rts int({rt_sample})")
     for p in ("critical", "default", "sheddable"):
         out += [f"set map {WHY} {p}.reason {reason}", f"set map {WHY} {p}.stage limit"]
     return out
@@ -57,7 +63,7 @@ async def test_a_new_pid_gets_everything_again_and_counters_add_up_across_childr
                                                                   ("flowctl", "FRONTEND"): {"req_tot": "3"}})  # fmt: skip
     clock.advance(0.1)
     await c.tick()
-    assert rt.applied == [expected(6, 6, 2, 1)] * 2 and c.pid == 101
+    assert rt.applied == [expected(6, 6, 2, 1), expected(6, 6, 2, 1, rt_sample=1000)] and c.pid == 101
     assert c.sheds_total["default"] == 7  # 6 from the first child, 1 from the new one
     assert c.figures["requests_total"] == 21
 
@@ -156,3 +162,15 @@ async def test_haproxys_sheds_with_one_hot_reading_engage_as_queue_evidence() ->
     sig.set(at=clock.now, utilization=0.9, utilization_smoothed=0.5, seq=10)  # not in a row with the last
     await c.tick()
     assert c.setting.engaged and c.setting.why["default"] == ("cpu", "limit")
+
+
+def test_the_rt_fed_is_the_mean_of_the_responses_haproxy_sampled_since_the_last_tick() -> None:
+    clock = FakeClock()
+    c, _, _, _ = controller(clock, loopback_config())
+    base = recorded(pid=100)
+    fallback = c.read(base)[2]  # no "flowctl rt" answer: HAProxy's own average (1024 requests, whole ms)
+    assert c.read(replace(base, rt=(1_000_000, 100)))[2] == fallback  # the first answer is a baseline
+    assert c.read(replace(base, rt=(1_080_000, 110)))[2] == 0.008  # 80 ms over 10 responses
+    assert c.read(replace(base, rt=(1_080_000, 110)))[2] == fallback  # none sampled this tick
+    assert c.read(replace(base, rt=(4_000, 2)))[2] == fallback  # counters went back: a new child, a new baseline
+    assert abs(c.read(replace(base, rt=(6_500, 3)))[2] - 0.0025) < 1e-12  # to the microsecond, under 1 ms too

@@ -26,7 +26,8 @@ from flowctl.signal import StaticSignal
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from sidecar.haproxy.engine import HaproxySidecar
-from sidecar.haproxy.render import APP, SERVER
+from sidecar.haproxy.render import APP, RT_SAMPLE_VAR, SERVER
+from sidecar.haproxy.runtime import set_var
 from tests.realenv import need_binary, need_root
 from tests.sidecar.conftest import REPO, Proc, Upstream, config_for, echo_headers, read_json, wait_http
 from bench.ports import free_port
@@ -180,6 +181,34 @@ async def _get_text(u: str) -> str:
 
 
 # -- the limits HAProxy runs are the ones the loop set ---------------------------------------------
+
+
+async def test_haproxy_sums_the_sampled_response_times_the_loop_reads(upstream: Upstream, make_engine: MakeEngine) -> None:
+    sig = StaticSignal("container", utilization=0.2, usage_cores=0.1, limit_cores=0.5, seq=1)
+    sc = await make_engine(cfg(upstream), signal=sig)
+    assert sc.runtime is not None and sc.controller is not None
+    before = (await sc.runtime.stats()).rt
+    assert before is not None  # the Lua answered "flowctl rt"
+    async with aiohttp.ClientSession() as client:
+        for _ in range(20):
+            async with client.get(url(sc, "/hop")) as r:
+                assert r.status == 200
+    after = (await sc.runtime.stats()).rt
+    assert after is not None
+    n, total_us = after[1] - before[1], after[0] - before[0]
+    assert n == 20  # every request sampled at first (the per mille: 1000)
+    assert 0 < total_us / n < 1_000_000  # a loopback request: between 0 and 1 s
+    # the per mille the loop sets is the one HAProxy runs: none sampled at 0 (set by hand here; the loop's
+    # next tick would set it back, so the ticks are held)
+    async with sc.controller._tick_lock:
+        await sc.runtime.apply([set_var(RT_SAMPLE_VAR, 0)])
+        start = (await sc.runtime.stats()).rt
+        async with aiohttp.ClientSession() as client:
+            for _ in range(5):
+                async with client.get(url(sc, "/hop")) as r:
+                    assert r.status == 200
+        end = (await sc.runtime.stats()).rt
+    assert start is not None and end is not None and end[1] == start[1]
 
 
 async def test_the_maxconn_and_rooms_the_loop_sets_are_what_haproxy_reports(upstream: Upstream,

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from flowctl.errors import DataPlaneError
-from sidecar.haproxy.runtime import Runtime, parse_info, parse_stat, set_map, set_maxconn, split_answers
+from sidecar.haproxy.runtime import Runtime, parse_info, parse_rt, parse_stat, set_map, set_maxconn, split_answers
 from tests.sidecar.haproxy.helpers import fixture
 
 
@@ -84,3 +84,9 @@ async def test_one_exchange_over_a_unix_socket(tmp_path: object) -> None:
         await server.wait_closed()
     with pytest.raises(DataPlaneError, match="admin.sock"):
         await Runtime(path, timeout_s=0.5).stats()  # nobody listens any more
+
+
+def test_flowctl_rt_parses_as_two_integers_or_none() -> None:
+    assert parse_rt("123456 78\n") == (123456, 78)
+    assert parse_rt("Unknown command: 'flowctl'\n") is None
+    assert parse_rt("") is None and parse_rt("-1 2") is None
