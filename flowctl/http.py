@@ -45,15 +45,9 @@ def rejection_bytes(decision: Rejection, *, reason_header: str | None = None) ->
     """The shed response as sent: ``rejection_parts``' headers plus ``Content-Type`` (JSON, UTF-8), and
     its body as ``json.dumps`` encodes it, byte for byte. For the hot path: everything but
     ``retry_after_s`` is encoded once per (trigger, stage)."""
-    reason = decision.reason
-    trigger, stage = reason.trigger, reason.stage
-    retry_after_s = float(decision.retry_after_s)
-    if not math.isfinite(retry_after_s) or retry_after_s < 0:
-        retry_after_s = 1.0
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
-    if reason_header is not None:
-        headers[reason_header] = trigger
+    headers, body = rejection_parts(decision, reason_header=reason_header)
     headers["Content-Type"] = JSON_CONTENT_TYPE
+    trigger, stage = decision.reason.trigger, decision.reason.stage
     key = (trigger, stage)
     head = _BODY_HEADS.get(key)
     if head is None:  # json.dumps writes a float as its repr: the body is head + repr + "}"
@@ -61,7 +55,7 @@ def rejection_bytes(decision: Rejection, *, reason_header: str | None = None) ->
         head = text[: -len("0.0}")].encode("utf-8")
         if len(_BODY_HEADS) < _BODY_HEADS_KEPT:
             _BODY_HEADS[key] = head
-    return headers, head + repr(round(retry_after_s, 3)).encode("ascii") + b"}"
+    return headers, head + repr(body["retry_after_s"]).encode("ascii") + b"}"
 
 
 def metrics_page(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
