@@ -131,6 +131,7 @@ class Limiter(LimiterBase):
         inflight = self._inflight
         self._inflight = inflight - 1
         slot.released += 1
+        slot.completed += 1
         rt_s = now - start
         self._on_sample(now, rt_s, inflight, False)
         return rt_s
@@ -145,6 +146,7 @@ class Limiter(LimiterBase):
         now = self._clock()
         slot.admitted += count
         slot.released += count
+        slot.completed += count
         self._admits += count
         on_sample = self._on_sample
         for _ in range(count):
@@ -152,7 +154,8 @@ class Limiter(LimiterBase):
 
     def ignore(self, slot: Slot, start: float) -> float:
         """Release a request admitted at ``start``; it failed for its own reasons: the RT is not
-        fed to the algorithm. Returns the RT all the same (for the caller's metrics)."""
+        fed to the algorithm, nor is it a completion for the CPU cost. Returns the RT all the same
+        (for the caller's metrics)."""
         self._inflight -= 1
         slot.released += 1
         return self._clock() - start
@@ -164,6 +167,7 @@ class Limiter(LimiterBase):
         inflight = self._inflight
         self._inflight = inflight - 1
         slot.released += 1
+        slot.completed += 1
         self._on_sample(now, now - start, inflight, True)
         return now - start
 
@@ -194,7 +198,7 @@ class Limiter(LimiterBase):
             self._limit_cores = cores
         done = shed = 0
         for slot in self._partitions.slots.values():
-            done += slot.released
+            done += slot.completed  # not ``ignore`` releases: the haproxy engine's Mirror makes many
             shed += slot.shed + slot.dry_run_shed
         quiet, self._sheds_seen = shed == self._sheds_seen, shed  # nothing shed since the last reading
         cost = self._cost

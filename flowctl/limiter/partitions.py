@@ -91,14 +91,15 @@ class Partition:
 class Slot:
     """Counters of one (resource, priority) pair: the opaque handle ``Limiter.slot`` returns."""
 
-    __slots__ = ("resource", "partition", "admitted", "dry_run_shed", "released", "shed", "shed_by", "dry_by")
+    __slots__ = ("resource", "partition", "admitted", "dry_run_shed", "released", "completed", "shed", "shed_by", "dry_by")
 
     def __init__(self, resource: str, partition: Partition) -> None:
         self.resource = resource
         self.partition = partition
         self.admitted = 0  # admissions (tokens or slot admits)
         self.dry_run_shed = 0  # admissions a dry-run limiter would have shed
-        self.released = 0  # releases of either kind
+        self.released = 0  # releases of any kind
+        self.completed = 0  # releases that finished a request (success, dropped, a data plane's completed): the CPU cost's count
         self.shed = 0  # rejections
         self.shed_by: dict[str, int] = {}  # rejections by trigger
         self.dry_by: dict[str, int] = {}  # dry-run "would shed" by trigger

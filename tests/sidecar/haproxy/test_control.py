@@ -118,3 +118,18 @@ def test_mirror_hold_is_capped_and_a_restart_releases_the_old_childs_requests() 
     clock.advance(0.1)
     m.update(5, inflight=0, rt_s=0.01, hold_max=4)
     assert m.replayed_total == 12  # counted from the new child's 3
+
+
+def test_the_cpu_cost_divides_by_completions_not_by_the_mirrors_hold_releases() -> None:
+    """The hold follows the upstream's sessions up and down each tick; its releases are not completions
+    (counting them read 4.9 ms for a 5.6 ms request under overload, and the period gate over-admitted)."""
+    clock = FakeClock()
+    lim, sig = make_limiter(clock, period_gate=False)
+    m = Mirror(lim, clock=clock)
+    for i in range(40):
+        clock.advance(0.1)
+        sig.set(at=clock.now, usage_cores=0.4)  # 40 ms of CPU per 100 ms reading ...
+        lim.observe()
+        m.update(completed_total=8 * i, inflight=4 * (i % 2), rt_s=0.008, hold_max=10)  # ... for 8 completions
+    cost = lim.snapshot().cpu_per_request_s
+    assert cost is not None and abs(cost - 0.005) < 0.0002
