@@ -22,10 +22,12 @@ engine (``cool_off_s``), as every shed restarts the limiter's.
 The learning (``Mirror``): the Limiter is fed as if it had admitted
 HAProxy's requests. Every control tick, the responses the upstream sent
 since the last tick are recorded as completed requests (``Limiter.completed``,
-one batch: no admission stage runs for them) with the RT HAProxy measures
-(connect plus response time, its average over the last 1024 requests, in
-whole ms), and the Limiter's in-flight is kept at the upstream's current
-sessions (capped by the room, so it never refuses). The
+one batch: no admission stage runs for them) with the tick's RT (the mean of
+the responses HAProxy sampled for it, ``sidecar.haproxy.loop``; else HAProxy's
+connect plus response time, its average over the last 1024 requests in whole
+ms), and the Limiter's in-flight is kept at the upstream's current sessions
+(capped by the room, so it never refuses; the hold's releases are not
+completions, so the CPU cost is not diluted by them). The
 limit, the ceiling, the CPU cost per request and min RT then come out of the
 same code as in the Python engine.
 """
@@ -145,6 +147,7 @@ class Mirror:
         self._clock = clock
         self._last_total: int | None = None
         self.held = 0
+        self._hold_max = 1 << 30  # the last hold's cap
         self.replayed_total = 0
         self.refused = 0
 
@@ -163,24 +166,37 @@ class Mirror:
             self.held -= 1
         self._last_total = None
 
-    def update(self, completed_total: int, inflight: int, rt_s: float, hold_max: int) -> int:
-        """Replay the completions since the last call; keep ``min(inflight, hold_max)`` held.
-        Returns how many completions were replayed."""
+    def record(self, completed_total: int, inflight: int, rt_s: float) -> int:
+        """Feed the completions since the last call (one ``Limiter.completed`` batch, each leaving with
+        ``inflight`` in service, capped as the hold was); returns how many. The control loop calls it
+        before ``Limiter.observe``, so the CPU reading's interval and the completions counted for it
+        end together (the cost is their ratio)."""
         if self._last_total is None or completed_total < self._last_total:
             if self._last_total is not None:
                 self.reset()
             self._last_total = completed_total
-            done = 0
-        else:
-            done = completed_total - self._last_total
-            self._last_total = completed_total
-        target = max(0, min(inflight, hold_max))
-        if done:  # one batch: each completion left with about the upstream's sessions in service (itself included)
-            self._limiter.completed(self._slot, done, rt_s, max(1, target))
+            return 0
+        done = completed_total - self._last_total
+        self._last_total = completed_total
+        if done:
+            self._limiter.completed(self._slot, done, rt_s, max(1, min(inflight, self._hold_max)))
             self.replayed_total += done
+        return done
+
+    def hold(self, inflight: int, hold_max: int) -> None:
+        """Keep ``min(inflight, hold_max)`` admissions held: the Limiter's in-flight is the upstream's
+        sessions, capped by the room so it never refuses. Releases are ``ignore``: not completions."""
+        self._hold_max = hold_max
+        target = max(0, min(inflight, hold_max))
         while self.held < target and self._admit():
             pass
         while self.held > target:
             self._limiter.ignore(self._slot, self._clock())
             self.held -= 1
+
+    def update(self, completed_total: int, inflight: int, rt_s: float, hold_max: int) -> int:
+        """``record`` then ``hold``, for a caller with no reading between them. Returns ``record``'s count."""
+        self._hold_max = hold_max
+        done = self.record(completed_total, inflight, rt_s)
+        self.hold(inflight, hold_max)
         return done

@@ -9,12 +9,16 @@ the reading that shows it, not up to a tick later):
    config, and everything is sent again.
 2. The figures (in service, queued, streams, requests, sheds per class, queue
    timeouts), as totals that survive a restart.
-3. ``Limiter.observe()`` and ``snapshot()``, then ``admission`` (the rule in
+3. HAProxy's completions since the last tick go to the Limiter
+   (``Mirror.record``) before it observes the CPU reading, so the reading's
+   interval and the completions counted for it end together (the CPU cost
+   is their ratio).
+4. ``Limiter.observe()`` and ``snapshot()``, then ``admission`` (the rule in
    ``sidecar.haproxy.control``) gives the ``Setting``. The engine's own
    cool-off (restarted by HAProxy's sheds while engaged) ends early at a
-   clearly cool reading, by the Limiter's rule.
-4. HAProxy's completions since the last tick go to the Limiter (``Mirror``),
-   held in flight up to the new ``maxconn`` (so the Limiter never refuses one).
+   clearly cool reading, by the Limiter's rule. The Limiter's in-flight is
+   held at HAProxy's sessions, up to the new ``maxconn`` (``Mirror.hold``:
+   the Limiter never refuses one).
 5. The set commands that differ from what the child last got are sent.
 
 Between ticks, ``pace`` (every ``PACE_S`` while the watched group is busy)
@@ -274,6 +278,8 @@ class Controller:
                 self.pid = stats.pid
             sheds_before = sum(self.sheds_total.values())
             completed, inflight, rt_s = self.read(stats)
+            # HAProxy's completions to the Limiter before it observes the CPU reading they belong to
+            done = self.mirror.record(completed, inflight, rt_s)
             now = self._clock()
             shed = sum(self.sheds_total.values()) > sheds_before
             if self.setting.engaged and shed:
@@ -308,8 +314,8 @@ class Controller:
                                      paced=paced)  # fmt: skip
             if not paced:
                 self.caps = {}
-            # HAProxy's completions to the Limiter, held in flight up to what the new setting admits
-            done = self.mirror.update(completed, inflight, rt_s, self.setting.maxconn if self.setting.capped else inflight)
+            # the Limiter's in-flight held at HAProxy's sessions, up to what the new setting admits
+            self.mirror.hold(inflight, self.setting.maxconn if self.setting.capped else inflight)
             self.rt_sample = max(1, min(1000, math.ceil(RT_SAMPLES_PER_TICK * 1000 / max(1, done))))
             await self._send()
             if self.last_error is not None and not self.quiet:

@@ -174,3 +174,21 @@ def test_the_rt_fed_is_the_mean_of_the_responses_haproxy_sampled_since_the_last_
     assert c.read(replace(base, rt=(1_080_000, 110)))[2] == fallback  # none sampled this tick
     assert c.read(replace(base, rt=(4_000, 2)))[2] == fallback  # counters went back: a new child, a new baseline
     assert abs(c.read(replace(base, rt=(6_500, 3)))[2] - 0.0025) < 1e-12  # to the microsecond, under 1 ms too
+
+
+async def test_the_cpu_cost_pairs_each_reading_with_the_completions_of_its_own_interval() -> None:
+    # every 100 ms reading brings n completions of 5 ms each, n swinging 4 <-> 16 (bursts): a cost learnt
+    # from the completions fed a tick late pairs 80 ms of CPU with 4 of them and 20 ms with 16
+    clock = FakeClock()
+    c, rt, sig, lim = controller(clock, loopback_config(period_gate=False))
+    total = 0
+    for i in range(30):
+        n = 16 if i % 2 else 4
+        total += n
+        clock.advance(0.1)
+        sig.set(at=clock.now, usage_cores=n * 0.005 / 0.1)
+        rt.next = recorded(pid=100, override={("app", "upstream"): {"hrsp_2xx": str(total), "hrsp_4xx": "0",
+                                                                      "hrsp_5xx": "0", "hrsp_other": "0"}})  # fmt: skip
+        await c.tick()
+    cost = lim.snapshot().cpu_per_request_s
+    assert cost is not None and abs(cost - 0.005) < 0.0003
