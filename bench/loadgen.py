@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import math
 import os
@@ -40,6 +41,7 @@ __all__ = ["WARMUP", "LoadSpec", "Phase", "TrafficClass", "arrivals_by_label", "
            "run_load_process_async"]  # fmt: skip
 
 _HIST_MAX_US = 120_000_000  # 120 s, far above any timeout
+SLOWEST_KEPT = 10  # per phase label: the slowest admitted requests kept with their send offsets (where the tail is)
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     buckets = [_Stats() for _ in range(nbuckets)]
     lag = _new_hist()
     phase_lag = [_new_hist() for _ in labels]  # the generator's own lateness per phase label
+    slowest: list[list[tuple[int, float]]] = [[] for _ in labels]  # per phase label: a min-heap of (us, offset s)
     inflight = 0
     peak_inflight = 0
     errors_by_kind: dict[str, int] = {}
@@ -425,6 +428,11 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                     s.admitted.record_value(us)
                     if latency_s <= spec.good_latency_s:
                         s.good += 1
+                slow = slowest[lb]
+                if len(slow) < SLOWEST_KEPT:
+                    heapq.heappush(slow, (us, offset))
+                elif us > slow[0][0]:
+                    heapq.heapreplace(slow, (us, offset))
             elif status in (429, 503):
                 for s in stats:
                     s.rejected += 1
@@ -495,6 +503,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         "classes": {c.name: per_class[i].as_dict(seconds) for i, c in enumerate(spec.classes)},
         "timeline": [{"t_s": i, **{k: v for k, v in b.as_dict(1.0).items() if not k.endswith("_rps")}} for i, b in enumerate(buckets)],
         "phases": {lb: {**per_phase[i].as_dict(label_seconds[lb]), "send_lag_p99_ms": _pct_ms(phase_lag[i], 99),
+                        "slowest": [[round(off, 4), us / 1000.0] for us, off in sorted(slowest[i], reverse=True)],
                         "classes": {c.name: per_phase_class[i][j].as_dict(label_seconds[lb]) for j, c in enumerate(spec.classes)}}
                    for i, lb in enumerate(labels)},  # fmt: skip
         "measured": {**measured.as_dict(measured_s),

@@ -9,6 +9,7 @@ report are also exercised without root.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.loadgen import WARMUP, LoadSpec, Phase, TrafficClass, run_load
+from bench.loadgen import SLOWEST_KEPT, WARMUP, LoadSpec, Phase, TrafficClass, run_load
 from bench.upstream import HANDLERS, make_app
 from tests.realenv import need, need_binary, need_cgroup_v1
 
@@ -107,6 +108,24 @@ async def test_loadgen_phases_count_each_phase_and_leave_warmup_out_of_measured(
     assert r["measured"]["sent"] == ph["burst"]["sent"] == sum(cl["sent"] for cl in ph["burst"]["classes"].values())
     assert r["sent"] == ph[WARMUP]["sent"] + ph["burst"]["sent"]
     assert sum(r["answered_by_second"]) == r["ok"] == r["sent"]
+
+
+async def test_loadgen_keeps_each_phases_slowest_admitted_requests_with_their_send_offsets() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        if request.query.get("slow"):
+            await asyncio.sleep(0.05)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    async with TestServer(app) as srv:
+        r = await run_load(LoadSpec(url=f"http://127.0.0.1:{srv.port}/?slow=1", rate_rps=40, duration_s=0.5,
+                                    arrival="constant"))  # fmt: skip
+    slowest = r["phases"]["all"]["slowest"]
+    assert len(slowest) == SLOWEST_KEPT
+    assert all(0.0 <= off < 0.5 and ms >= 50.0 for off, ms in slowest)
+    assert [ms for _, ms in slowest] == sorted((ms for _, ms in slowest), reverse=True)
+    assert slowest[0][1] == r["admitted_max_ms"] or abs(slowest[0][1] - r["admitted_max_ms"]) < 0.1
 
 
 async def test_loadgen_counts_timeouts_from_intended_send_time() -> None:
