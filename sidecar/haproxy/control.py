@@ -136,9 +136,10 @@ def rt_seconds(ctime_ms: int, rtime_ms: int) -> float:
 class Mirror:
     """Feeds HAProxy's completed requests to a Limiter as admissions of the default class.
 
-    ``update`` each tick with the upstream's cumulative responses, its current sessions and the RT
-    estimate. ``held`` is how many admissions the Limiter counts in flight now; ``refused`` counts
-    admissions the Limiter refused (it should not: the hold is capped by the room).
+    Each tick: ``record`` the upstream's cumulative responses and the RT estimate (before the
+    Limiter observes the CPU reading), then ``hold`` its current sessions up to the new room.
+    ``held`` is how many admissions the Limiter counts in flight now; ``refused`` counts admissions
+    the Limiter refused (it should not: the hold is capped by the room).
     """
 
     def __init__(self, limiter: Admission, *, resource: str = "default", clock: Callable[[], float] = time.monotonic) -> None:
@@ -193,10 +194,3 @@ class Mirror:
         while self.held > target:
             self._limiter.ignore(self._slot, self._clock())
             self.held -= 1
-
-    def update(self, completed_total: int, inflight: int, rt_s: float, hold_max: int) -> int:
-        """``record`` then ``hold``, for a caller with no reading between them. Returns ``record``'s count."""
-        self._hold_max = hold_max
-        done = self.record(completed_total, inflight, rt_s)
-        self.hold(inflight, hold_max)
-        return done

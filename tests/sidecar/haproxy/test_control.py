@@ -86,15 +86,22 @@ def make_limiter(clock: FakeClock, **cfg: object) -> tuple[Limiter, StaticSignal
     return build_limiter(loopback_config(**cfg), sig, clock=clock), sig
 
 
+def tick(m: Mirror, completed_total: int, inflight: int, rt_s: float, hold_max: int) -> int:
+    """One control tick of the Mirror as the loop runs it: ``record`` (before the reading), then ``hold``."""
+    done = m.record(completed_total, inflight, rt_s)
+    m.hold(inflight, hold_max)
+    return done
+
+
 def test_mirror_replays_completions_and_holds_the_upstreams_sessions() -> None:
     clock = FakeClock()
     lim, _ = make_limiter(clock, period_gate=False)
     m = Mirror(lim, clock=clock)
-    assert m.update(completed_total=100, inflight=3, rt_s=0.008, hold_max=10) == 0  # a baseline, nothing replayed
+    assert tick(m, completed_total=100, inflight=3, rt_s=0.008, hold_max=10) == 0  # a baseline, nothing replayed
     assert (m.held, lim.inflight) == (3, 3)
     for _ in range(30):
         clock.advance(0.1)
-        m.update(completed_total=100 + 8 * (_ + 1), inflight=2, rt_s=0.008, hold_max=10)
+        tick(m, completed_total=100 + 8 * (_ + 1), inflight=2, rt_s=0.008, hold_max=10)
     assert (m.held, lim.inflight, m.refused) == (2, 2, 0)
     assert m.replayed_total == 240
     snap = lim.snapshot()
@@ -107,16 +114,16 @@ def test_mirror_hold_is_capped_and_a_restart_releases_the_old_childs_requests() 
     clock = FakeClock()
     lim, _ = make_limiter(clock, period_gate=False)
     m = Mirror(lim, clock=clock)
-    m.update(0, inflight=50, rt_s=0.01, hold_max=4)
+    tick(m, 0, inflight=50, rt_s=0.01, hold_max=4)
     assert m.held == 4
     clock.advance(0.1)
-    m.update(10, inflight=1, rt_s=0.01, hold_max=4)
+    tick(m, 10, inflight=1, rt_s=0.01, hold_max=4)
     assert m.held == 1
     clock.advance(0.1)
-    m.update(3, inflight=0, rt_s=0.01, hold_max=4)  # counters went backwards: a new child
+    tick(m, 3, inflight=0, rt_s=0.01, hold_max=4)  # counters went backwards: a new child
     assert m.held == 0 and m.replayed_total == 10
     clock.advance(0.1)
-    m.update(5, inflight=0, rt_s=0.01, hold_max=4)
+    tick(m, 5, inflight=0, rt_s=0.01, hold_max=4)
     assert m.replayed_total == 12  # counted from the new child's 3
 
 
@@ -130,6 +137,6 @@ def test_the_cpu_cost_divides_by_completions_not_by_the_mirrors_hold_releases() 
         clock.advance(0.1)
         sig.set(at=clock.now, usage_cores=0.4)  # 40 ms of CPU per 100 ms reading ...
         lim.observe()
-        m.update(completed_total=8 * i, inflight=4 * (i % 2), rt_s=0.008, hold_max=10)  # ... for 8 completions
+        tick(m, completed_total=8 * i, inflight=4 * (i % 2), rt_s=0.008, hold_max=10)  # ... for 8 completions
     cost = lim.snapshot().cpu_per_request_s
     assert cost is not None and abs(cost - 0.005) < 0.0002
