@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,6 +114,8 @@ class HierarchyInUse(RuntimeError):
 
 V1_CPU = "/sys/fs/cgroup/cpu"
 FOREIGN_WAIT_S = float(os.environ.get("FLOWCTL_CGROUP2_FOREIGN_WAIT_S", "60"))
+OUR_PREFIX = "flowctl-"  # the groups our launcher, tests and benches create
+SESSION_STARTED = time.time()  # this module is imported when the test session starts (tests/conftest.py)
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -149,11 +152,14 @@ def v1_cpu_children(root: str = V1_CPU) -> dict[str, list[int]]:
 def wait_v1_cpu_free(timeout_s: float = FOREIGN_WAIT_S, *, root: str = V1_CPU, poll_s: float = 1.0) -> None:
     """Return once the v1 cpu hierarchy has no child group. Groups held by another job's live processes
     are waited for up to ``timeout_s``, then HierarchyInUse; an empty group, or one holding a process of
-    this test session, is a leak of ours: RuntimeError at once."""
+    this test session, is a leak of ours: RuntimeError at once. An empty ``flowctl-*`` group made before
+    this session started is what an earlier run left: removed, with a line on stderr."""
     me = os.getpid()
     deadline = time.monotonic() + timeout_s
     while True:
         children = v1_cpu_children(root)
+        for name in remove_stale_groups(root, children):
+            del children[name]
         if not children:
             return
         ours = {name: pids for name, pids in children.items() if not pids or any(me in _ancestors(p) for p in pids)}
@@ -163,6 +169,23 @@ def wait_v1_cpu_free(timeout_s: float = FOREIGN_WAIT_S, *, root: str = V1_CPU, p
             jobs = "; ".join(f"{name}: {_describe(pids)}" for name, pids in children.items())
             raise HierarchyInUse(f"the v1 cpu hierarchy is in use by another job after {timeout_s:.0f} s ({jobs})")
         time.sleep(poll_s)
+
+
+def remove_stale_groups(root: str, children: dict[str, list[int]]) -> list[str]:
+    """rmdir the empty ``flowctl-*`` children of ``root`` created before this session started; their names."""
+    removed = []
+    for name, pids in children.items():
+        path = os.path.join(root, name)
+        try:
+            stale = not pids and name.startswith(OUR_PREFIX) and os.stat(path).st_mtime < SESSION_STARTED
+            if stale:
+                os.rmdir(path)
+        except OSError:
+            continue
+        if stale:
+            print(f"tests/cgroup2.py: removed {path}, an empty group an earlier run left", file=sys.stderr)
+            removed.append(name)
+    return removed
 
 
 def _describe(pids: list[int]) -> str:

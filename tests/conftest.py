@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,29 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """One line per capability this machine's kernel refused (tests/realenv.py ``machine_lacks``)."""
     for capability, reason in sorted(realenv.LACKED.items()):
         terminalreporter.write_line(f"machine lacks {capability}: {reason}", yellow=True)
+
+
+def _our_groups() -> set[str]:
+    try:
+        return {n for n in os.listdir(cgroup2.V1_CPU) if n.startswith(cgroup2.OUR_PREFIX)}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_group_left_behind() -> Iterator[None]:
+    """A test that leaves an empty ``flowctl-*`` group in the v1 cpu hierarchy fails here, by name (the group
+    is removed): a leak would otherwise surface later, in the cgroup2 switch probe of the next session.
+    Groups still holding processes (a module fixture's workload) are not judged."""
+    before = _our_groups()
+    yield
+    leaked = []
+    for name in sorted(_our_groups() - before):
+        path = os.path.join(cgroup2.V1_CPU, name)
+        try:
+            os.rmdir(path)  # only an empty group goes: EBUSY for one that still holds processes
+        except OSError:
+            continue
+        leaked.append(path)
+    if leaked:
+        pytest.fail(f"this test left empty cgroups behind (removed now): {', '.join(leaked)}", pytrace=False)

@@ -99,6 +99,21 @@ def test_wait_v1_cpu_free_tells_another_jobs_groups_from_our_leaks(tmp_path: Pat
         cgroup2.wait_v1_cpu_free(0.05, root=str(tmp_path), poll_s=0.01)
 
 
+def test_wait_v1_cpu_free_removes_the_empty_groups_an_earlier_run_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty flowctl-* group older than this session is removed (and said); an older empty group of
+    another name, or an older flowctl-* group holding a process, is not."""
+    before = cgroup2.SESSION_STARTED - 3600
+    for name, pids in (("flowctl-bench-stale", []), ("someone-else", []), ("flowctl-busy", [1])):
+        _group(tmp_path, name, pids)
+        if not pids:
+            (tmp_path / name / "cgroup.procs").unlink()  # a real group's files are not children the rmdir minds
+        os.utime(tmp_path / name, (before, before))
+    children = cgroup2.v1_cpu_children(str(tmp_path))
+    assert cgroup2.remove_stale_groups(str(tmp_path), children) == ["flowctl-bench-stale"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowctl-busy", "someone-else"]
+    assert "flowctl-bench-stale, an empty group an earlier run left" in capsys.readouterr().err
+
+
 @pytest.mark.real
 def test_a_refusal_recorded_on_this_boot_is_repeated_at_once(tmp_path: Path) -> None:
     """`on` with a state file recording a refusal for this boot exits 4 with the refusal line before any

@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -211,27 +212,41 @@ class LimitedProcess:
         if self._closed:
             return
         self._closed = True
+        left: list[str] = []
         try:
             await self.stop()
             if not self._keep:
                 await self._group.remove(main_pid=self.pid)
         except asyncio.CancelledError:
-            self._close_now()
+            left = self._close_now()
             raise
         finally:
             if self._lxcfs is not None:
                 await stop_lxcfs(self._lxcfs)
-            remove_record(self._record)
+            if not left:
+                remove_record(self._record)  # a group that outlived us stays recorded: `flowctl gc` removes it
 
-    def _close_now(self) -> None:
-        """Best effort without awaiting (we are being cancelled): kill everything, try the rmdirs."""
+    def _close_now(self, wait_s: float = 1.0) -> list[str]:
+        """Best effort without awaiting (we are being cancelled): SIGKILL everything, wait up to ``wait_s``
+        for the killed processes to leave the group (an rmdir right after the kill finds it busy), rmdir.
+        The directories that could not be removed."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         self.signal_group(signal.SIGKILL)
-        if not self._keep:
-            for d in reversed(self._group.dirs):
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
+        if self._keep:
+            return []
+        deadline = time.monotonic() + wait_s
+        while self._group.pids() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        left = []
+        for d in reversed(self._group.dirs):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append(d)
+        return left
 
     # -- start ---------------------------------------------------------------------------------
     @classmethod

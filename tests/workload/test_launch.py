@@ -137,6 +137,30 @@ async def test_cancelled_owner_still_cleans_up() -> None:
     assert not exists(w.pid)
 
 
+async def test_cancelled_while_closing_still_removes_the_group() -> None:
+    """A cancel that lands while close() waits for a command deaf to SIGTERM: everything is SIGKILLed and
+    the groups are gone when the cancel returns (an rmdir right after the kill finds them busy)."""
+    _need()
+    ready: asyncio.Queue[LimitedProcess] = asyncio.Queue()
+
+    async def owner() -> None:
+        async with launch(["sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.01; done"], cpus=0.5,
+                          stdout=asyncio.subprocess.PIPE) as w:
+            assert w.process.stdout is not None
+            await w.process.stdout.readline()
+            await ready.put(w)
+        # leaving the block runs close(): SIGTERM is ignored, so close() waits out its stop timeout
+
+    task = asyncio.create_task(owner())
+    w = await ready.get()
+    await asyncio.sleep(0.3)  # close() is now waiting for the command to die
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert existing(list(w.cgroup_paths.values())) == []
+
+
 async def test_lxcfs_views_inside() -> None:
     _need()
     realenv.need_binary("lxcfs")
