@@ -115,6 +115,7 @@ class HierarchyInUse(RuntimeError):
 V1_CPU = "/sys/fs/cgroup/cpu"
 FOREIGN_WAIT_S = float(os.environ.get("FLOWCTL_CGROUP2_FOREIGN_WAIT_S", "60"))
 OUR_PREFIX = "flowctl-"  # the groups our launcher, tests and benches create
+V1_ROOTS = tuple(f"/sys/fs/cgroup/{c}" for c in ("cpu", "cpuacct", "cpuset", "memory"))  # where the launcher makes them
 SESSION_STARTED = time.time()  # this module is imported when the test session starts (tests/conftest.py)
 
 
@@ -171,8 +172,11 @@ def wait_v1_cpu_free(timeout_s: float = FOREIGN_WAIT_S, *, root: str = V1_CPU, p
         time.sleep(poll_s)
 
 
-def remove_stale_groups(root: str, children: dict[str, list[int]]) -> list[str]:
-    """rmdir the empty ``flowctl-*`` children of ``root`` created before this session started; their names."""
+def remove_stale_groups(root: str, children: dict[str, list[int]] | None = None) -> list[str]:
+    """rmdir the empty ``flowctl-*`` children of ``root`` (``children``: as ``v1_cpu_children`` lists them)
+    created before this session started; their names."""
+    if children is None:
+        children = v1_cpu_children(root)
     removed = []
     for name, pids in children.items():
         path = os.path.join(root, name)
@@ -216,6 +220,8 @@ def switched_to_v2(controllers: tuple[str, ...] = MOVED) -> Iterator[list[MountK
 
     signal.signal(signal.SIGTERM, on_term)
     try:
+        for c in MOVED:  # the script refuses to move a hierarchy with child groups
+            remove_stale_groups(f"/sys/fs/cgroup/{c}")
         r = run_script("on", *controllers)
         if r.returncode == 2 and "has child groups" in r.stderr:
             wait_v1_cpu_free()  # another job's benchmark: wait for it (HierarchyInUse if it outlasts the wait)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,11 @@ SWITCH_PROBE = "test_cgroup2_switch.py"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """A machine a crashed live v2 session left switched is restored first (opt-in; see tests/cgroup2.py)."""
+    """A machine a crashed live v2 session left switched is restored first (opt-in; see tests/cgroup2.py).
+    SIGINT gets Python's handler back when the session was started ignoring it (a background job of a
+    non-interactive shell): the children the tests interrupt would inherit the ignore and never stop."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     cgroup2.recover_at_session_start(lambda msg: print(f"tests/conftest.py: {msg}", file=sys.stderr))
 
 
@@ -33,22 +38,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def _our_groups() -> set[str]:
-    try:
-        return {n for n in os.listdir(cgroup2.V1_CPU) if n.startswith(cgroup2.OUR_PREFIX)}
-    except OSError:
-        return set()
+    """The ``flowctl-*`` groups at the top of the v1 hierarchies our launcher uses (their paths)."""
+    out = set()
+    for root in cgroup2.V1_ROOTS:
+        try:
+            out |= {os.path.join(root, n) for n in os.listdir(root) if n.startswith(cgroup2.OUR_PREFIX)}
+        except OSError:
+            pass
+    return out
 
 
 @pytest.fixture(autouse=True)
 def no_group_left_behind() -> Iterator[None]:
-    """A test that leaves an empty ``flowctl-*`` group in the v1 cpu hierarchy fails here, by name (the group
-    is removed): a leak would otherwise surface later, in the cgroup2 switch probe of the next session.
+    """A test that leaves an empty ``flowctl-*`` group in a v1 hierarchy fails here, by name (the group is
+    removed): a leak would otherwise surface later, in the cgroup2 switch probe of the next session.
     Groups still holding processes (a module fixture's workload) are not judged."""
     before = _our_groups()
     yield
     leaked = []
-    for name in sorted(_our_groups() - before):
-        path = os.path.join(cgroup2.V1_CPU, name)
+    for path in sorted(_our_groups() - before):
         try:
             os.rmdir(path)  # only an empty group goes: EBUSY for one that still holds processes
         except OSError:

@@ -62,8 +62,10 @@ def test_probe_decides_and_leaves_v1_as_it_was(tmp_path: Path) -> None:
     while another job's groups stay in the v1 cpu hierarchy (waited for first)."""
     need_root()
     need(os.path.exists(os.path.join(cgroup2.UNIFIED, "cgroup.controllers")), f"needs a cgroup2 mount at {cgroup2.UNIFIED}")
+    for c in cgroup2.MOVED:  # `probe` refuses to move a hierarchy with child groups
+        cgroup2.remove_stale_groups(f"/sys/fs/cgroup/{c}")
     try:
-        cgroup2.wait_v1_cpu_free()  # `probe` refuses to start while the hierarchy has child groups
+        cgroup2.wait_v1_cpu_free()
     except cgroup2.HierarchyInUse as busy:
         machine_lacks("live cgroup v2", str(busy))
     before = cgroup2.cgroup_mounts()
