@@ -98,7 +98,7 @@ class Limiter(LimiterBase):
             if pacing and not part.reserve and (engaged or inflight or period.idle_read_due(now)):  # type: ignore[union-attr]
                 # 3. period
                 if period.shed(now, inflight, self._admits - inflight, self._cost.cpu_per_request_s,  # type: ignore[union-attr]
-                               part.level, engaged, self._froze):  # fmt: skip
+                               part.level, engaged, self._froze, self._ceiling.chance):  # fmt: skip
                     if not engaged:
                         self._queue_sheds += 1
                     gp = period.gate  # type: ignore[union-attr]
@@ -295,6 +295,7 @@ class Limiter(LimiterBase):
             tokens_leaked=self._tokens_leaked,
             cpu_per_request_s=self._cost.cpu_per_request_s,
             period=period.gate if period is not None else None,
+            chance_inflight=self._ceiling.chance,
         )
 
     def __repr__(self) -> str:

@@ -42,9 +42,12 @@ update and check took 9 µs median on cgroup v1 here) and admits while::
   an overload, whose first sheds nothing had reserved; at 0.3 CPU that took
   the margin from 0.1 to 0.385 in the first second), one in which the gate
   shed without being throttled lowers it by ``Policy.margin_down``, within ``[0,
-  Policy.max_margin]``. Not engaged: only a period whose whole quota is spent
-  (counting the overhead still to come) sheds: a request admitted then would
-  wait for the next period.
+  Policy.max_margin]``. Not engaged: against the whole quota, counting the
+  overhead still to come and only the in-flight requests beyond ``slack`` (the
+  ceiling's chance excess, what Poisson arrivals put in flight at capacity):
+  a request admitted past that would wait for the next period. So 0.9x keeps
+  its chance bursts, and an overload's onset, whose in-flight climbs past
+  them, is paced before the group's first freeze.
 
 Each read also reports a *freeze*: when the period that ended was throttled
 and the reads bracket the freeze closely, ``update`` returns how long the
@@ -170,12 +173,13 @@ class PeriodGate:
         return None if self._base is None else self._usage - self._base
 
     def allows(
-        self, now: float, inflight: int, cpu_per_request_s: float | None, level: float = 0.0, *, strict: bool = True
+        self, now: float, inflight: int, cpu_per_request_s: float | None, level: float = 0.0, *, strict: bool = True,
+        slack: float = 0.0,
     ) -> bool:
         """Whether a request of a class at ``level`` fits in the current period's quota
         (True when there is no quota or no read yet). ``strict`` False (the limiter is not
-        engaged): only whether the whole quota is spent, counting the overhead still to come.
-        A refusal is remembered for the margin."""
+        engaged): against the whole quota, counting the overhead still to come and the in-flight
+        requests beyond ``slack`` (a count; inf: none). A refusal is remembered for the margin."""
         quota, period, base = self.quota_s, self.period_s, self._base
         if quota is None or period is None or base is None:
             return True
@@ -184,8 +188,10 @@ class PeriodGate:
         # answering sheds alone spends more, throttling cannot be avoided, and reserving it all would
         # admit nothing (measured: a closed-loop flood in-process, 2 completions/s).
         need = min(self.overhead_s, self.overhead_cap * quota) * left_s / period
-        if cpu_per_request_s and strict:
-            need += min((inflight + 1) * cpu_per_request_s, left_s * self.cores)
+        if cpu_per_request_s:
+            # not engaged, the in-flight Poisson arrivals bring by chance (``slack``) are not counted
+            counted = inflight + 1 if strict else max(0.0, inflight + 1 - slack)
+            need += min(counted * cpu_per_request_s, left_s * self.cores)
         allowed = quota
         if strict:
             self._paced = True

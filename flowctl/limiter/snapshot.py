@@ -58,6 +58,9 @@ class LimiterSnapshot:
     cpu_per_request_s: float | None = None
     period_margin: float | None = None  # the period gate's learned margin (None: off, or no quota to pace by)
     period_overhead_s: float | None = None  # and its learned overhead, CPU seconds per period
+    #: the in-flight requests Poisson arrivals bring by chance at capacity (pipe + pipe_sigmas * sqrt(pipe));
+    #: not engaged, the period gate counts only the in-flight work beyond it (None: unknown)
+    chance_inflight: float | None = None
     engaged: bool = False  # the limiter's one state (hot, or in its cool-off): stages 2-3 shed by the limit
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,6 +95,7 @@ class LimiterSnapshot:
             "cpu_per_request_s": self.cpu_per_request_s,
             "period_margin": self.period_margin,
             "period_overhead_s": self.period_overhead_s,
+            "chance_inflight": self.chance_inflight,
             "engaged": self.engaged,
         }
 
@@ -108,7 +112,7 @@ def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
 def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, gate: HotGate,
                 triggers: tuple[Trigger, ...], *, inflight: int, engaged_until: float, cool_off_until: float,
                 dry_run: bool, tokens_leaked: int, cpu_per_request_s: float | None,
-                period: PeriodGate | None) -> LimiterSnapshot:  # fmt: skip
+                period: PeriodGate | None, chance_inflight: float = math.inf) -> LimiterSnapshot:  # fmt: skip
     """The snapshot ``Limiter.snapshot`` returns, built from its parts (reads only: triggers are polled,
     nothing is observed)."""
     stats = algorithm.stats(now)
@@ -162,5 +166,6 @@ def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, g
         cpu_per_request_s=cpu_per_request_s,
         period_margin=period.margin if period is not None else None,
         period_overhead_s=period.overhead_s if period is not None else None,
+        chance_inflight=chance_inflight if math.isfinite(chance_inflight) else None,
         engaged=now < engaged_until,
     )

@@ -39,12 +39,13 @@ class CeilingStage:
     keep the group's cores busy while it runs (CFS runs a throttled group at full speed, then
     freezes it)."""
 
-    __slots__ = ("policy", "min_rt_s", "busy_floor")
+    __slots__ = ("policy", "min_rt_s", "busy_floor", "chance")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.min_rt_s: float | None = None  # the last known, for the pipe
         self.busy_floor = 0.0
+        self.chance = math.inf  # pipe + pipe_sigmas * sqrt(pipe): in flight by chance at capacity (inf: unknown)
 
     def update(self, partitions: Partitions, capacity_per_s: float | None, min_rt_s: float | None,
                cost_s: float | None, usable_cores: float | None) -> bool:  # fmt: skip
@@ -62,6 +63,7 @@ class CeilingStage:
             elif policy.busy_floor and policy.cpu_gate and min_rt_s is not None and cost_s and usable_cores:
                 floor = float(round(min_rt_s / cost_s * math.ceil(usable_cores - 1e-9)))
                 changed, self.busy_floor = floor != self.busy_floor, floor
+        self.chance = math.inf if pipe is None else pipe + policy.pipe_sigmas * math.sqrt(pipe)
         allowance = policy.queue_allowance
         partitions.set_ceiling(pipe if allowance is not None else None, allowance, policy.pipe_sigmas)
         return changed
@@ -162,15 +164,16 @@ class PeriodStage:
         return self.gate.update(now, usage_s, periods, throttled, completions, cost_s, throttled_s) or None
 
     def shed(self, now: float, inflight: int, completions: int, cost_s: float | None, level: float,
-             engaged: bool, froze: Callable[[float, float], None]) -> bool:  # fmt: skip
+             engaged: bool, froze: Callable[[float, float], None], slack: float = 0.0) -> bool:  # fmt: skip
         """True when the current period has no quota left for this request. Engaged: with the gate's
-        margin and the class's level (pacing). Not engaged: only when the whole quota is spent."""
+        margin and the class's level (pacing). Not engaged: the whole quota, counting the in-flight
+        beyond ``slack`` (``CeilingStage.chance``) only."""
         gate = self.gate
         if now >= gate.read_at + self.policy.bandwidth_read_s:
             frozen = self.read(now, completions, cost_s)
             if frozen:
                 froze(now, frozen)
-        if gate.allows(now, inflight, cost_s, level, strict=engaged):
+        if gate.allows(now, inflight, cost_s, level, strict=engaged, slack=slack):
             return False
         self.shed_at = now
         return True

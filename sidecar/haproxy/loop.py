@@ -109,6 +109,7 @@ class Controller:
             self.pacer = Pacer(self._policy, {p: part.level for p, part in parts.items() if not part.reserve})
         self.caps: dict[str, int] = {}  # per paced class: the room the current period's quota covers
         self.cost_s: float | None = None  # the Limiter's CPU per request, at the last tick
+        self.chance_inflight: float | None = None  # and its in-flight by chance at capacity (the pacer's slack)
         self._follow_at = -1.0
         self._send_lock = asyncio.Lock()
         self.rt_sample = 1000  # per mille of the app's requests whose response time HAProxy sums (RT_SAMPLE_VAR)
@@ -238,7 +239,7 @@ class Controller:
         if engage:  # a long freeze: the load does not fit, engage now (as the Limiter's _froze)
             self._cool_until = max(self._cool_until, now + self.config.cool_off_s)
         engaged = self.setting.engaged or now < self._cool_until
-        self.caps = pacer.caps(now, self.setting.rooms, self.cost_s, engaged)
+        self.caps = pacer.caps(now, self.setting.rooms, self.cost_s, engaged, self.chance_inflight)
         rooms = self.setting.rooms
         self._capped = self._capped or any(cap < rooms.get(p, cap) for p, cap in self.caps.items())
         await self._send_quietly()
@@ -293,6 +294,7 @@ class Controller:
                 self._cool_until = now + self.config.cool_off_s
             self._follow(now, snap)
             self.cost_s = snap.cpu_per_request_s
+            self.chance_inflight = snap.chance_inflight
             # as the limiter's cool-off: a clearly cool reading ends it early; while the period gate capped
             # a class since the last tick, the smoothed reading must be well under the threshold too
             settled, self._capped = self._capped, False

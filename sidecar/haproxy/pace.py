@@ -100,23 +100,22 @@ class Pacer:
         self.freezes += engage
         return busy, engage
 
-    def caps(self, now: float, rooms: Mapping[str, int], cost_s: float | None, engaged: bool) -> dict[str, int]:
-        """Each paced class's cap, at most its room: engaged, the most requests in service plus queued
-        the gate admits (strict); else its room, or 0 when the period's whole quota is spent."""
+    def caps(self, now: float, rooms: Mapping[str, int], cost_s: float | None, engaged: bool,
+             slack: float | None = None) -> dict[str, int]:  # fmt: skip
+        """Each paced class's cap, at most its room: the most requests in service plus queued the gate
+        admits, as the Limiter's period stage does (engaged: strict; else the whole quota, counting
+        only the in-flight beyond ``slack``, the snapshot's ``chance_inflight``; None: unknown, none)."""
         out: dict[str, int] = {}
         gate = self.gate
         for p, level in self.levels.items():
             room = rooms.get(p)
             if room is None:
                 continue
-            if not engaged:
-                out[p] = room if gate.allows(now, 0, cost_s, level, strict=False) else 0
-                continue
             # the gate admits the (k+1)-th request while allows(now, k): monotone in k, so bisect
             lo, hi = 0, room  # allows(lo - 1) holds (vacuously for 0); the answer is in [lo, hi]
             while lo < hi:
                 mid = (lo + hi) // 2
-                if gate.allows(now, mid, cost_s, level):
+                if gate.allows(now, mid, cost_s, level, strict=engaged, slack=math.inf if slack is None else slack):
                     lo = mid + 1
                 else:
                     hi = mid

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from flowctl.limit.fixed import FixedLimit
-from flowctl.limiter import Limiter, Rejection
+from flowctl.limiter import Limiter, Rejection, Token
 from flowctl.limiter.period import PeriodGate
 from flowctl.signal import CpuReading, StaticSignal
 from flowctl.limiter import DEFAULT_POLICY, Policy
@@ -33,6 +33,19 @@ def test_admits_while_the_period_has_quota_for_the_request_and_refuses_after() -
     assert g.allows(0.03, 1, 0.005)  # 40 + 10 <= 50
     assert not g.allows(0.03, 2, 0.005)  # 40 + 15 > 50
     assert g.shed_in_period
+
+
+def test_not_engaged_it_counts_only_the_in_flight_beyond_the_slack() -> None:
+    """Not strict (not engaged): the whole quota, no margin; the in-flight requests beyond ``slack`` (what
+    Poisson arrivals put in flight by chance at capacity) are counted, the rest are not; inf: none."""
+    g = gate(margin=0.2)
+    g.update(0.0, 10.0, 100, 0)
+    g.update(0.03, 10.030, 100, 0)  # 30 ms used: 20 ms left, four requests of 5 ms
+    assert g.allows(0.03, 5, 0.005, strict=False, slack=2.0)  # (5 + 1 - 2) x 5 = 20 ms: fits
+    assert not g.allows(0.03, 6, 0.005, strict=False, slack=2.0)  # 25 ms does not
+    assert not g.allows(0.03, 4, 0.005, strict=False, slack=0.0)  # every in-flight counted: 25 ms
+    assert g.allows(0.03, 50, 0.005, strict=False, slack=math.inf)  # only a spent quota sheds
+    assert not g.allows(0.03, 2, 0.005)  # engaged: every in-flight counted, 30 + 15 ms > 50 ms x (1 - 0.2)
 
 
 def test_a_new_period_starts_from_the_usage_at_its_boundary() -> None:
@@ -209,21 +222,23 @@ def test_without_the_period_gate_the_engaged_limit_sheds_as_before() -> None:
     assert isinstance(d, Rejection) and d.reason.trigger != "cpu_period"
 
 
-def test_not_engaged_it_sheds_only_once_the_quota_is_spent_never_critical_and_starts_no_cool_off() -> None:
+def test_not_engaged_it_sheds_once_the_quota_left_cannot_cover_the_work_in_flight_never_critical_and_starts_no_cool_off() -> None:
     clock = Clock()
     lim, sig, bw = paced_limiter(clock, queue_allowance=None)
     sig.reading = CpuReading(at=clock.now, utilization=0.5, utilization_smoothed=0.5, limit_cores=0.5, seq=1)
-    held = [lim.acquire() for _ in range(5)]
-    bw.spend(0.0499)  # 49.9 ms used: not engaged, in-flight work and this request are not counted
-    held.append(lim.acquire())
+    held = [lim.acquire() for _ in range(6)]  # 6 x 5 ms in flight: the 50 ms quota covers them
     assert not any(isinstance(d, Rejection) for d in held)
-    bw.spend(0.0002)  # the quota is spent: a request admitted now would wait for the next period
+    bw.spend(0.020)  # 20 ms used + 7 x 5 ms > 50 ms: the 7th would wait through a freeze
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert not d.reason.cool_off and lim.snapshot().cool_off is False  # queue evidence, not a cool-off
     assert lim._queue_sheds == 1
     critical = lim.acquire(priority="critical")  # a reserve class: only its ceiling sheds it
     assert not isinstance(critical, Rejection)
+    for token in held[:3]:
+        assert isinstance(token, Token)
+        token.success()
+    assert not isinstance(lim.acquire(), Rejection)  # 20 ms + (4 in flight + 1) x 5 ms fits: no margin, no level
     bw.periods += 1  # a new period
     clock.now += 0.01
     assert not isinstance(lim.acquire(), Rejection)

@@ -52,6 +52,7 @@ def test_ceiling_is_pipe_plus_its_chance_excess_plus_the_allowance() -> None:
     # 0.5 cores / 5 ms per request = 100/s; min RT 90 ms: a pipe of 9, sqrt 3
     assert stage.update(parts, 100.0, 0.09, 0.005, 0.5) is True  # the busy floor moved: 0.09 / 0.005 x 1 = 18
     assert parts.ceilings() == {"critical": 9 + 6 + 9, "default": 9 + 6 + 3, "sheddable": 9 + 6 + 3}
+    assert stage.chance == 9 + 6  # the in-flight by chance: the period stage's slack when not engaged
     assert stage.busy_floor == 18.0
     # a forgotten window (min RT None): the last one stands
     assert stage.update(parts, 100.0, None, 0.005, 0.5) is False
@@ -122,7 +123,7 @@ def test_period_stage_paces_engaged_and_sheds_a_spent_quota_always() -> None:
     froze: list[tuple[float, float]] = []
     at = lambda now, s: froze.append((now, s))  # noqa: E731
     assert not stage.shed(0.001, 0, 0, 0.005, 0.0, False, at)  # a fresh period
-    bw.usage_s = 0.047  # 47 of 50 ms spent: over the engaged allowance (1 - margin 0.1), not the whole quota
+    bw.usage_s = 0.040  # 40 of 50 ms spent, 1 + 1 x 5 ms to come: over the engaged allowance (1 - margin 0.1), not the quota
     assert not stage.shed(0.05, 1, 0, 0.005, 0.0, False, at)
     assert stage.shed(0.051, 1, 0, 0.005, 0.0, True, at)
     assert stage.shed_at == 0.051

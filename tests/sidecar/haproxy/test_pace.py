@@ -65,6 +65,22 @@ def test_engaged_caps_shrink_as_the_period_is_spent_and_sheddable_gets_less() ->
     assert p.caps(clock.now, rooms, COST, engaged=False) == {"default": 5, "sheddable": 5}
 
 
+def test_not_engaged_caps_count_only_the_in_flight_beyond_the_chance_slack() -> None:
+    """As the Limiter's period stage: not engaged, the whole quota, counting the in-flight work beyond
+    ``slack`` (the in-flight Poisson arrivals bring at capacity); None (unknown): none counted."""
+    clock, group = FakeClock(), Group()
+    p = pacer(group)
+    p.read(clock.now)
+    clock.advance(0.03)
+    group.usage_s += 0.03
+    p.read(clock.now)
+    rooms = {"default": 11}
+    # 30 ms of the 50 ms quota used: 20 ms left, 4 requests of 5 ms beyond the slack
+    assert p.caps(clock.now, rooms, COST, engaged=False, slack=2.0) == {"default": 6}
+    assert p.caps(clock.now, rooms, COST, engaged=False, slack=0.0) == {"default": 4}
+    assert p.caps(clock.now, rooms, COST, engaged=False) == {"default": 11}
+
+
 def test_a_long_freeze_engages_and_no_quota_means_nothing_to_pace() -> None:
     clock, group = FakeClock(), Group()
     p = pacer(group)
