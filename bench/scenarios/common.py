@@ -375,10 +375,13 @@ def extract_state(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if not isinstance(snap, dict):
         return out
-    for k in ("inflight", "max_inflight", "min_rt_s", "max_pass_per_s", "hot", "period_margin", "period_overhead_s",
-              "cpu_per_request_s"):
+    for k in ("inflight", "max_inflight", "min_rt_s", "max_pass_per_s", "hot", "engaged", "period_margin",
+              "period_overhead_s", "cpu_per_request_s", "chance_inflight", "engagements"):
         if k in snap:
             out[k] = snap[k]
+    if isinstance(snap.get("shed_by_stage"), dict):  # flat, as shed_by_reason: "period/engaged" -> count
+        out["shed_by_stage"] = {f"{stage}/{state}": int(n) for stage, states in snap["shed_by_stage"].items()
+                                if isinstance(states, dict) for state, n in states.items()}  # fmt: skip
     counts: dict[str, int] = {}
     _sum_outcomes(snap.get("requests"), counts)
     shed = counts.get("shed", 0)

@@ -297,14 +297,16 @@ def severity(cell: dict[str, Any]) -> float:
     return lim / v if v > 0 else math.inf
 
 
-def reasons_between(samples: Sequence[dict[str, Any]], start_s: float, end_s: float) -> dict[str, int] | None:
-    """Sheds by reason during [start_s, end_s] (seconds from the first send), from the monitor's
+def reasons_between(samples: Sequence[dict[str, Any]], start_s: float, end_s: float,
+                    key: str = "shed_by_reason") -> dict[str, int] | None:  # fmt: skip
+    """Sheds by reason (or another of the state's cumulative counters, ``key``: ``shed_by_stage``,
+    ``engagements``) during [start_s, end_s] (seconds from the first send), from the monitor's
     cumulative counts (sampled every 0.5 s: a boundary is good to that). None: no limiter state."""
-    seen = [s for s in samples if isinstance(s.get("shed_by_reason"), dict)]
+    seen = [s for s in samples if isinstance(s.get(key), dict)]
     if not seen:
         return None
-    before: dict[str, Any] = next((s["shed_by_reason"] for s in reversed(seen) if s["t_s"] <= start_s), {})
-    after = next((s["shed_by_reason"] for s in reversed(seen) if s["t_s"] <= end_s + 0.5), before)
+    before: dict[str, Any] = next((s[key] for s in reversed(seen) if s["t_s"] <= start_s), {})
+    after = next((s[key] for s in reversed(seen) if s["t_s"] <= end_s + 0.5), before)
     out = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in sorted(set(after) | set(before))}
     return {k: n for k, n in out.items() if n}
 
@@ -318,6 +320,9 @@ def cells_of(shape: Shape, variant: str, ref: sc.Reference, sched: Schedule, lg:
         lag = st.get("send_lag_p99_ms")
         base = {"shape": shape.index, "variant": variant, "load": w.load, "pattern": shape.pattern,
                 "requests": int(st.get("sent", 0)), "shed": st.get("rejected"), "shed_by_reason": reasons_between(samples, w.start_s, w.end_s),
+                # which stage shed, engaged or not, and what engaged the limiter (flowctl variants)
+                "shed_by_stage": reasons_between(samples, w.start_s, w.end_s, "shed_by_stage"),
+                "engagements": reasons_between(samples, w.start_s, w.end_s, "engagements"),
                 "shed_ratio": st.get("shed_ratio"), "offered_rps": st.get("offered_rps"), "timeouts": st.get("timeouts"),
                 "errors": st.get("errors"), "admitted_p99_ms": st.get("admitted_p99_ms"), "goodput_rps": st.get("goodput_rps"),
                 "send_lag_p99_ms": lag, "harness_lagged": lag is not None and lag > LAGGED_MS, "error": error}  # fmt: skip

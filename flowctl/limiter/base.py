@@ -78,6 +78,7 @@ class LimiterBase:
         self._inflight = 0
         self._sheds_seen = 0  # sheds (and dry-run would-sheds) as of the last observed reading
         self._queue_sheds = 0  # ceiling, idle period and lag sheds, and how many the last reading had seen
+        self._shed_by_stage: dict[tuple[str, bool], int] = {}  # (stage, engaged when it shed): sheds and would-sheds
         self._queue_sheds_seen = 0
         self._observed_at = -math.inf  # when the last new reading was observed
         self._cost = CpuCost()

@@ -221,7 +221,7 @@ class Limiter(LimiterBase):
         assert period is not None
         period_s = period.gate.period_s
         if period_s and frozen_s >= self._policy.freeze_engages * period_s:
-            self._engagement.restart(now)
+            self._engagement.restart(now, "freeze")
         for hook in period.freeze_hooks:
             hook(now - frozen_s)
 
@@ -246,6 +246,8 @@ class Limiter(LimiterBase):
                 retry = excess / rate
         dry_run = self.dry_run
         engagement = self._engagement
+        key = (stage, now < engagement.until)
+        self._shed_by_stage[key] = self._shed_by_stage.get(key, 0) + 1
         reason = new_reason(dict(trigger=trigger, stage=stage, signal_name=signal_name, signal_value=value,
                                  threshold=threshold, inflight=inflight, max_inflight=self._limit, priority=part.name,
                                  resource=slot.resource, cool_off=engagement.cooling(now), retry_after_s=retry,
@@ -296,6 +298,8 @@ class Limiter(LimiterBase):
             cpu_per_request_s=self._cost.cpu_per_request_s,
             period=period.gate if period is not None else None,
             chance_inflight=self._ceiling.chance,
+            shed_by_stage=self._shed_by_stage,
+            engagements=self._engagement.entries,
         )
 
     def __repr__(self) -> str:

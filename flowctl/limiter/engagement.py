@@ -15,17 +15,21 @@ __all__ = ["Engagement"]
 
 class Engagement:
     """``until``: engaged while ``now < until`` (inf while hot; else the cool-off's end).
-    ``cool_off_until``: the last restart + ``cool_off_s`` (-inf before the first)."""
+    ``cool_off_until``: the last restart + ``cool_off_s`` (-inf before the first).
+    ``entries``: how often it went from not engaged to engaged, by cause (``hot``, ``shed``, ``freeze``)."""
 
-    __slots__ = ("cool_off_s", "cool_off_until", "until")
+    __slots__ = ("cool_off_s", "cool_off_until", "entries", "until")
 
     def __init__(self, cool_off_s: float) -> None:
         self.cool_off_s = cool_off_s
         self.cool_off_until = -math.inf
         self.until = -math.inf
+        self.entries = {"hot": 0, "shed": 0, "freeze": 0}
 
-    def restart(self, now: float) -> None:
-        """A shed (not a ceiling shed) or a long freeze: engaged for ``cool_off_s`` from ``now``."""
+    def restart(self, now: float, cause: str = "shed") -> None:
+        """A shed (not a ceiling shed) or a long freeze (``cause``): engaged for ``cool_off_s`` from ``now``."""
+        if now >= self.until:
+            self.entries[cause] += 1
         self.cool_off_until = until = now + self.cool_off_s
         if until > self.until:
             self.until = until
@@ -34,6 +38,8 @@ class Engagement:
         """A new reading: hot engages until the next reading; otherwise the cool-off runs on, or ends
         at once when the reading is ``clearly_cool``."""
         if hot:
+            if now >= self.until:
+                self.entries["hot"] += 1
             self.until = math.inf
             return
         if clearly_cool and now < self.cool_off_until:

@@ -61,6 +61,10 @@ class LimiterSnapshot:
     #: the in-flight requests Poisson arrivals bring by chance at capacity (pipe + pipe_sigmas * sqrt(pipe));
     #: not engaged, the period gate counts only the in-flight work beyond it (None: unknown)
     chance_inflight: float | None = None
+    #: sheds and dry-run would-sheds by the stage that shed and whether the limiter was engaged then
+    shed_by_stage: dict[tuple[str, bool], int] = field(default_factory=dict)
+    #: how often the limiter went from not engaged to engaged, by cause (hot, shed, freeze)
+    engagements: dict[str, int] = field(default_factory=dict)
     engaged: bool = False  # the limiter's one state (hot, or in its cool-off): stages 2-3 shed by the limit
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,6 +72,9 @@ class LimiterSnapshot:
         requests: dict[str, dict[str, dict[str, int]]] = {}
         for (res, prio, outcome), n in sorted(self.requests.items()):
             requests.setdefault(res, {}).setdefault(prio, {})[outcome] = n
+        by_stage: dict[str, dict[str, int]] = {}
+        for (stage, engaged), n in sorted(self.shed_by_stage.items()):
+            by_stage.setdefault(stage, {})["engaged" if engaged else "not_engaged"] = n
         return {
             "at": self.at,
             "inflight": self.inflight,
@@ -96,6 +103,8 @@ class LimiterSnapshot:
             "period_margin": self.period_margin,
             "period_overhead_s": self.period_overhead_s,
             "chance_inflight": self.chance_inflight,
+            "shed_by_stage": by_stage,
+            "engagements": dict(self.engagements),
             "engaged": self.engaged,
         }
 
@@ -112,7 +121,9 @@ def _nest(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
 def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, gate: HotGate,
                 triggers: tuple[Trigger, ...], *, inflight: int, engaged_until: float, cool_off_until: float,
                 dry_run: bool, tokens_leaked: int, cpu_per_request_s: float | None,
-                period: PeriodGate | None, chance_inflight: float = math.inf) -> LimiterSnapshot:  # fmt: skip
+                period: PeriodGate | None, chance_inflight: float = math.inf,
+                shed_by_stage: dict[tuple[str, bool], int] | None = None,
+                engagements: dict[str, int] | None = None) -> LimiterSnapshot:  # fmt: skip
     """The snapshot ``Limiter.snapshot`` returns, built from its parts (reads only: triggers are polled,
     nothing is observed)."""
     stats = algorithm.stats(now)
@@ -167,5 +178,7 @@ def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, g
         period_margin=period.margin if period is not None else None,
         period_overhead_s=period.overhead_s if period is not None else None,
         chance_inflight=chance_inflight if math.isfinite(chance_inflight) else None,
+        shed_by_stage=dict(shed_by_stage or {}),
+        engagements=dict(engagements or {}),
         engaged=now < engaged_until,
     )

@@ -15,6 +15,7 @@ import pytest
 
 from bench.loadgen import WARMUP, LoadSpec, arrivals_by_label
 from bench.scenarios import matrix as mx
+from bench.scenarios import common
 from bench.scenarios.common import Capacity
 from bench.scenarios.scorecard import Reference
 from bench.stats import wilson_interval
@@ -159,10 +160,12 @@ def test_cells_judge_each_target_and_count_sheds_by_reason_inside_the_cell() -> 
     fs, ov = sched.cells
     lg = {"phases": {"0.9x": _stats(400, 8, 20.0, 36.0, 36.0), "4x": {**_stats(400, 250, 50.0, 50.0, 160.0), "send_lag_p99_ms": 9.0}},
           "loadgen": {"send_lag_p99_ms": 1.0, "send_overrun_s": 0.0}}  # fmt: skip
-    samples = [{"t_s": fs.start_s - 0.2, "shed_by_reason": {}},
-               {"t_s": fs.end_s, "shed_by_reason": {"cpu": 8}},
-               {"t_s": ov.start_s, "shed_by_reason": {"cpu": 8}},
-               {"t_s": ov.end_s + 0.3, "shed_by_reason": {"cpu": 58, "limit": 200}}]  # fmt: skip
+    samples = [{"t_s": fs.start_s - 0.2, "shed_by_reason": {}, "engagements": {"hot": 1, "freeze": 0}},
+               {"t_s": fs.end_s, "shed_by_reason": {"cpu": 8}, "shed_by_stage": {"period/engaged": 8},
+                "engagements": {"hot": 3, "freeze": 0}},
+               {"t_s": ov.start_s, "shed_by_reason": {"cpu": 8}, "shed_by_stage": {"period/engaged": 8}},
+               {"t_s": ov.end_s + 0.3, "shed_by_reason": {"cpu": 58, "limit": 200},
+                "shed_by_stage": {"period/engaged": 50, "period/not_engaged": 200}, "engagements": {"hot": 3, "freeze": 2}}]  # fmt: skip
     cells = {(x["variant"], x["target"]): x for v in ("flowctl-sidecar", "flowctl-inprocess")
              for x in mx.cells_of(shape, v, ref, sched, lg, samples)}  # fmt: skip
     for x in cells.values():
@@ -170,10 +173,12 @@ def test_cells_judge_each_target_and_count_sheds_by_reason_inside_the_cell() -> 
     f = cells[("flowctl-sidecar", "false_shed")]
     assert f["value"] == pytest.approx(0.02) and f["pass"] is False and f["requests"] == 400
     assert f["shed_by_reason"] == {"cpu": 8} and f["shed"] == 8
+    assert f["shed_by_stage"] == {"period/engaged": 8} and f["engagements"] == {"hot": 2}  # counted inside the cell
     assert f["harness_lagged"] is False and cells[("flowctl-sidecar", "p99")]["harness_lagged"] is True  # 9 ms late at p99
     p = cells[("flowctl-sidecar", "p99")]
     assert p["value"] == pytest.approx(5.0) and p["pass"] is False
     assert p["shed_by_reason"] == {"cpu": 50, "limit": 200}
+    assert p["shed_by_stage"] == {"period/engaged": 42, "period/not_engaged": 200} and p["engagements"] == {"freeze": 2}
     g = cells[("flowctl-sidecar", "goodput")]
     assert g["value"] == pytest.approx(50.0 / 80.0) and g["pass"] is False and "bound" not in g
     gi = cells[("flowctl-inprocess", "goodput")]
@@ -278,3 +283,19 @@ def test_matrix_quick_writes_cells_and_a_summary(tmp_path: Path) -> None:
     md = (tmp_path / "matrix.md").read_text()
     assert "| variant | target | passed | fraction | 95% interval |" in md
     assert "passed" in proc.stdout
+
+
+def test_the_monitor_keeps_the_limiters_stage_counters_flat() -> None:
+    """``extract_state`` on a real snapshot: shed_by_stage flattened to "stage/state", engagements and
+    the engaged flag kept (the cells count them inside each cell)."""
+    from flowctl.limit.fixed import FixedLimit
+    from flowctl.limiter import Limiter, Rejection
+    from flowctl.signal import CpuReading, StaticSignal
+
+    sig = StaticSignal("container", CpuReading(at=1.0, utilization=0.95, utilization_smoothed=0.95, seq=1))
+    lim = Limiter(sig, FixedLimit(1))
+    first, second = lim.acquire(), lim.acquire()
+    assert not isinstance(first, Rejection) and isinstance(second, Rejection)
+    state = common.extract_state({"snapshot": lim.snapshot().as_dict()})
+    assert state["shed_by_stage"] == {"limit/engaged": 1}
+    assert state["engaged"] is True and state["engagements"]["hot"] == 1

@@ -207,6 +207,7 @@ def test_while_engaged_the_period_gate_paces_and_only_the_ceiling_bounds_infligh
     bw.spend(0.04)  # 40 ms used: in-flight 3 need 15 ms more
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period" and d.reason.stage == "period"
+    assert lim.snapshot().as_dict()["shed_by_stage"] == {"period": {"engaged": 1}}
     bw.periods += 1  # a new period
     clock.now += 0.05
     assert not isinstance(lim.acquire(), Rejection)
@@ -233,6 +234,7 @@ def test_not_engaged_it_sheds_once_the_quota_left_cannot_cover_the_work_in_fligh
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu_period"
     assert not d.reason.cool_off and lim.snapshot().cool_off is False  # queue evidence, not a cool-off
     assert lim._queue_sheds == 1
+    assert lim.snapshot().as_dict()["shed_by_stage"] == {"period": {"not_engaged": 1}}
     critical = lim.acquire(priority="critical")  # a reserve class: only its ceiling sheds it
     assert not isinstance(critical, Rejection)
     for token in held[:3]:

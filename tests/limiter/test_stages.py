@@ -34,6 +34,18 @@ def test_engagement_enters_on_hot_or_a_shed_and_leaves_after_the_cool_off() -> N
     assert e.until == 10.3 and not e.cooling(10.3)
 
 
+def test_engagement_counts_its_entries_by_cause_not_its_renewals() -> None:
+    e = Engagement(1.0)
+    e.reading(1.0, hot=True, clearly_cool=False)  # enters: hot
+    e.reading(1.1, hot=True, clearly_cool=False)  # stays hot: not an entry
+    e.restart(1.2)  # a shed while hot: a renewal
+    e.reading(1.3, hot=False, clearly_cool=False)  # the cool-off runs to 2.2
+    e.restart(2.0, "freeze")  # still engaged: a renewal
+    e.restart(3.5, "freeze")  # after the cool-off ended at 3.0: an entry
+    e.restart(5.0)  # after 4.5: an entry by a shed
+    assert e.entries == {"hot": 1, "shed": 1, "freeze": 1}
+
+
 def test_engagement_restart_never_shortens_a_hot_state() -> None:
     e = Engagement(1.0)
     e.reading(5.0, hot=True, clearly_cool=False)
