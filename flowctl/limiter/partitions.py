@@ -162,14 +162,14 @@ class Partitions:
             share = part.share * limit
             part.limit = math.inf if share == math.inf else float(max(1, math.ceil(share - _ROUNDING_SLACK)))
 
-    def set_ceiling(self, pipe: float | None, queue: int | None, sigmas: float = 0.0) -> None:
-        """Every class's ceiling: ``max(1, ceil(pipe + sigmas * sqrt(pipe) + queue * max(1, share)))``;
-        inf when ``pipe`` or ``queue`` is None."""
+    def set_ceiling(self, chance: float | None, queue: int | None) -> None:
+        """Every class's ceiling: ``max(1, ceil(chance + queue * max(1, share)))``, ``chance`` being the
+        in-flight Poisson arrivals bring at capacity (``pipe + pipe_sigmas * sqrt(pipe)``); inf when
+        ``chance`` or ``queue`` is None."""
         for part in self.by_name.values():
-            if pipe is None or queue is None:
+            if chance is None or queue is None:
                 part.ceiling = math.inf
             else:
-                chance = pipe + sigmas * math.sqrt(pipe)
                 part.ceiling = float(max(1, math.ceil(chance + queue * max(1.0, part.share) - _ROUNDING_SLACK)))
 
     def ceilings(self) -> dict[str, float]:

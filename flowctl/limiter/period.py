@@ -174,7 +174,7 @@ class PeriodGate:
 
     def allows(
         self, now: float, inflight: int, cpu_per_request_s: float | None, level: float = 0.0, *, strict: bool = True,
-        slack: float = 0.0,
+        slack: float = math.inf,
     ) -> bool:
         """Whether a request of a class at ``level`` fits in the current period's quota
         (True when there is no quota or no read yet). ``strict`` False (the limiter is not

@@ -65,7 +65,7 @@ class CeilingStage:
                 changed, self.busy_floor = floor != self.busy_floor, floor
         self.chance = math.inf if pipe is None else pipe + policy.pipe_sigmas * math.sqrt(pipe)
         allowance = policy.queue_allowance
-        partitions.set_ceiling(pipe if allowance is not None else None, allowance, policy.pipe_sigmas)
+        partitions.set_ceiling(self.chance if pipe is not None and allowance is not None else None, allowance)
         return changed
 
 
@@ -164,7 +164,7 @@ class PeriodStage:
         return self.gate.update(now, usage_s, periods, throttled, completions, cost_s, throttled_s) or None
 
     def shed(self, now: float, inflight: int, completions: int, cost_s: float | None, level: float,
-             engaged: bool, froze: Callable[[float, float], None], slack: float = 0.0) -> bool:  # fmt: skip
+             engaged: bool, froze: Callable[[float, float], None], slack: float = math.inf) -> bool:  # fmt: skip
         """True when the current period has no quota left for this request. Engaged: with the gate's
         margin and the class's level (pacing). Not engaged: the whole quota, counting the in-flight
         beyond ``slack`` (``CeilingStage.chance``) only."""

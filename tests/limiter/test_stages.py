@@ -135,7 +135,7 @@ def test_period_stage_paces_engaged_and_sheds_a_spent_quota_always() -> None:
     froze: list[tuple[float, float]] = []
     at = lambda now, s: froze.append((now, s))  # noqa: E731
     assert not stage.shed(0.001, 0, 0, 0.005, 0.0, False, at)  # a fresh period
-    bw.usage_s = 0.040  # 40 of 50 ms spent, 1 + 1 x 5 ms to come: over the engaged allowance (1 - margin 0.1), not the quota
+    bw.usage_s = 0.040  # 40 of 50 ms spent: with 1 + 1 x 5 ms to come, over the engaged allowance (1 - margin 0.1); not the quota
     assert not stage.shed(0.05, 1, 0, 0.005, 0.0, False, at)
     assert stage.shed(0.051, 1, 0, 0.005, 0.0, True, at)
     assert stage.shed_at == 0.051

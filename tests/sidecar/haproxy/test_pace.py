@@ -42,6 +42,14 @@ def pacer(group: Group) -> Pacer:
     return p
 
 
+def spend(p: Pacer, group: Group, clock: FakeClock, seconds: float) -> None:
+    """A read, then ``seconds`` of wall time in which the group spends as much CPU, then a read."""
+    p.read(clock.now)
+    clock.advance(seconds)
+    group.usage_s += seconds
+    p.read(clock.now)
+
+
 def test_engaged_caps_shrink_as_the_period_is_spent_and_sheddable_gets_less() -> None:
     clock, group = FakeClock(), Group()
     p = pacer(group)
@@ -70,10 +78,7 @@ def test_not_engaged_caps_count_only_the_in_flight_beyond_the_chance_slack() -> 
     ``slack`` (the in-flight Poisson arrivals bring at capacity); None (unknown): none counted."""
     clock, group = FakeClock(), Group()
     p = pacer(group)
-    p.read(clock.now)
-    clock.advance(0.03)
-    group.usage_s += 0.03
-    p.read(clock.now)
+    spend(p, group, clock, 0.03)
     rooms = {"default": 11}
     # 30 ms of the 50 ms quota used: 20 ms left, 4 requests of 5 ms beyond the slack
     assert p.caps(clock.now, rooms, COST, engaged=False, slack=2.0) == {"default": 6}
@@ -84,10 +89,7 @@ def test_not_engaged_caps_count_only_the_in_flight_beyond_the_chance_slack() -> 
 def test_a_long_freeze_engages_and_no_quota_means_nothing_to_pace() -> None:
     clock, group = FakeClock(), Group()
     p = pacer(group)
-    p.read(clock.now)
-    clock.advance(0.05)
-    group.usage_s += 0.05
-    p.read(clock.now)
+    spend(p, group, clock, 0.05)
     clock.advance(0.05)  # frozen for the rest of the period
     group.periods += 1
     group.throttled += 1
