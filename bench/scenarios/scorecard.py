@@ -76,6 +76,7 @@ PRIORITY_CLASSES = (
 )
 SESSIONS = 50
 SEED = 1  # every load run's arrivals (the phase lengths are counted with these draws)
+MIN_PROBE_REQUESTS = 200  # a capacity probe's p99 is then its 2nd-3rd slowest answer, not its slowest
 MIN_REQUESTS = 400  # in a phase that decides a false-shed target: a 1% target is decided by 4 requests, not 1
 BURST_S = 2.0  # a bursts cycle: BURST_S at 4x, then BURST_S at 0.5x
 
@@ -100,13 +101,14 @@ class Plan:
     variants: tuple[str, ...] = ALL_VARIANTS  # unless --variants
     start_in_s: float = 0.6
     timeout_s: float = 2.0
+    min_probe_requests: int = MIN_PROBE_REQUESTS  # per capacity probe (``common.measure_capacity``)
 
 
 FULL = Plan(seconds=4.0, bursts_s=16.0, step_before_s=3.0, step_after_s=6.0, probe_s=1.5, unloaded_s=2.5, max_probes=5,
             saturation_s=2.0)  # fmt: skip
 QUICK = Plan(seconds=1.5, bursts_s=4.0, step_before_s=1.5, step_after_s=2.0, probe_s=0.8, unloaded_s=1.5, max_probes=2,
              saturation_s=1.0, min_requests=0, warmup_s=0.5, handlers=("blocking",), step_loads=(2.0,),
-             variants=OURS)  # fmt: skip
+             variants=OURS, min_probe_requests=0)  # fmt: skip
 
 
 # ------------------------------------------------------------------ verdict rows
@@ -220,7 +222,7 @@ class Run:
             await c.drive(up, path, 20.0, 1.0, start_in_s=p.start_in_s)
             cap = await c.measure_capacity(up, path, cpus=cpus, work_ms=work_ms, handler=handler, probe_s=p.probe_s,
                                            unloaded_s=p.unloaded_s, max_probes=p.max_probes, start_in_s=p.start_in_s,
-                                           unloaded_rps=0.2 * cpus * 1000.0 / work_ms)  # fmt: skip
+                                           unloaded_rps=0.2 * cpus * 1000.0 / work_ms, min_probe_requests=p.min_probe_requests)  # fmt: skip
             await asyncio.sleep(0.5)
             lg, _ = await c.drive(up, path, 2.0 * cap.capacity_rps, p.saturation_s, timeout_s=30.0, start_in_s=p.start_in_s)
             idle = answer = None
