@@ -75,8 +75,10 @@ from flowctl.errors import ConfigError
 __all__ = ["DEFAULT_THRESHOLD_S", "LoopLagMonitor"]
 
 _EARLY_S = 1e-9  # quiet_until is set this much early (see check)
-DEFAULT_THRESHOLD_S = 0.015
-"""Lag at which the default class is shed is this times its ``trigger_scale`` (2): 30 ms; critical 75 ms."""
+DEFAULT_THRESHOLD_S = 0.005
+"""The least lag that sheds: the limiter's lag stage sheds a class at its ``trigger_scale`` (default 2)
+times the higher of this and ``Policy.lag_requests`` requests' CPU, capped at ``Policy.lag_cap_s``
+(15 ms): default 10-30 ms, critical 25-75 ms."""
 
 
 class LoopLagMonitor:

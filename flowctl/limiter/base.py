@@ -14,6 +14,7 @@ from flowctl.limit.base import LimitAlgorithm
 from flowctl.limiter.cost import CpuCost
 from flowctl.limiter.engagement import Engagement
 from flowctl.limiter.gate import HotGate
+from flowctl.limiter.offered import OfferedLoad
 from flowctl.limiter.period import PeriodGate
 from flowctl.limiter.partitions import DEFAULT_PRIORITIES, Partitions, PriorityClass
 from flowctl.limiter.policy import DEFAULT_POLICY, Policy
@@ -69,6 +70,7 @@ class LimiterBase:
         self._engagement = Engagement(policy.cool_off_s)
         self._limit_stage = LimitStage(self._gate, self._engagement, self.algorithm.name)
         self._lag = LagStage()
+        self._offered = OfferedLoad(policy.offered_sigmas, policy.offered_requests)
         self._period: PeriodStage | None = None
         self._ceiling = CeilingStage(policy)
         self._limit = -1.0
@@ -126,6 +128,9 @@ class LimiterBase:
         self._engagement.cool_off_s = policy.cool_off_s
         self._retry_floor_s = max(policy.cool_off_s, policy.min_retry_after_s)
         self._ceiling.policy = policy
+        self._offered.sigmas, self._offered.window_requests = policy.offered_sigmas, policy.offered_requests
+        self._lag.lag_requests, self._lag.lag_cap_s = policy.lag_requests, policy.lag_cap_s
+        self._lag.scale_to(self._cost.cpu_per_request_s)
         if policy.period_gate:
             if self._period is None:
                 self._period = PeriodStage(policy)

@@ -79,6 +79,10 @@ class Limiter(LimiterBase):
         gate = self._gate
         if gate._signal.reading is not gate.seen:
             self._observe(now)
+        offered = self._offered
+        if now >= offered.until and offered.close(now) and gate._policy.cpu_gate:
+            self._engagement.restart(now, "offered")  # arrivals over capacity by more than chance
+        offered.count += 1
         inflight = self._inflight
         part = slot.partition
         period = self._period
@@ -204,7 +208,9 @@ class Limiter(LimiterBase):
         cost = self._cost
         cost.observe(r.at, r.usage_cores, done, consecutive=gate.consecutive, learn=quiet)
         capacity = cost.capacity_per_s(cores)
+        self._offered.capacity_per_s = capacity
         min_rt = self.algorithm.stats(now).min_rt_s if capacity is not None else None
+        self._lag.scale_to(cost.cpu_per_request_s)
         if self._ceiling.update(self._partitions, capacity, min_rt, cost.cpu_per_request_s, cores):
             self._refresh_at = -math.inf
         if period is not None and now >= period.quota_at:

@@ -16,7 +16,7 @@ __all__ = ["Engagement"]
 class Engagement:
     """``until``: engaged while ``now < until`` (inf while hot; else the cool-off's end).
     ``cool_off_until``: the last restart + ``cool_off_s`` (-inf before the first).
-    ``entries``: how often it went from not engaged to engaged, by cause (``hot``, ``shed``, ``freeze``)."""
+    ``entries``: how often it went from not engaged to engaged, by cause (``hot``, ``shed``, ``freeze``, ``offered``)."""
 
     __slots__ = ("cool_off_s", "cool_off_until", "entries", "until")
 
@@ -24,10 +24,11 @@ class Engagement:
         self.cool_off_s = cool_off_s
         self.cool_off_until = -math.inf
         self.until = -math.inf
-        self.entries = {"hot": 0, "shed": 0, "freeze": 0}
+        self.entries = {"hot": 0, "shed": 0, "freeze": 0, "offered": 0}
 
     def restart(self, now: float, cause: str = "shed") -> None:
-        """A shed (not a ceiling shed) or a long freeze (``cause``): engaged for ``cool_off_s`` from ``now``."""
+        """A shed (not a ceiling shed), a long freeze or an overload of arrivals (``cause``): engaged for
+        ``cool_off_s`` from ``now``."""
         if now >= self.until:
             self.entries[cause] += 1
         self.cool_off_until = until = now + self.cool_off_s

@@ -41,6 +41,9 @@ class Policy:
       smoothed one under the threshold) ends the cool-off early; 0 = never early.
     - ``throttled_threshold`` / ``pressure_threshold``: ``throttled_ratio`` / PSI ``some``
       at or over which the limiter is hot too (None: off).
+    - ``offered_sigmas``: arrivals over a window of ``offered_requests`` requests at the group's CPU
+      capacity that exceed it by more than this many standard deviations of chance (Poisson:
+      ``sqrt(expected)``) engage the limiter (``flowctl.limiter.offered``); None: off.
     - ``cpu_gate``: False makes the limiter always engaged: a plain concurrency limiter.
     - ``freeze_engages``: a CFS freeze of the group this long (fraction of the period) engages.
     - ``busy_fraction``: no stage but lag sheds while the smoothed utilization (the sampler's 1 s
@@ -58,6 +61,11 @@ class Policy:
     - ``busy_floor``: the engaged limit never drops under the requests that keep the group's
       cores busy while it runs (min RT / CPU per request x cores).
     - ``period_gate``: pace admissions inside each CFS period of a group with a quota.
+    - ``lag_requests``: the lag stage's threshold is this many requests' CPU (``cpu_per_request_s``),
+      at least the trigger's own threshold (``LoopLagMonitor``: 5 ms) and at most ``lag_cap_s``
+      (also while the cost is unknown): a fast handler's queue is shed before it has waited a slow
+      one's budget. None: the trigger's threshold only.
+    - ``lag_cap_s``: the most ``lag_requests`` may set the threshold to.
     - ``limit_refresh_s``: how often the algorithm's limit is re-read on the admission path.
     - ``rescale_fraction``: a change of the usable cores beyond this tells the algorithm.
 
@@ -78,18 +86,22 @@ class Policy:
     """
 
     cpu_threshold: float = 0.8
-    hot_samples: int = 2
+    hot_samples: int = 3
     cool_off_s: float = 1.0
     cool_fraction: float = 0.75
     throttled_threshold: float | None = None
     pressure_threshold: float | None = None
     cpu_gate: bool = True
+    offered_sigmas: float | None = 3.0
+    offered_requests: float = 10.0
     freeze_engages: float = 0.2
     busy_fraction: float = 0.0
     queue_allowance: int | None = 3
     pipe_sigmas: float = 2.0
     busy_floor: bool = True
     period_gate: bool = True
+    lag_requests: float | None = 4.0
+    lag_cap_s: float = 0.015
     limit_refresh_s: float = 0.01
     rescale_fraction: float = 0.1
     period_margin: float = 0.1
@@ -107,6 +119,8 @@ class Policy:
     def __post_init__(self) -> None:
         _positive("cpu_threshold", self.cpu_threshold)
         _positive("throttled_threshold", self.throttled_threshold, allow_none=True)
+        _positive("offered_sigmas", self.offered_sigmas, allow_none=True, allow_zero=True)
+        _positive("offered_requests", self.offered_requests)
         _positive("pressure_threshold", self.pressure_threshold, allow_none=True)
         if not (isinstance(self.hot_samples, int) and self.hot_samples >= 1):
             raise ConfigError(f"hot_samples must be an integer >= 1, got {self.hot_samples!r}")
@@ -116,6 +130,8 @@ class Policy:
                      "max_margin", "overhead_cap", "freeze_seen_s", "bandwidth_read_s", "idle_read_s",
                      "min_retry_after_s", "freeze_engages", "busy_fraction", "pipe_sigmas"):  # fmt: skip
             _positive(name, getattr(self, name), allow_zero=True)
+        _positive("lag_requests", self.lag_requests, allow_none=True)
+        _positive("lag_cap_s", self.lag_cap_s)
         qa = self.queue_allowance
         if qa is not None and not (isinstance(qa, int) and not isinstance(qa, bool) and qa >= 0):
             raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {qa!r}")

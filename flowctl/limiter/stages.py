@@ -181,13 +181,26 @@ class PeriodStage:
 
 class LagStage:
     """Stage 4: the bypass triggers (the event loop's lag), engaged or not. Each is polled only when
-    its ``quiet_until`` has passed; a class is shed at the trigger's threshold times its scale."""
+    its ``quiet_until`` has passed; a class is shed at its scale times ``base_s`` or the trigger's
+    threshold, whichever is higher. ``base_s`` (``scale_to``): ``Policy.lag_requests`` requests' CPU, at
+    most ``Policy.lag_cap_s``, which it is while the cost is unknown; 0 without ``lag_requests``."""
 
-    __slots__ = ("triggers", "polled")
+    __slots__ = ("triggers", "polled", "lag_requests", "lag_cap_s", "base_s")
 
-    def __init__(self) -> None:
+    def __init__(self, lag_requests: float | None = None, lag_cap_s: float = 0.015) -> None:
         self.triggers: tuple[Trigger, ...] = ()
         self.polled: tuple[PolledTrigger, ...] = ()
+        self.lag_requests = lag_requests
+        self.lag_cap_s = lag_cap_s
+        self.base_s = lag_cap_s if lag_requests is not None else 0.0
+
+    def scale_to(self, cost_s: float | None) -> None:
+        """The CPU one request costs (seconds; None: unknown)."""
+        n, cap = self.lag_requests, self.lag_cap_s
+        if n is None:
+            self.base_s = 0.0
+        else:
+            self.base_s = cap if cost_s is None else min(cap, n * cost_s)
 
     def set(self, triggers: tuple[Trigger, ...]) -> None:
         self.triggers = triggers
@@ -198,7 +211,10 @@ class LagStage:
             if now >= t.quiet_until:  # else its check would return None: no call
                 v = t.check(now)
                 if v is not None:
-                    threshold = t.threshold * part.trigger_scale
+                    base = self.base_s
+                    if t.threshold > base:
+                        base = t.threshold
+                    threshold = base * part.trigger_scale
                     if v >= threshold:
                         return (t.name, t.name, v, threshold)
         return None

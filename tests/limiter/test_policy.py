@@ -36,6 +36,7 @@ def reading(clock: Clock, fast: float, smoothed: float | None = None, **kw: floa
 def limiter(sig: StaticSignal, clock: Clock, n: float = 1, **kw: object) -> Limiter:
     kw.setdefault("queue_allowance", None)  # the ceiling has its own tests
     kw.setdefault("limit_refresh_s", 0.0)
+    kw.setdefault("offered_sigmas", None)  # engaging on arrivals has its own tests (test_offered.py)
     return Limiter(sig, FixedLimit(n), clock=clock, **limiter_kwargs(kw))
 
 
@@ -48,13 +49,15 @@ def tick(sig: StaticSignal, clock: Clock, fast: float, smoothed: float | None = 
 # -- a hot state needs evidence that lasts --------------------------------------------------
 
 
-def test_one_hot_reading_is_not_enough_two_in_a_row_are() -> None:
+def test_two_hot_readings_are_not_enough_three_in_a_row_are() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock)
     held = lim.acquire()
     tick(sig, clock, 0.95)  # one spike over 0.8
     assert isinstance(lim.acquire(), Token), "a single 100 ms spike must not shed"
-    tick(sig, clock, 0.95)  # the second in a row
+    tick(sig, clock, 0.95)  # the second in a row: at 0.9x of a service with few requests a period, chance
+    assert isinstance(lim.acquire(), Token), "two 100 ms spikes must not shed"
+    tick(sig, clock, 0.95)  # the third in a row
     d = lim.acquire()
     assert isinstance(d, Rejection) and d.reason.trigger == "cpu" and d.reason.signal_value == 0.95
     assert isinstance(held, Token)
@@ -120,7 +123,8 @@ def test_a_limiter_that_is_never_hot_never_sheds(steps: list[tuple[float, float,
     threshold, and a ceiling shed starts no cool-off: the next request under the ceiling is admitted.
     Without a ceiling (``queue_allowance=None``) nothing at all is shed."""
     clock, sig = Clock(), StaticSignal("container")
-    lim = Limiter(sig, FixedLimit(1), policy=Policy(limit_refresh_s=0.0, queue_allowance=queue, busy_fraction=busy_fraction),
+    lim = Limiter(sig, FixedLimit(1), policy=Policy(limit_refresh_s=0.0, queue_allowance=queue, busy_fraction=busy_fraction,
+                                                    offered_sigmas=None),  # arrivals 1 ms apart: not this test's rule
                   clock=clock)  # fmt: skip
     held: list[Token] = []
     prev_hot = queued = False  # queued: a ceiling shed that no observed reading has seen yet
@@ -160,6 +164,8 @@ def test_a_clearly_cool_reading_ends_the_cool_off() -> None:
     tick(sig, clock, 0.95)
     observed(lim)
     tick(sig, clock, 0.95)
+    observed(lim)
+    tick(sig, clock, 0.95)
     assert isinstance(lim.acquire(), Rejection)  # hot: shed over the limit, cool-off started
     tick(sig, clock, 0.7)  # under the threshold but not clearly cool: the cool-off holds
     d = lim.acquire()
@@ -173,6 +179,8 @@ def test_cool_fraction_zero_keeps_the_whole_cool_off() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock, cool_fraction=0.0)
     held = lim.acquire()
+    tick(sig, clock, 0.95)
+    observed(lim)
     tick(sig, clock, 0.95)
     observed(lim)
     tick(sig, clock, 0.95)
@@ -233,6 +241,8 @@ def test_unnumbered_readings_count_in_a_row_only_once_the_interval_is_known() ->
     unnumbered(0.95)  # the first gap: not yet known to be one interval
     assert not observed(lim).hot
     unnumbered(0.95)  # same gap as the last one: in a row
+    assert not observed(lim).hot  # two in a row
+    unnumbered(0.95)
     assert observed(lim).hot
 
 
@@ -330,7 +340,7 @@ def test_critical_is_shed_only_at_its_ceiling_while_hot() -> None:
     clock, sig = Clock(), StaticSignal("container")
     lim = limiter(sig, clock, n=1, queue_allowance=3)
     _learn_cost(lim, sig, clock)
-    for _ in range(2):
+    for _ in range(3):
         tick(sig, clock, 0.95, usage_cores=0.5, limit_cores=0.5)
         observed(lim)
     first = lim.acquire("critical")
@@ -410,3 +420,21 @@ def observed(lim: Limiter) -> LimiterSnapshot:
     """The snapshot after the limiter took in the latest reading (snapshot() itself only reads)."""
     lim.observe()
     return lim.snapshot()
+
+
+def test_a_window_of_arrivals_over_capacity_engages_before_any_hot_reading() -> None:
+    """Capacity 100/s (cost 5 ms at 0.5 CPU): 10 requests a window of 100 ms. A flood of 3x between two
+    cool readings engages at the first window's end (cause ``offered``); the same 0.9x does not."""
+    for rate, engaged in ((300.0, True), (90.0, False)):
+        clock, sig = Clock(), StaticSignal("container")
+        lim = limiter(sig, clock, n=100, offered_sigmas=3.0, queue_allowance=None)
+        _learn_cost(lim, sig, clock)
+        assert not observed(lim).engaged
+        for _ in range(int(rate * 0.25)):  # a quarter of a second, evenly spaced: between two readings
+            clock.now += 1.0 / rate
+            d = lim.acquire()
+            if isinstance(d, Token):
+                d.success()
+        snap = lim.snapshot()
+        assert snap.engaged is engaged, (rate, snap.engagements)
+        assert (snap.engagements["offered"] >= 1) is engaged

@@ -43,7 +43,8 @@ def test_engagement_counts_its_entries_by_cause_not_its_renewals() -> None:
     e.restart(2.0, "freeze")  # still engaged: a renewal
     e.restart(3.5, "freeze")  # after the cool-off ended at 3.0: an entry
     e.restart(5.0)  # after 4.5: an entry by a shed
-    assert e.entries == {"hot": 1, "shed": 1, "freeze": 1}
+    e.restart(7.0, "offered")  # after 6.0: an entry by a window of arrivals over capacity
+    assert e.entries == {"hot": 1, "shed": 1, "freeze": 1, "offered": 1}
 
 
 def test_engagement_restart_never_shortens_a_hot_state() -> None:
@@ -179,6 +180,29 @@ def test_lag_stage_scales_the_threshold_by_the_class() -> None:
     assert stage.shed(1.0, parts.by_name["critical"]) is None  # 5 x 15 ms
     stage.set((Lag(None),))
     assert stage.shed(1.0, parts.by_name["sheddable"]) is None
+
+
+def test_lag_stage_counts_its_budget_in_requests_cpu_between_the_trigger_threshold_and_the_cap() -> None:
+    parts = partitions()
+    stage = LagStage(lag_requests=4.0, lag_cap_s=0.015)
+    fast = Lag(0.012)
+    fast.threshold = 0.005  # the least lag that sheds (LoopLagMonitor's default)
+    stage.set((fast,))
+    stage.scale_to(0.002)  # 4 requests of 2 ms CPU: 8 ms
+    assert stage.shed(1.0, parts.by_name["default"]) is None  # 2 x 8 ms
+    assert stage.shed(1.0, parts.by_name["sheddable"]) == ("loop_lag", "loop_lag", 0.012, 0.008)
+    stage.scale_to(0.0005)  # 2 ms: under the trigger's threshold, which is then the floor
+    assert stage.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.012, 0.01)
+    stage.scale_to(0.005)  # 20 ms: capped at 15 ms
+    assert stage.shed(1.0, parts.by_name["sheddable"]) is None
+    fast.value = 0.03
+    assert stage.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.03, 0.03)
+    stage.scale_to(None)  # the cost unknown: the cap
+    assert stage.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.03, 0.03)
+    off = LagStage(lag_requests=None)
+    off.set((Lag(0.035),))
+    off.scale_to(0.005)
+    assert off.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.035, 0.03)  # 2 x its 15 ms
 
 
 def test_a_capacity_too_large_to_use_means_no_ceiling_not_an_error() -> None:

@@ -1,0 +1,48 @@
+"""``OfferedLoad``: the onset of an overload, seen in the requests that arrive.
+
+A CPU reading sees an overload only after the group has spent it (100-200 ms,
+and in a quota'd group a freeze). The arrivals show it sooner: over a window
+that holds ``window_requests`` requests at the group's CPU capacity
+(``usable_cores / cpu_per_request_s``), Poisson arrivals at capacity bring
+``expect = capacity x window`` requests, give or take ``sqrt(expect)``. A
+window that brings more than ``expect + sigmas x sqrt(expect)`` is an
+overload, not chance: at 0.9x of capacity a 3-sigma window of 10 requests is
+that busy about once a minute, at 3x the first window is. Windows tumble: one
+closes at the first arrival after its end, so an idle gap only lengthens the
+window it falls in (and its expectation). Pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["OfferedLoad"]
+
+
+class OfferedLoad:
+    """Arrivals per tumbling window against the group's capacity (see the module).
+
+    Admission counts each arrival (``count += 1``) after ``close`` when ``now >= until``."""
+
+    __slots__ = ("sigmas", "window_requests", "capacity_per_s", "count", "start", "until")
+
+    def __init__(self, sigmas: float | None, window_requests: float) -> None:
+        self.sigmas = sigmas  # None: off (``close`` never says over)
+        self.window_requests = window_requests
+        self.capacity_per_s: float | None = None  # the group's CPU capacity, requests/s (None: unknown)
+        self.count = 0  # arrivals in the window that runs
+        self.start = -math.inf  # when it started (-inf: none yet)
+        self.until = -math.inf  # when it ends
+
+    def close(self, now: float) -> bool:
+        """End the window that runs at ``now`` and start the next; True when the ended window's
+        arrivals were over the capacity by more than ``sigmas`` standard deviations of chance."""
+        cap, sigmas, start = self.capacity_per_s, self.sigmas, self.start
+        over = False
+        if cap and sigmas is not None and now > start > -math.inf:
+            expect = cap * (now - start)
+            over = self.count > expect + sigmas * math.sqrt(expect)
+        self.count = 0
+        self.start = now
+        self.until = now + (self.window_requests / cap if cap else 0.1)
+        return over
