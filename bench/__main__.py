@@ -19,6 +19,7 @@ SCENARIOS: dict[str, str] = {
     "demo": "bench.scenarios.demo",
     "scorecard": "bench.scenarios.scorecard",
     "matrix": "bench.scenarios.matrix",
+    "matrix-compare": "bench.matrix_compare",
     "report": "bench.report",
     "loadgen": "bench.loadgen",
     "upstream": "bench.upstream",

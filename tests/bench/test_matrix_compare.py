@@ -1,0 +1,45 @@
+"""``python -m bench matrix-compare``: pass counts, pooled sheds, means and moved cells of two runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import matrix_compare
+
+
+def cell(shape: int, load: float, target: str, value: float, ok: bool, requests: int = 400) -> dict[str, Any]:
+    return {"shape": shape, "variant": "flowctl-sidecar", "load": load, "target": target, "value": value, "pass": ok,
+            "requests": requests}  # fmt: skip
+
+
+BEFORE = {"seed": 1, "code": {"commit": "aaaa"}, "cells": [
+    cell(1, 0.9, "false_shed", 0.02, False), cell(2, 0.9, "false_shed", 0.0, True),
+    cell(1, 4.0, "p99", 2.0, True), cell(2, 4.0, "p99", 8.0, False)]}  # fmt: skip
+AFTER = {"seed": 1, "code": {"commit": "bbbb"}, "cells": [
+    cell(1, 0.9, "false_shed", 0.005, True), cell(2, 0.9, "false_shed", 0.0025, True),
+    cell(1, 4.0, "p99", 2.0, True), cell(2, 4.0, "p99", 2.0, True)]}  # fmt: skip
+
+
+def test_the_report_pools_sheds_and_lists_what_moved() -> None:
+    text = "\n".join(matrix_compare.compare(BEFORE, AFTER))
+    assert "false_shed passing 1 of 2 -> 2 of 2" in text
+    assert "sheds at 0.9x   8/800" in text and "-> 3/800" in text
+    assert "p99        passing 1 of 2 -> 2 of 2; geometric mean 4 -> 2, median 5 -> 2" in text
+    assert "moved: shape 1 0.9x false_shed 0.02 -> 0.005 (passes)" in text
+    assert "moved: shape 2 4x p99 8 -> 2 (passes)" in text
+
+
+def test_the_command_reads_two_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for name, run in (("before", BEFORE), ("after", AFTER)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(run))
+        paths.append(str(path))
+    assert matrix_compare.main(paths) == 0
+    assert "code aaaa -> bbbb" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        matrix_compare.main([paths[0], str(tmp_path / "missing.json")])
