@@ -6,8 +6,10 @@ that holds ``window_requests`` requests at the group's CPU capacity
 (``usable_cores / cpu_per_request_s``), Poisson arrivals at capacity bring
 ``expect = capacity x window`` requests, give or take ``sqrt(expect)``. A
 window that brings more than ``expect + sigmas x sqrt(expect)`` is an
-overload, not chance: at 0.9x of capacity a 3-sigma window of 10 requests is
-that busy about once a minute, at 3x the first window is. Windows tumble: one
+overload, not chance: at 0.9x of the CPU capacity one window of 10 requests in
+about a thousand is that busy (20 or more arrivals where 9 are expected): once
+in 100 s at a capacity of 100/s, once in 17 s at 600/s; at 3x the first window
+is. Windows tumble: one
 closes at the first arrival after its end, so an idle gap only lengthens the
 window it falls in (and its expectation). Pure: the clock is passed in.
 """
