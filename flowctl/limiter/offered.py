@@ -9,9 +9,9 @@ window that brings more than ``expect + sigmas x sqrt(expect)`` is an
 overload, not chance: at 0.9x of the CPU capacity one window of 10 requests in
 about a thousand is that busy (20 or more arrivals where 9 are expected): once
 in 100 s at a capacity of 100/s, once in 17 s at 600/s; at 3x the first window
-is. Windows tumble: one
-closes at the first arrival after its end, so an idle gap only lengthens the
-window it falls in (and its expectation). Pure: the clock is passed in.
+is. Windows tumble: one closes at the first arrival after its end, so an idle
+gap only lengthens the window it falls in (and its expectation). Pure: the
+clock is passed in.
 """
 
 from __future__ import annotations
@@ -46,5 +46,6 @@ class OfferedLoad:
             over = self.count > expect + sigmas * math.sqrt(expect)
         self.count = 0
         self.start = now
+        # capacity unknown: nothing can be judged; look again a sampler interval later, not per arrival
         self.until = now + (self.window_requests / cap if cap else 0.1)
         return over
