@@ -82,7 +82,9 @@ The middleware only translates (the Limiter decides):
 - **the asyncio blind spot**: a handler that blocks the loop hides the queue
   from the middleware (in-flight stays 1). A ``LoopLagMonitor`` trigger with
   ``bypass_inflight=True`` sheds requests that reach the middleware after the
-  loop has been late for ``loop_lag_threshold_s`` (see ``flowctl.looplag``).
+  loop has been late for ``loop_lag_threshold_s``, or that waited that long
+  since their bytes reached the socket (``TCP_INFO``, read per request; see
+  ``flowctl.looplag``).
 
 State lives under the ``web.AppKey`` ``FLOWCTL``; the CPU sampler(s) and the
 loop-lag monitor are started and stopped by a ``cleanup_ctx`` entry. ``setup``
@@ -109,7 +111,7 @@ from prometheus_client import CollectorRegistry
 
 from flowctl.errors import ConfigError
 from flowctl.http import metrics_page, rejection_bytes
-from flowctl.looplag import DEFAULT_THRESHOLD_S, LoopLagMonitor
+from flowctl.looplag import DEFAULT_THRESHOLD_S, LoopLagMonitor, socket_wait_s
 from flowctl.metrics import (
     DURATION_BUCKETS_S,
     DurationHistogram,
@@ -545,8 +547,9 @@ def _make_guard(
 
     All per-request work happens in that one function (locals, no helper calls
     beyond the limiter's slot API: ``admit`` and one release; ``slot`` too when
-    a trusted priority header names another class): a request costs one extra
-    coroutine frame. ``entry`` is the route's (resource, priority,
+    a trusted priority header names another class; with a loop-lag monitor, the
+    request's socket wait, ``socket_wait_s`` and ``request_wait``): a request
+    costs one extra coroutine frame. ``entry`` is the route's (resource, priority,
     histogram child, whether an exempt path can still reach it, long-lived).
     Sessions (a WebSocket upgrade, a long-lived route) go to ``serve_session``
     after admission; a plain request pays one attribute test for that.
@@ -567,6 +570,7 @@ def _make_guard(
     sessions = state.sessions
     recent = state.rejections
     quotas = state.quotas
+    request_wait = state.loop_lag.request_wait if state.loop_lag is not None else None
     default_priority = limiter.default_priority
 
     async def serve_session(
@@ -634,6 +638,11 @@ def _make_guard(
                     priority_name = named or default_priority
             # The slot API, not acquire(): no Token object per request. Every path below releases
             # exactly once. The histogram records the RT the release returns (no clock read here).
+            if request_wait is not None:  # how long its bytes waited in the socket and the loop
+                transport = request.transport
+                sock = transport.get_extra_info("socket") if transport is not None else None
+                waited = socket_wait_s(sock) if sock is not None else None
+                request_wait(0.0 if waited is None else waited)
             start = admit(slot)
             if start.__class__ is Rejection:
                 recent.append((time.time(), request.method, request.path, start.reason))

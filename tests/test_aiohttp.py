@@ -606,6 +606,49 @@ async def test_blocking_handler_under_overload_is_shed_in_process(cleanup: list[
     assert not mon.running  # cleanup_ctx stopped it
 
 
+def _two_at_once(port: int | None, path: str) -> list[int]:
+    """Two requests on two connections, sent together from this thread (not the server's loop,
+    which a blocking handler stops): their status codes."""
+    import socket
+
+    assert port is not None
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        for c in conns:
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return [int(c.makefile("rb").readline().split()[1]) for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "TCP_INFO"), reason="TCP_INFO is Linux-only")
+async def test_a_request_that_waited_in_the_socket_is_shed_without_a_probe(cleanup: list[Client]) -> None:
+    """The socket wait alone sheds: after the first probe no other is queued (``min_gap_s``), so
+    the loop's lag is invisible, yet a request read after a 100 ms blocking handler has waited
+    that long since its bytes arrived (``TCP_INFO``) and is shed by the lag stage."""
+    mon = LoopLagMonitor(threshold_s=0.01, min_gap_s=1e9)
+    app = web.Application()
+
+    async def block(request: web.Request) -> web.Response:
+        burn(0.1)
+        return web.Response(text="blocked")
+
+    app.router.add_get("/block", block)
+    limiter = Limiter(StaticSignal("container", utilization=0.1, limit_cores=0.5))
+    fa.setup(app, limiter=limiter, loop_lag=mon, metrics_path=None)
+    client: Client = TestClient(TestServer(app))
+    await client.start_server()
+    cleanup.append(client)
+    assert (await client.get("/block")).status == 200  # the one probe runs after this
+    await wait_for(lambda: mon.probes == 1)
+    await asyncio.sleep(0.15)  # past that probe's backlog (its 0.1 s lag counts for 0.1 s after it ran)
+    statuses = sorted(await asyncio.to_thread(_two_at_once, client.port, "/block"))  # sent while the loop blocks
+    assert statuses == [200, 503]
+    assert mon.probes == 1  # no probe saw the second request's wait
+    assert limiter.snapshot().shed_by_reason == {("/block", "loop_lag"): 1}
+
+
 async def test_yielding_handler_under_overload_is_shed_by_the_limit(cleanup: list[Client]) -> None:
     env = Env(n=5, hot=True)
     client = await start(env, cleanup)

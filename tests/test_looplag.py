@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from flowctl.errors import ConfigError
-from flowctl.looplag import LoopLagMonitor
+from flowctl.looplag import LoopLagMonitor, socket_wait_s
 
 
 class FakeClock:
@@ -206,3 +206,39 @@ async def test_a_freeze_counts_as_lag_until_the_batch_read_after_it_is_done() ->
         await asyncio.sleep(0)  # the probe runs after the batch
         await asyncio.sleep(0)
         assert not mon.pending and mon.last_lag_s == pytest.approx(0.11)
+
+
+def test_a_request_s_own_wait_counts_until_the_next_request() -> None:
+    clock = FakeClock()
+    mon = LoopLagMonitor(threshold_s=0.01, clock=clock)  # not started: no probe, no live lag
+    assert mon.check(clock.now) is None
+    mon.request_wait(0.004)
+    assert mon.check(clock.now) is None  # under the threshold
+    mon.request_wait(0.012)
+    assert mon.quiet_until == -math.inf  # the limiter asks now
+    assert mon.check(clock.now) == pytest.approx(0.012)
+    mon.request_wait(0.0)  # the next request did not wait
+    assert mon.check(clock.now) is None
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "TCP_INFO"), reason="TCP_INFO is Linux-only")
+def test_socket_wait_is_the_time_since_the_bytes_arrived() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as client:
+            conn, _ = srv.accept()
+            with conn:
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                time.sleep(0.1)
+                waited = socket_wait_s(conn)
+                assert waited is not None and 0.09 <= waited <= 1.0  # in kernel ticks (1-10 ms)
+                conn.recv(100)
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                time.sleep(0.001)
+                waited = socket_wait_s(conn)
+                assert waited is not None and waited < 0.05
+    a, b = socket.socketpair()  # not TCP
+    with a, b:
+        assert socket_wait_s(a) is None
+    assert socket_wait_s(object()) is None
