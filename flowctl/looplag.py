@@ -64,9 +64,9 @@ how long ago the kernel received that request's bytes (``request_wait``):
 TCP; 0.4 µs a read here), whose unit is the kernel's tick (4 ms at
 ``CONFIG_HZ=250``, as here; 1 ms at 1000). ``check`` reports the larger
 of the two. Measured on that service (``python -m bench overload --cpus
-0.87 --work-ms 1.3 --handler blocking``): admitted p99 8.1x unloaded at
-4x and 9.4x at 8x with the probes alone, 2.9x and 3.0x with the socket
-wait, at the same goodput.
+0.87 --work-ms 1.3 --handler blocking``): admitted p99 7.8-8.1x unloaded
+at 4x and 8.8-9.7x at 8x with the probes alone (4 runs), 2.8-2.9x and
+2.9-3.1x with the socket wait (2 runs), at the same goodput.
 
 It implements the limiter's ``Trigger`` protocol: ``name``, ``threshold``
 (seconds), ``bypass_inflight`` and ``check(now) -> float | None``, plus
