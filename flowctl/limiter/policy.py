@@ -100,7 +100,7 @@ class Policy:
     pipe_sigmas: float = 2.0
     busy_floor: bool = True
     period_gate: bool = True
-    lag_requests: float | None = 4.0
+    lag_requests: float | None = 3.0
     lag_cap_s: float = 0.015
     limit_refresh_s: float = 0.01
     rescale_fraction: float = 0.1
