@@ -61,7 +61,8 @@ CPU, the admitted p99 was 36 ms while the largest lag the probes
 measured was 13 ms. So the aiohttp integration also tells the monitor, per request,
 how long ago the kernel received that request's bytes (``request_wait``):
 ``socket_wait_s`` reads ``tcpi_last_data_recv`` from ``TCP_INFO`` (Linux,
-TCP; about 0.7 µs a request here, calls included), whose unit is the
+TCP; 0.7 µs a request in isolation, about 4 µs in a saturated hello
+world, ``bench/results/overhead-s14-socket-wait``), whose unit is the
 kernel's tick (4 ms at ``CONFIG_HZ=250``, as here; 1 ms at 1000).
 ``check`` reports the larger of the two. Measured on that service
 (``python -m bench overload --cpus 0.87 --work-ms 1.3 --handler
