@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "free_ports"]
 
 
 def free_port() -> int:
@@ -12,3 +13,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the kernel just handed out and released: each socket is held until all
+    are bound, so two calls in a row cannot return the same port (``free_port`` twice can)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]

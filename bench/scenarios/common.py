@@ -31,6 +31,7 @@ import aiohttp
 
 from bench.loadgen import LoadSpec, Phase, TrafficClass, run_load_process_async
 from bench.ports import free_port as free_port  # re-exported: scenarios call c.free_port()
+from bench.ports import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
@@ -212,7 +213,7 @@ async def upstream(
 @contextlib.asynccontextmanager
 async def sidecar(up: Running, *, view: str = "container", extra_args: Sequence[str] = ()) -> AsyncIterator[Running]:
     """Run the flowctl sidecar (BBR on the upstream's ``view`` CPU) in front of ``up``, on the aux CPU."""
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)  # distinct: the sidecar refuses an admin port equal to its listen port
     cmd = [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{port}", "--upstream", up.upstream_url,
            "--admin", f"127.0.0.1:{admin}", "--watch", f"pid:{up.pid}", "--view", view,
            "--priority-header", PRIORITY_HEADER, "--log-level", "warning", *extra_args]  # fmt: skip
