@@ -1,4 +1,4 @@
-"""``free_port()``: a TCP port on 127.0.0.1 that nothing listens on now, for benchmarks and tests."""
+"""``free_port()``, ``free_ports(n)``: TCP ports on 127.0.0.1 that nothing listens on now, for benchmarks and tests."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ __all__ = ["free_port", "free_ports"]
 
 def free_port() -> int:
     """A port the kernel just handed out and released (another process could take it before use)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def free_ports(n: int) -> list[int]:
