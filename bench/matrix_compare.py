@@ -11,6 +11,13 @@ what moves more steadily beside them:
 
 Both runs should share a seed (the same shapes); the references (capacity, unloaded p99) are each
 run's own, as the matrix measures them.
+
+Either side may also be several runs (comma-separated files: repeats of a seed, other seeds): the
+report then pools them (``pooled``), since one run cannot tell two candidates apart by fewer than a
+few cells. Per variant: cells passing per target over all runs, with the Wilson 95% interval; sheds
+pooled per load; how many cells are *unsteady* (passing on some runs of a side and failing on
+others); and every cell (seed, shape, load, target) whose majority verdict differs between the
+sides, with its pass count and median value on each.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 from bench.stats import wilson_interval
 
-__all__ = ["compare", "main"]
+__all__ = ["compare", "main", "pooled"]
 
 Key = tuple[int, str, float, str]  # shape, variant, load, target
 
@@ -75,6 +82,68 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
+PooledKey = tuple[Any, int, str, float, str]  # seed, shape, variant, load, target
+
+
+def _by_cell(runs: Sequence[dict[str, Any]]) -> dict[PooledKey, list[dict[str, Any]]]:
+    cells: dict[PooledKey, list[dict[str, Any]]] = {}
+    for run in runs:
+        for c in run["cells"]:
+            cells.setdefault((run.get("seed"), c["shape"], c["variant"], float(c["load"]), c["target"]), []).append(c)
+    return cells
+
+
+def _share(k: int, n: int) -> str:
+    lo, hi = wilson_interval(k, n)
+    return f"{k} of {n} ({k / n if n else 0:.2f}, {lo:.2f}-{hi:.2f})"
+
+
+def pooled(befores: Sequence[dict[str, Any]], afters: Sequence[dict[str, Any]]) -> list[str]:
+    """The pooled report's lines (see the module): each side is any number of runs, of any seeds."""
+    b, a = _by_cell(befores), _by_cell(afters)
+
+    def side(runs: Sequence[dict[str, Any]]) -> str:
+        return ", ".join(f"{_code(r)} seed {r.get('seed')}" for r in runs)
+
+    lines = [f"before: {side(befores)}", f"after:  {side(afters)}"]
+    for variant in sorted({k[2] for k in a} & {k[2] for k in b}):
+        lines.append(f"\n{variant}")
+        for target in sorted({k[4] for k in a if k[2] == variant}):
+            counts = []
+            for cells in (b, a):
+                runs = [c for k, cs in cells.items() if k[2] == variant and k[4] == target for c in cs]
+                counts.append(_share(sum(bool(c["pass"]) for c in runs), len(runs)))
+            lines.append(f"  {target:10s} passing {counts[0]} -> {counts[1]}")
+        for load in sorted({k[3] for k in a if k[2] == variant and k[4] == "false_shed"}):
+            pooled_ = []
+            for cells in (b, a):
+                runs = [c for k, cs in cells.items() if k[2] == variant and k[3] == load and k[4] == "false_shed"
+                        for c in cs if c["value"] is not None]  # fmt: skip
+                k_ = sum(round(c["value"] * c["requests"]) for c in runs)
+                n_ = sum(c["requests"] for c in runs)
+                lo, hi = wilson_interval(k_, n_)
+                pooled_.append(f"{k_}/{n_} ({lo:.4f}-{hi:.4f})")
+            lines.append(f"  sheds at {load:g}x   {pooled_[0]} -> {pooled_[1]}")
+        unsteady = []
+        for cells in (b, a):
+            keys = [k for k in cells if k[2] == variant]
+            unsteady.append(f"{sum(len({bool(c['pass']) for c in cells[k]}) > 1 for k in keys)} of {len(keys)}")
+        lines.append(f"  unsteady cells (passing on some runs, failing on others) {unsteady[0]} -> {unsteady[1]}")
+        for k in sorted((k for k in a if k[2] == variant and k in b), key=lambda k: (str(k[0]), k[1:])):
+            fb = sum(bool(c["pass"]) for c in b[k]) / len(b[k])
+            fa = sum(bool(c["pass"]) for c in a[k]) / len(a[k])
+            if (fb > 0.5) != (fa > 0.5):
+                seed, shape, _, load, target = k
+                lines.append(f"  moved: seed {seed} shape {shape} {load:g}x {target} {_verdicts(b[k])} -> {_verdicts(a[k])}")
+    return lines
+
+
+def _verdicts(cells: Sequence[dict[str, Any]]) -> str:
+    values = [c["value"] for c in cells if c["value"] is not None]
+    median = _fmt(statistics.median(values)) if values else "-"
+    return f"passes {sum(bool(c['pass']) for c in cells)} of {len(cells)} (median {median})"
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
@@ -86,15 +155,21 @@ def _code(run: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench matrix-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("before", help="a `python -m bench matrix --json` result (main)")
-    p.add_argument("after", help="another, of the same seed (the candidate)")
+    p.add_argument("before", help="a `python -m bench matrix --json` result (main); several, comma-separated: pooled")
+    p.add_argument("after", help="another, of the same seed (the candidate); several, comma-separated: pooled")
     a = p.parse_args(argv)
-    runs = []
-    for path in (a.before, a.after):
-        try:
-            with open(path) as f:
-                runs.append(json.load(f))
-        except (OSError, ValueError) as e:
-            p.error(f"{path}: {e}")
-    print("\n".join(compare(runs[0], runs[1])))
+    sides: list[list[dict[str, Any]]] = []
+    for paths in (a.before, a.after):
+        runs = []
+        for path in paths.split(","):
+            try:
+                with open(path) as f:
+                    runs.append(json.load(f))
+            except (OSError, ValueError) as e:
+                p.error(f"{path}: {e}")
+        sides.append(runs)
+    if len(sides[0]) == 1 and len(sides[1]) == 1:
+        print("\n".join(compare(sides[0][0], sides[1][0])))
+    else:
+        print("\n".join(pooled(sides[0], sides[1])))
     return 0

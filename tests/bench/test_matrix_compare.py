@@ -43,3 +43,26 @@ def test_the_command_reads_two_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "code aaaa -> bbbb" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         matrix_compare.main([paths[0], str(tmp_path / "missing.json")])
+
+
+def test_pooled_runs_count_cells_over_all_runs_and_list_majority_flips() -> None:
+    again = {"seed": 1, "code": {"commit": "bbbb"}, "cells": [
+        cell(1, 0.9, "false_shed", 0.0125, False), cell(2, 0.9, "false_shed", 0.0, True),
+        cell(1, 4.0, "p99", 2.5, True), cell(2, 4.0, "p99", 3.0, True)]}  # fmt: skip
+    text = "\n".join(matrix_compare.pooled([BEFORE], [AFTER, again]))
+    assert "false_shed passing 1 of 2 (0.50, 0.09-0.91) -> 3 of 4 (0.75, 0.30-0.95)" in text
+    assert "sheds at 0.9x   8/800 (0.0051-0.0196) -> 8/1600" in text
+    assert "unsteady cells (passing on some runs, failing on others) 0 of 4 -> 1 of 4" in text
+    assert "moved: seed 1 shape 2 4x p99 passes 0 of 1 (median 8) -> passes 2 of 2 (median 2.5)" in text
+    assert "shape 1 0.9x" not in text  # 1 of 2 passing is no majority: not a flip
+
+
+def test_the_command_pools_comma_separated_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for name, run in (("before", BEFORE), ("after", AFTER), ("again", AFTER)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(run))
+        paths.append(str(path))
+    assert matrix_compare.main([paths[0], f"{paths[1]},{paths[2]}"]) == 0
+    out = capsys.readouterr().out
+    assert "after:  bbbb seed 1, bbbb seed 1" in out and "passing 1 of 2 (0.50" in out
