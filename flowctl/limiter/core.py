@@ -213,6 +213,8 @@ class Limiter(LimiterBase):
         self._lag.scale_to(cost.cpu_per_request_s)
         if self._ceiling.update(self._partitions, capacity, min_rt, cost.cpu_per_request_s, cores):
             self._refresh_at = -math.inf
+        if period is not None and self._ceiling.min_rt_s is not None:
+            period.gate.wait_budget_s = self._policy.wait_rts * self._ceiling.min_rt_s
         if period is not None and now >= period.quota_at:
             period.follow(now, gate.signal, cores, self._lag.triggers)
 
