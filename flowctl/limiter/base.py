@@ -71,6 +71,7 @@ class LimiterBase:
         self._limit_stage = LimitStage(self._gate, self._engagement, self.algorithm.name)
         self._lag = LagStage()
         self._offered = OfferedLoad(policy.offered_sigmas, policy.offered_requests)
+        self._wait_s = 0.0  # the wait budget, Policy.wait_rts min RTs (0: min RT unknown)
         self._period: PeriodStage | None = None
         self._ceiling = CeilingStage(policy)
         self._limit = -1.0

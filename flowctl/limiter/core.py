@@ -80,12 +80,15 @@ class Limiter(LimiterBase):
         if gate._signal.reading is not gate.seen:
             self._observe(now)
         offered = self._offered
-        if now >= offered.until and offered.close(now) and gate._policy.cpu_gate:
-            self._engagement.restart(now, "offered")  # arrivals over capacity by more than chance
+        period = self._period
+        if now >= offered.until:
+            if offered.close(now) and gate._policy.cpu_gate:
+                self._engagement.restart(now, "offered")  # arrivals over capacity by more than chance
+            if period is not None:  # a request waits for the next period only while arrivals fit the capacity
+                period.gate.wait_budget_s = self._wait_s if offered.within else 0.0
         offered.count += 1
         inflight = self._inflight
         part = slot.partition
-        period = self._period
         if self._may_shed:  # stages 1-3 shed only while the group looks busy (Policy.busy_fraction)
             if inflight >= part.ceiling:  # 1. ceiling
                 self._queue_sheds += 1
@@ -213,6 +216,8 @@ class Limiter(LimiterBase):
         self._lag.scale_to(cost.cpu_per_request_s)
         if self._ceiling.update(self._partitions, capacity, min_rt, cost.cpu_per_request_s, cores):
             self._refresh_at = -math.inf
+        if self._ceiling.min_rt_s is not None:
+            self._wait_s = self._policy.wait_rts * self._ceiling.min_rt_s
         if period is not None and now >= period.quota_at:
             period.follow(now, gate.signal, cores, self._lag.triggers)
 

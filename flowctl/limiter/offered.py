@@ -10,8 +10,11 @@ overload, not chance: at 0.9x of the CPU capacity one window of 10 requests in
 about a thousand is that busy (20 or more arrivals where 9 are expected): once
 in 100 s at a capacity of 100/s, once in 17 s at 600/s; at 3x the first window
 is. Windows tumble: one closes at the first arrival after its end, so an idle
-gap only lengthens the window it falls in (and its expectation). Pure: the
-clock is passed in.
+gap only lengthens the window it falls in (and its expectation). ``within``
+says whether the last window's arrivals were within the capacity give or take
+chance (``expect + sqrt(expect)``): the period gate lets a request wait for
+the next CFS period only then, when the next period has room for it. Pure:
+the clock is passed in.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class OfferedLoad:
 
     Admission counts each arrival (``count += 1``) after ``close`` when ``now >= until``."""
 
-    __slots__ = ("sigmas", "window_requests", "capacity_per_s", "count", "start", "until")
+    __slots__ = ("sigmas", "window_requests", "capacity_per_s", "count", "start", "until", "within")
 
     def __init__(self, sigmas: float | None, window_requests: float) -> None:
         self.sigmas = sigmas  # None: off (``close`` never says over)
@@ -35,15 +38,18 @@ class OfferedLoad:
         self.count = 0  # arrivals in the window that runs
         self.start = -math.inf  # when it started (-inf: none yet)
         self.until = -math.inf  # when it ends
+        self.within = False  # the last window's arrivals were within the capacity, give or take chance
 
     def close(self, now: float) -> bool:
         """End the window that runs at ``now`` and start the next; True when the ended window's
         arrivals were over the capacity by more than ``sigmas`` standard deviations of chance."""
         cap, sigmas, start = self.capacity_per_s, self.sigmas, self.start
-        over = False
-        if cap and sigmas is not None and now > start > -math.inf:
+        over = within = False
+        if cap and now > start > -math.inf:
             expect = cap * (now - start)
-            over = self.count > expect + sigmas * math.sqrt(expect)
+            within = self.count <= expect + math.sqrt(expect)
+            over = sigmas is not None and self.count > expect + sigmas * math.sqrt(expect)
+        self.within = within
         self.count = 0
         self.start = now
         # capacity unknown: nothing can be judged; look again a sampler interval later, not per arrival

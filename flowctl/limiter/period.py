@@ -74,7 +74,8 @@ class PeriodGate:
 
     __slots__ = ("quota_s", "period_s", "cores", "margin", "overhead_s", "shed_in_period", "_at", "_usage",
                  "_periods", "_throttled", "_throttled_s", "_done", "_base", "_start", "_done_at_start", "_paced",
-                 "margin_up", "margin_down", "max_margin", "overhead_cap", "freeze_seen_s")  # fmt: skip
+                 "margin_up", "margin_down", "max_margin", "overhead_cap", "freeze_seen_s", "wait_budget_s",
+                 "_spilled")  # fmt: skip
 
     def __init__(self, policy: Policy = DEFAULT_POLICY) -> None:
         self.quota_s: float | None = None
@@ -84,6 +85,8 @@ class PeriodGate:
         self.margin_up, self.margin_down = policy.margin_up, policy.margin_down
         self.max_margin, self.overhead_cap = policy.max_margin, policy.overhead_cap
         self.freeze_seen_s = policy.freeze_seen_s
+        self.wait_budget_s = 0.0  # a request that would wait this long or less for the next period is admitted
+        self._spilled = False  # the gate admitted work into the next period in the current one
         self.overhead_s = 0.0  # CPU per period not explained by completions (EMA over periods)
         self.shed_in_period = False
         self._paced = False  # the gate decided an engaged admission in the current period
@@ -151,11 +154,12 @@ class PeriodGate:
                 # or it is past what the gate reserves (throttling is then the sheds' doing).
                 # Only a period the gate paced says anything about the margin: unpaced, the load
                 # alone spent the quota (at 0.9x with 50 WebSockets, that took it from 0.1 to 0.245).
-                if self._paced and not surprise and self.overhead_s < self.overhead_cap * (self.quota_s or 0.0):
+                if (self._paced and not surprise and not self._spilled
+                        and self.overhead_s < self.overhead_cap * (self.quota_s or 0.0)):
                     self.margin = min(self.max_margin, self.margin + self.margin_up)
             elif self.shed_in_period:
                 self.margin = max(0.0, self.margin - self.margin_down)
-            self.shed_in_period = self._paced = False
+            self.shed_in_period = self._paced = self._spilled = False
         elif now - self._start > 1.5 * period:
             # No period counted for longer than a period: the group idled (its timer stopped).
             # Count everything since the last read in the period that runs now.
@@ -198,7 +202,13 @@ class PeriodGate:
             keep = 1.0 - self.margin
             factor = 1.0 - 0.5 * level
             allowed = min(quota, quota * keep * factor)
-        if self._usage - base + need <= allowed:
+        over = self._usage - base + need - allowed
+        if over <= 0:
+            return True
+        # It does not fit in this period: it waits for the next one (the rest of this period), and there
+        # behind the work that did not fit either. Within the wait budget, that is a short queue, not a shed.
+        if left_s + over / self.cores <= self.wait_budget_s:
+            self._spilled = True
             return True
         self.shed_in_period = True
         return False

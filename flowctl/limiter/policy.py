@@ -75,6 +75,10 @@ class Policy:
     - ``margin_up`` / ``margin_down``: its steps per throttled paced period / per shed one.
     - ``max_margin``: its bound. ``overhead_cap``: the most of the quota reserved for overhead.
     - ``freeze_seen_s``: a freeze counts only when the reads around it are this close to it.
+    - ``wait_rts``: a request that does not fit in the current period's quota is admitted all the
+      same when it would wait no longer than this many min RTs for the next period (the rest of
+      this period, then the work ahead of it that did not fit either): at 0.9x a period overflows
+      by chance, and a short wait is no overload. 0: every request that does not fit is shed.
     - ``bandwidth_read_s``: the group's counters are read at most this often while pacing.
     - ``idle_read_s``: in-process with nothing in flight, read this often to see freezes.
 
@@ -110,6 +114,7 @@ class Policy:
     max_margin: float = 0.5
     overhead_cap: float = 0.5
     freeze_seen_s: float = 0.05
+    wait_rts: float = 2.0
     bandwidth_read_s: float = 0.0005
     idle_read_s: float = 0.005
     min_retry_after_s: float = 0.1
@@ -128,7 +133,7 @@ class Policy:
             raise ConfigError(f"cool_fraction must be in [0, 1), got {self.cool_fraction!r}")
         for name in ("cool_off_s", "limit_refresh_s", "rescale_fraction", "period_margin", "margin_up", "margin_down",
                      "max_margin", "overhead_cap", "freeze_seen_s", "bandwidth_read_s", "idle_read_s",
-                     "min_retry_after_s", "freeze_engages", "busy_fraction", "pipe_sigmas"):  # fmt: skip
+                     "min_retry_after_s", "freeze_engages", "busy_fraction", "pipe_sigmas", "wait_rts"):  # fmt: skip
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("lag_requests", self.lag_requests, allow_none=True)
         _positive("lag_cap_s", self.lag_cap_s)

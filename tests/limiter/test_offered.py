@@ -60,3 +60,23 @@ def test_an_idle_gap_lengthens_the_window_it_falls_in() -> None:
     arrivals(load, [0.0])
     # 30 requests at once after a 2 s gap: over 2 s at 100/s they are far under capacity
     assert arrivals(load, [2.0 + i * 1e-4 for i in range(30)]) == 0
+
+
+def test_within_says_the_last_window_fit_the_capacity_give_or_take_chance() -> None:
+    """``within``: the last window's arrivals were at most ``expect + sqrt(expect)`` (most windows at 0.9x,
+    few at 2x); False while the capacity is unknown."""
+    rng = random.Random(11)
+    for rate, lo, hi in ((0.9, 0.8, 1.0), (2.0, 0.0, 0.05)):
+        load = OfferedLoad(3.0, 10.0)
+        load.capacity_per_s = 200.0
+        closes = within = 0
+        for t in poisson(rate * 200.0, 30.0, rng):
+            if t >= load.until:
+                load.close(t)
+                closes += 1
+                within += load.within
+            load.count += 1
+        assert lo <= within / closes <= hi, (rate, within / closes)
+    load = OfferedLoad(3.0, 10.0)
+    arrivals(load, [0.0, 0.5, 1.0])
+    assert not load.within

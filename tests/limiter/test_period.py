@@ -435,3 +435,59 @@ def test_not_pacing_the_overhead_is_an_ema_one_busy_period_does_not_set_it() -> 
     g.update(0.099, 10.0396, 100, 0, done=5, cpu_per_request_s=0.004)  # 20 ms beyond 5 completions
     g.update(0.101, 10.0404, 101, 0, done=5, cpu_per_request_s=0.004)
     assert g.overhead_s == pytest.approx(0.010)  # half way: not pacing, no jump
+
+
+def _gate_with_a_budget(budget: float, margin: float = 0.0) -> PeriodGate:
+    g = gate(margin)
+    g.wait_budget_s = budget
+    g.update(0.0, 10.0, 100, 0)
+    return g
+
+
+def test_a_request_that_would_wait_within_the_budget_for_the_next_period_is_admitted() -> None:
+    """``wait_budget_s``: a request that does not fit in this period waits for the next one (the rest of this
+    period, then every request in flight ahead of it at its whole cost); within the budget that is a short
+    queue, admitted."""
+    g = _gate_with_a_budget(0.012)
+    g.update(0.09, 10.046, 100, 0)  # 46 ms used, 10 ms of the period left
+    assert g.allows(0.09, 0, 0.005)  # 5 ms does not fit: 1 ms over, waits 10 + 1 ms <= 12 ms
+    assert not g.allows(0.09, 1, 0.005)  # 6 ms over: waits 16 ms
+    g = _gate_with_a_budget(0.012)
+    g.update(0.05, 10.046, 100, 0)  # the same usage with 50 ms left: it would wait through the freeze
+    assert not g.allows(0.05, 0, 0.005)
+    g = _gate_with_a_budget(0.0)
+    g.update(0.09, 10.046, 100, 0)
+    assert not g.allows(0.09, 0, 0.005)  # no budget: everything that does not fit is shed
+
+
+def test_a_period_throttled_by_the_work_it_let_wait_does_not_raise_the_margin() -> None:
+    g = _gate_with_a_budget(0.012, margin=0.1)
+    g.update(0.09, 10.041, 100, 0)
+    assert g.allows(0.09, 0, 0.005)  # 1 ms over 45 ms (50 x 0.9): admitted to wait 10 + 1 ms
+    g.update(0.11, 10.052, 101, 1)  # the period ended throttled, as the gate chose
+    assert g.margin == pytest.approx(0.1)
+
+
+
+def test_requests_wait_for_the_next_period_only_while_arrivals_are_within_the_capacity() -> None:
+    """The limiter sets the gate's wait budget to ``wait_rts`` min RTs when a window of arrivals closes within
+    the capacity, and to 0 when it closes over it: under overload nothing waits."""
+    clock = Clock()
+    lim, sig, bw = paced_limiter(clock)
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    lim.acquire().success()  # observes the reading: a capacity of 0.5 cores / 5 ms = 100/s, windows of 100 ms
+    gate = lim._period.gate
+    lim._wait_s = 0.02  # as 2 min RTs of 10 ms would set it
+    assert lim._offered.capacity_per_s == pytest.approx(100.0)
+    for _ in range(5):  # 5 arrivals in a window: within
+        lim.acquire().success()
+        clock.now += 0.02
+    clock.now += 0.01
+    lim.acquire().success()  # closes the window
+    assert gate.wait_budget_s == 0.02
+    for _ in range(40):  # 40 arrivals in 100 ms at a capacity of 10: over
+        lim.acquire().success()
+        clock.now += 0.0025
+    clock.now += 0.01
+    lim.acquire().success()
+    assert gate.wait_budget_s == 0.0
