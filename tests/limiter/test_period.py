@@ -476,6 +476,7 @@ def test_requests_wait_for_the_next_period_only_while_arrivals_are_within_the_ca
     lim, sig, bw = paced_limiter(clock)
     sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
     lim.acquire().success()  # observes the reading: a capacity of 0.5 cores / 5 ms = 100/s, windows of 100 ms
+    assert lim._period is not None
     gate = lim._period.gate
     lim._wait_s = 0.02  # as 2 min RTs of 10 ms would set it
     assert lim._offered.capacity_per_s == pytest.approx(100.0)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flowctl.errors import ConfigError
-from sidecar.config import OPTIONS, HostPort, SidecarConfig, build_parser, load_config, parse_bytes, parse_host_port
+from flowctl.limiter.policy import DEFAULT_POLICY
+from sidecar.config import (WAIT_RTS, OPTIONS, HostPort, SidecarConfig, build_parser, load_config, parse_bytes,
+                            parse_host_port)  # fmt: skip
 from sidecar.watch import WatchTarget, parse_watch
 from tests.sidecar.conftest import REPO
 
@@ -23,6 +26,13 @@ def test_defaults() -> None:
     cfg = load_config(args(), env={})
     assert cfg == SidecarConfig()
     assert cfg.admin.host == "127.0.0.1"  # admin is local by default
+
+
+def test_the_sidecars_policy_is_the_librarys_but_lets_a_request_wait_for_the_next_period() -> None:
+    """The one named difference (docs/limiter.md, the knob table): the proxy runs outside the app's group."""
+    policy = SidecarConfig().policy()
+    assert DEFAULT_POLICY.wait_rts == 0.0 and policy.wait_rts == WAIT_RTS == 2.0
+    assert replace(policy, wait_rts=0.0) == DEFAULT_POLICY
 
 
 def test_precedence_flag_over_env_over_toml(tmp_path: Path) -> None:
