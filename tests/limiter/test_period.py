@@ -468,7 +468,6 @@ def test_a_period_throttled_by_the_work_it_let_wait_does_not_raise_the_margin() 
     assert g.margin == pytest.approx(0.1)
 
 
-
 def test_requests_wait_for_the_next_period_only_while_arrivals_are_within_the_capacity() -> None:
     """The limiter sets the gate's wait budget to ``wait_rts`` min RTs when a window of arrivals closes within
     the capacity, and to 0 when it closes over it: under overload nothing waits."""

@@ -12,7 +12,7 @@ import pytest
 
 from flowctl.errors import ConfigError
 from flowctl.limiter.policy import DEFAULT_POLICY
-from sidecar.config import (WAIT_RTS, OPTIONS, HostPort, SidecarConfig, build_parser, load_config, parse_bytes,
+from sidecar.config import (OPTIONS, WAIT_RTS, HostPort, SidecarConfig, build_parser, load_config, parse_bytes,
                             parse_host_port)  # fmt: skip
 from sidecar.watch import WatchTarget, parse_watch
 from tests.sidecar.conftest import REPO
