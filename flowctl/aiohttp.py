@@ -54,15 +54,18 @@ The middleware only translates (the Limiter decides):
   are sent, then it is a *session*:
 
   - a **WebSocket** (any route; the request asks for ``Connection: upgrade``)
-    ends its admission when the handshake response is prepared: ``success()``,
-    the RT sample is the handshake;
+    ends its admission when the handshake response is prepared;
   - a **long-lived route** (``@long_lived`` on the handler, or its resource in
     ``setup(long_lived=...)``: SSE, long-poll, large downloads) ends it when
-    its response is prepared (``prepare()``: headers out), ``success()`` with
-    the RT to the headers;
+    its response is prepared (``prepare()``: headers out);
   - either of them that has not sent headers ``session_after_s`` (1 s) after
-    admission ends it then with ``ignore()`` (a long-poll's wait says nothing
-    about capacity).
+    admission ends it then.
+
+  A session's admission ends with ``ignore()``: no RT sample, no completion.
+  Its start is not a request of the service's mix: a WebSocket handshake
+  takes tens of microseconds, and as BBR's min RT it would take the limit and
+  the ceiling's pipe down for the plain requests (a long-poll's wait, the
+  other way, says nothing about capacity either).
 
   The admission decision still applies at the start (a shed session gets the
   same 503/429, at its route's priority). From then on the session counts in
@@ -585,7 +588,10 @@ def _make_guard(
             nonlocal held
             if held:
                 held = False
-                rt_s = success(slot, start) if served else ignore(slot, start)
+                # A session's start (a handshake, headers out) is not a request of the service's mix:
+                # its RT (tens of microseconds for a WebSocket) would be BBR's min RT and its burst
+                # the best pass rate, so the limiter learns nothing from it (no RT, no completion).
+                rt_s = ignore(slot, start)
                 if served:
                     observer.observe(rt_s)
                 sessions.begin(resource)

@@ -11,8 +11,8 @@ broken upstream), 504 (upstream timeout) and 413 (body over ``max_body_bytes``);
 a rejection becomes a 503 from ``flowctl.http.rejection_parts`` (Retry-After, JSON reason).
 
 Requests and sessions: a request's admission (and its RT sample) normally lasts
-until its response body ends. A **stream** ends its admission when the
-response headers are out: a ``text/event-stream`` response (detected), any
+until its response body ends. A **stream** ends its admission, with no RT
+sample, when the response headers are out: a ``text/event-stream`` response (detected), any
 response under a ``stream_paths`` prefix (configured), and a WebSocket at its
 handshake. The rest of a stream's life is a session: counted in
 ``sessions_active``, never in the limiter's in-flight or RT window.
@@ -358,7 +358,9 @@ class Proxy:
             self._to_session(held)
 
     def _to_session(self, held: _Held) -> None:
-        """End the admission as a success (RT = admission to headers); the rest is a session."""
+        """End the admission; the rest is a session. The limiter learns nothing from a session's start
+        (no RT, no completion): a handshake's RT is not a request's, and as BBR's min RT it would
+        collapse the limit and the ceiling's pipe for the plain requests."""
         if held.session:
             return
         held.session = True
@@ -369,7 +371,7 @@ class Proxy:
         if self._sessions is not None:
             self._sessions.begin(self._resource)
         if slot is not None and self.limiter is not None:
-            self.limiter.success(slot, held.start)
+            self.limiter.ignore(slot, held.start)
             if self._durations is not None:
                 self._durations.observe(self._clock() - held.started_s)
 

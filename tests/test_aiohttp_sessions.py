@@ -1,6 +1,6 @@
 """Long-lived sessions in flowctl.aiohttp: WebSockets end their admission at the handshake,
 long-lived routes (SSE, long-poll) at their headers or after ``session_after_s``; sessions never
-hold in-flight or reach the RT window. Real server, real client (aiohttp's test server), a real
+hold in-flight, and neither their start nor their life reaches the RT window. Real server, real client (aiohttp's test server), a real
 Limiter with a static hot CPU signal; both hooks."""
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ async def test_50_websockets_on_a_hot_cpu_do_not_change_what_plain_requests_get(
             ws = await client.ws_connect("/ws")
             socks.append(ws)
             assert env.limiter.snapshot().inflight == 0
+        assert len(env.algo.samples) == before  # a handshake is no RT sample (it would be BBR's min RT)
         await socks[0].send_str("hi")
         assert (await socks[0].receive_str()) == "echo:hi"
         assert env.get("flowctl_sessions_active", resource="ws") == 50
@@ -154,10 +155,11 @@ async def test_50_websockets_on_a_hot_cpu_do_not_change_what_plain_requests_get(
     await wait_for(lambda: env.get("flowctl_sessions_active", resource="ws") == 0)
     assert env.get("flowctl_session_duration_seconds_count", resource="ws") == 50
     assert env.limiter.snapshot().inflight == 0
-    # The RT window saw handshakes, never whole sessions: every sample is shorter than the time the
-    # first socket stayed open (the plain requests above ran while it was open).
-    ws_samples = env.get("flowctl_request_duration_seconds_count", resource="ws")
-    assert ws_samples == 50
+    # The RT window saw neither handshakes nor whole sessions: only the 40 plain requests and the
+    # slow one, each shorter than the time the first socket stayed open. The duration histogram
+    # still has each handshake.
+    assert env.get("flowctl_request_duration_seconds_count", resource="ws") == 50
+    assert len(env.algo.samples) == before + 41
     assert max(env.algo.samples[before:]) < held_open_s
 
 
@@ -175,6 +177,7 @@ async def test_sse_route_is_released_at_its_headers(hook: str, clients: list[Cli
             assert env.limiter.snapshot().inflight == 0
         assert env.get("flowctl_sessions_active", resource=resource) == 10
         assert env.get("flowctl_request_duration_seconds_count", resource=resource) == 10  # RT: to the headers
+        assert env.algo.samples == []  # ... in the histogram, not in the RT window
         assert await answered(client, 10) == 10
         env.gate.set()
         for r in streams:

@@ -124,9 +124,21 @@ async def test_small_body_already_here_is_written_whole(gated: Gated, make_sidec
             assert r.status == 200 and await r.text() == "ok" and r.headers["Content-Length"] == "2"
 
 
+class RecordingFixed(FixedLimit):
+    """A fixed limit that keeps every RT sample the limiter feeds it."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.samples: list[float] = []
+
+    def on_sample(self, now: float, rt_s: float, inflight: int, dropped: bool) -> None:
+        self.samples.append(rt_s)
+        super().on_sample(now, rt_s, inflight, dropped)
+
+
 def _hot_limiter() -> tuple[StaticSignal, Limiter]:
     cpu = StaticSignal("container", utilization=0.95, utilization_smoothed=0.95, limit_cores=0.5)
-    return cpu, Limiter(cpu, FixedLimit(1), policy=Policy(cpu_threshold=0.8, cool_off_s=0.0))
+    return cpu, Limiter(cpu, RecordingFixed(1), policy=Policy(cpu_threshold=0.8, cool_off_s=0.0))
 
 
 async def _plain_answered(client: aiohttp.ClientSession, target: str, n: int) -> int:
@@ -142,9 +154,11 @@ async def test_sse_streams_leave_inflight_at_zero_and_do_not_starve_plain_reques
     gated: Gated, make_sidecar: MakeSidecar, client: aiohttp.ClientSession
 ) -> None:
     cpu, limiter = _hot_limiter()
+    assert isinstance(limiter.algorithm, RecordingFixed)
     sc = await make_sidecar(config_for(gated.url), limiter=limiter, signal=cpu)
     assert sc.proxy is not None
     baseline = await _plain_answered(client, url(sc, "/plain"), 20)
+    samples = len(limiter.algorithm.samples)
 
     streams = []
     try:
@@ -154,6 +168,7 @@ async def test_sse_streams_leave_inflight_at_zero_and_do_not_starve_plain_reques
             assert r.status == 200 and first == b"data: hello\n\n"
             assert limiter.snapshot().inflight == 0
         assert sc.proxy.sessions_active == 30
+        assert len(limiter.algorithm.samples) == samples  # a stream's start is no RT sample (no min RT from it)
         async with client.get(admin_url(sc, "/metrics")) as m:
             text = await m.text()
         assert 'flowctl_inflight{resource="default"} 0.0' in text
