@@ -10,7 +10,8 @@ what moves more steadily beside them:
 - every cell whose verdict changed, with both values.
 
 Both runs should share a seed (the same shapes); the references (capacity, unloaded p99) are each
-run's own, as the matrix measures them.
+run's own, as the matrix measures them. A run of a few shapes (``matrix --only``) is compared on the
+shapes every run of its seed has (``common_shapes``): the others' cells are left out of both sides.
 
 Either side may also be several runs (comma-separated files: repeats of a seed, other seeds): the
 report then pools them (``pooled``), since one run cannot tell two candidates apart by fewer than a
@@ -31,7 +32,7 @@ from typing import Any
 
 from bench.stats import wilson_interval
 
-__all__ = ["compare", "main", "pooled"]
+__all__ = ["common_shapes", "compare", "main", "pooled"]
 
 Key = tuple[int, str, float, str]  # shape, variant, load, target
 
@@ -153,6 +154,23 @@ def _code(run: dict[str, Any]) -> str:
     return str(code.get("commit", "?"))[:10] if isinstance(code, dict) else str(code)[:10]
 
 
+def common_shapes(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Keep, in each run, only the cells of the shapes every run of its seed measured (in place); the
+    report lines saying what was left out (none when every run has the same shapes)."""
+    by_seed: dict[Any, set[int]] = {}
+    for run in runs:
+        shapes = {c["shape"] for c in run["cells"]}
+        seed = run.get("seed")
+        by_seed[seed] = by_seed[seed] & shapes if seed in by_seed else shapes
+    lines = []
+    for run in runs:
+        keep = by_seed[run.get("seed")]
+        if any(c["shape"] not in keep for c in run["cells"]):
+            run["cells"] = [c for c in run["cells"] if c["shape"] in keep]
+            lines.append(f"seed {run.get('seed')}: only shapes {', '.join(map(str, sorted(keep)))} (as in every run of the seed)")
+    return sorted(set(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench matrix-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("before", help="a `python -m bench matrix --json` result (main); several, comma-separated: pooled")
@@ -168,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError) as e:
                 p.error(f"{path}: {e}")
         sides.append(runs)
+    for line in common_shapes(sides[0] + sides[1]):
+        print(line)
     if len(sides[0]) == 1 and len(sides[1]) == 1:
         print("\n".join(compare(sides[0][0], sides[1][0])))
     else:

@@ -411,7 +411,8 @@ def predicted_s(shape: Shape, plan: Plan, variants: Sequence[str], capacity_rps:
 class Matrix:
     """One matrix run: the plan, the shapes, the references and the cells."""
 
-    def __init__(self, plan: Plan, seed: int, variants: Sequence[str], iters_per_ms: float) -> None:
+    def __init__(self, plan: Plan, seed: int, variants: Sequence[str], iters_per_ms: float,
+                 only: Sequence[int] = ()) -> None:  # fmt: skip
         self.plan = plan
         self.seed = seed
         self.variants = list(variants)
@@ -421,6 +422,11 @@ class Matrix:
         # as the full run of its seed (a candidate compared with a full run, cell by cell).
         self.shapes = sample_shapes(plan.shapes, seed, min_rate_rps=plan.min_rate_rps, budget=budget,
                                     cost=lambda shapes: sum(predicted_s(s, plan, VARIANTS) for s in shapes))  # fmt: skip
+        if only:  # a few shapes of the same draw (``--only``): the full run's shapes and arrivals
+            unknown = sorted(set(only) - {s.index for s in self.shapes})
+            if unknown:
+                raise ValueError(f"no shape {', '.join(map(str, unknown))} in a draw of {len(self.shapes)}")
+            self.shapes = [s for s in self.shapes if s.index in set(only)]
         self.refs: dict[int, sc.Reference] = {}
         self.ref_wall_s: dict[int, float] = {}
         self.cells: list[dict[str, Any]] = []
@@ -595,10 +601,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke mode: one shape, 0.9x and 4x, short cells (fewer than 400 requests each)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="default: bench/results/matrix-seed<S>[-quick].json; the Markdown beside it")
     p.add_argument("--variants", help="comma list of: " + ",".join(VARIANTS) + " (default: all)")
+    p.add_argument("--only", help="comma list of shape numbers (1-based) of the seed's draw to measure, e.g. 6,8: the same "
+                   "shapes and arrivals as the full run, for screening a change on the cells that decide it")  # fmt: skip
     p.add_argument("--loads", help="comma list of multiples of capacity (default: " + ",".join(f"{x:g}" for x in LOADS) + ")")
     p.add_argument("--min-rate", type=float, help=f"shapes keep quota x 1000 / work_ms >= this (default {DEFAULT.min_rate_rps:g}; "
                    "0: the whole range)")  # fmt: skip
     return p
+
+
+def parse_only(text: str | None, shapes: int) -> tuple[int, ...]:
+    """``--only``'s shape numbers (empty: every shape); each must be one of the draw's 1..``shapes``."""
+    if not text:
+        return ()
+    try:
+        only = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise SystemExit(f"--only: shape numbers, e.g. 6,8; got {text!r}") from None
+    if not only or min(only) < 1 or max(only) > shapes:
+        raise SystemExit(f"--only: shape numbers from 1 to {shapes}; got {text!r}")
+    return only
 
 
 def _plan_from(a: argparse.Namespace) -> Plan:
@@ -623,13 +644,14 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    only = parse_only(a.only, plan.shapes)
     c.pin_self()
     c.check_environment()
     machine = c.machine_info()
     started = time.time()
     from bench.upstream import calibrate_iters_per_ms
 
-    mx = Matrix(plan, a.seed, variants, calibrate_iters_per_ms())
+    mx = Matrix(plan, a.seed, variants, calibrate_iters_per_ms(), only)
     mx.log(f"matrix{' --quick' if a.quick else ''}: seed {a.seed}, {len(mx.shapes)} shapes, variants {variants}, loads "
            f"{', '.join(_label(x) for x in plan.loads)}; load average {machine['loadavg']}; first estimate {mx.eta.text()}")  # fmt: skip
     for s in mx.shapes:
@@ -657,6 +679,7 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "plan": asdict(plan),
         "targets": [asdict(t) for t in TARGETS],
         "variants": variants,
+        "only": list(only),
         "shapes": shapes,
         "cells": mx.cells,
         "summary": summarize(mx.cells, variants),

@@ -105,6 +105,21 @@ def test_a_draw_over_the_time_budget_is_paired_again() -> None:
     assert mx.sample_shapes(8, 1) == mx.sample_shapes(8, 1, cost=cost, budget=budget)  # seed 1 fits as drawn
 
 
+def test_only_measures_a_few_shapes_of_the_same_draw() -> None:
+    """``--only 6,8``: the full run's shapes 6 and 8 (the same draw, so the same arrivals), nothing else."""
+    full = mx.Matrix(mx.DEFAULT, 2, mx.VARIANTS, 1000.0)
+    some = mx.Matrix(mx.DEFAULT, 2, mx.VARIANTS, 1000.0, only=mx.parse_only("8,6", mx.DEFAULT.shapes))
+    assert [s.index for s in some.shapes] == [6, 8]
+    assert some.shapes == [s for s in full.shapes if s.index in (6, 8)]
+    assert some.seed_of(some.shapes[0]) == full.seed_of(full.shapes[5])
+    assert mx.parse_only(None, 8) == () and mx.parse_only("", 8) == ()
+    for bad in ("0", "9", "x", ","):
+        with pytest.raises(SystemExit):
+            mx.parse_only(bad, 8)
+    with pytest.raises(ValueError):
+        mx.Matrix(mx.DEFAULT, 2, mx.VARIANTS, 1000.0, only=(9,))
+
+
 def _spec(sched: mx.Schedule, rate: float, seed: int) -> LoadSpec:
     return LoadSpec(url="http://127.0.0.1/", rate_rps=rate, duration_s=sched.seconds, seed=seed, phases=tuple(sched.phases))
 

@@ -66,3 +66,22 @@ def test_the_command_pools_comma_separated_files(tmp_path: Path, capsys: pytest.
     assert matrix_compare.main([paths[0], f"{paths[1]},{paths[2]}"]) == 0
     out = capsys.readouterr().out
     assert "after:  bbbb seed 1, bbbb seed 1" in out and "passing 1 of 2 (0.50" in out
+
+
+def test_a_run_of_a_few_shapes_is_compared_on_those_shapes_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``matrix --only 2`` against a full run: shape 1's cells leave both sides (and the report says so)."""
+    only = {"seed": 1, "code": {"commit": "cccc"}, "only": [2],
+            "cells": [cell(2, 0.9, "false_shed", 0.0, True), cell(2, 4.0, "p99", 2.0, True)]}  # fmt: skip
+    before = json.loads(json.dumps(BEFORE))
+    assert matrix_compare.common_shapes([before, only]) == ["seed 1: only shapes 2 (as in every run of the seed)"]
+    assert {c["shape"] for c in before["cells"]} == {2}
+    text = "\n".join(matrix_compare.compare(before, only))
+    assert "false_shed passing 1 of 1 -> 1 of 1" in text and "p99        passing 0 of 1 -> 1 of 1" in text
+    paths = []
+    for name, run in (("before", BEFORE), ("after", only)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(run))
+        paths.append(str(path))
+    assert matrix_compare.main(paths) == 0
+    assert "seed 1: only shapes 2" in capsys.readouterr().out
+    assert matrix_compare.common_shapes([json.loads(json.dumps(BEFORE)), json.loads(json.dumps(AFTER))]) == []
