@@ -426,7 +426,8 @@ class Matrix:
             unknown = sorted(set(only) - {s.index for s in self.shapes})
             if unknown:
                 raise ValueError(f"no shape {', '.join(map(str, unknown))} in a draw of {len(self.shapes)}")
-            self.shapes = [s for s in self.shapes if s.index in set(only)]
+            keep = set(only)
+            self.shapes = [s for s in self.shapes if s.index in keep]
         self.refs: dict[int, sc.Reference] = {}
         self.ref_wall_s: dict[int, float] = {}
         self.cells: list[dict[str, Any]] = []

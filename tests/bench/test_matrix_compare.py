@@ -33,12 +33,18 @@ def test_the_report_pools_sheds_and_lists_what_moved() -> None:
     assert "moved: shape 2 4x p99 8 -> 2 (passes)" in text
 
 
-def test_the_command_reads_two_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def write_runs(tmp_path: Path, *runs: tuple[str, dict[str, Any]]) -> list[str]:
+    """Each (name, run) as ``<name>.json`` in ``tmp_path``; their paths, in order."""
     paths = []
-    for name, run in (("before", BEFORE), ("after", AFTER)):
+    for name, run in runs:
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(run))
         paths.append(str(path))
+    return paths
+
+
+def test_the_command_reads_two_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = write_runs(tmp_path, ("before", BEFORE), ("after", AFTER))
     assert matrix_compare.main(paths) == 0
     assert "code aaaa -> bbbb" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -58,11 +64,7 @@ def test_pooled_runs_count_cells_over_all_runs_and_list_majority_flips() -> None
 
 
 def test_the_command_pools_comma_separated_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    paths = []
-    for name, run in (("before", BEFORE), ("after", AFTER), ("again", AFTER)):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(run))
-        paths.append(str(path))
+    paths = write_runs(tmp_path, ("before", BEFORE), ("after", AFTER), ("again", AFTER))
     assert matrix_compare.main([paths[0], f"{paths[1]},{paths[2]}"]) == 0
     out = capsys.readouterr().out
     assert "after:  bbbb seed 1, bbbb seed 1" in out and "passing 1 of 2 (0.50" in out
@@ -77,11 +79,7 @@ def test_a_run_of_a_few_shapes_is_compared_on_those_shapes_only(tmp_path: Path, 
     assert {c["shape"] for c in before["cells"]} == {2}
     text = "\n".join(matrix_compare.compare(before, only))
     assert "false_shed passing 1 of 1 -> 1 of 1" in text and "p99        passing 0 of 1 -> 1 of 1" in text
-    paths = []
-    for name, run in (("before", BEFORE), ("after", only)):
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(run))
-        paths.append(str(path))
+    paths = write_runs(tmp_path, ("before", BEFORE), ("after", only))
     assert matrix_compare.main(paths) == 0
     assert "seed 1: only shapes 2" in capsys.readouterr().out
     assert matrix_compare.common_shapes([json.loads(json.dumps(BEFORE)), json.loads(json.dumps(AFTER))]) == []
