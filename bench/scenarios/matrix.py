@@ -77,6 +77,7 @@ BURST_PERIOD_RANGE_S = (0.3, 3.0)
 CALM = 0.2  # x capacity: between bursts, and in the gap before each overload cell
 CAPACITY_GUESS = 0.55  # capacity / (quota / work) (0.52-0.78 measured, mostly 0.56): the time estimate before a reference
 LAGGED_MS = 5.0  # a cell whose sends ran later than this at p99 was limited by the load generator's core
+P99_FEW_ADMITTED = 100  # a p99 over fewer admitted requests is the slowest one's: the report names such cells
 MIN_UNLOADED_REQUESTS = 60  # the unloaded p99 (the p99 target's denominator) comes from at least this many
 
 
@@ -575,6 +576,12 @@ def markdown(out: dict[str, Any]) -> str:
     if lagged:
         lines += ["", f"The load generator sent late (send lag p99 > {LAGGED_MS:g} ms, counted in the latencies) in: "
                   + ", ".join(f"shape {s} {v} {_label(load)} ({lag:.0f} ms)" for s, v, load, lag in lagged) + "."]  # fmt: skip
+    few = sorted({(x["shape"], x["variant"], x["load"], x["requests"] - x["shed"]) for x in out["cells"]
+                  if x["target"] == "p99" and x["value"] is not None and x["requests"] - x["shed"] < P99_FEW_ADMITTED})
+    if few:
+        lines += ["", f"A p99 over fewer than {P99_FEW_ADMITTED} admitted requests is the slowest request's (one slow "
+                  "request decides the cell) in: " + ", ".join(f"shape {s} {v} {_label(load)} ({n} admitted)"
+                                                                 for s, v, load, n in few) + "."]  # fmt: skip
     errors = sorted({(x["shape"], x["variant"], x["error"]) for x in out["cells"] if x["error"]})
     if errors:
         lines += ["", "Did not run (counted as failed): " + "; ".join(f"shape {s} {v}: {e}" for s, v, e in errors) + "."]

@@ -251,6 +251,10 @@ def test_markdown_shows_the_summary_the_worst_cells_and_every_cell() -> None:
     assert "| flowctl-sidecar | false_shed | 0 of 1 | 0.00 | 0.00-0.79 |" in md
     assert "| 1 | 0.9x | **2%** |" in md and "| 1 | 4x | **5x** / **0.62** |" in md
     assert "shape 1 flowctl-sidecar 4x (9 ms)" in md  # the late sends are named
+    assert "fewer than 100 admitted" not in md  # 150 admitted at 4x
+    few = [{**x, "shed": 340} if x["target"] == "p99" else x for x in cells]
+    assert "slowest request's (one slow request decides the cell) in: shape 1 flowctl-sidecar 4x (60 admitted)." in mx.markdown(
+        {**out, "cells": few})  # fmt: skip
 
 
 # ---------------------------------------------------------------- the quick run (root, cgroups)
