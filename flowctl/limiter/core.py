@@ -213,7 +213,7 @@ class Limiter(LimiterBase):
         capacity = cost.capacity_per_s(cores)
         self._offered.capacity_per_s = capacity
         min_rt = self.algorithm.stats(now).min_rt_s if capacity is not None else None
-        self._lag.scale_to(cost.cpu_per_request_s)
+        self._lag.scale_to(cost.cpu_per_request_s, min_rt)
         if self._ceiling.update(self._partitions, capacity, min_rt, cost.cpu_per_request_s, cores):
             self._refresh_at = -math.inf
         if self._ceiling.min_rt_s is not None:

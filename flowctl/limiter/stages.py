@@ -183,7 +183,8 @@ class LagStage:
     """Stage 4: the bypass triggers (the event loop's lag), engaged or not. Each is polled only when
     its ``quiet_until`` has passed; a class is shed at its scale times ``base_s`` or the trigger's
     threshold, whichever is higher. ``base_s`` (``scale_to``): ``Policy.lag_requests`` requests' CPU, at
-    most ``Policy.lag_cap_s``, which it is while the cost is unknown; 0 without ``lag_requests``."""
+    most ``Policy.lag_cap_s``, which it is while the cost is unknown, and at least one min RT; 0 without
+    ``lag_requests``."""
 
     __slots__ = ("triggers", "polled", "lag_requests", "lag_cap_s", "base_s")
 
@@ -194,13 +195,16 @@ class LagStage:
         self.lag_cap_s = lag_cap_s
         self.base_s = lag_cap_s if lag_requests is not None else 0.0
 
-    def scale_to(self, cost_s: float | None) -> None:
-        """The CPU one request costs (seconds; None: unknown)."""
+    def scale_to(self, cost_s: float | None, min_rt_s: float | None = None) -> None:
+        """The CPU one request costs and the min RT (seconds; None: unknown). The budget is at least one
+        min RT: a wait as long as an unqueued request takes is within the p99 target's scale (a handler
+        that waits on I/O has a min RT well over its CPU)."""
         n, cap = self.lag_requests, self.lag_cap_s
         if n is None:
             self.base_s = 0.0
         else:
-            self.base_s = cap if cost_s is None else min(cap, n * cost_s)
+            base = cap if cost_s is None else min(cap, n * cost_s)
+            self.base_s = max(base, min_rt_s) if min_rt_s is not None else base
 
     def set(self, triggers: tuple[Trigger, ...]) -> None:
         self.triggers = triggers

@@ -199,6 +199,11 @@ def test_lag_stage_counts_its_budget_in_requests_cpu_between_the_trigger_thresho
     assert stage.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.03, 0.03)
     stage.scale_to(None)  # the cost unknown: the cap
     assert stage.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.03, 0.03)
+    fast.value = 0.012
+    stage.scale_to(0.002, min_rt_s=0.011)  # 8 ms of CPU, but an unqueued request takes 11 ms: the budget is 11 ms
+    assert stage.shed(1.0, parts.by_name["sheddable"]) == ("loop_lag", "loop_lag", 0.012, 0.011)
+    stage.scale_to(0.002, min_rt_s=0.001)  # a min RT under the CPU budget changes nothing
+    assert stage.shed(1.0, parts.by_name["sheddable"]) == ("loop_lag", "loop_lag", 0.012, 0.008)
     off = LagStage(lag_requests=None)
     off.set((Lag(0.035),))
     off.scale_to(0.005)
