@@ -588,21 +588,23 @@ RUNNERS = {"false_shed": false_shed, "overload": overload, "tight_quota": tight_
 # ------------------------------------------------------------------ output
 
 
-BOUND_LEGEND = ("bound: measured in this run, the target is out of reach of that kind of limiter. On a goodput row of "
-                "an in-process limiter, the most goodput/saturation any limiter inside the group could reach (every "
-                "shed answered at the CPU cost of the app's cheapest route); on a p99 row of flowctl-haproxy, the "
-                f"p99 of the same engine at a fixed limit of 1 ({LIMIT_1}): the least concurrency a limiter that only "
-                "caps concurrency can run")  # fmt: skip
+BOUND_LEGEND = ("bound: measured in this run, shown on a failing row and wherever the target is out of reach of "
+                "that kind of limiter (the bound on the wrong side of the target). On a goodput row of an in-process "
+                "limiter, the most goodput/saturation any limiter inside the group could reach (every shed answered "
+                "at the CPU cost of the app's cheapest route); on a p99 row of flowctl-haproxy, the p99 of the same "
+                f"engine at a fixed limit of 1 ({LIMIT_1}): the least concurrency a limiter that only caps "
+                "concurrency can run")  # fmt: skip
 
 
 def _bound_note(row: dict[str, Any]) -> str:
-    """The row's measured bound when it is on the wrong side of the target (the row is out of reach for
-    that kind of limiter: ``Reference.in_process_bound``, ``_limit_1_bound``), else ""."""
+    """The row's measured bound when the row fails (a red row carries its bound: how far from what that
+    kind of limiter can reach it is) or when the bound is on the wrong side of the target (the row is out
+    of reach for that kind of limiter: ``Reference.in_process_bound``, ``_limit_1_bound``), else ""."""
     bound = row.get("bound")
     if bound is None:
         return ""
     out_of_reach = bound > row["target"] if row.get("better") == "lower" else bound < row["target"]
-    return f"{bound:.2f}" if out_of_reach else ""
+    return f"{bound:.2f}" if out_of_reach or row.get("pass") is False else ""
 
 
 def _g(x: float) -> str:

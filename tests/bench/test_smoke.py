@@ -372,3 +372,6 @@ def test_the_in_process_bound_counts_every_shed_at_the_cheapest_answers_cost() -
     assert Reference(0.3, 2.0, "blocking", cap, 100.0, []).in_process_bound(240.0) is None  # not measured
     row = {"target": 0.75, "bound": 0.708}
     assert _bound_note(row) == "0.71" and _bound_note({**row, "bound": 0.8}) == "" and _bound_note({"target": 0.75}) == ""
+    # a failing row carries its bound even where the target is within it (0.74 of saturation, bound 0.78)
+    assert _bound_note({**row, "bound": 0.782, "pass": False}) == "0.78"
+    assert _bound_note({**row, "bound": 0.782, "pass": True}) == ""
