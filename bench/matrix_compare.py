@@ -13,6 +13,11 @@ Both runs should share a seed (the same shapes); the references (capacity, unloa
 run's own, as the matrix measures them. A run of a few shapes (``matrix --only``) is compared on the
 shapes every run of its seed has (``common_shapes``): the others' cells are left out of both sides.
 
+A run that measured a candidate beside main (``matrix --code LABEL=DIR`` with variants
+``VARIANT@LABEL``) is compared with itself: ``--pair LABEL RUN.json[,RUN2.json]`` sets each
+VARIANT's cells (before) against VARIANT@LABEL's (after), same shapes, references and arrivals
+(``split_pair``).
+
 Either side may also be several runs (comma-separated files: repeats of a seed, other seeds): the
 report then pools them (``pooled``), since one run cannot tell two candidates apart by fewer than a
 few cells. Per variant: cells passing per target over all runs, with the Wilson 95% interval; sheds
@@ -32,7 +37,7 @@ from typing import Any
 
 from bench.stats import wilson_interval
 
-__all__ = ["common_shapes", "compare", "main", "pooled"]
+__all__ = ["common_shapes", "compare", "main", "pooled", "split_pair"]
 
 Key = tuple[int, str, float, str]  # shape, variant, load, target
 
@@ -171,21 +176,56 @@ def common_shapes(runs: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(set(lines))
 
 
+def split_pair(run: dict[str, Any], label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run with variants VARIANT and VARIANT@``label`` -> (the run of VARIANT's cells, the run of
+    VARIANT@``label``'s named VARIANT, its code the label's checkout). Only variants the run has
+    both ways are kept. Raises ValueError when there are none."""
+    tag = "@" + label
+    names = {c["variant"] for c in run["cells"]}
+    paired = {v for v in names if "@" not in v and v + tag in names}
+    if not paired:
+        raise ValueError(f"no variant measured both plain and as VARIANT{tag} (variants: {', '.join(sorted(names))})")
+    before = {**run, "cells": [c for c in run["cells"] if c["variant"] in paired]}
+    after_cells = [{**c, "variant": c["variant"][: -len(tag)]} for c in run["cells"] if c["variant"][: -len(tag)] in paired
+                   and c["variant"].endswith(tag)]  # fmt: skip
+    after = {**run, "cells": after_cells, "code": (run.get("codes") or {}).get(label, {"commit": label})}
+    return before, after
+
+
+def _load(p: argparse.ArgumentParser, paths: str) -> list[dict[str, Any]]:
+    runs = []
+    for path in paths.split(","):
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, ValueError) as e:
+            p.error(f"{path}: {e}")
+    return runs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench matrix-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("before", help="a `python -m bench matrix --json` result (main); several, comma-separated: pooled")
-    p.add_argument("after", help="another, of the same seed (the candidate); several, comma-separated: pooled")
+    p.add_argument("before", help="a `python -m bench matrix --json` result (main); several, comma-separated: pooled; "
+                   "with --pair: the paired runs")  # fmt: skip
+    p.add_argument("after", nargs="?", help="another, of the same seed (the candidate); several, comma-separated: pooled")
+    p.add_argument("--pair", metavar="LABEL", help="compare VARIANT with VARIANT@LABEL within each run given as BEFORE")
     a = p.parse_args(argv)
     sides: list[list[dict[str, Any]]] = []
-    for paths in (a.before, a.after):
-        runs = []
-        for path in paths.split(","):
+    if a.pair:
+        if a.after:
+            p.error("--pair takes the paired runs as one argument (comma-separated), not two sides")
+        sides = [[], []]
+        for run in _load(p, a.before):
             try:
-                with open(path) as f:
-                    runs.append(json.load(f))
-            except (OSError, ValueError) as e:
-                p.error(f"{path}: {e}")
-        sides.append(runs)
+                b, af = split_pair(run, a.pair)
+            except ValueError as e:
+                p.error(str(e))
+            sides[0].append(b)
+            sides[1].append(af)
+    elif not a.after:
+        p.error("give BEFORE and AFTER, or --pair LABEL with the paired runs")
+    else:
+        sides = [_load(p, a.before), _load(p, a.after)]
     for line in common_shapes(sides[0] + sides[1]):
         print(line)
     if len(sides[0]) == 1 and len(sides[1]) == 1:

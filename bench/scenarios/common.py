@@ -178,10 +178,12 @@ async def upstream(
     work_cpu_ms: float | None = None,
     lxcfs: bool = False,
     extra_args: Sequence[str] = (),
+    code_dir: str | None = None,
 ) -> AsyncIterator[Running]:
     """Run ``bench.upstream`` in ``variant`` under a CFS quota of ``cpus``, on CPU 0 when the quota
     fits in one CPU (above one, unpinned: a one-CPU cpuset would hide what the quota means); each
-    request burns ``work_iters`` iterations, or ``work_cpu_ms`` of CPU time when given."""
+    request burns ``work_iters`` iterations, or ``work_cpu_ms`` of CPU time when given. ``code_dir``:
+    another checkout whose code the upstream runs (a candidate beside main in one run); default ours."""
     from flowctl.workload import launch
 
     port = free_port()
@@ -189,8 +191,8 @@ async def upstream(
     cmd = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--variant", variant, *work, *extra_args]
     name = f"flowctl-bench-{uuid.uuid4().hex[:8]}"
     cpuset = str(UPSTREAM_CPU) if (os.cpu_count() or 1) > 1 and cpus <= 1.0 else None
-    # cwd=REPO: `python -m bench.upstream` finds the package from the working directory.
-    cm = launch(cmd, cpus=cpus, cpuset=cpuset, lxcfs=lxcfs, name=name, cwd=REPO)
+    # cwd: `python -m bench.upstream` finds the packages (bench, flowctl) from the working directory.
+    cm = launch(cmd, cpus=cpus, cpuset=cpuset, lxcfs=lxcfs, name=name, cwd=code_dir or REPO)
     w = await cm.__aenter__()
     try:
         url = f"http://127.0.0.1:{port}"
@@ -211,13 +213,15 @@ async def upstream(
 
 
 @contextlib.asynccontextmanager
-async def sidecar(up: Running, *, view: str = "container", extra_args: Sequence[str] = ()) -> AsyncIterator[Running]:
-    """Run the flowctl sidecar (BBR on the upstream's ``view`` CPU) in front of ``up``, on the aux CPU."""
+async def sidecar(up: Running, *, view: str = "container", extra_args: Sequence[str] = (),
+                  code_dir: str | None = None) -> AsyncIterator[Running]:  # fmt: skip
+    """Run the flowctl sidecar (BBR on the upstream's ``view`` CPU) in front of ``up``, on the aux CPU;
+    from the checkout ``code_dir`` when given (see ``upstream``)."""
     port, admin = free_ports(2)  # distinct: the sidecar refuses an admin port equal to its listen port
     cmd = [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{port}", "--upstream", up.upstream_url,
            "--admin", f"127.0.0.1:{admin}", "--watch", f"pid:{up.pid}", "--view", view,
            "--priority-header", PRIORITY_HEADER, "--log-level", "warning", *extra_args]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, preexec_fn=_pin_child)
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=code_dir or REPO, preexec_fn=_pin_child)
     try:
         await wait_http(f"http://127.0.0.1:{admin}/healthz", proc=proc)
         await wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)

@@ -36,6 +36,12 @@ when it is below saturation: 0.75 of what any limiter in the group could reach.
 Variants: ``flowctl-inprocess`` and ``flowctl-sidecar`` as the scorecard starts them, at
 every load; the peers ``kratos`` and ``none`` at 0.9x and 4x (``PEER_LOADS``).
 
+A candidate beside main in one run: ``--code cand=/path/to/checkout`` and the variant
+``flowctl-inprocess@cand`` (or ``flowctl-sidecar@cand``) runs the upstream and the sidecar from that
+checkout, on the same shapes, references and arrivals as the plain variant, one lifetime after the
+other (``split_variant``). One run then compares the two under the same machine speed and
+references, which separate runs do not (``python -m bench matrix-compare --pair cand RUN.json``).
+
 The summary gives, per (variant, target), k of n cells passing with the Wilson 95% interval
 (``bench.stats.wilson_interval``). The interval treats cells as independent trials; the
 cells of one shape share a reference and a service, so read it as optimistic.
@@ -274,8 +280,16 @@ def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Pl
     return s
 
 
+def split_variant(variant: str) -> tuple[str, str | None]:
+    """``flowctl-sidecar@cand`` -> ``("flowctl-sidecar", "cand")``: the variant, and the label of the
+    checkout whose code it runs (``--code``; None: this one)."""
+    base, sep, label = variant.partition("@")
+    return base, (label if sep else None)
+
+
 def variant_loads(variant: str, plan: Plan) -> tuple[float, ...]:
-    return plan.loads if variant in FLOWCTL_VARIANTS else tuple(x for x in plan.loads if x in plan.peer_loads)
+    base = split_variant(variant)[0]
+    return plan.loads if base in FLOWCTL_VARIANTS else tuple(x for x in plan.loads if x in plan.peer_loads)
 
 
 # ------------------------------------------------------------------ verdicts
@@ -339,7 +353,7 @@ def cells_of(shape: Shape, variant: str, ref: sc.Reference, sched: Schedule, lg:
                 value = None if p99 is None else p99 / ref.capacity.unloaded_p99_ms
             elif st and t.name == "goodput":
                 reference = ref.saturation_rps
-                if variant in IN_PROCESS:
+                if split_variant(variant)[0] in IN_PROCESS:
                     bound = ref.in_process_bound(float(st["offered_rps"]))
                     extra["bound"] = bound
                     if bound is not None and bound < 1.0:
@@ -368,7 +382,7 @@ def summarize(cells: Sequence[dict[str, Any]], variants: Sequence[str]) -> list[
 
 def worst(cells: Sequence[dict[str, Any]], n: int = 5, variants: Sequence[str] = FLOWCTL_VARIANTS) -> list[dict[str, Any]]:
     """The ``n`` cells of ``variants`` farthest from (or over) their limits, worst first."""
-    sel = [x for x in cells if x["variant"] in variants]
+    sel = [x for x in cells if split_variant(x["variant"])[0] in variants]
     return sorted(sel, key=lambda x: (-severity(x), x["shape"], x["variant"], x["load"]))[:n]
 
 
@@ -413,10 +427,12 @@ class Matrix:
     """One matrix run: the plan, the shapes, the references and the cells."""
 
     def __init__(self, plan: Plan, seed: int, variants: Sequence[str], iters_per_ms: float,
-                 only: Sequence[int] = ()) -> None:  # fmt: skip
+                 only: Sequence[int] = (), codes: dict[str, str] | None = None) -> None:  # fmt: skip
         self.plan = plan
         self.seed = seed
         self.variants = list(variants)
+        self.bases = list(dict.fromkeys(split_variant(v)[0] for v in variants))
+        self.codes = dict(codes or {})  # label -> checkout directory (``--code``)
         self.iters_per_ms = iters_per_ms
         budget = None if plan.budget_per_shape_s is None else plan.budget_per_shape_s * plan.shapes
         # The draw is judged with every variant, so that a run of a few variants measures the same shapes
@@ -456,9 +472,9 @@ class Matrix:
         p = self.plan.reference
         unloaded_rps = 0.2 * shape.cpus * 1000.0 / shape.work_ms
         plan = replace(p, unloaded_s=max(p.unloaded_s, self.plan.min_unloaded_requests / unloaded_rps))
-        run = sc.Run(plan, self.iters_per_ms, self.variants)
+        run = sc.Run(plan, self.iters_per_ms, self.bases)
         t0 = time.monotonic()
-        ref = await run.reference(shape.cpus, shape.work_ms, shape.handler, answer_cost=bool(set(IN_PROCESS) & set(self.variants)))
+        ref = await run.reference(shape.cpus, shape.work_ms, shape.handler, answer_cost=bool(set(IN_PROCESS) & set(self.bases)))
         self.refs[shape.index] = ref
         self.ref_wall_s[shape.index] = time.monotonic() - t0
         return ref
@@ -470,13 +486,14 @@ class Matrix:
         seed = self.seed_of(shape)
         sched = schedule(shape, loads, cap, self.plan, seed)
         p = self.plan.reference
-        runner = sc.Run(p, self.iters_per_ms, self.variants)
+        runner = sc.Run(p, self.iters_per_ms, self.bases)
+        base, label = split_variant(variant)
         lg: dict[str, Any] | None = None
         samples: list[dict[str, Any]] = []
         error = None
         t0 = time.monotonic()
         try:
-            async with runner.serve(variant, shape.cpus, shape.work_ms) as run:
+            async with runner.serve(base, shape.cpus, shape.work_ms, code_dir=self.codes[label] if label else None) as run:
                 lg, samples = await c.drive(run, HANDLERS[shape.handler], cap, sched.seconds, timeout_s=p.timeout_s,
                                             start_in_s=p.start_in_s, seed=seed, phases=tuple(sched.phases))  # fmt: skip
         except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
@@ -588,12 +605,13 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def code_version() -> dict[str, Any]:
-    """The commit measured, and the files of the product or the harness changed on top of it."""
+def code_version(directory: str = c.REPO) -> dict[str, Any]:
+    """The commit measured (of the checkout ``directory``), and the files of the product or the
+    harness changed on top of it."""
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=c.REPO, capture_output=True, text=True, timeout=10).stdout
+            return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -608,7 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: one shape, 0.9x and 4x, short cells (fewer than 400 requests each)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="default: bench/results/matrix-seed<S>[-quick].json; the Markdown beside it")
-    p.add_argument("--variants", help="comma list of: " + ",".join(VARIANTS) + " (default: all)")
+    p.add_argument("--variants", help="comma list of: " + ",".join(VARIANTS) + " (default: all); VARIANT@LABEL runs "
+                   "the code of the checkout --code gives LABEL")  # fmt: skip
+    p.add_argument("--code", action="append", default=[], metavar="LABEL=DIR",
+                   help="a checkout (e.g. a git worktree of a candidate branch) whose flowctl, sidecar and bench.upstream "
+                   "the variants named VARIANT@LABEL run, beside this checkout's in the same run; repeatable")  # fmt: skip
     p.add_argument("--only", help="comma list of shape numbers (1-based) of the seed's draw to measure, e.g. 6,8: the same "
                    "shapes and arrivals as the full run, for screening a change on the cells that decide it")  # fmt: skip
     p.add_argument("--loads", help="comma list of multiples of capacity (default: " + ",".join(f"{x:g}" for x in LOADS) + ")")
@@ -630,6 +652,37 @@ def parse_only(text: str | None, shapes: int) -> tuple[int, ...]:
     return only
 
 
+def parse_codes(specs: Sequence[str]) -> dict[str, str]:
+    """``--code LABEL=DIR`` options -> {label: absolute directory}; each a checkout with ``flowctl/``
+    and ``bench/``."""
+    codes: dict[str, str] = {}
+    for spec in specs:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label or not directory or not all(ch.isalnum() or ch in "-_." for ch in label):
+            raise SystemExit(f"--code: LABEL=DIR with a label of letters, digits, '-', '_' or '.'; got {spec!r}")
+        directory = os.path.abspath(directory)
+        if not all(os.path.isdir(os.path.join(directory, d)) for d in ("flowctl", "bench", "sidecar")):
+            raise SystemExit(f"--code {label}: {directory} is not a flowctl checkout (no flowctl/, sidecar/ or bench/)")
+        if label in codes:
+            raise SystemExit(f"--code: label {label!r} given twice")
+        codes[label] = directory
+    return codes
+
+
+def parse_variants(text: str | None, codes: dict[str, str]) -> list[str]:
+    """``--variants`` -> the variant names, each a known variant, or VARIANT@LABEL with a ``--code`` LABEL."""
+    variants = [v.strip() for v in text.split(",") if v.strip()] if text else list(VARIANTS)
+    for v in variants:
+        base, label = split_variant(v)
+        if base not in VARIANTS:
+            raise SystemExit(f"unknown variant {base!r}; choose from {', '.join(VARIANTS)}")
+        if label is not None and label not in codes:
+            raise SystemExit(f"variant {v!r}: no --code {label}=DIR")
+    if len(set(variants)) != len(variants):
+        raise SystemExit("--variants: a variant given twice")
+    return variants
+
+
 def _plan_from(a: argparse.Namespace) -> Plan:
     plan = QUICK if a.quick else DEFAULT
     if a.shapes is not None:
@@ -648,10 +701,8 @@ def _plan_from(a: argparse.Namespace) -> Plan:
 
 async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     plan = _plan_from(a)
-    variants = [v.strip() for v in a.variants.split(",") if v.strip()] if a.variants else list(VARIANTS)
-    for v in variants:
-        if v not in VARIANTS:
-            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    codes = parse_codes(a.code)
+    variants = parse_variants(a.variants, codes)
     only = parse_only(a.only, plan.shapes)
     c.pin_self()
     c.check_environment()
@@ -659,7 +710,7 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     started = time.time()
     from bench.upstream import calibrate_iters_per_ms
 
-    mx = Matrix(plan, a.seed, variants, calibrate_iters_per_ms(), only)
+    mx = Matrix(plan, a.seed, variants, calibrate_iters_per_ms(), only, codes)
     mx.log(f"matrix{' --quick' if a.quick else ''}: seed {a.seed}, {len(mx.shapes)} shapes, variants {variants}, loads "
            f"{', '.join(_label(x) for x in plan.loads)}; load average {machine['loadavg']}; first estimate {mx.eta.text()}")  # fmt: skip
     for s in mx.shapes:
@@ -682,6 +733,7 @@ async def run(a: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "quick": bool(a.quick),
         "machine": machine,
         "code": code_version(),
+        "codes": {label: {"dir": d, **code_version(d)} for label, d in codes.items()},
         "iters_per_ms": mx.iters_per_ms,
         "cpu_speed_end_over_start": iters_end / mx.iters_per_ms,
         "plan": asdict(plan),

@@ -260,14 +260,16 @@ class Run:
         return max(1, math.ceil(ref.capacity.capacity_rps * ref.capacity.unloaded_p50_ms / 1000.0)) + 1
 
     @contextlib.asynccontextmanager
-    async def serve(self, variant: str, cpus: float, work_ms: float, limit_conn: int = 1) -> AsyncIterator[c.Running]:
-        """What the load hits for ``variant``, on a fresh upstream at ``cpus``."""
+    async def serve(self, variant: str, cpus: float, work_ms: float, limit_conn: int = 1,
+                    code_dir: str | None = None) -> AsyncIterator[c.Running]:  # fmt: skip
+        """What the load hits for ``variant``, on a fresh upstream at ``cpus``; the upstream and the
+        sidecar run the code of the checkout ``code_dir`` when given (default: this one)."""
         in_process = {"flowctl-inprocess": "flowctl", "kratos": "kratos"}.get(variant, "none")
-        async with c.upstream(in_process, cpus=cpus, work_cpu_ms=work_ms) as up:
+        async with c.upstream(in_process, cpus=cpus, work_cpu_ms=work_ms, code_dir=code_dir) as up:
             if variant in SIDECARS or variant == LIMIT_1:
                 extra = {HAPROXY: ("--engine", "haproxy"),
                          LIMIT_1: ("--engine", "haproxy", "--algorithm", "fixed", "--fixed-limit", "1")}.get(variant, ())
-                async with c.sidecar(up, extra_args=extra) as sc:
+                async with c.sidecar(up, extra_args=extra, code_dir=code_dir) as sc:
                     yield sc
             elif variant == "nginx-limit-conn":
                 async with front("nginx-limit-conn", up, limit_conn) as fr:

@@ -304,6 +304,29 @@ def test_matrix_quick_writes_cells_and_a_summary(tmp_path: Path) -> None:
     assert "passed" in proc.stdout
 
 
+def test_a_candidate_checkout_runs_as_variant_at_label(tmp_path: Path) -> None:
+    """``--code cand=DIR`` and ``flowctl-sidecar@cand``: the same variant (its loads, its goodput
+    reference) from another checkout; unknown labels, bad directories and repeats are refused."""
+    assert mx.split_variant("flowctl-sidecar@cand") == ("flowctl-sidecar", "cand")
+    assert mx.split_variant("kratos") == ("kratos", None)
+    assert mx.variant_loads("kratos@cand", mx.DEFAULT) == mx.PEER_LOADS
+    assert mx.variant_loads("flowctl-inprocess@cand", mx.DEFAULT) == mx.LOADS
+    for d in ("flowctl", "bench", "sidecar"):
+        (tmp_path / d).mkdir()
+    codes = mx.parse_codes([f"cand={tmp_path}"])
+    assert codes == {"cand": str(tmp_path)}
+    assert mx.parse_variants("flowctl-inprocess,flowctl-inprocess@cand", codes) == ["flowctl-inprocess", "flowctl-inprocess@cand"]
+    for bad in (["cand"], ["c/d=" + str(tmp_path)], [f"cand={tmp_path / 'flowctl'}"], [f"cand={tmp_path}", f"cand={tmp_path}"]):
+        with pytest.raises(SystemExit):
+            mx.parse_codes(bad)
+    for bad_variants in ("flowctl-inprocess@other", "nope@cand", "kratos,kratos"):
+        with pytest.raises(SystemExit):
+            mx.parse_variants(bad_variants, codes)
+    m = mx.Matrix(mx.QUICK, 5, ["flowctl-inprocess", "flowctl-inprocess@cand", "kratos@cand"], 1000.0, codes=codes)
+    assert m.bases == ["flowctl-inprocess", "kratos"]
+    assert [s.index for s in m.shapes] == [s.index for s in mx.Matrix(mx.QUICK, 5, ["none"], 1000.0).shapes]
+
+
 def test_the_monitor_keeps_the_limiters_stage_counters_flat() -> None:
     """``extract_state`` on a real snapshot: shed_by_stage flattened to "stage/state", engagements and
     the engaged flag kept (the cells count them inside each cell)."""

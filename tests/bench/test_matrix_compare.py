@@ -83,3 +83,25 @@ def test_a_run_of_a_few_shapes_is_compared_on_those_shapes_only(tmp_path: Path, 
     assert matrix_compare.main(paths) == 0
     assert "seed 1: only shapes 2" in capsys.readouterr().out
     assert matrix_compare.common_shapes([json.loads(json.dumps(BEFORE)), json.loads(json.dumps(AFTER))]) == []
+
+
+def test_a_paired_run_sets_each_variant_against_its_candidate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``matrix --code cand=DIR`` with VARIANT and VARIANT@cand: ``--pair cand`` compares them within the run."""
+    plain: list[dict[str, Any]] = BEFORE["cells"]  # type: ignore[assignment]
+    cand: list[dict[str, Any]] = AFTER["cells"]  # type: ignore[assignment]
+    paired = {"seed": 1, "code": {"commit": "aaaa"}, "codes": {"cand": {"dir": "/wt", "commit": "bbbb"}},
+              "cells": plain + [{**x, "variant": "flowctl-sidecar@cand"} for x in cand]
+              + [{**x, "variant": "kratos"} for x in plain]}  # fmt: skip
+    before, after = matrix_compare.split_pair(paired, "cand")
+    assert before["cells"] == plain  # kratos has no @cand twin: left out
+    assert after["cells"] == cand and after["code"]["commit"] == "bbbb"
+    with pytest.raises(ValueError, match="no variant measured both"):
+        matrix_compare.split_pair(paired, "other")
+    paths = write_runs(tmp_path, ("paired", paired))
+    assert matrix_compare.main(["--pair", "cand", paths[0]]) == 0
+    out = capsys.readouterr().out
+    assert "code aaaa -> bbbb" in out and "false_shed passing 1 of 2 -> 2 of 2" in out
+    assert matrix_compare.main(["--pair", "cand", f"{paths[0]},{paths[0]}"]) == 0
+    assert "passing 2 of 4 (0.50" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        matrix_compare.main(["--pair", "cand", paths[0], paths[0]])
