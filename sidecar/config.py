@@ -37,9 +37,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "FLOWCTL_"
-# The sidecar's wait budget (``Policy.wait_rts``, min RTs; the library's default is 0): its proxy runs
-# outside the app's group and keeps answering while a request waits through a freeze for the next period.
-WAIT_RTS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +102,7 @@ class SidecarConfig:
         gradient algorithm runs ungated (a plain concurrency limiter)."""
         return replace(DEFAULT_POLICY, cpu_threshold=self.cpu_threshold, cool_off_s=self.cool_off_s,
                        queue_allowance=self.queue_allowance, period_gate=self.period_gate,
-                       cpu_gate=self.algorithm == "bbr", wait_rts=WAIT_RTS)  # fmt: skip
+                       cpu_gate=self.algorithm == "bbr")  # fmt: skip
 
 
 # -- value parsers: each raises ValueError with a short explanation ----------------------------

@@ -78,10 +78,10 @@ class Policy:
     - ``wait_rts``: a request that does not fit in the current period's quota is admitted all the
       same when it would wait no longer than this many min RTs for the next period (the rest of
       this period, then the work ahead of it that did not fit either): at 0.9x a period overflows
-      by chance, and a short wait is no overload. 0 (the default): every request that does not fit
-      is shed. The sidecar sets 2 (``sidecar.config.WAIT_RTS``): its proxy runs outside the app's
-      group and keeps answering through the freeze a wait means; in-process the freeze stops our
-      own event loop (docs/limiter.md, the knob table).
+      by chance, and a short wait is no overload. Only while the last window of arrivals was within
+      the capacity (``OfferedLoad.within``). In-process the wait is a freeze of our own event loop
+      too: the lag budget of a default request (at least 2 min RTs) is at least the wait, so what
+      is read after it is not shed as late. 0: every request that does not fit is shed.
     - ``bandwidth_read_s``: the group's counters are read at most this often while pacing.
     - ``idle_read_s``: in-process with nothing in flight, read this often to see freezes.
 
@@ -117,7 +117,7 @@ class Policy:
     max_margin: float = 0.5
     overhead_cap: float = 0.5
     freeze_seen_s: float = 0.05
-    wait_rts: float = 0.0
+    wait_rts: float = 2.0
     bandwidth_read_s: float = 0.0005
     idle_read_s: float = 0.005
     min_retry_after_s: float = 0.1
