@@ -23,7 +23,8 @@ report then pools them (``pooled``), since one run cannot tell two candidates ap
 few cells. Per variant: cells passing per target over all runs, with the Wilson 95% interval; sheds
 pooled per load; how many cells are *unsteady* (passing on some runs of a side and failing on
 others); and every cell (seed, shape, load, target) whose majority verdict differs between the
-sides, with its pass count and median value on each.
+sides, with its pass count and median value on each (a tie, 1 of 2, is no majority: such a cell
+counts among the unsteady ones, not as moved).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def pooled(befores: Sequence[dict[str, Any]], afters: Sequence[dict[str, Any]]) 
         for k in sorted((k for k in a if k[2] == variant and k in b), key=lambda k: (str(k[0]), k[1:])):
             fb = sum(bool(c["pass"]) for c in b[k]) / len(b[k])
             fa = sum(bool(c["pass"]) for c in a[k]) / len(a[k])
-            if (fb > 0.5) != (fa > 0.5):
+            if (fb - 0.5) * (fa - 0.5) < 0:  # both sides have a majority (a tie has none) and they differ
                 seed, shape, _, load, target = k
                 lines.append(f"  moved: seed {seed} shape {shape} {load:g}x {target} {_verdicts(b[k])} -> {_verdicts(a[k])}")
     return lines

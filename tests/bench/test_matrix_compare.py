@@ -61,6 +61,9 @@ def test_pooled_runs_count_cells_over_all_runs_and_list_majority_flips() -> None
     assert "unsteady cells (passing on some runs, failing on others) 0 of 4 -> 1 of 4" in text
     assert "moved: seed 1 shape 2 4x p99 passes 0 of 1 (median 8) -> passes 2 of 2 (median 2.5)" in text
     assert "shape 1 0.9x" not in text  # 1 of 2 passing is no majority: not a flip
+    # nor from the other side: passing 1 of 1 before, 1 of 2 after
+    text = "\n".join(matrix_compare.pooled([AFTER], [AFTER, BEFORE]))
+    assert "moved" not in text
 
 
 def test_the_command_pools_comma_separated_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
