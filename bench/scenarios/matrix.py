@@ -20,7 +20,9 @@ Each variant then serves one lifetime per shape: a warm-up at 0.5x, the false-sh
 rising order (0.5x, 0.9x), then each overload cell (2, 4, 8x) after a 1 s calm gap at 0.2x.
 A false-shed cell holds at least ``min_requests`` (400) requests: its phase is long enough
 for that many Poisson arrivals of this run's seed (counted up front with the load
-generator's own draws), never a higher rate. Overload cells are shorter (``overload_s``).
+generator's own draws), never a higher rate. An overload cell lasts ``overload_s``, or long
+enough for ``min_admitted`` answers at saturation when that is longer: its p99 is then not
+its single slowest answer's.
 In a *bursts* shape every cell alternates half a period at its load and half a period at
 0.2x (the calm rate): a false-shed cell never offers more than its load, and its shed ratio
 counts both halves; an overload cell's goodput and p99 are those of the requests sent in its
@@ -85,6 +87,7 @@ CAPACITY_GUESS = 0.55  # capacity / (quota / work) (0.52-0.78 measured, mostly 0
 LAGGED_MS = 5.0  # a cell whose sends ran later than this at p99 was limited by the load generator's core
 P99_FEW_ADMITTED = 100  # a p99 over fewer admitted requests is the slowest one's: the report names such cells
 MIN_UNLOADED_REQUESTS = 60  # the unloaded p99 (the p99 target's denominator) comes from at least this many
+MIN_ADMITTED = 300  # answers an overload cell is sized for: its p99 is then about its 3rd slowest, not its slowest
 
 
 @dataclass(frozen=True)
@@ -114,17 +117,19 @@ class Plan:
     loads: tuple[float, ...]
     peer_loads: tuple[float, ...]
     min_requests: int  # per false-shed cell
-    overload_s: float  # seconds of each overload cell (bursts: at least this, and at least 2 periods)
+    overload_s: float  # seconds of each overload cell at least (bursts: and at least 2 periods)
     gap_s: float  # calm seconds before each overload cell
     warmup_s: float
     reference: sc.Plan  # the scorecard's reference durations, start-in and client timeout
     min_rate_rps: float  # shapes keep quota x 1000 / work_ms >= this (see sample_shapes)
     budget_per_shape_s: float | None  # a draw predicted to take longer (all variants) is paired again (sample_shapes)
     min_unloaded_requests: int = MIN_UNLOADED_REQUESTS
+    min_admitted: int = 0  # an overload cell is long enough for this many answers at saturation (schedule)
 
 
 DEFAULT = Plan(shapes=8, loads=LOADS, peer_loads=PEER_LOADS, min_requests=400, overload_s=2.5, gap_s=1.0, warmup_s=1.0,
-               reference=sc.FULL, min_rate_rps=50.0, budget_per_shape_s=19.5 * 60 / 8)  # fmt: skip
+               reference=sc.FULL, min_rate_rps=50.0, budget_per_shape_s=19.5 * 60 / 8,
+               min_admitted=MIN_ADMITTED)  # fmt: skip
 QUICK = Plan(shapes=1, loads=(0.9, 4.0), peer_loads=(0.9, 4.0), min_requests=50, overload_s=1.5, gap_s=0.5, warmup_s=0.5,
              reference=sc.QUICK, min_rate_rps=60.0, budget_per_shape_s=None, min_unloaded_requests=20)  # fmt: skip
 
@@ -242,11 +247,15 @@ def _count(phases: Sequence[Phase], rate_rps: float, seed: int, label: str) -> i
     return arrivals_by_label(spec).get(label, 0)
 
 
-def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Plan, seed: int | None) -> Schedule:
+def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Plan, seed: int | None,
+             saturation_rps: float | None = None) -> Schedule:  # fmt: skip
     """The phases of one lifetime (multiples of ``capacity_rps``) and where each cell sits.
 
     With ``seed``, each false-shed cell is lengthened until that seed's Poisson draws put at
-    least ``plan.min_requests`` requests in it; without, its length is the expected one."""
+    least ``plan.min_requests`` requests in it; without, its length is the expected one. With
+    ``saturation_rps`` (answers/s), each overload cell lasts long enough for ``plan.min_admitted``
+    answers at ``min(load x capacity, saturation)`` in its bursts (at least ``plan.overload_s``);
+    without (the draw's time prediction, before any reference), ``plan.overload_s``."""
     s = Schedule([Phase(plan.warmup_s, 0.5, WARMUP)])
     period = shape.burst_period_s
     for load in sorted(loads):
@@ -254,10 +263,14 @@ def schedule(shape: Shape, loads: Sequence[float], capacity_rps: float, plan: Pl
         if load > FALSE_SHED_MAX_LOAD:
             s.phases.append(Phase(plan.gap_s, CALM, "gap"))
             start = s.seconds
+            secs = plan.overload_s
+            if saturation_rps and plan.min_admitted:
+                answered_rps = min(load * capacity_rps, saturation_rps) / (1 if period is None else 2)
+                secs = max(secs, plan.min_admitted / answered_rps)
             if period is None:
-                s.phases.append(Phase(plan.overload_s, load, label))
+                s.phases.append(Phase(secs, load, label))
             else:
-                for _ in range(max(2, math.ceil(plan.overload_s / period))):
+                for _ in range(max(2, math.ceil(secs / period))):
                     s.phases += [Phase(period / 2, load, label), Phase(period / 2, CALM, label + " calm")]
             s.cells.append(CellWindow(load, label, start, s.seconds))
             continue
@@ -415,11 +428,14 @@ LIFETIME_OVERHEAD_S = 2.5  # starting the service and the load generator, the la
 
 
 def predicted_s(shape: Shape, plan: Plan, variants: Sequence[str], capacity_rps: float | None = None, *,
-                reference: bool = True) -> float:  # fmt: skip
+                reference: bool = True, saturation_rps: float | None = None) -> float:  # fmt: skip
     """The seconds ``shape`` is expected to take (its reference unless not ``reference``, and a
-    lifetime per variant), at ``capacity_rps`` or the guess from its quota and work."""
+    lifetime per variant), at ``capacity_rps`` or the guess from its quota and work. The draw
+    (``sample_shapes``) is judged without ``saturation_rps``: its overload cells at
+    ``plan.overload_s``, so that lengthening them for ``plan.min_admitted`` changed no seed's shapes."""
     cap = shape.guess_capacity_rps() if capacity_rps is None else capacity_rps
-    lifetimes = sum(LIFETIME_OVERHEAD_S + schedule(shape, variant_loads(v, plan), cap, plan, None).seconds for v in variants)
+    lifetimes = sum(LIFETIME_OVERHEAD_S + schedule(shape, variant_loads(v, plan), cap, plan, None, saturation_rps).seconds
+                    for v in variants)  # fmt: skip
     return (REFERENCE_GUESS_S if reference else 0.0) + lifetimes
 
 
@@ -453,11 +469,12 @@ class Matrix:
         for shape in self.shapes:
             self._predict(shape, shape.guess_capacity_rps(), reference=True)
 
-    def _predict(self, shape: Shape, capacity_rps: float, *, reference: bool) -> None:
+    def _predict(self, shape: Shape, capacity_rps: float, *, reference: bool, saturation_rps: float | None = None) -> None:
         if reference:
             self.eta.plan(f"{shape.index}/reference", REFERENCE_GUESS_S)
         for v in self.variants:
-            self.eta.plan(f"{shape.index}/{v}", predicted_s(shape, self.plan, (v,), capacity_rps, reference=False))
+            self.eta.plan(f"{shape.index}/{v}", predicted_s(shape, self.plan, (v,), capacity_rps, reference=False,
+                                                            saturation_rps=saturation_rps))  # fmt: skip
 
     def log(self, msg: str) -> None:
         c.log(msg)
@@ -484,7 +501,7 @@ class Matrix:
         loads = variant_loads(variant, self.plan)
         cap = ref.capacity.capacity_rps
         seed = self.seed_of(shape)
-        sched = schedule(shape, loads, cap, self.plan, seed)
+        sched = schedule(shape, loads, cap, self.plan, seed, ref.saturation_rps)
         p = self.plan.reference
         runner = sc.Run(p, self.iters_per_ms, self.bases)
         base, label = split_variant(variant)
@@ -523,7 +540,7 @@ class Matrix:
             self.log(f"shape {shape.index}/{n}: {shape.label}: reference; {self.eta.text()}")
             ref = await self.reference(shape)
             self.eta.done(f"{shape.index}/reference")
-            self._predict(shape, ref.capacity.capacity_rps, reference=False)
+            self._predict(shape, ref.capacity.capacity_rps, reference=False, saturation_rps=ref.saturation_rps)
             for v in self.variants:
                 loads = variant_loads(v, self.plan)
                 self.log(f"shape {shape.index}/{n} {v}: cells {', '.join(_label(x) for x in loads)} of "

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -147,6 +148,38 @@ def test_false_shed_cells_hold_their_requests_and_never_exceed_their_load(period
             assert max(ph.multiplier for ph in inside) == w.load
     starts = [w.start_s for w in sched.cells]
     assert starts == sorted(starts) and all(a.end_s <= b.start_s for a, b in zip(sched.cells, sched.cells[1:]))
+
+
+@pytest.mark.parametrize("period", [None, 0.3, 2.5])
+def test_overload_cells_last_long_enough_for_min_admitted_answers_at_saturation(period: float | None) -> None:
+    shape = mx.Shape(1, 0.3, 10.0, "blocking", "steady" if period is None else "bursts", period)
+    cap, sat = 20.0, 30.0
+    plain = mx.schedule(shape, mx.LOADS, cap, mx.DEFAULT, seed=None)
+    sized = mx.schedule(shape, mx.LOADS, cap, mx.DEFAULT, seed=None, saturation_rps=sat)
+    for before, after in zip(plain.cells, sized.cells, strict=True):
+        if not after.overload:  # false-shed cells are sized by their requests, as before
+            assert after.end_s - after.start_s == pytest.approx(before.end_s - before.start_s)
+            continue
+        at_load = [ph for ph in sized.phases if ph.label == after.label and ph.multiplier == after.load]
+        assert min(after.load * cap, sat) * sum(ph.seconds for ph in at_load) >= mx.DEFAULT.min_admitted - 1e-6
+        assert after.end_s - after.start_s > before.end_s - before.start_s
+    # A service that answers 300 in well under 2.5 s keeps the plain length.
+    fast = mx.schedule(shape, mx.LOADS, 400.0, mx.DEFAULT, seed=None, saturation_rps=600.0)
+    assert fast.seconds == pytest.approx(mx.schedule(shape, mx.LOADS, 400.0, mx.DEFAULT, seed=None).seconds)
+
+
+def test_the_draw_is_judged_at_the_plain_overload_length_so_no_seed_changed() -> None:
+    """Sizing overload cells by saturation (``min_admitted``) came after seeds 1-4 were measured:
+    the draw's time prediction does not count it, so their shapes are the ones in bench/results."""
+    shape = mx.Shape(1, 0.22, 2.4, "blocking", "bursts", 1.19)
+    without = replace(mx.DEFAULT, min_admitted=0)
+    assert mx.predicted_s(shape, mx.DEFAULT, mx.VARIANTS) == mx.predicted_s(shape, without, mx.VARIANTS)
+    assert mx.predicted_s(shape, mx.DEFAULT, mx.VARIANTS, 36.7, saturation_rps=73.0) > mx.predicted_s(
+        shape, without, mx.VARIANTS, 36.7, saturation_rps=73.0)
+    drawn = {seed: [(s.cpus, s.work_ms, s.handler, s.burst_period_s) for s in mx.Matrix(mx.DEFAULT, seed, mx.VARIANTS, 1000.0).shapes]
+             for seed in (3, 4)}  # fmt: skip
+    assert drawn[3][:2] == [(0.22, 1.8, "blocking", None), (0.8, 1.9, "mixed", None)]
+    assert drawn[4][-1] == (0.22, 2.4, "blocking", 1.19)
 
 
 def test_peers_run_at_0_9x_and_4x_only() -> None:
