@@ -177,7 +177,9 @@ def test_the_draw_is_judged_at_the_plain_overload_length_so_no_seed_changed() ->
     assert mx.predicted_s(shape, mx.DEFAULT, mx.VARIANTS, 36.7, saturation_rps=73.0) > mx.predicted_s(
         shape, without, mx.VARIANTS, 36.7, saturation_rps=73.0)
     drawn = {seed: [(s.cpus, s.work_ms, s.handler, s.burst_period_s) for s in mx.Matrix(mx.DEFAULT, seed, mx.VARIANTS, 1000.0).shapes]
-             for seed in (3, 4)}  # fmt: skip
+             for seed in (1, 2, 3, 4)}  # fmt: skip
+    assert [drawn[1][0], drawn[1][-1]] == [(0.98, 4.6, "mixed", None), (0.38, 1.2, "blocking", 0.4)]
+    assert [drawn[2][0], drawn[2][-1]] == [(0.77, 1.9, "yielding", None), (0.51, 2.1, "mixed", None)]
     assert drawn[3][:2] == [(0.22, 1.8, "blocking", None), (0.8, 1.9, "mixed", None)]
     assert drawn[4][-1] == (0.22, 2.4, "blocking", 1.19)
 
