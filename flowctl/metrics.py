@@ -132,6 +132,8 @@ class FlowctlCollector:
                 g["flowctl_inflight_ceiling"].add_metric([priority], ceiling)
         _set(g["flowctl_cpu_per_request_seconds"], snap.cpu_per_request_s)
         _set(g["flowctl_cpu_period_margin_ratio"], snap.period_margin)
+        _set(g["flowctl_lag_budget_seconds"], snap.lag_budget_s)
+        _set(g["flowctl_arrivals_within_capacity"], 1.0 if snap.arrivals_within else 0.0)
         _set(g["flowctl_hot"], 1.0 if snap.hot else 0.0)
         _set(g["flowctl_engaged"], 1.0 if snap.engaged else 0.0)
         _set(g["flowctl_cool_off"], 1.0 if snap.cool_off else 0.0)
@@ -182,6 +184,10 @@ class _Families:
             G("flowctl_cpu_per_request_seconds", "Group CPU time per completed request (the ceiling's cost)."),
             G("flowctl_cpu_period_margin_ratio", "Fraction of each CFS period's quota the period gate holds back "
               "(learned from throttled periods); absent while the gate is off or has no quota."),
+            G("flowctl_lag_budget_seconds", "The lag stage's budget before the class's scale (a default request "
+              "is shed when it waited twice this); looser while arrivals are within the capacity."),
+            G("flowctl_arrivals_within_capacity", "1 when the last window of arrivals was within the group's CPU "
+              "capacity, give or take chance: a request may wait for the next CFS period, the lag budget is looser."),
             G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),
             G("flowctl_engaged", "1 while the limiter is engaged (hot, or in its cool-off): the limit and the "
               "period gate's pacing shed only then."),

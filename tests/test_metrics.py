@@ -29,6 +29,8 @@ class FakeSnapshot:
     priority_ceilings: dict[str, float] = field(default_factory=lambda: {"critical": 6.0, "default": 4.0})
     cpu_per_request_s: float | None = 0.005
     period_margin: float | None = 0.1
+    lag_budget_s: float | None = 0.026
+    arrivals_within: bool = True
     cpu: CpuReading = CpuReading(
         at=1.0, utilization=0.91, utilization_smoothed=0.85, usage_cores=0.455, limit_cores=0.5,
         throttled_ratio=0.2, pressure_ratio=None,
@@ -72,6 +74,8 @@ def test_collector_exports_snapshot_at_scrape_time() -> None:
     assert get("flowctl_inflight_ceiling", {"priority": "default"}) == 4.0
     assert get("flowctl_cpu_per_request_seconds") == 0.005
     assert get("flowctl_cpu_period_margin_ratio") == 0.1
+    assert get("flowctl_lag_budget_seconds") == 0.026
+    assert get("flowctl_arrivals_within_capacity") == 1
     assert get("flowctl_hot") == 1 and get("flowctl_cool_off") == 1 and get("flowctl_dry_run") == 0
     assert get("flowctl_engaged") == 1
     assert get("flowctl_tokens_leaked_total") == 0

@@ -131,6 +131,7 @@ class LimiterBase:
         self._ceiling.policy = policy
         self._offered.sigmas, self._offered.window_requests = policy.offered_sigmas, policy.offered_requests
         self._lag.lag_requests, self._lag.lag_cap_s = policy.lag_requests, policy.lag_cap_s
+        self._lag.within_requests = policy.lag_within_requests
         self._lag.scale_to(self._cost.cpu_per_request_s, self._ceiling.min_rt_s)
         if policy.period_gate:
             if self._period is None:

@@ -86,6 +86,7 @@ class Limiter(LimiterBase):
                 self._engagement.restart(now, "offered")  # arrivals over capacity by more than chance
             if period is not None:  # a request waits for the next period only while arrivals fit the capacity
                 period.gate.wait_budget_s = self._wait_s if offered.within else 0.0
+            self._lag.relax(offered.within)  # the lag budget: looser while arrivals fit the capacity
         offered.count += 1
         inflight = self._inflight
         part = slot.partition
@@ -311,6 +312,8 @@ class Limiter(LimiterBase):
             chance_inflight=self._ceiling.chance,
             shed_by_stage=self._shed_by_stage,
             engagements=self._engagement.entries,
+            lag_budget_s=self._lag.base_s if self._lag.lag_requests is not None else None,
+            arrivals_within=self._offered.within,
         )
 
     def __repr__(self) -> str:

@@ -66,6 +66,10 @@ class Policy:
       (also while the cost is unknown): a fast handler's queue is shed before it has waited a slow
       one's budget. None: the trigger's threshold only.
     - ``lag_cap_s``: the most ``lag_requests`` may set the threshold to.
+    - ``lag_within_requests``: while the last window of arrivals was within the capacity
+      (``OfferedLoad.within``), the cap is at least this many requests' CPU: at 0.9x a slow blocking
+      handler's chance queue waits a few of its requests, more than ``lag_cap_s`` (a 13 ms handler:
+      26 ms, not 15); over the capacity the cap holds. None: the cap always.
     - ``limit_refresh_s``: how often the algorithm's limit is re-read on the admission path.
     - ``rescale_fraction``: a change of the usable cores beyond this tells the algorithm.
 
@@ -109,6 +113,7 @@ class Policy:
     period_gate: bool = True
     lag_requests: float | None = 3.0
     lag_cap_s: float = 0.015
+    lag_within_requests: float | None = 2.0
     limit_refresh_s: float = 0.01
     rescale_fraction: float = 0.1
     period_margin: float = 0.1
@@ -140,6 +145,7 @@ class Policy:
             _positive(name, getattr(self, name), allow_zero=True)
         _positive("lag_requests", self.lag_requests, allow_none=True)
         _positive("lag_cap_s", self.lag_cap_s)
+        _positive("lag_within_requests", self.lag_within_requests, allow_none=True)
         qa = self.queue_allowance
         if qa is not None and not (isinstance(qa, int) and not isinstance(qa, bool) and qa >= 0):
             raise ConfigError(f"queue_allowance must be an integer >= 0 or None, got {qa!r}")

@@ -66,6 +66,10 @@ class LimiterSnapshot:
     #: how often the limiter went from not engaged to engaged, by cause (hot, shed, freeze)
     engagements: dict[str, int] = field(default_factory=dict)
     engaged: bool = False  # the limiter's one state (hot, or in its cool-off): stages 2-3 shed by the limit
+    #: the lag stage's budget before the class's scale, seconds (None: no budget of its own, the trigger's
+    #: threshold only), and whether the last window of arrivals was within the capacity (it is looser then)
+    lag_budget_s: float | None = None
+    arrivals_within: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able: tuple-keyed counters become nested dicts (resource -> priority -> outcome)."""
@@ -106,6 +110,8 @@ class LimiterSnapshot:
             "shed_by_stage": by_stage,
             "engagements": dict(self.engagements),
             "engaged": self.engaged,
+            "lag_budget_s": self.lag_budget_s,
+            "arrivals_within": self.arrivals_within,
         }
 
 
@@ -123,7 +129,8 @@ def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, g
                 dry_run: bool, tokens_leaked: int, cpu_per_request_s: float | None,
                 period: PeriodGate | None, chance_inflight: float = math.inf,
                 shed_by_stage: dict[tuple[str, bool], int] | None = None,
-                engagements: dict[str, int] | None = None) -> LimiterSnapshot:  # fmt: skip
+                engagements: dict[str, int] | None = None, lag_budget_s: float | None = None,
+                arrivals_within: bool = False) -> LimiterSnapshot:  # fmt: skip
     """The snapshot ``Limiter.snapshot`` returns, built from its parts (reads only: triggers are polled,
     nothing is observed)."""
     stats = algorithm.stats(now)
@@ -181,4 +188,6 @@ def snapshot_of(now: float, algorithm: LimitAlgorithm, partitions: Partitions, g
         shed_by_stage=dict(shed_by_stage or {}),
         engagements=dict(engagements or {}),
         engaged=now < engaged_until,
+        lag_budget_s=lag_budget_s,
+        arrivals_within=arrivals_within,
     )

@@ -183,28 +183,43 @@ class LagStage:
     """Stage 4: the bypass triggers (the event loop's lag), engaged or not. Each is polled only when
     its ``quiet_until`` has passed; a class is shed at its scale times ``base_s`` or the trigger's
     threshold, whichever is higher. ``base_s`` (``scale_to``): ``Policy.lag_requests`` requests' CPU, at
-    most ``Policy.lag_cap_s``, which it is while the cost is unknown, and at least one min RT; 0 without
-    ``lag_requests``."""
+    most the cap, which it is while the cost is unknown, and at least one min RT; 0 without
+    ``lag_requests``. The cap is ``Policy.lag_cap_s``, and while the last window of arrivals was within
+    the capacity (``within``) at least ``Policy.lag_within_requests`` requests' CPU."""
 
-    __slots__ = ("triggers", "polled", "lag_requests", "lag_cap_s", "base_s")
+    __slots__ = ("triggers", "polled", "lag_requests", "lag_cap_s", "within_requests", "within", "base_s",
+                 "_tight_s", "_loose_s")  # fmt: skip
 
-    def __init__(self, lag_requests: float | None = None, lag_cap_s: float = 0.015) -> None:
+    def __init__(self, lag_requests: float | None = None, lag_cap_s: float = 0.015,
+                 within_requests: float | None = None) -> None:  # fmt: skip
         self.triggers: tuple[Trigger, ...] = ()
         self.polled: tuple[PolledTrigger, ...] = ()
         self.lag_requests = lag_requests
         self.lag_cap_s = lag_cap_s
-        self.base_s = lag_cap_s if lag_requests is not None else 0.0
+        self.within_requests = within_requests
+        self.within = False  # the last window of arrivals was within the capacity (``relax``)
+        self.base_s = self._tight_s = self._loose_s = lag_cap_s if lag_requests is not None else 0.0
+
+    def relax(self, within: bool) -> None:
+        """A window of arrivals closed: ``within`` the capacity (``OfferedLoad.within``) or not."""
+        self.within = within
+        self.base_s = self._loose_s if within else self._tight_s
 
     def scale_to(self, cost_s: float | None, min_rt_s: float | None = None) -> None:
         """The CPU one request costs and the min RT (seconds; None: unknown). The budget is at least one
         min RT: a wait as long as an unqueued request takes is within the p99 target's scale (a handler
         that waits on I/O has a min RT well over its CPU)."""
-        n, cap = self.lag_requests, self.lag_cap_s
+        n, cap, m = self.lag_requests, self.lag_cap_s, self.within_requests
         if n is None:
-            self.base_s = 0.0
+            tight = loose = 0.0
         else:
-            base = cap if cost_s is None else min(cap, n * cost_s)
-            self.base_s = max(base, min_rt_s) if min_rt_s is not None else base
+            tight = loose = cap if cost_s is None else min(cap, n * cost_s)
+            if cost_s is not None and m is not None:
+                loose = min(max(cap, m * cost_s), n * cost_s)
+            if min_rt_s is not None:
+                tight, loose = max(tight, min_rt_s), max(loose, min_rt_s)
+        self._tight_s, self._loose_s = tight, loose
+        self.base_s = loose if self.within else tight
 
     def set(self, triggers: tuple[Trigger, ...]) -> None:
         self.triggers = triggers

@@ -491,3 +491,27 @@ def test_requests_wait_for_the_next_period_only_while_arrivals_are_within_the_ca
     clock.now += 0.01
     lim.acquire().success()
     assert gate.wait_budget_s == 0.0
+
+
+def test_the_lag_budget_loosens_only_while_arrivals_are_within_the_capacity() -> None:
+    """The limiter tells the lag stage each window's verdict (``OfferedLoad.within``): a 13 ms handler's budget is
+    two requests' CPU (26 ms) after a window within the capacity, the 15 ms cap after one over it; the snapshot
+    shows both the budget and the verdict."""
+    clock = Clock()
+    lim, sig, bw = paced_limiter(clock)
+    lim._cost.cpu_per_request_s = 0.013
+    sig.reading = CpuReading(at=clock.now, utilization=0.3, utilization_smoothed=0.3, limit_cores=0.5, seq=1)
+    lim.acquire().success()  # observes the reading: a capacity of 0.5 cores / 13 ms = 38.5/s, windows of 260 ms
+    assert lim.snapshot().lag_budget_s == pytest.approx(0.015)
+    for _ in range(5):  # 5 arrivals in a window: within
+        lim.acquire().success()
+        clock.now += 0.06
+    lim.acquire().success()  # closes the window
+    snap = lim.snapshot()
+    assert snap.arrivals_within and snap.lag_budget_s == pytest.approx(0.026)
+    for _ in range(60):  # 60 arrivals in 270 ms at a capacity of 10: over
+        lim.acquire().success()
+        clock.now += 0.0045
+    lim.acquire().success()
+    snap = lim.snapshot()
+    assert not snap.arrivals_within and snap.lag_budget_s == pytest.approx(0.015)

@@ -4,6 +4,8 @@ a clock value passed in: no Limiter, no sampler."""
 from __future__ import annotations
 
 import math
+
+import pytest
 from dataclasses import dataclass, field
 
 from flowctl.limiter.engagement import Engagement
@@ -208,6 +210,35 @@ def test_lag_stage_counts_its_budget_in_requests_cpu_between_the_trigger_thresho
     off.set((Lag(0.035),))
     off.scale_to(0.005)
     assert off.shed(1.0, parts.by_name["default"]) == ("loop_lag", "loop_lag", 0.035, 0.03)  # 2 x its 15 ms
+
+
+def test_lag_stage_budget_is_at_least_within_requests_cpu_only_while_arrivals_fit_the_capacity() -> None:
+    """``relax(within)``: while the last window of arrivals was within the capacity the cap is at least
+    ``within_requests`` requests' CPU (still at most ``lag_requests``'); over it, the cap holds."""
+    parts = partitions()
+    stage = LagStage(lag_requests=3.0, lag_cap_s=0.015, within_requests=2.0)
+    lag = Lag(0.02)
+    lag.threshold = 0.005
+    stage.set((lag,))
+    stage.scale_to(0.013)  # a 13 ms handler: 3 x 13 = 39 ms, capped at 15 ms
+    assert stage.base_s == pytest.approx(0.015)
+    assert stage.shed(1.0, parts.by_name["sheddable"]) == ("loop_lag", "loop_lag", 0.02, 0.015)
+    stage.relax(True)  # within the capacity: 2 x 13 = 26 ms
+    assert stage.base_s == pytest.approx(0.026)
+    assert stage.shed(1.0, parts.by_name["sheddable"]) is None
+    stage.scale_to(0.02)  # a new cost keeps the verdict: 2 x 20 = 40 ms
+    assert stage.base_s == pytest.approx(0.04)
+    stage.scale_to(0.002)  # a fast handler: 3 x 2 = 6 ms either way (never more than lag_requests' CPU)
+    assert stage.base_s == pytest.approx(0.006)
+    stage.scale_to(None)  # the cost unknown: the cap
+    assert stage.base_s == pytest.approx(0.015)
+    stage.scale_to(0.013)
+    stage.relax(False)  # over the capacity: back to the cap
+    assert stage.base_s == pytest.approx(0.015)
+    off = LagStage(lag_requests=3.0, lag_cap_s=0.015, within_requests=None)
+    off.scale_to(0.013)
+    off.relax(True)
+    assert off.base_s == pytest.approx(0.015)
 
 
 def test_a_capacity_too_large_to_use_means_no_ceiling_not_an_error() -> None:
