@@ -184,8 +184,8 @@ class _Families:
             G("flowctl_cpu_per_request_seconds", "Group CPU time per completed request (the ceiling's cost)."),
             G("flowctl_cpu_period_margin_ratio", "Fraction of each CFS period's quota the period gate holds back "
               "(learned from throttled periods); absent while the gate is off or has no quota."),
-            G("flowctl_lag_budget_seconds", "The lag stage's budget before the class's scale (a default request "
-              "is shed when it waited twice this); looser while arrivals are within the capacity."),
+            G("flowctl_lag_budget_seconds", "The lag stage's budget before the class's scale and the trigger's "
+              "own threshold (5 ms by default) as a floor; looser while arrivals are within the capacity."),
             G("flowctl_arrivals_within_capacity", "1 when the last window of arrivals was within the group's CPU "
               "capacity, give or take chance: a request may wait for the next CFS period, the lag budget is looser."),
             G("flowctl_hot", "1 while a shedding signal (CPU, throttling, PSI, a trigger) is over its threshold."),

@@ -4,9 +4,9 @@ a clock value passed in: no Limiter, no sampler."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pytest
-from dataclasses import dataclass, field
 
 from flowctl.limiter.engagement import Engagement
 from flowctl.limiter.gate import HotGate
