@@ -81,7 +81,7 @@ class Limiter(LimiterBase):
             self._observe(now)
         offered = self._offered
         period = self._period
-        if now >= offered.until:
+        if now >= offered.until or offered.count > offered.over_count:
             if offered.close(now) and gate._policy.cpu_gate:
                 self._engagement.restart(now, "offered")  # arrivals over capacity by more than chance
             if period is not None:  # a request waits for the next period only while arrivals fit the capacity

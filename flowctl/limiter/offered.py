@@ -10,11 +10,14 @@ overload, not chance: at 0.9x of the CPU capacity one window of 10 requests in
 about a thousand is that busy (20 or more arrivals where 9 are expected): once
 in 100 s at a capacity of 100/s, once in 17 s at 600/s; at 3x the first window
 is. Windows tumble: one closes at the first arrival after its end, so an idle
-gap only lengthens the window it falls in (and its expectation). ``within``
-says whether the last window's arrivals were within the capacity give or take
-chance (``expect + sqrt(expect)``): the period gate lets a request wait for
-the next CFS period only then, when the next period has room for it. Pure:
-the clock is passed in.
+gap only lengthens the window it falls in (and its expectation). A window also
+closes at the arrival after the one that takes it past ``over_count =
+window_requests + sigmas x sqrt(window_requests)`` (19.5 by default: the 20th
+arrival): more than a whole window at capacity brings, beyond chance, has
+already come, and at 4x it comes in half the window's time. ``within`` says whether the last window's arrivals were within
+the capacity give or take chance (``expect + sqrt(expect)``): the period gate
+lets a request wait for the next CFS period only then, when the next period
+has room for it. Pure: the clock is passed in.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ __all__ = ["OfferedLoad"]
 class OfferedLoad:
     """Arrivals per tumbling window against the group's capacity (see the module).
 
-    Admission counts each arrival (``count += 1``) after ``close`` when ``now >= until``."""
+    Admission counts each arrival (``count += 1``) after ``close`` when ``now >= until`` or ``count >
+    over_count``."""
 
-    __slots__ = ("sigmas", "window_requests", "capacity_per_s", "count", "start", "until", "within")
+    __slots__ = ("sigmas", "window_requests", "capacity_per_s", "count", "start", "until", "within", "over_count")
 
     def __init__(self, sigmas: float | None, window_requests: float) -> None:
         self.sigmas = sigmas  # None: off (``close`` never says over)
@@ -39,6 +43,7 @@ class OfferedLoad:
         self.start = -math.inf  # when it started (-inf: none yet)
         self.until = -math.inf  # when it ends
         self.within = False  # the last window's arrivals were within the capacity, give or take chance
+        self.over_count = math.inf  # more arrivals than this make the running window an overload (inf: no verdict)
 
     def close(self, now: float) -> bool:
         """End the window that runs at ``now`` and start the next; True when the ended window's
@@ -54,4 +59,6 @@ class OfferedLoad:
         self.start = now
         # capacity unknown: nothing can be judged; look again a sampler interval later, not per arrival
         self.until = now + (self.window_requests / cap if cap else 0.1)
+        n = self.window_requests
+        self.over_count = n + sigmas * math.sqrt(n) if cap and sigmas is not None else math.inf
         return over

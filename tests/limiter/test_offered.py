@@ -8,10 +8,11 @@ from flowctl.limiter.offered import OfferedLoad
 
 
 def arrivals(load: OfferedLoad, times: list[float]) -> int:
-    """Admission's use: close the window when due, then count; returns how many closes said over."""
+    """Admission's use: close the window when due (its end, or past its overload count), then count;
+    returns how many closes said over."""
     over = 0
     for t in times:
-        if t >= load.until and load.close(t):
+        if (t >= load.until or load.count > load.over_count) and load.close(t):
             over += 1
         load.count += 1
     return over
@@ -58,8 +59,31 @@ def test_an_idle_gap_lengthens_the_window_it_falls_in() -> None:
     load = OfferedLoad(3.0, 10.0)
     load.capacity_per_s = 100.0
     arrivals(load, [0.0])
-    # 30 requests at once after a 2 s gap: over 2 s at 100/s they are far under capacity
-    assert arrivals(load, [2.0 + i * 1e-4 for i in range(30)]) == 0
+    # 15 requests at once after a 2 s gap: over 2 s at 100/s they are far under capacity
+    assert arrivals(load, [2.0 + i * 1e-4 for i in range(15)]) == 0
+
+
+def test_a_window_past_its_overload_count_closes_over_at_the_next_arrival_not_at_its_end() -> None:
+    """``over_count`` = ``window + sigmas x sqrt(window)`` (19.5 for 10 requests, 3 sigmas): more arrivals
+    than that make the window over whatever comes later, so the verdict comes then."""
+    load = OfferedLoad(3.0, 10.0)
+    load.capacity_per_s = 100.0  # a window of 100 ms
+    load.close(0.0)
+    assert load.over_count == 10.0 + 3.0 * 10.0**0.5
+    times = [0.001 * (i + 1) for i in range(21)]  # 21 arrivals in 21 ms, 4x the capacity
+    assert arrivals(load, times[:20]) == 0  # 20 counted: past 19.5, the window still runs
+    assert load.count == 20 and load.until == 0.1
+    assert arrivals(load, times[20:]) == 1  # the 21st closes it, 80 ms before its end
+    assert load.start == times[20] and not load.within
+    assert load.until == times[20] + 0.1 and load.count == 1
+
+
+def test_the_early_close_needs_a_known_capacity_and_sigmas() -> None:
+    for sigmas, cap in ((3.0, None), (None, 100.0)):
+        load = OfferedLoad(sigmas, 10.0)
+        load.capacity_per_s = cap
+        load.close(0.0)
+        assert load.over_count == float("inf")
 
 
 def test_within_says_the_last_window_fit_the_capacity_give_or_take_chance() -> None:
