@@ -14,10 +14,11 @@ gap only lengthens the window it falls in (and its expectation). A window also
 closes at the arrival after the one that takes it past ``over_count =
 window_requests + sigmas x sqrt(window_requests)`` (19.5 by default: the 20th
 arrival): more than a whole window at capacity brings, beyond chance, has
-already come, and at 4x it comes in half the window's time. ``within`` says whether the last window's arrivals were within
-the capacity give or take chance (``expect + sqrt(expect)``): the period gate
-lets a request wait for the next CFS period only then, when the next period
-has room for it. Pure: the clock is passed in.
+already come, and at 4x it comes in half the window's time. ``within`` says
+whether the last window's arrivals were within the capacity give or take
+chance (``expect + sqrt(expect)``): the period gate lets a request wait for
+the next CFS period only then, when the next period has room for it. Pure:
+the clock is passed in.
 """
 
 from __future__ import annotations
