@@ -128,7 +128,7 @@ class Plan:
 
 
 DEFAULT = Plan(shapes=8, loads=LOADS, peer_loads=PEER_LOADS, min_requests=400, overload_s=2.5, gap_s=1.0, warmup_s=1.0,
-               reference=sc.FULL, min_rate_rps=50.0, budget_per_shape_s=19.5 * 60 / 8,
+               reference=sc.FULL, min_rate_rps=60.0, budget_per_shape_s=18.5 * 60 / 8,
                min_admitted=MIN_ADMITTED)  # fmt: skip
 QUICK = Plan(shapes=1, loads=(0.9, 4.0), peer_loads=(0.9, 4.0), min_requests=50, overload_s=1.5, gap_s=0.5, warmup_s=0.5,
              reference=sc.QUICK, min_rate_rps=60.0, budget_per_shape_s=None, min_unloaded_requests=20)  # fmt: skip
@@ -155,6 +155,11 @@ class Shape:
 
     def guess_capacity_rps(self) -> float:
         return CAPACITY_GUESS * self.cpus * 1000.0 / self.work_ms
+
+    def full_use_rps(self) -> float:
+        """Requests a second at full use of the quota: the guess of the saturation (0.9-1.1x of the
+        measured one mostly, answers being cheaper than their work at saturation's batching)."""
+        return self.cpus * 1000.0 / self.work_ms
 
 
 def sample_shapes(n: int, seed: int, *, min_rate_rps: float = DEFAULT.min_rate_rps,
@@ -423,20 +428,28 @@ class Eta:
         return f"elapsed {elapsed / 60:.1f} min, ETA {left / 60:.1f} min"
 
 
-REFERENCE_GUESS_S = 31.0  # a capacity search, saturation and the answer cost (29-31 s measured)
+REFERENCE_BASE_S = 25.0  # a reference's seconds: this, plus REFERENCE_RPS_S over the capacity guess
+REFERENCE_RPS_S = 1390.0  # (the unloaded phase and the probes are sized by requests; fitted to 99 references)
 LIFETIME_OVERHEAD_S = 2.5  # starting the service and the load generator, the last answers (1-5 s measured)
+
+
+def reference_guess_s(shape: Shape) -> float:
+    """The seconds ``shape``'s reference is expected to take: 72 s at a capacity guess of 29 rps,
+    30 s at 300 rps (residual SD 7.6 s over the references of 2026-12-07)."""
+    return REFERENCE_BASE_S + REFERENCE_RPS_S / shape.guess_capacity_rps()
 
 
 def predicted_s(shape: Shape, plan: Plan, variants: Sequence[str], capacity_rps: float | None = None, *,
                 reference: bool = True, saturation_rps: float | None = None) -> float:  # fmt: skip
     """The seconds ``shape`` is expected to take (its reference unless not ``reference``, and a
-    lifetime per variant), at ``capacity_rps`` or the guess from its quota and work. The draw
-    (``sample_shapes``) is judged without ``saturation_rps``: its overload cells at
-    ``plan.overload_s``, so that lengthening them for ``plan.min_admitted`` changed no seed's shapes."""
-    cap = shape.guess_capacity_rps() if capacity_rps is None else capacity_rps
-    lifetimes = sum(LIFETIME_OVERHEAD_S + schedule(shape, variant_loads(v, plan), cap, plan, None, saturation_rps).seconds
-                    for v in variants)  # fmt: skip
-    return (REFERENCE_GUESS_S if reference else 0.0) + lifetimes
+    lifetime per variant), at ``capacity_rps`` and ``saturation_rps``, or the guesses from its quota
+    and work (the draw, ``sample_shapes``, before any reference: the capacity guess and full use)."""
+    if capacity_rps is None:
+        capacity_rps = shape.guess_capacity_rps()
+        saturation_rps = shape.full_use_rps() if saturation_rps is None else saturation_rps
+    lifetimes = sum(LIFETIME_OVERHEAD_S + schedule(shape, variant_loads(v, plan), capacity_rps, plan, None,
+                                                   saturation_rps).seconds for v in variants)  # fmt: skip
+    return (reference_guess_s(shape) if reference else 0.0) + lifetimes
 
 
 class Matrix:
@@ -467,11 +480,12 @@ class Matrix:
         self.lifetimes: list[dict[str, Any]] = []
         self.eta = Eta()
         for shape in self.shapes:
-            self._predict(shape, shape.guess_capacity_rps(), reference=True)
+            self._predict(shape, None, reference=True)
 
-    def _predict(self, shape: Shape, capacity_rps: float, *, reference: bool, saturation_rps: float | None = None) -> None:
+    def _predict(self, shape: Shape, capacity_rps: float | None, *, reference: bool,
+                 saturation_rps: float | None = None) -> None:  # fmt: skip
         if reference:
-            self.eta.plan(f"{shape.index}/reference", REFERENCE_GUESS_S)
+            self.eta.plan(f"{shape.index}/reference", reference_guess_s(shape))
         for v in self.variants:
             self.eta.plan(f"{shape.index}/{v}", predicted_s(shape, self.plan, (v,), capacity_rps, reference=False,
                                                             saturation_rps=saturation_rps))  # fmt: skip
