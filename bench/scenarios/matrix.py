@@ -83,7 +83,8 @@ QUOTA_RANGE = (0.2, 1.0)  # cores
 WORK_RANGE_MS = (1.0, 25.0)
 BURST_PERIOD_RANGE_S = (0.3, 3.0)
 CALM = 0.2  # x capacity: between bursts, and in the gap before each overload cell
-CAPACITY_GUESS = 0.55  # capacity / (quota / work) (0.52-0.78 measured, mostly 0.56): the time estimate before a reference
+CAPACITY_GUESS = 0.5  # capacity / (quota / work): the time estimate before a reference (medians 0.48-0.52 where the
+# quota serves under 100 requests/s, whose cells are the long ones; 0.56-0.73 above)
 LAGGED_MS = 5.0  # a cell whose sends ran later than this at p99 was limited by the load generator's core
 P99_FEW_ADMITTED = 100  # a p99 over fewer admitted requests is the slowest one's: the report names such cells
 MIN_UNLOADED_REQUESTS = 60  # the unloaded p99 (the p99 target's denominator) comes from at least this many
@@ -128,7 +129,7 @@ class Plan:
 
 
 DEFAULT = Plan(shapes=8, loads=LOADS, peer_loads=PEER_LOADS, min_requests=400, overload_s=2.5, gap_s=1.0, warmup_s=1.0,
-               reference=sc.FULL, min_rate_rps=60.0, budget_per_shape_s=18.5 * 60 / 8,
+               reference=sc.FULL, min_rate_rps=70.0, budget_per_shape_s=18.0 * 60 / 8,
                min_admitted=MIN_ADMITTED)  # fmt: skip
 QUICK = Plan(shapes=1, loads=(0.9, 4.0), peer_loads=(0.9, 4.0), min_requests=50, overload_s=1.5, gap_s=0.5, warmup_s=0.5,
              reference=sc.QUICK, min_rate_rps=60.0, budget_per_shape_s=None, min_unloaded_requests=20)  # fmt: skip
@@ -428,15 +429,15 @@ class Eta:
         return f"elapsed {elapsed / 60:.1f} min, ETA {left / 60:.1f} min"
 
 
-REFERENCE_BASE_S = 25.0  # a reference's seconds: this, plus REFERENCE_RPS_S over the capacity guess
-REFERENCE_RPS_S = 1390.0  # (the unloaded phase and the probes are sized by requests; fitted to 99 references)
+REFERENCE_BASE_S = 25.0  # a reference's seconds: this, plus REFERENCE_RPS_S over the rate at full use
+REFERENCE_RPS_S = 2527.0  # (the unloaded phase and the probes are sized by requests; fitted to 99 references)
 LIFETIME_OVERHEAD_S = 2.5  # starting the service and the load generator, the last answers (1-5 s measured)
 
 
 def reference_guess_s(shape: Shape) -> float:
-    """The seconds ``shape``'s reference is expected to take: 72 s at a capacity guess of 29 rps,
-    30 s at 300 rps (residual SD 7.6 s over the references of 2026-12-07)."""
-    return REFERENCE_BASE_S + REFERENCE_RPS_S / shape.guess_capacity_rps()
+    """The seconds ``shape``'s reference is expected to take: 73 s where the quota serves 53
+    requests a second at full use, 30 s at 550 (residual SD 7.6 s over 99 references)."""
+    return REFERENCE_BASE_S + REFERENCE_RPS_S / shape.full_use_rps()
 
 
 def predicted_s(shape: Shape, plan: Plan, variants: Sequence[str], capacity_rps: float | None = None, *,
