@@ -158,8 +158,8 @@ class Shape:
         return CAPACITY_GUESS * self.cpus * 1000.0 / self.work_ms
 
     def full_use_rps(self) -> float:
-        """Requests a second at full use of the quota: the guess of the saturation (0.9-1.1x of the
-        measured one mostly, answers being cheaper than their work at saturation's batching)."""
+        """Requests a second at full use of the quota: the guess of the saturation (over the measured
+        one by a median 1.09x, 0.97-1.36x for 8 shapes in 10, at most 1.85x: 147 references)."""
         return self.cpus * 1000.0 / self.work_ms
 
 
