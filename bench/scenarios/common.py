@@ -216,11 +216,13 @@ async def upstream(
 async def sidecar(up: Running, *, view: str = "container", extra_args: Sequence[str] = (),
                   code_dir: str | None = None) -> AsyncIterator[Running]:  # fmt: skip
     """Run the flowctl sidecar (BBR on the upstream's ``view`` CPU) in front of ``up``, on the aux CPU;
-    from the checkout ``code_dir`` when given (see ``upstream``)."""
+    from the checkout ``code_dir`` when given (see ``upstream``). On uvloop (``--uvloop on``, the bench
+    extra installs it), as the image ships it: on asyncio's loop the sidecar's CPU per request is higher,
+    and at thousands of requests/s it and the load generator, which share the aux CPU, fall behind."""
     port, admin = free_ports(2)  # distinct: the sidecar refuses an admin port equal to its listen port
     cmd = [sys.executable, "-m", "sidecar", "--listen", f"127.0.0.1:{port}", "--upstream", up.upstream_url,
            "--admin", f"127.0.0.1:{admin}", "--watch", f"pid:{up.pid}", "--view", view,
-           "--priority-header", PRIORITY_HEADER, "--log-level", "warning", *extra_args]  # fmt: skip
+           "--priority-header", PRIORITY_HEADER, "--log-level", "warning", "--uvloop", "on", *extra_args]  # fmt: skip
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=code_dir or REPO, preexec_fn=_pin_child)
     try:
         await wait_http(f"http://127.0.0.1:{admin}/healthz", proc=proc)
