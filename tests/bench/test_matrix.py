@@ -123,6 +123,21 @@ def test_only_measures_a_few_shapes_of_the_same_draw() -> None:
         mx.Matrix(mx.DEFAULT, 2, mx.VARIANTS, 1000.0, only=(9,))
 
 
+def test_each_side_of_a_pair_runs_first_on_half_the_shapes() -> None:
+    """Odd shapes run the variants as given, even ones reversed; over 8 shapes each side of every
+    pair leads 4 times, and a shape's order does not depend on which shapes ``--only`` picks."""
+    variants = ["flowctl-inprocess", "flowctl-inprocess@cand", "flowctl-sidecar@cand", "flowctl-sidecar"]
+    assert mx.shape_order(variants, 1) == variants
+    assert mx.shape_order(variants, 2) == variants[::-1]
+    for base in ("flowctl-inprocess", "flowctl-sidecar"):
+        firsts = []
+        for index in range(1, 9):
+            order = [v for v in mx.shape_order(variants, index) if v.split("@")[0] == base]
+            firsts.append(order[0])
+        assert sorted(set(firsts)) == sorted(v for v in variants if v.split("@")[0] == base)
+        assert all(firsts.count(v) == 4 for v in set(firsts))
+
+
 def _spec(sched: mx.Schedule, rate: float, seed: int) -> LoadSpec:
     return LoadSpec(url="http://127.0.0.1/", rate_rps=rate, duration_s=sched.seconds, seed=seed, phases=tuple(sched.phases))
 
