@@ -566,10 +566,10 @@ class Matrix:
 
 def shape_order(variants: Sequence[str], index: int) -> list[str]:
     """The order in which shape ``index`` (1-based, of the draw) runs ``variants``: as given on odd
-    shapes, reversed on even ones. A variant's lifetime at thousands of requests/s measured a few %
-    slower when it ran second in its shape (p99 2nd over 1st: 66 of 99 paired cells over 1,500
-    requests/s, median 1.03-1.08x); alternating puts each side of a ``--code`` pair first on half the
-    shapes, so the order does not pick the winner. By the draw's number, so ``--only`` keeps it."""
+    shapes, reversed on even ones. At thousands of requests/s a lifetime that runs second in its shape
+    measures slower (docs/decisions.md, 2026-12-07); alternating puts each side of a ``--code`` pair
+    first on half the shapes, so the order does not pick the winner. By the draw's number, so
+    ``--only`` keeps it."""
     return list(variants) if index % 2 else list(reversed(variants))
 
 
